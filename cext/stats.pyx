@@ -1,0 +1,169 @@
+# cython: language_level=3
+"""Sigma-clipped statistics kernels (arrays in, numbers or arrays out).
+
+No I/O, no globals, no logging.  Clipping is done on a sorted copy of the
+finite values, so each iteration only moves the two ends of a window:
+the centre is the window's median, the scale its standard deviation, and a
+value survives when ``centre - lo*std <= v <= centre + hi*std``.
+"""
+import numpy as np
+
+from libc.math cimport sqrt, isfinite, NAN
+from libc.stdlib cimport malloc, free, qsort
+
+cdef extern from *:
+    """
+    static int trex_cmp_double(const void *a, const void *b) {
+        double x = *(const double *)a, y = *(const double *)b;
+        return (x > y) - (x < y);
+    }
+    """
+    int trex_cmp_double(const void *a, const void *b) noexcept nogil
+
+
+cdef inline void _sort(double* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double v
+    if n > 24:
+        qsort(a, n, sizeof(double), trex_cmp_double)
+        return
+    for i in range(1, n):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+cdef inline double _median(const double* a, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Median of the sorted slice a[lo:hi] (hi > lo)."""
+    cdef Py_ssize_t n = hi - lo, m = lo + (hi - lo) // 2
+    if n % 2:
+        return a[m]
+    return 0.5 * (a[m - 1] + a[m])
+
+
+cdef Py_ssize_t clip_sorted(const double* a, Py_ssize_t n, double lo_sigma,
+                            double hi_sigma, int maxiter, double* mean,
+                            double* median, double* std) noexcept nogil:
+    """Iteratively clip the sorted array ``a[:n]``.
+
+    Writes the mean, median and standard deviation of the surviving window and
+    returns its length (0 when ``n`` is 0; then the outputs are NaN).
+    """
+    cdef Py_ssize_t lo = 0, hi = n, newlo, newhi, i
+    cdef double s, ss, c, d, m, sd
+    cdef int it = 0
+    if n <= 0:
+        mean[0] = NAN
+        median[0] = NAN
+        std[0] = NAN
+        return 0
+    while True:
+        s = 0.0
+        for i in range(lo, hi):
+            s += a[i]
+        m = s / (hi - lo)
+        ss = 0.0
+        for i in range(lo, hi):
+            d = a[i] - m
+            ss += d * d
+        sd = sqrt(ss / (hi - lo - 1)) if hi - lo > 1 else 0.0
+        c = _median(a, lo, hi)
+        if it >= maxiter or sd == 0.0:
+            break
+        newlo = lo
+        newhi = hi
+        while newlo < newhi and a[newlo] < c - lo_sigma * sd:
+            newlo += 1
+        while newhi > newlo and a[newhi - 1] > c + hi_sigma * sd:
+            newhi -= 1
+        if (newlo == lo and newhi == hi) or newhi - newlo < 2:
+            break
+        lo = newlo
+        hi = newhi
+        it += 1
+    mean[0] = m
+    median[0] = c
+    std[0] = sd
+    return hi - lo
+
+
+def clipped_stats(values, double nsigma=3.0, int maxiter=5):
+    """Sigma-clipped mean, median, standard deviation and count of ``values``.
+
+    Parameters
+    ----------
+    values : array_like, any shape, any real dtype
+        Non-finite values are ignored.
+    nsigma : float
+        Symmetric clipping threshold in units of the standard deviation.
+    maxiter : int
+        Maximum number of clipping iterations.
+
+    Returns
+    -------
+    (mean, median, std, n) : (float, float, float, int)
+        NaN statistics and n = 0 when no finite value is given.
+    """
+    cdef double[::1] v = np.ascontiguousarray(values, dtype=np.float64).ravel()
+    cdef Py_ssize_t n = v.shape[0], i, k = 0
+    cdef double mean, median, std
+    cdef double* buf = <double*>malloc(max(n, 1) * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for i in range(n):
+                if isfinite(v[i]):
+                    buf[k] = v[i]
+                    k += 1
+            _sort(buf, k)
+            k = clip_sorted(buf, k, nsigma, nsigma, maxiter, &mean, &median, &std)
+    finally:
+        free(buf)
+    return mean, median, std, int(k)
+
+
+def clipped_combine(const float[:, :, ::1] stack, float[:, ::1] out,
+                    short[:, ::1] nused, double nsigma=3.0, int maxiter=3,
+                    bint use_median=False):
+    """Combine a stack of images pixel by pixel with sigma clipping.
+
+    Parameters
+    ----------
+    stack : float32 array, shape (nimages, ny, nx), C-contiguous
+        Non-finite values are ignored.  Callers pass row blocks so that the
+        whole stack of a night never sits in memory.
+    out : float32 array, shape (ny, nx), written
+        Clipped mean (or median with ``use_median``) of each pixel; NaN where
+        no finite value exists.
+    nused : int16 array, shape (ny, nx), written
+        Number of values that survived clipping.
+    nsigma, maxiter : clipping threshold (sigma) and iteration limit.
+    """
+    cdef Py_ssize_t nimg = stack.shape[0], ny = stack.shape[1], nx = stack.shape[2]
+    cdef Py_ssize_t i, j, k, n
+    cdef double mean, median, std, v
+    if out.shape[0] != ny or out.shape[1] != nx or nused.shape[0] != ny or nused.shape[1] != nx:
+        raise ValueError("out and nused must have shape (ny, nx) of the stack")
+    cdef double* buf = <double*>malloc(max(nimg, 1) * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for j in range(ny):
+                for i in range(nx):
+                    n = 0
+                    for k in range(nimg):
+                        v = stack[k, j, i]
+                        if isfinite(v):
+                            buf[n] = v
+                            n += 1
+                    _sort(buf, n)
+                    n = clip_sorted(buf, n, nsigma, nsigma, maxiter, &mean, &median, &std)
+                    out[j, i] = median if use_median else mean
+                    nused[j, i] = <short>n
+    finally:
+        free(buf)

@@ -1,0 +1,209 @@
+-- trex database schema, PostgreSQL.  Kept in step with sqlite.sql by
+-- tests/test_db.py (same tables, same columns).  Flags are the bitmasks of
+-- trex/flags.py.  Keys come from explicit sequences.
+
+CREATE SEQUENCE IF NOT EXISTS frameinfo_framekey_seq;
+CREATE TABLE IF NOT EXISTS frameinfo (
+    framekey BIGINT PRIMARY KEY DEFAULT nextval('frameinfo_framekey_seq'),
+    rawpath TEXT NOT NULL UNIQUE,          -- relative to the project root
+    night TEXT NOT NULL,
+    imagetyp TEXT,                         -- bias, dark, flat, object (NULL: unreadable)
+    projid TEXT,
+    field TEXT,
+    ccd TEXT,
+    filter TEXT,
+    exptime DOUBLE PRECISION,              -- s
+    dateobs TEXT,                          -- UTC start, ISO 8601
+    jd DOUBLE PRECISION,                   -- UTC mid-exposure
+    ra DOUBLE PRECISION,                   -- deg, header pointing
+    decl DOUBLE PRECISION,                 -- deg, header pointing
+    gain DOUBLE PRECISION,                 -- e-/ADU
+    rdnoise DOUBLE PRECISION,              -- e-
+    saturate DOUBLE PRECISION,             -- ADU
+    naxis1 INTEGER,
+    naxis2 INTEGER,
+    filesize BIGINT,                       -- bytes, with mtime: detects a changed file
+    mtime DOUBLE PRECISION,
+    isok BOOLEAN NOT NULL,
+    reason TEXT,                           -- why the frame is not ok
+    header TEXT                            -- the header as FITS card text
+);
+
+CREATE TABLE IF NOT EXISTS framestatus (
+    framekey BIGINT NOT NULL REFERENCES frameinfo (framekey),
+    stage TEXT NOT NULL,                   -- calibrate, extract, astrometry, photometry, ...
+    status TEXT NOT NULL,                  -- done or failed
+    reason TEXT,
+    configsha TEXT,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (framekey, stage)
+);
+
+CREATE SEQUENCE IF NOT EXISTS filters_filterkey_seq;
+CREATE TABLE IF NOT EXISTS filters (
+    filterkey INTEGER PRIMARY KEY DEFAULT nextval('filters_filterkey_seq'),
+    name TEXT NOT NULL UNIQUE,
+    description TEXT
+);
+
+CREATE SEQUENCE IF NOT EXISTS masterframes_masterkey_seq;
+CREATE TABLE IF NOT EXISTS masterframes (
+    masterkey INTEGER PRIMARY KEY DEFAULT nextval('masterframes_masterkey_seq'),
+    kind TEXT NOT NULL,                    -- bias, dark, flat, badpix
+    night TEXT NOT NULL,
+    ccd TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    path TEXT NOT NULL,
+    inputs TEXT NOT NULL,                  -- hash of the input frames and settings
+    ninputs INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    UNIQUE (kind, night, ccd, filter)
+);
+
+CREATE TABLE IF NOT EXISTS calibratedframes (
+    framekey BIGINT PRIMARY KEY REFERENCES frameinfo (framekey),
+    projid TEXT,
+    redpath TEXT,                          -- relative to the project root
+    frameisok BOOLEAN NOT NULL,
+    reason TEXT,
+    masterbias TEXT,
+    masterdark TEXT,
+    masterflat TEXT,
+    medsky DOUBLE PRECISION,               -- ADU
+    skyrms DOUBLE PRECISION,               -- ADU
+    nsources INTEGER,
+    meds DOUBLE PRECISION,                 -- median PSF S, 1/px^2
+    medd DOUBLE PRECISION,
+    medk DOUBLE PRECISION,
+    fwhm DOUBLE PRECISION,                 -- px
+    ellipticity DOUBLE PRECISION,
+    wcs_nmatch INTEGER,
+    wcs_median DOUBLE PRECISION,           -- px
+    wcs_p90 DOUBLE PRECISION,              -- px
+    wcs_std DOUBLE PRECISION,              -- px
+    configsha TEXT
+);
+
+CREATE SEQUENCE IF NOT EXISTS astromrefs_astromrefkey_seq;
+CREATE TABLE IF NOT EXISTS astromrefs (
+    astromrefkey INTEGER PRIMARY KEY DEFAULT nextval('astromrefs_astromrefkey_seq'),
+    projid TEXT NOT NULL,
+    field TEXT NOT NULL,
+    ccd TEXT NOT NULL,
+    framekey BIGINT NOT NULL REFERENCES frameinfo (framekey),
+    path TEXT NOT NULL,
+    isactive BOOLEAN NOT NULL,
+    created TEXT NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS photrefs_photrefkey_seq;
+CREATE TABLE IF NOT EXISTS photrefs (
+    photrefkey INTEGER PRIMARY KEY DEFAULT nextval('photrefs_photrefkey_seq'),
+    projid TEXT NOT NULL,
+    field TEXT NOT NULL,
+    ccd TEXT NOT NULL,
+    path TEXT NOT NULL,
+    framekeys TEXT NOT NULL,               -- comma-separated frames in the stack
+    nframes INTEGER NOT NULL,
+    fwhm DOUBLE PRECISION,
+    medsky DOUBLE PRECISION,
+    isactive BOOLEAN NOT NULL,
+    created TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS photometryinfo (
+    photkey TEXT PRIMARY KEY,              -- hash of the photometry settings
+    apertures TEXT NOT NULL,
+    settings TEXT NOT NULL,                -- JSON
+    created TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS objectinfo (
+    objectid TEXT PRIMARY KEY,
+    field TEXT,
+    ra DOUBLE PRECISION,                   -- deg, ICRS, catalog epoch
+    decl DOUBLE PRECISION,
+    mag DOUBLE PRECISION,
+    color DOUBLE PRECISION,
+    pmra DOUBLE PRECISION,                 -- mas/yr
+    pmdec DOUBLE PRECISION,                -- mas/yr
+    epoch DOUBLE PRECISION                 -- Julian year
+);
+
+CREATE TABLE IF NOT EXISTS ap_photometry (
+    framekey BIGINT NOT NULL,
+    photkey TEXT NOT NULL,
+    objectid TEXT NOT NULL,
+    aperture SMALLINT NOT NULL,            -- index into the configured apertures
+    xcc REAL,                              -- px, 0-based
+    ycc REAL,
+    bgv REAL,                              -- ADU/px
+    bge REAL,
+    fsv REAL,
+    fdv REAL,
+    fkv REAL,
+    flux DOUBLE PRECISION,                 -- ADU
+    fluxerr DOUBLE PRECISION,
+    mag REAL,                              -- instrumental (aim)
+    magerr REAL,
+    flag INTEGER NOT NULL,
+    arm REAL                               -- after magnitude fitting
+);
+CREATE INDEX IF NOT EXISTS ap_photometry_framekey ON ap_photometry (framekey);
+
+CREATE TABLE IF NOT EXISTS ism_photometry (
+    framekey BIGINT NOT NULL,
+    photrefkey INTEGER NOT NULL,
+    objectid TEXT NOT NULL,
+    aperture SMALLINT NOT NULL,
+    xcc REAL,
+    ycc REAL,
+    dflux DOUBLE PRECISION,                -- ADU on the reference scale
+    dfluxerr DOUBLE PRECISION,
+    flux DOUBLE PRECISION,
+    fluxerr DOUBLE PRECISION,
+    mag REAL,
+    magerr REAL,
+    flag INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ism_photometry_framekey ON ism_photometry (framekey);
+
+CREATE SEQUENCE IF NOT EXISTS iphotfiles_iphotfilekey_seq;
+CREATE TABLE IF NOT EXISTS iphotfiles (
+    iphotfilekey BIGINT PRIMARY KEY DEFAULT nextval('iphotfiles_iphotfilekey_seq'),
+    framekey BIGINT NOT NULL UNIQUE REFERENCES frameinfo (framekey),
+    photrefkey INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    nobjects INTEGER NOT NULL,
+    created TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS iphotobjects (
+    iphotfilekey BIGINT NOT NULL,
+    objectid TEXT NOT NULL,
+    rowindex INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS photindex_iphots (
+    framekey BIGINT NOT NULL,
+    iphotfilekey BIGINT NOT NULL,
+    rjd DOUBLE PRECISION NOT NULL,
+    projid TEXT NOT NULL,
+    field TEXT NOT NULL,
+    ccd TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS lcinfo (
+    projid TEXT NOT NULL,
+    objectid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    nobs INTEGER NOT NULL,
+    rjd_min DOUBLE PRECISION,
+    rjd_max DOUBLE PRECISION,
+    median_mag DOUBLE PRECISION,
+    mad DOUBLE PRECISION,
+    rms DOUBLE PRECISION,
+    configsha TEXT,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (projid, objectid)
+);

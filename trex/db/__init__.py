@@ -1,0 +1,269 @@
+"""The database layer: one small class over SQLite (embedded default) and PostgreSQL.
+
+Both engines hold the schema of ``sql/``.  SQL in trex is written once with
+``?`` placeholders and always parameterized; table and column names used by the
+bulk writer are checked against the live schema.  Missing values are NULL on
+both engines: NaN floats and None become NULL on the way in, and NULL comes
+back as NaN in numeric columns.
+
+Bulk writes (:meth:`Database.write_columns`) take numpy columns and use binary
+COPY on PostgreSQL and ``executemany`` in one transaction on SQLite; with
+``replace`` the rows of the given keys are deleted first in the same
+transaction, so writing a frame twice leaves one copy.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from trex.db import pgcopy
+
+log = logging.getLogger(__name__)
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "sql"
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened or used."""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str) -> Database:
+    """Open ``sqlite:///path`` or ``postgresql://user@host:port/db``."""
+    return Database(url)
+
+
+class Database:
+    """A connection to the trex database (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._depth = 0
+        self._columns: dict[str, dict[str, str]] = {}
+        self.last_write_method = ""
+        if url.startswith("sqlite:///"):
+            self.engine = "sqlite"
+            path = url[len("sqlite:///"):]
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+            except sqlite3.Error as err:
+                raise DatabaseError(f"cannot open {url}: {err}") from None
+            self.conn.execute("PRAGMA journal_mode=DELETE")  # WAL breaks on network filesystems
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+        elif url.startswith(("postgresql://", "postgres://")):
+            import psycopg2
+
+            self.engine = "postgresql"
+            try:
+                self.conn = psycopg2.connect(url)
+            except psycopg2.Error as err:
+                raise DatabaseError(f"cannot open {redact(url)}: {str(err).strip()}") from None
+        else:
+            raise DatabaseError(f"unsupported database URL {redact(url)!r}: "
+                                "use sqlite:///path or postgresql://user@host:port/db")
+
+    # -- connection basics -------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _sql(self, sql: str) -> str:
+        if self.engine == "postgresql":
+            return sql.replace("%", "%%").replace("?", "%s")
+        return sql
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together or not at all (nests as one)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        if self.engine == "sqlite":
+            self.conn.execute("BEGIN")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.conn.rollback()
+            raise
+        else:
+            self.conn.commit()
+        finally:
+            self._depth = 0
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        """Run one statement (committed at once outside a transaction)."""
+        cur = self.conn.cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        cur.close()
+        if not self._depth and self.engine == "postgresql":
+            self.conn.commit()
+
+    def executemany(self, sql: str, rows) -> None:
+        cur = self.conn.cursor()
+        cur.executemany(self._sql(sql), rows)
+        cur.close()
+        if not self._depth and self.engine == "postgresql":
+            self.conn.commit()
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Rows of a query as tuples."""
+        cur = self.conn.cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        rows = cur.fetchall()
+        cur.close()
+        if not self._depth and self.engine == "postgresql":
+            self.conn.commit()
+        return rows
+
+    def insert_returning(self, sql: str, params: Sequence = ()):
+        """Run an ``INSERT ... RETURNING key`` and return the key."""
+        return self.query(sql, params)[0][0]
+
+    def query_columns(self, sql: str, params: Sequence = ()) -> dict[str, np.ndarray]:
+        """A query's result as numpy columns; NULL is NaN in numeric columns."""
+        cur = self.conn.cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        cur.close()
+        if not self._depth and self.engine == "postgresql":
+            self.conn.commit()
+        return {name: _column_array([r[j] for r in rows]) for j, name in enumerate(names)}
+
+    # -- schema ---------------------------------------------------------------
+    def create_schema(self) -> None:
+        """Create every table and sequence of ``sql/`` that does not exist yet."""
+        text = (SCHEMA_DIR / f"{self.engine}.sql").read_text()
+        if self.engine == "sqlite":
+            self.conn.executescript(text)
+        else:
+            self.execute(text)
+        self._columns.clear()
+
+    def columns(self, table: str) -> dict[str, str]:
+        """Column name -> declared type (lower case) of ``table``."""
+        if table not in self._columns:
+            if self.engine == "sqlite":
+                rows = self.query(f"PRAGMA table_info({_identifier(table)})")
+                cols = {r[1]: r[2].lower() for r in rows}
+            else:
+                rows = self.query(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = ? AND table_schema = current_schema() "
+                    "ORDER BY ordinal_position", (table,))
+                cols = dict(rows)
+            if not cols:
+                raise DatabaseError(f"no table {table!r} (run 'trex init' or create_schema())")
+            self._columns[table] = cols
+        return self._columns[table]
+
+    def tables(self) -> list[str]:
+        """Names of the tables in the database."""
+        if self.engine == "sqlite":
+            rows = self.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        else:
+            rows = self.query("SELECT table_name FROM information_schema.tables "
+                              "WHERE table_schema = current_schema()")
+        return sorted(r[0] for r in rows)
+
+    # -- bulk writes ----------------------------------------------------------
+    def write_columns(self, table: str, columns: dict[str, np.ndarray],
+                      replace: tuple[str, Sequence] | None = None) -> int:
+        """Append rows given as equally long numpy columns; returns the row count.
+
+        ``replace=(key_column, keys)`` first deletes the rows whose key is in
+        ``keys``, in the same transaction, which makes a rewrite idempotent.
+        """
+        known = self.columns(table)
+        names = list(columns)
+        for name in names + ([replace[0]] if replace else []):
+            if name not in known:
+                raise DatabaseError(f"table {table} has no column {name!r}")
+        arrays = [np.asarray(columns[n]) for n in names]
+        nrows = len(arrays[0]) if arrays else 0
+        if any(len(a) != nrows for a in arrays):
+            raise ValueError("columns must have the same length")
+        with self.transaction():
+            if replace is not None:
+                key, keys = replace
+                keys = [_python(k) for k in np.unique(np.asarray(keys))]
+                if self.engine == "postgresql":
+                    self.execute(f"DELETE FROM {table} WHERE {key} = ANY(?)", (keys,))
+                else:
+                    self.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in keys])
+            if nrows:
+                if self.engine == "postgresql":
+                    self._copy(table, names, arrays, [known[n] for n in names])
+                else:
+                    self._executemany_insert(table, names, arrays)
+        return nrows
+
+    def _copy(self, table, names, arrays, types) -> None:
+        payload = pgcopy.encode(arrays, types)
+        cur = self.conn.cursor()
+        cur.copy_expert(f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT binary)",
+                        io.BytesIO(payload))
+        cur.close()
+        self.last_write_method = "copy"
+
+    def _executemany_insert(self, table, names, arrays) -> None:
+        lists = [_python_list(a) for a in arrays]
+        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        self.conn.executemany(sql, zip(*lists))
+        self.last_write_method = "executemany"
+
+
+def _identifier(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise DatabaseError(f"not a valid table name: {name!r}")
+    return name
+
+
+def _python(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _python_list(values: np.ndarray) -> list:
+    """Python values of a numpy column with NaN/None as None."""
+    out = values.tolist()
+    for i in np.flatnonzero(pgcopy.null_mask(values)):
+        out[i] = None
+    return out
+
+
+def _column_array(values: list) -> np.ndarray:
+    if all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        if any(v is None for v in values) or any(isinstance(v, float) for v in values):
+            return np.array(values, dtype=np.float64)
+        return np.array(values, dtype=np.int64)
+    return np.array(values, dtype=object)

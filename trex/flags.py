@@ -1,0 +1,61 @@
+"""Every bitmask of trex, defined once.
+
+Kernels, the SQL comments, light-curve headers and the README all take their
+flags from here.  A flag value is the OR of its bits; 0 means good.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Flag:
+    bit: int
+    name: str
+    description: str
+
+
+def _registry(*flags: Flag) -> dict[str, Flag]:
+    bits = [f.bit for f in flags]
+    assert len(set(bits)) == len(bits) and all(b & (b - 1) == 0 for b in bits)
+    return {f.name: f for f in flags}
+
+
+#: Pixel mask of calibrated frames (the MASK extension, uint8).
+MASK = _registry(
+    Flag(1, "BADPIX", "hot, dead or otherwise bad pixel from the bad-pixel map"),
+    Flag(2, "SATURATED", "raw value at or above the saturation level"),
+    Flag(4, "NONFINITE", "non-finite value after calibration"),
+    Flag(8, "NOFLAT", "flat field too low to correct this pixel"),
+)
+
+#: Per-star, per-aperture photometry quality (aiq_NNN, irq_NNN, the flag columns).
+PHOT = _registry(
+    Flag(1, "OFF_FRAME", "the aperture or its annulus extends beyond the frame"),
+    Flag(2, "MASKED", "the aperture touches a bad or non-finite pixel"),
+    Flag(4, "SATURATED", "the aperture touches a saturated pixel"),
+    Flag(8, "FEW_SKY", "too few sky pixels in the annulus"),
+    Flag(16, "NONPOSITIVE", "flux is zero or negative: no magnitude"),
+    Flag(32, "CROWDED", "over half of the annulus was excluded around other stars"),
+    Flag(64, "MISSING", "no measurement of this star on this frame"),
+    Flag(128, "NOT_FITTED", "left out of the magnitude fit or detrending"),
+)
+
+#: Per-source flags of source extraction.
+SOURCE = _registry(
+    Flag(1, "FIT_FAILED", "the elliptical Gaussian fit did not converge"),
+    Flag(2, "MASKED", "the source touches a masked pixel"),
+    Flag(4, "SATURATED", "the source has a saturated pixel"),
+    Flag(8, "BLENDED", "the source was split from a blend"),
+    Flag(16, "EDGE", "the source touches the frame edge"),
+)
+
+
+def describe(registry: dict[str, Flag], value: int) -> list[str]:
+    """Names of the bits set in ``value``."""
+    return [f.name for f in registry.values() if value & f.bit]
+
+
+def bit(registry: dict[str, Flag], name: str) -> int:
+    return registry[name].bit

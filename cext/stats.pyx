@@ -167,3 +167,75 @@ def clipped_combine(const float[:, :, ::1] stack, float[:, ::1] out,
                     nused[j, i] = <short>n
     finally:
         free(buf)
+
+
+def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,
+                     const float[:, ::1] bias, const float[:, ::1] dark, double dark_scale,
+                     const float[:, ::1] flat, const unsigned char[:, ::1] badpix,
+                     double saturate, double min_flat, float[:, ::1] out,
+                     unsigned char[:, ::1] mask):
+    """Calibrate one trimmed frame in a single pass: ``(raw - overscan - bias - dark*t) / flat``.
+
+    Parameters
+    ----------
+    raw : float32, shape (ny, nx), any strides
+        The trimmed view of the raw frame, ADU.
+    overscan : float32, shape (ny,)
+        Overscan level of each row, ADU.
+    bias : float32, shape (ny, nx), C-contiguous, or None (not subtracted)
+        Master bias, ADU.
+    dark : float32, shape (ny, nx), C-contiguous, or None (not subtracted)
+        Master dark current, ADU/s; multiplied by ``dark_scale`` (exposure, s).
+    flat : float32, shape (ny, nx), C-contiguous, or None (not divided)
+        Normalised master flat.  Where it is below ``min_flat`` or not finite
+        the pixel is left undivided and flagged NOFLAT (8).
+    badpix : uint8, shape (ny, nx), C-contiguous, or None
+        Bad-pixel map; its bits are copied into the mask.
+    saturate : raw values at or above this are flagged SATURATED (2).
+    out : float32, shape (ny, nx), written: the calibrated frame, ADU.
+    mask : uint8, shape (ny, nx), written: bits of ``trex.flags.MASK``;
+        non-finite results are flagged NONFINITE (4).
+
+    Returns
+    -------
+    int : number of pixels with a non-zero mask.
+    """
+    cdef Py_ssize_t ny = raw.shape[0], nx = raw.shape[1], i, j, nbad = 0
+    cdef bint has_bias = bias is not None, has_dark = dark is not None
+    cdef bint has_flat = flat is not None, has_bpm = badpix is not None
+    cdef double v, f
+    cdef unsigned char m
+    if out.shape[0] != ny or out.shape[1] != nx or mask.shape[0] != ny or mask.shape[1] != nx:
+        raise ValueError("out and mask must have the shape of raw")
+    if overscan.shape[0] != ny:
+        raise ValueError("overscan must have one value per row")
+    for name, arr in (("bias", bias), ("dark", dark), ("flat", flat), ("badpix", badpix)):
+        if arr is not None and (arr.shape[0] != ny or arr.shape[1] != nx):
+            raise ValueError(f"{name} must have the shape of the trimmed frame ({ny}, {nx})")
+    with nogil:
+        for j in range(ny):
+            for i in range(nx):
+                v = raw[j, i]
+                m = 0
+                if v >= saturate:
+                    m = 2
+                v = v - overscan[j]
+                if has_bias:
+                    v = v - bias[j, i]
+                if has_dark:
+                    v = v - dark[j, i] * dark_scale
+                if has_flat:
+                    f = flat[j, i]
+                    if isfinite(f) and f >= min_flat:
+                        v = v / f
+                    else:
+                        m = m | 8
+                if has_bpm:
+                    m = m | badpix[j, i]
+                if not isfinite(v):
+                    m = m | 4
+                out[j, i] = <float>v
+                mask[j, i] = m
+                if m:
+                    nbad += 1
+    return int(nbad)

@@ -16,6 +16,7 @@ def _columns(rng, framekeys):
     evil = np.arange(0, n, 97)
     objectid = objectid.astype(object)
     objectid[evil] = [f"x{i}'); DROP TABLE ap_photometry; --" for i in evil]  # stored verbatim
+    objectid[1] = "étoile-α"  # non-ASCII survives the UTF-8 path
     objectid = objectid.astype(str)
     return {
         "framekey": np.asarray(framekeys, dtype=np.int64),

@@ -95,6 +95,13 @@ class CalibrateSection:
     hot_sigma: float = _opt(8.0, "a dark pixel this many sigma above the median is hot")
     dead_fraction: float = _opt(0.5, "a flat pixel below this fraction of its neighbourhood is dead")
     min_frames: int = _opt(3, "minimum number of frames for a master")
+    overscan: str = _opt("row", "overscan level: row (median of the BIASSEC columns in each row), "
+                               "median (one median of the BIASSEC region) or none")
+    stack_mb: float = _opt(512.0, "memory budget of one row block of a master stack, MB "
+                                  "(rows per block = min(block_rows, what fits))")
+    dead_box: int = _opt(32, "box size of the local flat median used to find dead pixels, px")
+    min_flat: float = _opt(0.05, "flat values below this are not divided (pixel flagged NOFLAT)")
+    max_bad_fraction: float = _opt(0.5, "a calibrated frame with more masked pixels than this fails")
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ class AstrometrySection:
     max_p90_residual: float = _opt(0.5, "frame fails when the 90th percentile residual exceeds this, px")
     min_matches: int = _opt(20, "frame fails with fewer matched stars")
     mag_limit: float = _opt(99.0, "faintest catalog magnitude used")
+    search_radius: float = _opt(1.5, "largest error of the guessed pointing searched, deg")
+    scale_tolerance: float = _opt(0.1, "largest fractional error of the guessed pixel scale")
 
 
 @dataclass(frozen=True)

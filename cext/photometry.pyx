@@ -1,0 +1,502 @@
+# cython: language_level=3
+"""Forced aperture photometry kernel: all stars of a frame in one call.
+
+No I/O, no globals, no logging.  Geometry (0-based, pixel centres at
+integers, as numpy/sep/photutils): pixel (j, i) is the square
+[i - 0.5, i + 0.5] x [j - 0.5, j + 0.5].
+
+Aperture weights are the exact areas of overlap of each pixel square with
+each circle.  They come from the signed corner function
+
+    C(X, Y) = area of the circle (centre 0, radius r) inside the rectangle
+              with opposite corners (0, 0) and (X, Y), times sign(X) sign(Y),
+
+evaluated once per pixel corner and radius; the overlap of the square
+[x0, x1] x [y0, y1] is C(x1, y1) - C(x0, y1) - C(x1, y0) + C(x0, y0).  Every
+pixel of the star's largest aperture is read once and feeds all radii.
+
+Sky pixels are those whose centres lie at r_in <= d < r_out from the star,
+read once per star; masked, non-finite or saturated ones and those within
+``excl_radius`` of a neighbouring star (CSR lists) are left out.  The sky is
+found by iterative sigma clipping around the median
+followed by the mean, the median or the mode 3 median - 2 mean; medians are
+rank queries on a histogram of the annulus (exact, no sort of the annulus).
+"""
+from libc.math cimport sqrt, asin, copysign, fabs, floor, ceil, isfinite, NAN, INFINITY, M_PI
+from libc.stdlib cimport malloc, free, qsort
+from libc.string cimport memset
+from libc.stdint cimport uint8_t, int32_t, int64_t
+
+ctypedef fused pixel_t:
+    float
+    double
+
+cdef enum:
+    # sky estimators (values of ``sky_method``)
+    SKY_MEAN = 0
+    SKY_MEDIAN = 1
+    SKY_MODE = 2
+    # positions of the flag bits in the ``bits`` argument
+    B_OFF = 0
+    B_MASKED = 1
+    B_SAT = 2
+    B_FEWSKY = 3
+    B_CROWDED = 4
+
+
+cdef void corner_table(double* table, double* work, Py_ssize_t cw, Py_ssize_t ch,
+                       double x0, double y0, double r) noexcept nogil:
+    """table[j * cw + i] = C(x0 + i, y0 + j) for the circle of radius r (see top).
+
+    For a corner outside the circle, with X' = min(|X|, r), Y' = min(|Y|, r),
+
+        |C| = (X' sqrt(r^2 - X'^2) + Y' sqrt(r^2 - Y'^2)
+               + r^2 (asin(X'/r) + asin(Y'/r) - pi/2)) / 2,
+
+    a sum of a column term and a row term: one asin per grid line, not per corner.
+    """
+    cdef Py_ssize_t i, j
+    cdef double X, Y, xa, ya, rowterm
+    cdef double* colterm = work
+    for i in range(cw):
+        xa = min(fabs(x0 + i), r)
+        colterm[i] = xa * sqrt(r * r - xa * xa) + r * r * asin(xa / r)
+    for j in range(ch):
+        Y = y0 + j
+        ya = min(fabs(Y), r)
+        rowterm = ya * sqrt(r * r - ya * ya) + r * r * (asin(ya / r) - 0.5 * M_PI)
+        for i in range(cw):
+            X = x0 + i
+            if X * X + Y * Y <= r * r:
+                table[j * cw + i] = X * Y
+            else:
+                table[j * cw + i] = copysign(0.5 * (colterm[i] + rowterm), X * Y)
+
+
+cdef enum:
+    NBIN = 64            # histogram bins over +-4 estimated sigma (plus 2 overflow bins)
+    NSAMPLE = 16         # values sampled to place the histogram
+    SMALL_SORT = 48      # bins with more values than this are sorted with qsort
+
+cdef extern from *:
+    """
+    static int trex_phot_cmp(const void *a, const void *b) {
+        double x = *(const double *)a, y = *(const double *)b;
+        return (x > y) - (x < y);
+    }
+    """
+    int trex_phot_cmp(const void *a, const void *b) noexcept nogil
+
+
+cdef struct RankIndex:
+    # histogram of a[:n] that finds the t-th smallest value without sorting a:
+    # value i is in bin code[i] (0 below lo, NBIN + 1 above the top), cum[b]
+    # values lie in the bins before b; the last bin looked into is kept sorted.
+    double lo
+    double inv
+    int cum[NBIN + 3]
+    uint8_t* code
+    double* sorted
+    int sorted_bin
+
+
+cdef void insertion_sort(double* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double v
+    for i in range(1, n):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+cdef void rank_index(RankIndex* h, const double* a, Py_ssize_t n) noexcept nogil:
+    """Place NBIN bins over the centre +-4 sigma estimated from a sample, fill them."""
+    cdef double sample[NSAMPLE]
+    cdef Py_ssize_t ns = min(n, <Py_ssize_t>NSAMPLE), step = n // ns if n else 1, i
+    cdef double scale, t
+    cdef int b
+    for i in range(ns):
+        sample[i] = a[i * step]
+    insertion_sort(sample, ns)
+    scale = (sample[(3 * ns) // 4] - sample[ns // 4]) / 1.349
+    if not scale > 0:
+        scale = (sample[ns - 1] - sample[0]) / 4.0 if ns else 0.0
+    if not scale > 0:
+        scale = 1.0
+    h.lo = sample[ns // 2] - 4.0 * scale
+    h.inv = NBIN / (8.0 * scale)
+    for b in range(NBIN + 3):
+        h.cum[b] = 0
+    for i in range(n):
+        t = (a[i] - h.lo) * h.inv
+        b = 0 if t < 0 else (NBIN + 1 if t >= NBIN else <int>t + 1)
+        h.code[i] = <uint8_t>b
+        h.cum[b + 1] += 1
+    for b in range(NBIN + 2):
+        h.cum[b + 1] += h.cum[b]
+    h.sorted_bin = -1
+
+
+cdef double rank_value(RankIndex* h, const double* a, Py_ssize_t n, Py_ssize_t t) noexcept nogil:
+    """t-th smallest (0-based, t < n) of the values indexed by h."""
+    cdef int b = 0
+    cdef Py_ssize_t i, m = 0
+    while h.cum[b + 1] <= t:
+        b += 1
+    if b != h.sorted_bin:
+        for i in range(n):
+            h.sorted[m] = a[i]
+            m += h.code[i] == b
+        if m > SMALL_SORT:
+            qsort(h.sorted, m, sizeof(double), trex_phot_cmp)
+        else:
+            insertion_sort(h.sorted, m)
+        h.sorted_bin = b
+    return h.sorted[t - h.cum[b]]
+
+
+cdef double rank_median(RankIndex* h, const double* a, Py_ssize_t n, Py_ssize_t lo,
+                        Py_ssize_t hi) noexcept nogil:
+    """Median of the values of ranks lo..hi-1."""
+    cdef Py_ssize_t m = hi - lo
+    cdef double v = rank_value(h, a, n, lo + (m - 1) // 2)
+    if m % 2:
+        return v
+    return 0.5 * (v + rank_value(h, a, n, lo + m // 2))
+
+
+cdef Py_ssize_t sky_estimate(double* a, Py_ssize_t n, double nsigma, int iters, int method,
+                             double* sky, double* sigma, RankIndex* h) noexcept nogil:
+    """Clipped sky of a[:n]; returns the number of values kept.
+
+    Each iteration takes the median m and standard deviation s (ddof 1) of the
+    values kept and keeps those with |v - m| <= nsigma s.  The statistics of
+    the final set give the sky (mean, median or 3 median - 2 mean) and sigma.
+    The values kept are those in a window [wlo, whi], i.e. a range of ranks
+    [lo, hi), so medians are rank queries on one histogram of a; moments
+    are sums about the first median c.
+    """
+    cdef Py_ssize_t i, lo = 0, hi = n, newlo, newhi, m = n
+    cdef double c, med, s1 = 0.0, s2 = 0.0, t1, t2, d, sd, wlo, whi, v
+    cdef int it = 0
+    if n == 0:
+        sky[0] = NAN
+        sigma[0] = NAN
+        return 0
+    rank_index(h, a, n)
+    med = c = rank_median(h, a, n, 0, n)
+    for i in range(n):
+        d = a[i] - c
+        s1 += d
+        s2 += d * d
+    wlo = -INFINITY
+    whi = INFINITY
+    while True:
+        sd = sqrt(max(s2 - s1 * s1 / m, 0.0) / (m - 1)) if m > 1 else 0.0
+        if it >= iters or sd == 0.0:
+            break
+        wlo = max(wlo, med - nsigma * sd)
+        whi = min(whi, med + nsigma * sd)
+        newlo = 0
+        newhi = 0
+        t1 = 0.0
+        t2 = 0.0
+        for i in range(n):
+            v = a[i]
+            newlo += v < wlo
+            newhi += v <= whi
+            d = (v - c) if (v >= wlo and v <= whi) else 0.0
+            t1 += d
+            t2 += d * d
+        if (newlo == lo and newhi == hi) or newhi - newlo < 2:
+            break
+        lo = newlo
+        hi = newhi
+        m = hi - lo
+        s1 = t1
+        s2 = t2
+        med = rank_median(h, a, n, lo, hi)
+        it += 1
+    if method == SKY_MEDIAN:
+        sky[0] = med
+    elif method == SKY_MEAN:
+        sky[0] = c + s1 / m
+    else:
+        sky[0] = 3.0 * med - 2.0 * (c + s1 / m)
+    sigma[0] = sd
+    return m
+
+
+cdef void mark_neighbours(uint8_t* stamp, Py_ssize_t sw, Py_ssize_t sh, Py_ssize_t ix0,
+                          Py_ssize_t iy0, const double[::1] x, const double[::1] y,
+                          const int64_t[::1] nb_ptr, const int64_t[::1] nb_idx,
+                          Py_ssize_t star, double rex) noexcept nogil:
+    """Set stamp pixels (sh x sw, origin ix0, iy0) within rex of star's neighbours."""
+    cdef Py_ssize_t k, nb, i, j, i0, i1, j0, j1
+    cdef double nx, ny, dx, dy
+    for k in range(nb_ptr[star], nb_ptr[star + 1]):
+        nb = nb_idx[k]
+        nx = x[nb]
+        ny = y[nb]
+        if not (isfinite(nx) and isfinite(ny)):
+            continue
+        j0 = max(<Py_ssize_t>ceil(ny - rex) - iy0, 0)
+        j1 = min(<Py_ssize_t>floor(ny + rex) - iy0, sh - 1)
+        i0 = max(<Py_ssize_t>ceil(nx - rex) - ix0, 0)
+        i1 = min(<Py_ssize_t>floor(nx + rex) - ix0, sw - 1)
+        for j in range(j0, j1 + 1):
+            dy = j + iy0 - ny
+            for i in range(i0, i1 + 1):
+                dx = i + ix0 - nx
+                if dx * dx + dy * dy <= rex * rex:
+                    stamp[j * sw + i] = 1
+
+
+cdef inline void chord(double xc, double dy2, double rr, Py_ssize_t* ia,
+                       Py_ssize_t* ib) noexcept nogil:
+    """Columns [ia, ib] of the row at squared offset dy2 with (i - xc)^2 + dy2 < rr."""
+    cdef double half = sqrt(max(rr - dy2, 0.0))
+    ia[0] = <Py_ssize_t>ceil(xc - half)
+    ib[0] = <Py_ssize_t>floor(xc + half)
+    # settle the rounding of sqrt with the exact test
+    while (ia[0] - 1 - xc) ** 2 + dy2 < rr:
+        ia[0] -= 1
+    while ia[0] <= ib[0] and (ia[0] - xc) ** 2 + dy2 >= rr:
+        ia[0] += 1
+    while (ib[0] + 1 - xc) ** 2 + dy2 < rr:
+        ib[0] += 1
+    while ib[0] >= ia[0] and (ib[0] - xc) ** 2 + dy2 >= rr:
+        ib[0] -= 1
+
+
+cdef Py_ssize_t gather_run(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
+                           bint use_mask, Py_ssize_t j, Py_ssize_t ia, Py_ssize_t ib,
+                           double saturation, const uint8_t* stamp_row, bint crowded,
+                           double* buf, Py_ssize_t n, Py_ssize_t* ntotal, Py_ssize_t* nexcl,
+                           bint* off) noexcept nogil:
+    """Append the usable pixels of row j, columns [ia, ib], to buf[n:]; returns the new n."""
+    cdef Py_ssize_t i
+    cdef double v
+    if ib < ia:
+        return n
+    if j < 0 or j >= image.shape[0] or ia < 0 or ib >= image.shape[1]:
+        off[0] = True
+        if j < 0 or j >= image.shape[0]:
+            return n
+        ia = max(ia, 0)
+        ib = min(ib, image.shape[1] - 1)
+    ntotal[0] += ib - ia + 1
+    for i in range(ia, ib + 1):
+        if crowded and stamp_row[i]:
+            nexcl[0] += 1
+            continue
+        v = image[j, i]
+        buf[n] = v
+        n += isfinite(v) and v < saturation and not (use_mask and mask[j, i])
+    return n
+
+
+cdef Py_ssize_t gather_sky(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
+                           bint use_mask, double xc, double yc, double r_in, double r_out,
+                           double saturation, const uint8_t* stamp, bint crowded,
+                           Py_ssize_t sw, Py_ssize_t ix0, Py_ssize_t iy0, double* buf,
+                           Py_ssize_t* ntotal, Py_ssize_t* nexcl, bint* off) noexcept nogil:
+    """Copy the usable annulus pixels into buf, row by row; returns their number.
+
+    ntotal counts the annulus pixels on the frame, nexcl those left out around
+    neighbours (stamp, sw columns from ix0, rows from iy0); off is set when
+    part of the annulus is off the frame.
+    """
+    cdef Py_ssize_t j, ia, ib, ka, kb, n = 0
+    cdef double dy2
+    cdef const uint8_t* row = stamp
+    ntotal[0] = 0
+    nexcl[0] = 0
+    for j in range(iy0, <Py_ssize_t>floor(yc + r_out) + 1):
+        dy2 = (j - yc) * (j - yc)
+        chord(xc, dy2, r_out * r_out, &ia, &ib)
+        if crowded:
+            row = stamp + (j - iy0) * sw - ix0
+        if dy2 < r_in * r_in:
+            chord(xc, dy2, r_in * r_in, &ka, &kb)
+            n = gather_run(image, mask, use_mask, j, ia, ka - 1, saturation, row, crowded,
+                           buf, n, ntotal, nexcl, off)
+            ia = max(ia, kb + 1)
+        n = gather_run(image, mask, use_mask, j, ia, ib, saturation, row, crowded, buf, n,
+                       ntotal, nexcl, off)
+    return n
+
+
+cdef void aperture_sums(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
+                        bint use_mask, double xc, double yc, const double[::1] radii,
+                        double saturation, double* corners, double* sums, double* areas,
+                        int* bad) noexcept nogil:
+    """Exact-overlap sums of all radii in one pass over the largest aperture.
+
+    Writes sums[k] = sum a_k p and areas[k] = sum a_k over usable pixels and
+    ORs into bad[k]: 1 off frame, 2 masked or non-finite, 4 saturated.
+    Pixels wholly inside (outside) a circle have a = 1 (0); the others take
+    their area from the corner table of the circle.
+    """
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], nr = radii.shape[0]
+    cdef double rmax = radii[nr - 1], v = 0.0, a, r, dx, dy, near2, far2
+    cdef Py_ssize_t i0 = <Py_ssize_t>floor(xc - rmax - 0.5) + 1
+    cdef Py_ssize_t i1 = <Py_ssize_t>ceil(xc + rmax + 0.5) - 1
+    cdef Py_ssize_t j0 = <Py_ssize_t>floor(yc - rmax - 0.5) + 1
+    cdef Py_ssize_t j1 = <Py_ssize_t>ceil(yc + rmax + 0.5) - 1
+    cdef Py_ssize_t cw = i1 - i0 + 2, cn = cw * (j1 - j0 + 2)
+    cdef Py_ssize_t i, j, k, c
+    cdef double* t
+    cdef int why
+    for k in range(nr):
+        sums[k] = 0.0
+        areas[k] = 0.0
+        bad[k] = 0
+    for k in range(nr):
+        corner_table(corners + k * cn, corners + nr * cn, cw, j1 - j0 + 2,
+                     i0 - 0.5 - xc, j0 - 0.5 - yc, radii[k])
+    for j in range(j0, j1 + 1):
+        dy = j - yc
+        for i in range(i0, i1 + 1):
+            dx = i - xc
+            near2 = max(fabs(dx) - 0.5, 0.0) ** 2 + max(fabs(dy) - 0.5, 0.0) ** 2
+            if near2 >= rmax * rmax:
+                continue
+            far2 = (fabs(dx) + 0.5) ** 2 + (fabs(dy) + 0.5) ** 2
+            why = 0
+            if j < 0 or j >= ny or i < 0 or i >= nx:
+                why = 1
+            else:
+                v = image[j, i]
+                if (use_mask and mask[j, i]) or not isfinite(v):
+                    why = 2
+                elif v >= saturation:
+                    why = 4
+            c = (j - j0) * cw + i - i0
+            for k in range(nr - 1, -1, -1):
+                r = radii[k]
+                if near2 >= r * r:
+                    break
+                if far2 <= r * r:
+                    a = 1.0
+                else:
+                    t = corners + k * cn
+                    a = t[c + cw + 1] - t[c + cw] - t[c + 1] + t[c]
+                    if a <= 0.0:
+                        continue
+                bad[k] |= why
+                if why & 3:
+                    continue
+                sums[k] += a * v
+                areas[k] += a
+
+
+def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, bint use_mask,
+                      const double[::1] x, const double[::1] y, const double[::1] radii,
+                      double r_in, double r_out, const int64_t[::1] nb_ptr,
+                      const int64_t[::1] nb_idx, double excl_radius, int sky_method,
+                      double sky_sigma, int sky_iters, double saturation,
+                      const int32_t[::1] bits, double[:, ::1] flux, double[:, ::1] area,
+                      int32_t[:, ::1] flag, double[::1] bg, double[::1] bgsigma,
+                      int32_t[::1] nsky, int min_sky):
+    """Aperture photometry of every star of one frame (GIL released).
+
+    Parameters
+    ----------
+    image : float32 or float64 (ny, nx), C-contiguous, native byte order; ADU.
+    mask : uint8 (ny, nx), non-zero = bad (ignored unless ``use_mask``).
+    x, y : float64 (nstars,), star centres, px, 0-based.
+    radii : float64 (nradii,), increasing aperture radii, px.
+    r_in, r_out : sky annulus radii, px (pixel centres in [r_in, r_out)).
+    nb_ptr, nb_idx : int64 CSR neighbour lists (nb_ptr has nstars + 1 entries);
+        annulus pixels within ``excl_radius`` px of a neighbour are left out.
+    sky_method : 0 mean, 1 median, 2 mode (3 median - 2 mean).
+    sky_sigma, sky_iters : clipping threshold (sigma) and iterations.
+    saturation : pixels at or above it (ADU) are saturated.
+    bits : int32 (5,), flag bits for off frame, masked, saturated, few sky, crowded.
+    min_sky : fewer sky pixels than this set the few-sky bit.
+
+    Outputs (caller-allocated, written)
+    -----------------------------------
+    flux : float64 (nstars, nradii), sum a (p - sky) over usable pixels, ADU
+        (unusable aperture pixels count as sky; NaN without sky or area).
+    area : float64 (nstars, nradii), usable aperture area, px^2.
+    flag : int32 (nstars, nradii), OR of ``bits``.
+    bg, bgsigma : float64 (nstars,), sky per pixel and clipped pixel scatter, ADU.
+    nsky : int32 (nstars,), sky pixels kept after clipping.
+    """
+    cdef Py_ssize_t nstars = x.shape[0], nr = radii.shape[0], s, k, nbuf, ntot, nexcl
+    cdef Py_ssize_t sw = 2 * <Py_ssize_t>ceil(r_out) + 3
+    cdef Py_ssize_t cw = 2 * <Py_ssize_t>ceil(radii[nr - 1]) + 4
+    cdef Py_ssize_t ix0, iy0
+    cdef double xc, yc, sky, sd
+    cdef int f
+    cdef bint off, crowded
+    cdef double* buf = <double*>malloc(sw * sw * sizeof(double))
+    cdef double* corners = <double*>malloc((nr * cw + 1) * cw * sizeof(double))
+    cdef double* sums = <double*>malloc(2 * nr * sizeof(double))
+    cdef int* bad = <int*>malloc(nr * sizeof(int))
+    cdef uint8_t* stamp = <uint8_t*>malloc(sw * sw)
+    cdef RankIndex h
+    h.code = <uint8_t*>malloc(sw * sw)
+    h.sorted = <double*>malloc(sw * sw * sizeof(double))
+    try:
+        if not (buf and corners and sums and bad and stamp and h.code and h.sorted):
+            raise MemoryError()
+        with nogil:
+            for s in range(nstars):
+                xc = x[s]
+                yc = y[s]
+                if not (isfinite(xc) and isfinite(yc)):
+                    for k in range(nr):
+                        flux[s, k] = NAN
+                        area[s, k] = 0.0
+                        flag[s, k] = bits[B_OFF]
+                    bg[s] = NAN
+                    bgsigma[s] = NAN
+                    nsky[s] = 0
+                    continue
+                ix0 = <Py_ssize_t>floor(xc - r_out)
+                iy0 = <Py_ssize_t>floor(yc - r_out)
+                crowded = nb_ptr[s + 1] > nb_ptr[s]
+                if crowded:
+                    memset(stamp, 0, sw * sw)
+                    mark_neighbours(stamp, sw, sw, ix0, iy0, x, y, nb_ptr, nb_idx, s,
+                                    excl_radius)
+                off = False
+                nbuf = gather_sky(image, mask, use_mask, xc, yc, r_in, r_out, saturation,
+                                  stamp, crowded, sw, ix0, iy0, buf, &ntot, &nexcl, &off)
+                nbuf = sky_estimate(buf, nbuf, sky_sigma, sky_iters, sky_method, &sky, &sd, &h)
+                bg[s] = sky
+                bgsigma[s] = sd
+                nsky[s] = <int32_t>nbuf
+                f = 0
+                if off:
+                    f |= bits[B_OFF]
+                if nbuf < min_sky:
+                    f |= bits[B_FEWSKY]
+                if 2 * nexcl > ntot:
+                    f |= bits[B_CROWDED]
+                aperture_sums(image, mask, use_mask, xc, yc, radii, saturation, corners,
+                              sums, sums + nr, bad)
+                for k in range(nr):
+                    area[s, k] = sums[nr + k]
+                    flux[s, k] = sums[k] - sky * sums[nr + k] if sums[nr + k] > 0 else NAN
+                    flag[s, k] = f
+                    if bad[k] & 1:
+                        flag[s, k] |= bits[B_OFF]
+                    if bad[k] & 2:
+                        flag[s, k] |= bits[B_MASKED]
+                    if bad[k] & 4:
+                        flag[s, k] |= bits[B_SAT]
+    finally:
+        free(buf)
+        free(corners)
+        free(sums)
+        free(bad)
+        free(stamp)
+        free(h.code)
+        free(h.sorted)

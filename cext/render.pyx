@@ -1,0 +1,157 @@
+# cython: language_level=3
+"""Rendering kernel: add many pixel-integrated elliptical Gaussian stars to an image.
+
+No I/O, no globals, no logging.  The PSF follows the fistar (fitsh) shape
+convention: the surface brightness around a star at (x0, y0) is
+
+    I(dx, dy) ∝ exp(-0.5 * (S*(dx²+dy²) + D*(dx²-dy²) + 2*K*dx*dy)),
+
+with dx = x - x0, dy = y - y0 in pixels (S, D, K in px⁻²; a round star has
+D = K = 0 and S = 1/sigma²).  Each pixel receives the integral of I over its
+area, evaluated with ``order`` x ``order``-point Gauss-Legendre quadrature, inside a
+square stamp of half size ``ceil(nsigma * sigma_major)`` around the nearest
+pixel.  The stamp (including any part that falls outside the image) is
+normalised to sum exactly to the star's flux, so an isolated star fully inside
+the image adds exactly its flux.
+"""
+import numpy as np
+
+from libc.math cimport exp, sqrt, ceil, floor, isfinite
+from libc.stdlib cimport malloc, free
+
+
+cdef inline Py_ssize_t _halfsize(double s, double d, double k, double nsigma) noexcept nogil:
+    """Stamp half size from the smallest eigenvalue of the shape matrix, px."""
+    cdef double a = s + d, c = s - d, m = 0.5 * (a + c)
+    cdef double r = sqrt(0.25 * (a - c) * (a - c) + k * k)
+    cdef double lmin = m - r
+    if lmin <= 0.0:
+        return -1
+    return <Py_ssize_t>ceil(nsigma / sqrt(lmin))
+
+
+cdef double _stamp(double* buf, double* work, Py_ssize_t h, double fx, double fy, double s,
+                   double d, double k, const double* node, const double* weight,
+                   int order) noexcept nogil:
+    """Fill buf[(2h+1)²] with the pixel integrals around offset (fx, fy); return their sum.
+
+    With u = ui + node[p], v = vj + node[q] (ui, vj: pixel centre offsets) the
+    integrand factorises as exp(-a u²/2) exp(-c v²/2) exp(-k ui vj)
+    exp(-k ui node[q]) exp(-k node[p] vj) exp(-k node[p] node[q]), so only
+    O(n·order) exponentials are needed per star instead of O(n²·order²).
+    ``work`` holds 4·n·order + order² doubles.
+    """
+    cdef Py_ssize_t n = 2 * h + 1, i, j, p, q, no = n * order
+    cdef double a = s + d, c = s - d, total = 0.0, ui, vj, u, v, acc, inner
+    cdef double* ex = work              # [i, p] exp(-a u²/2)
+    cdef double* ey = work + no         # [j, q] exp(-c v²/2)
+    cdef double* cx = work + 2 * no     # [i, q] exp(-k ui node[q])
+    cdef double* cy = work + 3 * no     # [j, p] exp(-k node[p] vj)
+    cdef double* cn = work + 4 * no     # [p, q] exp(-k node[p] node[q])
+    for i in range(n):
+        ui = (i - h) - fx
+        vj = (i - h) - fy
+        for p in range(order):
+            u = ui + node[p]
+            v = vj + node[p]
+            ex[i * order + p] = weight[p] * exp(-0.5 * a * u * u)
+            ey[i * order + p] = weight[p] * exp(-0.5 * c * v * v)
+            cx[i * order + p] = exp(-k * ui * node[p])
+            cy[i * order + p] = exp(-k * node[p] * vj)
+    for p in range(order):
+        for q in range(order):
+            cn[p * order + q] = exp(-k * node[p] * node[q])
+    for j in range(n):
+        vj = (j - h) - fy
+        for i in range(n):
+            ui = (i - h) - fx
+            acc = 0.0
+            for q in range(order):
+                inner = 0.0
+                for p in range(order):
+                    inner += ex[i * order + p] * cy[j * order + p] * cn[p * order + q]
+                acc += inner * ey[j * order + q] * cx[i * order + q]
+            acc *= exp(-k * ui * vj)
+            buf[j * n + i] = acc
+            total += acc
+    return total
+
+
+def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
+              const double[::1] flux, const double[::1] s, const double[::1] d,
+              const double[::1] k, int order=5, double nsigma=5.0):
+    """Add elliptical Gaussian stars, integrated over pixels, into ``image`` in place.
+
+    Parameters
+    ----------
+    image : float32 array, shape (ny, nx), C-contiguous, modified in place
+        Any unit (the unit of ``flux``).
+    x, y : float64 arrays, shape (nstars,)
+        Star centres, px, 0-based with pixel centres at integers.
+    flux : float64 array, shape (nstars,)
+        Total flux of each star (image units); non-finite or <= 0 is skipped.
+    s, d, k : float64 arrays, shape (nstars,)
+        Shape parameters S, D, K of each star, px⁻² (see module docstring).
+    order : Gauss-Legendre nodes per pixel side (1-16); 5 integrates an FWHM = 1.5 px
+        star to better than 1e-4 of each pixel's value.
+    nsigma : stamp half size in units of the major-axis sigma.
+
+    Returns
+    -------
+    int : number of stars that put flux into the image.
+
+    Raises ValueError for mismatched lengths, ``order`` outside 1..16 or a shape
+    matrix that is not positive definite.
+    """
+    cdef Py_ssize_t n = x.shape[0], ny = image.shape[0], nx = image.shape[1]
+    cdef Py_ssize_t i, h, hmax = 0, ci, cj, sx, sy, ii, jj, w, bad = -1, added = 0
+    cdef double scale
+    cdef double* buf
+    if not (y.shape[0] == n and flux.shape[0] == n and s.shape[0] == n
+            and d.shape[0] == n and k.shape[0] == n):
+        raise ValueError("x, y, flux, s, d, k must have the same length")
+    if not 1 <= order <= 16 or nsigma <= 0:
+        raise ValueError("order must be in 1..16 and nsigma > 0")
+    gl_nodes, gl_weights = np.polynomial.legendre.leggauss(order)
+    cdef double[::1] node = np.ascontiguousarray(0.5 * gl_nodes)
+    cdef double[::1] weight = np.ascontiguousarray(0.5 * gl_weights)
+    with nogil:
+        for i in range(n):
+            h = _halfsize(s[i], d[i], k[i], nsigma)
+            if h < 0:
+                bad = i
+                break
+            if h > hmax:
+                hmax = h
+    if bad >= 0:
+        raise ValueError(f"star {bad}: S, D, K do not describe an ellipse "
+                         f"(need S > sqrt(D^2 + K^2))")
+    w = 2 * hmax + 1
+    buf = <double*>malloc((w * w + 4 * w * order + order * order) * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for i in range(n):
+                if not (isfinite(flux[i]) and flux[i] > 0 and isfinite(x[i]) and isfinite(y[i])):
+                    continue
+                h = _halfsize(s[i], d[i], k[i], nsigma)
+                ci = <Py_ssize_t>floor(x[i] + 0.5)
+                cj = <Py_ssize_t>floor(y[i] + 0.5)
+                if ci + h < 0 or cj + h < 0 or ci - h >= nx or cj - h >= ny:
+                    continue
+                w = 2 * h + 1
+                scale = flux[i] / _stamp(buf, buf + w * w, h, x[i] - ci, y[i] - cj, s[i],
+                                         d[i], k[i], &node[0], &weight[0], order)
+                for jj in range(w):
+                    sy = cj - h + jj
+                    if sy < 0 or sy >= ny:
+                        continue
+                    for ii in range(w):
+                        sx = ci - h + ii
+                        if 0 <= sx < nx:
+                            image[sy, sx] += <float>(scale * buf[jj * w + ii])
+                added += 1
+    finally:
+        free(buf)
+    return int(added)

@@ -1,0 +1,229 @@
+"""Kernel specification, stamps, normal equations, varying convolution, subtraction."""
+
+import numpy as np
+import pytest
+from scipy.signal import fftconvolve
+
+from trex import _subtract
+from trex.kernelspec import dense_coefficients, nterms, parse_kernel, poly_terms
+from trex.subtract import Solution, grid_cells, select_stamps, subtract
+
+N = 384
+GAIN = 2.0
+
+
+def gaussian_kernel(sigma, dx=0.0, dy=0.0, half=4):
+    y, x = np.mgrid[-half:half + 1, -half:half + 1]
+    k = np.exp(-((x - dx) ** 2 + (y - dy) ** 2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+KA = gaussian_kernel(0.7, 0.2, 0.0)
+KB = gaussian_kernel(1.1, -0.1, 0.15)
+
+
+def star_image(n, nstars, seed, sigma=1.0, sky=1000.0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((n, n))
+    xs, ys = rng.integers(0, n, nstars), rng.integers(0, n, nstars)
+    np.add.at(img, (ys, xs), 10 ** rng.uniform(2.5, 5.0, nstars))
+    return fftconvolve(img, gaussian_kernel(sigma, half=7), mode="same") + sky, xs, ys
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Noiseless reference; image = reference convolved with a kernel varying
+    linearly in x, flux scale varying in y, plus a background and Poisson noise."""
+    ref, xs, ys = star_image(N, 600, seed=2)
+    t = np.arange(N) / (N - 1)
+    conv = (1 - t) * fftconvolve(ref, KA, mode="same") + t * fftconvolve(ref, KB, mode="same")
+    truth = conv * (0.9 + 0.05 * t[:, None]) + 50 + 20 * t[None, :] - 10 * t[:, None] ** 2
+    image = np.random.default_rng(3).poisson(truth * GAIN) / GAIN
+    return ref, image, truth, xs, ys
+
+
+def true_kernel(x, y):
+    t = x / (N - 1)
+    return ((1 - t) * KA + t * KB) * (0.9 + 0.05 * y / (N - 1))
+
+
+# --- kernel specification -------------------------------------------------
+
+def test_default_spec_basis():
+    spec = parse_kernel("b/4;i/4;d=4/4")
+    basis = spec.basis()
+    assert spec.text == "b/4;i/4;d=4/4" and spec.halfsize == 4
+    assert basis.images.shape == (81, 9, 9) and basis.background_order == 4
+    assert basis.nunknowns == 15 * 82
+    assert basis.images[0].sum() == 1.0 and basis.images[0][4, 4] == 1.0
+    assert np.allclose(basis.images[1:].sum(axis=(1, 2)), 0.0)
+    # every off-centre pixel is reached by exactly one delta basis
+    assert np.array_equal((basis.images[1:] > 0).sum(axis=0), 1.0 - basis.images[0])
+
+
+def test_gauss_hermite_bases_carry_no_flux():
+    basis = parse_kernel(" i/1 ; g=3,1.5,2/1 ").basis()
+    assert basis.images.shape == (1 + 6, 7, 7) and basis.background_order == -1
+    assert np.allclose(basis.images[1:].sum(axis=(1, 2)), 0.0)
+    assert np.all(basis.orders == 1)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("", "empty"),
+    ("x/4", "bad kernel term 'x/4'"),
+    ("i4", "bad kernel term 'i4'"),
+    ("i/a", "polynomial order 'a' is not an integer"),
+    ("i/-1", "negative polynomial order"),
+    ("i/2;d=0/2", "half-size must be >= 1"),
+    ("i/2;d=x/2", "half-size 'x' is not an integer"),
+    ("d=4/2", "needs an i/N term"),
+    ("b/2", "no kernel term"),
+    ("i/2;i/3", "more than once"),
+    ("i/1;g=3,-1,2/1", "sigma > 0"),
+    ("i/1;g=3,1/1", "g= needs H,sigma,O"),
+    ("i=2/1", "takes no parameters"),
+])
+def test_bad_specs_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_kernel(spec)
+
+
+# --- stamps ---------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,ngrid", [((350, 420), 7), ((256, 256), 8), ((301, 299), 5)])
+def test_grid_cells_tile_the_frame(shape, ngrid):
+    cover = np.zeros(shape, dtype=int)
+    for y0, y1, x0, x1 in grid_cells(shape, ngrid):
+        cover[y0:y1, x0:x1] += 1
+    assert len(grid_cells(shape, ngrid)) == ngrid**2
+    assert np.all(cover == 1)
+
+
+def test_one_stamp_in_every_cell():
+    shape, ngrid = (350, 420), 7
+    rng = np.random.default_rng(4)
+    img = np.full(shape, 100.0)
+    star = gaussian_kernel(0.8, half=1)
+    centres = []
+    for y0, y1, x0, x1 in grid_cells(shape, ngrid):
+        # anywhere in the cell, at least a stamp half-size from the other stars
+        x = rng.integers(max(x0 + 6, 15), min(x1 - 5, shape[1] - 15))
+        y = rng.integers(max(y0 + 6, 15), min(y1 - 5, shape[0] - 15))
+        img[y - 1:y + 2, x - 1:x + 2] += 1000.0 * star / star.max()
+        centres.append((x, y))
+    img += rng.normal(0, 1.0, shape)
+    found = select_stamps(img, ngrid=ngrid, halfsize=10, border=4)
+    assert sorted(map(tuple, found)) == sorted(centres)
+
+
+def test_saturated_and_masked_stars_are_skipped():
+    img = np.full((120, 120), 100.0) + np.random.default_rng(1).normal(0, 1, (120, 120))
+    img[30, 30] = 5000.0   # saturated
+    img[30, 90] = 3000.0   # masked
+    img[90, 30] = 2000.0   # good
+    img[88, 33] = 2500.0   # brighter neighbour inside the stamp of (30, 90)...
+    img[90, 90] = 1500.0   # good
+    mask = np.zeros(img.shape, dtype=np.uint8)
+    mask[32, 92] = 1
+    found = select_stamps(img, ngrid=2, halfsize=8, border=2, mask=mask, saturation=4000.0)
+    assert sorted(map(tuple, found)) == [(33, 88), (90, 90)]
+
+
+# --- Cython kernels against independent numpy ------------------------------
+
+def test_normal_equations_match_an_explicit_design_matrix():
+    rng = np.random.default_rng(0)
+    ns, nb, npix, order = 6, 4, 30, 2
+    vectors = rng.normal(size=(ns, nb, npix))
+    data = rng.normal(size=(ns, npix))
+    w = rng.random((ns, npix))
+    poly = rng.normal(size=(ns, nterms(order)))
+    nterm = np.array([6, 3, 1, 6], dtype=np.int64)
+    design = np.concatenate([
+        np.concatenate([vectors[s, b][:, None] * poly[s, None, :nterm[b]] for b in range(nb)], axis=1)
+        for s in range(ns)])
+    weights, target = w.ravel(), data.ravel()
+    cross = np.einsum("sbp,scp,sp->sbc", vectors, vectors, w)
+    rstamp = np.einsum("sbp,sp,sp->sb", vectors, data, w)
+    matrix, rhs = np.empty((nterm.sum(), nterm.sum())), np.empty(nterm.sum())
+    _subtract.normal_equations(cross, rstamp, poly, nterm, matrix, rhs)
+    assert np.allclose(matrix, design.T @ (design * weights[:, None]))
+    assert np.allclose(rhs, design.T @ (weights * target))
+
+
+def test_varying_convolution_is_exact():
+    ref, _, _ = star_image(128, 60, seed=9)
+    ref = ref.astype(np.float32)
+    # K = (KA + KB)/2 + xn (KB - KA)/2, i.e. KA at x = 0 and KB at x = N - 1
+    kcoef = np.array([(KA + KB) / 2, (KB - KA) / 2, np.zeros_like(KA)])
+    bcoef = np.array([5.0, 0.0, 2.0])
+    norm = (63.5, 63.5, 63.5, 63.5)
+    sol = Solution(parse_kernel("b/1;i/1;d=4/1"), kcoef, bcoef, np.zeros((2, 3)), norm,
+                   np.empty((0, 2)), np.empty((0, 2)), np.empty(0))
+    model = sol.model(ref)
+    t = np.arange(128) / 127.0
+    truth = ((1 - t) * fftconvolve(ref, KA, mode="same") + t * fftconvolve(ref, KB, mode="same")
+             + 5.0 + 2.0 * (np.arange(128)[:, None] - 63.5) / 63.5)
+    assert np.allclose(model[4:-4, 4:-4], truth[4:-4, 4:-4], rtol=2e-6, atol=1e-3)
+    assert np.all(np.isnan(model[:4])) and np.all(np.isnan(model[:, -4:]))
+    dense = dense_coefficients(np.moveaxis(kcoef, 0, -1), 1)
+    assert dense.shape == (9, 9, 2, 2) and np.allclose(dense[..., 0, 1], 0.0)
+
+
+# --- the full subtraction on a simulated pair ------------------------------
+
+def test_difference_is_consistent_with_noise(pair):
+    ref, image, truth, xs, ys = pair
+    diff, sol = subtract(image, ref, "b/4;i/4;d=4/4", gain=GAIN)
+    z = (diff / np.sqrt(truth / GAIN))[6:-6, 6:-6]
+    assert abs(np.std(z) - 1.0) < 0.1
+    assert abs(np.mean(z)) < 0.05
+    # constant stars: 5x5 box sums on D are consistent with their noise
+    keep = (xs > 8) & (xs < N - 8) & (ys > 8) & (ys < N - 8)
+    sums = np.array([diff[y - 2:y + 3, x - 2:x + 3].sum() for x, y in zip(xs[keep], ys[keep])])
+    errs = np.array([np.sqrt(truth[y - 2:y + 3, x - 2:x + 3].sum() / GAIN) for x, y in zip(xs[keep], ys[keep])])
+    assert abs(np.std(sums / errs) - 1.0) < 0.2
+    assert len(sol.stamps) >= 50
+
+
+def test_known_kernel_and_flux_scale_are_recovered(pair):
+    ref, image, truth, _, _ = pair
+    _, sol = subtract(image, ref, "b/2;i/2;d=4/2", gain=GAIN)
+    for x, y in [(N / 4, N / 4), (N / 2, N / 2), (3 * N / 4, 2 * N / 3)]:
+        k = true_kernel(x, y)
+        assert np.max(np.abs(sol.kernel(x, y) - k)) < 0.05 * k.max()
+        assert abs(sol.flux_scale(x, y) / k.sum() - 1) < 3e-3
+        t = x / (N - 1), y / (N - 1)
+        assert abs(sol.background(x, y) - (50 + 20 * t[0] - 10 * t[1] ** 2)) < 2.0
+    # coefficients in normalised coordinates: K = (0.925 + 0.025 yn)((KA+KB)/2 + xn (KB-KA)/2)
+    assert np.max(np.abs(sol.kcoef[0] - 0.925 * (KA + KB) / 2)) < 0.02 * KA.max()
+    assert np.max(np.abs(sol.kcoef[1] - 0.925 * (KB - KA) / 2)) < 0.04 * KA.max()
+
+
+def test_a_bad_stamp_is_rejected(pair):
+    ref, image, _, _, _ = pair
+    stamps = select_stamps(ref)
+    spoiled = image.copy()
+    x, y = stamps[10]
+    spoiled[y - 3:y + 4, x - 3:x + 4] += 3000.0   # a variable star or a cosmic ray
+    _, sol = subtract(spoiled, ref, "b/2;i/2;d=3/2", stamps=stamps, gain=GAIN)
+    assert (x, y) in set(map(tuple, sol.rejected))
+    assert len(sol.stamps) + len(sol.rejected) == len(stamps)
+
+
+def test_masked_region_gets_no_stamp(pair):
+    ref, image, _, _, _ = pair
+    mask = np.zeros(ref.shape, dtype=np.uint8)
+    mask[: N // 2] = 1
+    _, sol = subtract(image, ref, "b/1;i/1;d=3/1", mask=mask, gain=GAIN)
+    assert np.all(sol.stamps[:, 1] >= N // 2)
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="must be 2-D of one shape"):
+        subtract(np.zeros((10, 10)), np.zeros((10, 11)))
+
+
+def test_poly_terms_order():
+    terms = poly_terms(np.array(2.0), np.array(3.0), 2)
+    assert np.allclose(terms, [1, 2, 3, 4, 6, 9])

@@ -1,0 +1,121 @@
+"""HATPI-like simulated nights with ground truth (``trex simulate``).
+
+``simulate_project`` writes raw frames (SPEC section 2) into ``RAW/<night>/``,
+the field catalog (section 3) into ``BASE/CAT/<field>.csv`` and the truth into
+``PROJ/truth/`` (see :mod:`trex.simulate.truth`); ``load_truth`` reads it back.
+``make_scene`` and ``render_frame`` make single calibrated-like frames in
+memory for other stages' tests.
+
+Photometric scale: ``flux_ADU / s = 10^(-0.4 (mag - ZEROPOINT))`` above the
+atmosphere (extinction ``EXTINCTION`` mag per airmass).  With the default
+camera a mag 8 star peaks near 65000 ADU in 30 s at best focus (saturated),
+and mag 14 stars have S/N of about 10 in the 2.45 px aperture on a dark-sky
+frame, so the detection limit is near mag 14.5-15.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trex.project import Project, ProjectError, safe_name
+from trex.simulate.detector import Camera
+from trex.simulate.night import make_field, simulate_night
+from trex.simulate.optics import Optics
+from trex.simulate.plan import field_centre, make_plan, night_name
+from trex.simulate.scene import Scene, make_scene, render_frame
+from trex.simulate.stars import make_variables, write_catalog
+from trex.simulate.truth import load_params, load_truth, save_params
+from trex.times import bjd_tdb, site
+
+__all__ = ["simulate_project", "load_truth", "make_scene", "render_frame", "Scene",
+           "default_params", "night_names", "night_name"]
+
+log = logging.getLogger(__name__)
+
+ZEROPOINT = 18.5       # mag of 1 ADU/s above the atmosphere
+EXTINCTION = 0.15      # mag per airmass
+SKY_MAG = 20.5         # dark sky, mag/arcsec² in the same band
+FIRST_NIGHT = "2026-11-29"
+
+
+def default_params(frames: int = 20, stars: int = 2000, size: int = 1024, seed: int = 1,
+                   compress: bool = False, ncal: int = 5, cadence: float = 0.0,
+                   first_night: str = FIRST_NIGHT) -> dict:
+    """The parameters of a new simulation (JSON-ready; saved as ``simulation.json``).
+
+    ``cadence`` (s) 0 spreads the frames over up to 6 h around local midnight.
+    """
+    site_ = {"latitude": -29.0146, "longitude": -70.6926, "altitude": 2380.0}
+    ra, dec = field_centre(first_night, **site_)
+    return {
+        "version": 1, "seed": seed, "frames": frames, "stars": stars, "ncal": ncal,
+        "cadence": cadence, "compress": compress, "exptime": 30.0,
+        "first_night": first_night, "site": site_, "ra": ra, "dec": dec,
+        "field": f"F{ra:05.1f}{dec:+05.1f}", "projid": "12", "ccd": "5",
+        "filter": "r", "mag_range": [6.0, 15.0], "zeropoint": ZEROPOINT,
+        "extinction": EXTINCTION, "sky_mag": SKY_MAG, "moon_sky": 3.0, "flares_per_night": 3,
+        "camera": dataclasses.asdict(Camera()), "optics": dataclasses.asdict(Optics(size=size)),
+        "nights": [], "next_frameno": 1, "variables": [], "flares": [],
+    }
+
+
+def _new(root: Path, params: dict) -> None:
+    """Catalog, variables and ephemerides of a new simulation."""
+    field = make_field(params)
+    sitep = params["site"]
+    mid = make_plan(params, 0).start.mean()
+    t_ref = float(bjd_tdb([mid], [params["ra"]], [params["dec"]], site(**sitep))[0, 0])
+    params["variables"] = make_variables(np.random.default_rng([params["seed"], 7]),
+                                         field.catalog["mag"], t_ref)
+    write_catalog(Project(root).cat / f"{safe_name(params['field'])}.csv", field.catalog)
+
+
+def simulate_project(root: Path | str, nights: int = 1, frames: int = 20, stars: int = 2000,
+                     size: int = 1024, seed: int = 1, compress: bool = False,
+                     add_night: bool = False, ncal: int = 5, cadence: float = 0.0) -> str:
+    """Simulate ``nights`` nights into the project at ``root``; return a short summary.
+
+    With ``add_night`` the existing simulation (same field, stars, variables,
+    camera; its own frame count and size) gains ``nights`` more nights and the
+    other arguments are ignored.  Raises ProjectError when ``add_night`` finds
+    no simulation, or when a simulation exists and ``add_night`` is not set.
+    """
+    root = Path(root)
+    began = time.perf_counter()
+    params = load_params(root)
+    if add_night and params is None:
+        raise ProjectError(f"{root}: no simulation to add a night to (run 'trex simulate' first)")
+    if not add_night:
+        if params is not None:
+            raise ProjectError(f"{root}: already simulated; use --add-night to add nights")
+        params = default_params(frames, stars, size, seed, compress, ncal, cadence)
+        _new(root, params)
+    field = make_field(params)
+    done = []
+    for _ in range(nights):
+        index = len(params["nights"])
+        summary = simulate_night(root, field, index)
+        params["nights"].append(dict(summary, index=index))
+        save_params(root, params)
+        done.append(summary)
+        log.info("simulated night %s: %d object and %d calibration frames", summary["night"],
+                 summary["objects"], summary["calibrations"])
+    size = field.optics.size
+    return (f"simulated {len(done)} night(s) {', '.join(d['night'] for d in done)} of field "
+            f"{params['field']}: {sum(d['objects'] for d in done)} object + "
+            f"{sum(d['calibrations'] for d in done)} calibration frames, {size}x{size} px, "
+            f"{params['stars']} stars ({len(params['variables'])} variables) in "
+            f"{time.perf_counter() - began:.1f} s; truth in "
+            f"{Project(root).proj('truth')}")
+
+
+def night_names(root: Path | str) -> list[str]:
+    """Names of the simulated nights of a project, in order."""
+    params = load_params(root)
+    return [] if params is None else [n["night"] for n in params["nights"]]
+

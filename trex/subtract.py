@@ -1,0 +1,283 @@
+"""Image subtraction: fit a spatially varying kernel on stamps, convolve, subtract.
+
+The model of the image is ``M = R conv K(x, y) + B(x, y)``: the reference
+convolved with a kernel whose basis coefficients (see :mod:`trex.kernelspec`)
+are polynomials in the normalised pixel coordinates, plus a background
+polynomial.  The coefficients are fitted by weighted linear least squares on
+stamps around bright, unsaturated stars spread over the frame, rejecting
+stamps whose chi^2 stands out; the normal equations are assembled and the
+varying kernel applied in Cython (``trex._subtract``).  Pixel coordinates are
+0-based, pixel centres at integers.
+
+>>> diff, sol = subtract(image, reference, kernel="b/4;i/4;d=4/4", gain=2.7)
+>>> sol.flux_scale(1024.0, 1024.0), sol.kernel(1024.0, 1024.0).shape
+(0.93..., (9, 9))
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from trex import _subtract
+from trex._stats import clipped_stats
+from trex.kernelspec import (DEFAULT_KERNEL, Basis, KernelSpec, dense_coefficients,
+                             nterms, parse_kernel, poly_terms)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A fitted kernel and background.
+
+    Attributes
+    ----------
+    spec : the kernel specification.
+    kcoef : float64, (nterms(N), 2H+1, 2H+1): kernel images per polynomial
+        term, ``K(x, y) = sum_p P_p(xn, yn) kcoef[p]``; ``K[H + n, H + m]``
+        multiplies ``R[y - n, x - m]``.
+    bcoef : float64, (nterms(N),): background polynomial.
+    params : float64, (nbasis, nterms(N)): fitted coefficient of each basis of
+        ``spec.basis()`` (rows) per polynomial term (zero beyond its order).
+    norm : (x0, sx, y0, sy): xn = (x - x0) / sx, yn = (y - y0) / sy.
+    stamps : int, (nstamps, 2): (x, y) centres of the stamps kept in the fit.
+    rejected : int, (nrejected, 2): centres of the stamps rejected.
+    chi2 : float64, (nstamps,): reduced chi^2 of the kept stamps.
+    """
+
+    spec: KernelSpec
+    kcoef: np.ndarray
+    bcoef: np.ndarray
+    params: np.ndarray
+    norm: tuple[float, float, float, float]
+    stamps: np.ndarray
+    rejected: np.ndarray
+    chi2: np.ndarray
+
+    @property
+    def order(self) -> int:
+        return int(round((np.sqrt(8 * self.kcoef.shape[0] + 1) - 3) / 2))
+
+    def _terms(self, x, y) -> np.ndarray:
+        x0, sx, y0, sy = self.norm
+        return poly_terms((np.asarray(x, float) - x0) / sx, (np.asarray(y, float) - y0) / sy, self.order)
+
+    def kernel(self, x: float, y: float) -> np.ndarray:
+        """The kernel image at pixel (x, y), float64, shape (2H+1, 2H+1)."""
+        return np.tensordot(self._terms(x, y), self.kcoef, axes=(0, 0))
+
+    def flux_scale(self, x, y) -> np.ndarray:
+        """Sum of the kernel at (x, y) (scalars or arrays): image flux / reference flux."""
+        return np.tensordot(self.kcoef.sum(axis=(1, 2)), self._terms(x, y), axes=(0, 0))
+
+    def background(self, x, y) -> np.ndarray:
+        """Background polynomial at (x, y), ADU."""
+        return np.tensordot(self.bcoef, self._terms(x, y), axes=(0, 0))
+
+    def model(self, reference: np.ndarray) -> np.ndarray:
+        """``R conv K + B`` as float32; NaN within H of the border."""
+        ref = np.ascontiguousarray(reference, dtype=np.float32)
+        h = self.kcoef.shape[1] // 2
+        kdense = dense_coefficients(np.moveaxis(self.kcoef, 0, -1), self.order)
+        bdense = dense_coefficients(self.bcoef, self.order)
+        out = np.full(ref.shape, np.nan, dtype=np.float32)
+        _subtract.convolve_varying(ref, np.ascontiguousarray(kdense), bdense,
+                                   np.array(self.norm, dtype=np.float64), out)
+        if h:
+            out[:h] = out[-h:] = np.nan
+            out[:, :h] = out[:, -h:] = np.nan
+        return out
+
+
+def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of the ngrid x ngrid cells that tile an image of shape (ny, nx)."""
+    ye = np.linspace(0, shape[0], ngrid + 1).round().astype(int)
+    xe = np.linspace(0, shape[1], ngrid + 1).round().astype(int)
+    return [(ye[j], ye[j + 1], xe[i], xe[i + 1]) for j in range(ngrid) for i in range(ngrid)]
+
+
+def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
+                  mask: np.ndarray | None = None, saturation: float | None = None,
+                  nsigma: float = 10.0, tries: int = 8) -> np.ndarray:
+    """Centres (x, y) of one stamp per grid cell, on the brightest suitable star.
+
+    A star qualifies when its peak is ``nsigma`` sky noises above the sky, no
+    brighter pixel lies in its stamp, and the stamp (grown by ``border``, the
+    kernel half-size) lies inside the frame and holds no masked, saturated
+    (``>= saturation``) or non-finite pixel.  The ``tries`` brightest peaks
+    of each cell are examined; cells without a qualifying star get no stamp.
+
+    Returns
+    -------
+    int64 array, shape (nstamps, 2): x, y.
+    """
+    ref = np.asarray(reference, dtype=np.float32)
+    ny, nx = ref.shape
+    _, sky, noise, _ = clipped_stats(ref[::4, ::4], 3.0, 5)
+    bad = ~np.isfinite(ref)
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    if saturation is not None:
+        bad |= ref >= saturation
+    lo = halfsize + border
+    if ny <= 2 * lo or nx <= 2 * lo:
+        return np.empty((0, 2), dtype=np.int64)
+    core = ref[lo:ny - lo, lo:nx - lo]
+    peak = core > sky + nsigma * max(noise, 1e-12)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                peak &= core >= ref[lo + dy:ny - lo + dy, lo + dx:nx - lo + dx]
+    ys, xs = np.nonzero(peak)
+    ys, xs = ys + lo, xs + lo
+    ye, xe = (np.linspace(0, n, ngrid + 1).round().astype(int) for n in (ny, nx))
+    cell = (np.searchsorted(ye, ys, "right") - 1) * ngrid + np.searchsorted(xe, xs, "right") - 1
+    order = np.lexsort((-ref[ys, xs], cell))
+    first = np.searchsorted(cell[order], cell[order])
+    order = order[np.arange(order.size) - first < tries]  # the brightest few per cell
+    cand = np.stack([xs[order], ys[order]], axis=1)
+    ok = ~_cutouts(bad, cand, lo).any(axis=(1, 2))
+    ok &= _cutouts(ref, cand, halfsize).max(axis=(1, 2)) <= ref[cand[:, 1], cand[:, 0]]
+    cand, cell = cand[ok], cell[order][ok]
+    _, pick = np.unique(cell, return_index=True)
+    return cand[pick]
+
+
+def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
+    """Boxes of side 2 * half + 1 around (x, y) centres: float64 (n, side, side), NaN -> 0."""
+    span = np.arange(-half, half + 1)
+    rows = (centres[:, 1, None] + span)[:, :, None]
+    cols = (centres[:, 0, None] + span)[:, None, :]
+    return np.nan_to_num(np.asarray(array[rows, cols], dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _stamp_basis(ref: np.ndarray, centres: np.ndarray, basis: Basis, halfsize: int) -> np.ndarray:
+    """Basis vectors on the stamps: float64 (nstamp, nbasis [+ 1 background], npix)."""
+    h, side = basis.halfsize, 2 * halfsize + 1
+    cut = _cutouts(ref, centres, halfsize + h)
+    win = np.lib.stride_tricks.sliding_window_view(cut, (side, side), axis=(1, 2))
+    win = np.ascontiguousarray(win).reshape(len(centres), (2 * h + 1) ** 2, side * side)
+    flipped = basis.images[:, ::-1, ::-1].reshape(len(basis.images), -1)
+    vectors = np.matmul(flipped, win)
+    if basis.background_order >= 0:
+        vectors = np.concatenate([vectors, np.ones((len(centres), 1, side * side))], axis=1)
+    return vectors
+
+
+def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    scale = 1.0 / np.sqrt(np.where(np.diag(matrix) > 0, np.diag(matrix), 1.0))
+    scaled = matrix * scale[:, None] * scale[None, :]
+    try:
+        factor = scipy.linalg.cho_factor(scaled, overwrite_a=True, check_finite=False)
+        sol = scipy.linalg.cho_solve(factor, rhs * scale, check_finite=False)
+    except np.linalg.LinAlgError:
+        log.warning("kernel normal equations singular: using least squares")
+        sol = np.linalg.lstsq(scaled, rhs * scale, rcond=None)[0]
+    return sol * scale
+
+
+def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
+               spec: KernelSpec, *, weight: np.ndarray, halfsize: int = 10,
+               gain: float = 1.0, rdnoise: float = 0.0, nsigma: float = 3.0,
+               maxiter: int = 3) -> Solution:
+    """Least-squares kernel fit on stamps, with iterative rejection of bad stamps.
+
+    ``weight`` (image shape) is 0 on pixels to ignore and 1 elsewhere; the
+    pixel variance is ``max(model, 0) / gain + (rdnoise / gain)**2`` (the
+    reference stands in for the model on the first pass).  A stamp is rejected
+    when its reduced chi^2 exceeds the median by ``nsigma`` robust sigmas.
+    """
+    basis = spec.basis()
+    order = basis.max_order
+    ny, nx = reference.shape
+    norm = (0.5 * (nx - 1), max(0.5 * (nx - 1), 1.0), 0.5 * (ny - 1), max(0.5 * (ny - 1), 1.0))
+    vectors = _stamp_basis(reference, centres, basis, halfsize)
+    data = _cutouts(image, centres, halfsize).reshape(len(centres), -1)
+    wmask = _cutouts(weight, centres, halfsize).reshape(len(centres), -1)
+    nterm = [nterms(int(o)) for o in basis.orders]
+    if basis.background_order >= 0:
+        nterm.append(nterms(basis.background_order))
+    nterm = np.array(nterm, dtype=np.int64)
+    poly = np.ascontiguousarray(poly_terms((centres[:, 0] - norm[0]) / norm[1],
+                                           (centres[:, 1] - norm[2]) / norm[3], order).T)
+    model = vectors[:, 0]  # the reference stands in for the model on the first pass
+    keep = np.ones(len(centres), dtype=bool)
+    matrix = np.empty((nterm.sum(), nterm.sum()))
+    rhs = np.empty(nterm.sum())
+    for it in range(maxiter + 1):
+        w = wmask / (np.maximum(model, 0.0) / gain + (rdnoise / gain) ** 2 + 1e-12)
+        cross = np.matmul(vectors * w[:, None, :], vectors.transpose(0, 2, 1))
+        rstamp = np.einsum("sbp,sp->sb", vectors * w[:, None, :], data)
+        _subtract.normal_equations(np.ascontiguousarray(cross[keep]), np.ascontiguousarray(rstamp[keep]),
+                                   np.ascontiguousarray(poly[keep]), nterm, matrix, rhs)
+        params = np.zeros((len(nterm), poly.shape[1]))
+        params[np.arange(poly.shape[1]) < nterm[:, None]] = _solve(matrix, rhs)
+        model = np.einsum("sb,sbp->sp", poly @ params.T, vectors)
+        npix = np.maximum(wmask.sum(axis=1), 1.0)
+        chi2 = (w * (data - model) ** 2).sum(axis=1) / npix
+        med = np.median(chi2[keep])
+        mad = 1.4826 * np.median(np.abs(chi2[keep] - med))
+        new = keep & (chi2 <= med + nsigma * max(mad, 1e-3 * med))
+        log.debug("kernel fit pass %d: %d stamps, median chi2 %.3f", it, keep.sum(), med)
+        if it == maxiter or np.array_equal(new, keep) or new.sum() * wmask.shape[1] <= 2 * nterm.sum():
+            break
+        keep = new
+    nk = len(basis.orders)
+    kcoef = np.einsum("bp,bij->pij", params[:nk], basis.images)
+    bcoef = params[nk] if basis.background_order >= 0 else np.zeros(poly.shape[1])
+    return Solution(spec, kcoef, bcoef, params, norm, centres[keep], centres[~keep], chi2[keep])
+
+
+def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
+             mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
+             gain: float = 1.0, rdnoise: float = 0.0, saturation: float | None = None,
+             ngrid: int = 8, halfsize: int = 10, nsigma: float = 3.0,
+             maxiter: int = 3) -> tuple[np.ndarray, Solution]:
+    """Difference image ``D = I - (R conv K + B)`` and the fitted kernel.
+
+    Parameters
+    ----------
+    image, reference : (ny, nx) arrays on the same pixel grid, ADU.
+    kernel : fitsh-style kernel specification (:mod:`trex.kernelspec`).
+    mask : (ny, nx), non-zero on pixels to leave out of the fit (either frame).
+    stamps : (n, 2) stamp centres (x, y), px; default: :func:`select_stamps`
+        on the reference over an ``ngrid`` x ``ngrid`` grid.
+    gain, rdnoise : image gain (e-/ADU) and read noise (e-) for the weights.
+    saturation : reference pixels at or above it (ADU) disqualify a stamp.
+    halfsize : stamp half-size, px.
+    nsigma, maxiter : stamp rejection threshold (robust sigmas) and passes.
+
+    Returns
+    -------
+    diff : float32 (ny, nx), NaN within the kernel half-size of the border.
+    solution : :class:`Solution`.
+    """
+    spec = parse_kernel(kernel)
+    img = np.asarray(image, dtype=np.float32)
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
+    if img.shape != ref.shape or img.ndim != 2:
+        raise ValueError(f"image {img.shape} and reference {ref.shape} must be 2-D of one shape")
+    h = spec.halfsize
+    bad = ~(np.isfinite(img) & np.isfinite(ref))
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    if stamps is None:
+        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation)
+    stamps = np.asarray(stamps).round().astype(np.int64).reshape(-1, 2)
+    lim = halfsize + h
+    inside = ((stamps[:, 0] >= lim) & (stamps[:, 0] < ref.shape[1] - lim)
+              & (stamps[:, 1] >= lim) & (stamps[:, 1] < ref.shape[0] - lim))
+    stamps = stamps[inside]
+    if len(stamps) == 0:
+        raise ValueError("no usable stamp: no bright unsaturated star away from the border")
+    solution = fit_kernel(img, ref, stamps, spec, weight=~bad, halfsize=halfsize,
+                          gain=gain, rdnoise=rdnoise,
+                          nsigma=nsigma, maxiter=maxiter)
+    diff = img - solution.model(np.where(np.isfinite(ref), ref, 0.0))
+    log.info("subtracted with %s: %d stamps kept, %d rejected", spec.text,
+             len(solution.stamps), len(solution.rejected))
+    return diff, solution

@@ -115,15 +115,15 @@ cdef void insertion_sort(double* a, Py_ssize_t n) noexcept nogil:
 cdef void rank_index(RankIndex* h, const double* a, Py_ssize_t n) noexcept nogil:
     """Place NBIN bins over the centre +-4 sigma estimated from a sample, fill them."""
     cdef double sample[NSAMPLE]
-    cdef Py_ssize_t ns = min(n, <Py_ssize_t>NSAMPLE), step = n // ns if n else 1, i
+    cdef Py_ssize_t ns = max(min(n, <Py_ssize_t>NSAMPLE), 1), step = max(n // ns, 1), i
     cdef double scale, t
     cdef int b
-    for i in range(ns):
-        sample[i] = a[i * step]
+    for i in range(NSAMPLE):
+        sample[i] = a[min(i * step, n - 1)] if n else 0.0
     insertion_sort(sample, ns)
     scale = (sample[(3 * ns) // 4] - sample[ns // 4]) / 1.349
     if not scale > 0:
-        scale = (sample[ns - 1] - sample[0]) / 4.0 if ns else 0.0
+        scale = (sample[ns - 1] - sample[0]) / 4.0
     if not scale > 0:
         scale = 1.0
     h.lo = sample[ns // 2] - 4.0 * scale
@@ -395,7 +395,8 @@ cdef void aperture_sums(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
 
 
 def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, bint use_mask,
-                      const double[::1] x, const double[::1] y, const double[::1] radii,
+                      const double[::1] x, const double[::1] y, const int64_t[::1] order,
+                      const double[::1] radii,
                       double r_in, double r_out, const int64_t[::1] nb_ptr,
                       const int64_t[::1] nb_idx, double excl_radius, int sky_method,
                       double sky_sigma, int sky_iters, double saturation,
@@ -409,6 +410,8 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     image : float32 or float64 (ny, nx), C-contiguous, native byte order; ADU.
     mask : uint8 (ny, nx), non-zero = bad (ignored unless ``use_mask``).
     x, y : float64 (nstars,), star centres, px, 0-based.
+    order : int64 (nstars,), the order in which to measure the stars (a
+        spatial sort keeps the rows of consecutive stars in cache).
     radii : float64 (nradii,), increasing aperture radii, px.
     r_in, r_out : sky annulus radii, px (pixel centres in [r_in, r_out)).
     nb_ptr, nb_idx : int64 CSR neighbour lists (nb_ptr has nstars + 1 entries);
@@ -428,7 +431,7 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     bg, bgsigma : float64 (nstars,), sky per pixel and clipped pixel scatter, ADU.
     nsky : int32 (nstars,), sky pixels kept after clipping.
     """
-    cdef Py_ssize_t nstars = x.shape[0], nr = radii.shape[0], s, k, nbuf, ntot, nexcl
+    cdef Py_ssize_t nstars = x.shape[0], nr = radii.shape[0], q, s, k, nbuf, ntot, nexcl
     cdef Py_ssize_t sw = 2 * <Py_ssize_t>ceil(r_out) + 3
     cdef Py_ssize_t cw = 2 * <Py_ssize_t>ceil(radii[nr - 1]) + 4
     cdef Py_ssize_t ix0, iy0
@@ -447,7 +450,8 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
         if not (buf and corners and sums and bad and stamp and h.code and h.sorted):
             raise MemoryError()
         with nogil:
-            for s in range(nstars):
+            for q in range(nstars):
+                s = order[q]
                 xc = x[s]
                 yc = y[s]
                 if not (isfinite(xc) and isfinite(yc)):

@@ -242,7 +242,8 @@ def fit_sources(const float[:, ::1] image, const float[:, ::1] sky,
                 status = FIT_FAILED
                 if fit and n > 2 * NPAR:
                     status = _levmar(X, Y, v, n, p, radius, maxiter)
-                    if status == FIT_OK and (not _valid(p, 2.0) or p[4] < 1.0 / (radius * radius)):
+                    if status == FIT_OK and (not _valid(p, 2.0) or p[4] > 16.0
+                                             or p[4] < 1.0 / (radius * radius)):
                         status = FIT_FAILED
                 if status != FIT_OK:
                     if fit:

@@ -104,7 +104,7 @@ def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
     matrix that is not positive definite.
     """
     cdef Py_ssize_t n = x.shape[0], ny = image.shape[0], nx = image.shape[1]
-    cdef Py_ssize_t i, h, hmax = 0, ci, cj, sx, sy, ii, jj, w, bad = -1, added = 0
+    cdef Py_ssize_t i, h, hmax = 0, ci, cj, sx, sy, ii, jj, w, wmax, bad = -1, added = 0
     cdef double scale
     cdef double* buf
     if not (y.shape[0] == n and flux.shape[0] == n and s.shape[0] == n
@@ -126,8 +126,8 @@ def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
     if bad >= 0:
         raise ValueError(f"star {bad}: S, D, K do not describe an ellipse "
                          f"(need S > sqrt(D^2 + K^2))")
-    w = 2 * hmax + 1
-    buf = <double*>malloc((w * w + 4 * w * order + order * order) * sizeof(double))
+    wmax = 2 * hmax + 1
+    buf = <double*>malloc((wmax * wmax + 4 * wmax * order + order * order) * sizeof(double))
     if buf == NULL:
         raise MemoryError()
     try:
@@ -141,7 +141,7 @@ def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
                 if ci + h < 0 or cj + h < 0 or ci - h >= nx or cj - h >= ny:
                     continue
                 w = 2 * h + 1
-                scale = flux[i] / _stamp(buf, buf + w * w, h, x[i] - ci, y[i] - cj, s[i],
+                scale = flux[i] / _stamp(buf, buf + wmax * wmax, h, x[i] - ci, y[i] - cj, s[i],
                                          d[i], k[i], &node[0], &weight[0], order)
                 for jj in range(w):
                     sy = cj - h + jj

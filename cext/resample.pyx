@@ -92,14 +92,14 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
         raise ValueError("norm must hold x0, sx, y0, sy, v0, sv")
     cdef double* cs = <double*>malloc((nys + 3) * nx * sizeof(double))
     cdef double* row = <double*>malloc((nxs + 3) * sizeof(double))
-    cdef double* edge = <double*>malloc(2 * (nx + 1) * sizeof(double))
+    cdef double* edge = <double*>malloc(2 * (nx + 2) * sizeof(double))
     cdef double* a = <double*>malloc((nv + nu) * sizeof(double))
     cdef Py_ssize_t* xlo = <Py_ssize_t*>malloc(2 * nys * sizeof(Py_ssize_t))
     if cs == NULL or row == NULL or edge == NULL or a == NULL or xlo == NULL:
         free(cs); free(row); free(edge); free(a); free(xlo)
         raise MemoryError()
     cdef Py_ssize_t* xhi = xlo + nys
-    cdef double* prev = edge + (nx + 1)
+    cdef double* prev = edge + (nx + 2)
     try:
         with nogil:
             # pass 1: cs[j + 1, i] = flux of source rows < j in target column i
@@ -118,12 +118,13 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
                 row[nxs + 2] = row[nxs + 1] + (row[nxs + 1] - row[nxs])
                 _row_coef(umix, (j - v0) * isv, a)
                 for i in range(nx + 1):
-                    edge[i] = _cum_interp(row, 1, nxs, _horner(a, nu, (i - 0.5 - x0) * isx))
+                    prev[i] = _horner(a, nu, (i - 0.5 - x0) * isx)
+                    edge[i] = _cum_interp(row, 1, nxs, prev[i])
                 xlo[j] = nx
                 xhi[j] = -1
                 for i in range(nx):
                     cs[(j + 2) * nx + i] = cs[(j + 1) * nx + i] + edge[i + 1] - edge[i]
-                    uc = _horner(a, nu, (i - x0) * isx)
+                    uc = 0.5 * (prev[i] + prev[i + 1])
                     if uc >= -0.5 and uc <= nxs - 0.5:
                         if xlo[j] > i:
                             xlo[j] = i
@@ -131,23 +132,27 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
             for i in range(nx):
                 cs[i] = -(cs[2 * nx + i] - cs[nx + i])
                 cs[(nys + 2) * nx + i] = 2.0 * cs[(nys + 1) * nx + i] - cs[nys * nx + i]
-            # pass 2: integrate each target column between the mapped row edges
+            # pass 2: integrate each target column between the mapped row edges;
+            # the upper edge of one row is the lower edge of the next
             _row_coef(vcoef, (-0.5 - y0) * isy, a)
             for i in range(nx):
                 prev[i] = _horner(a, nv, (i - x0) * isx)
+                edge[i] = _cum_interp(cs + i, nx, nys, prev[i])
             for r in range(ny):
                 _row_coef(vcoef, (r + 0.5 - y0) * isy, a)
                 for i in range(nx):
                     e1 = _horner(a, nv, (i - x0) * isx)
                     e0 = prev[i]
                     prev[i] = e1
+                    val = _cum_interp(cs + i, nx, nys, e1)
+                    acc = edge[i]
+                    edge[i] = val
                     vc = 0.5 * (e0 + e1)
                     k = <Py_ssize_t>floor(vc + 0.5)
                     if vc < -0.5 or vc > nys - 0.5 or k < 0 or k >= nys or i < xlo[k] or i > xhi[k]:
                         out[r, i] = fill
-                        continue
-                    out[r, i] = <float>(_cum_interp(cs + i, nx, nys, e1)
-                                        - _cum_interp(cs + i, nx, nys, e0))
+                    else:
+                        out[r, i] = <float>(val - acc)
     finally:
         free(cs); free(row); free(edge); free(a); free(xlo)
 

@@ -17,8 +17,38 @@ cdef extern from *:
         double x = *(const double *)a, y = *(const double *)b;
         return (x > y) - (x < y);
     }
+    /* In-place ascending sort of a[0:n] for short arrays (a stack of frames):
+       quicksort on the median of three, insertion sort below 16 elements. */
+    static void trex_sort_short(double *a, Py_ssize_t n) {
+        Py_ssize_t lo = 0, hi = n - 1, stack[128], top = 0, i, j;
+        double p, t;
+        for (;;) {
+            while (hi - lo >= 32 && top < 126) {
+                Py_ssize_t m = lo + (hi - lo) / 2;
+                if (a[m] < a[lo]) { t = a[m]; a[m] = a[lo]; a[lo] = t; }
+                if (a[hi] < a[lo]) { t = a[hi]; a[hi] = a[lo]; a[lo] = t; }
+                if (a[hi] < a[m]) { t = a[hi]; a[hi] = a[m]; a[m] = t; }
+                p = a[m]; i = lo; j = hi;
+                while (i <= j) {
+                    while (a[i] < p) i++;
+                    while (a[j] > p) j--;
+                    if (i <= j) { t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+                }
+                if (j - lo < hi - i) { stack[top++] = i; stack[top++] = hi; hi = j; }
+                else { stack[top++] = lo; stack[top++] = j; lo = i; }
+            }
+            for (i = lo + 1; i <= hi; i++) {
+                t = a[i]; j = i - 1;
+                while (j >= lo && a[j] > t) { a[j + 1] = a[j]; j--; }
+                a[j + 1] = t;
+            }
+            if (top == 0) break;
+            hi = stack[--top]; lo = stack[--top];
+        }
+    }
     """
     int trex_cmp_double(const void *a, const void *b) noexcept nogil
+    void trex_sort_short(double *a, Py_ssize_t n) noexcept nogil
 
 
 cdef inline void _sort(double* a, Py_ssize_t n) noexcept nogil:
@@ -148,25 +178,35 @@ def clipped_combine(const float[:, :, ::1] stack, float[:, ::1] out,
     cdef double mean, median, std, v
     if out.shape[0] != ny or out.shape[1] != nx or nused.shape[0] != ny or nused.shape[1] != nx:
         raise ValueError("out and nused must have shape (ny, nx) of the stack")
+    # Row j of every image is first copied, transposed, into ``tile`` so that the
+    # values of one pixel are adjacent (reading the stack pixel by pixel would
+    # jump a whole image block between values).
     cdef double* buf = <double*>malloc(max(nimg, 1) * sizeof(double))
-    if buf == NULL:
+    cdef double* tile = <double*>malloc(max(nimg * nx, 1) * sizeof(double))
+    if buf == NULL or tile == NULL:
+        free(buf)
+        free(tile)
         raise MemoryError()
     try:
         with nogil:
             for j in range(ny):
+                for k in range(nimg):
+                    for i in range(nx):
+                        tile[i * nimg + k] = stack[k, j, i]
                 for i in range(nx):
                     n = 0
                     for k in range(nimg):
-                        v = stack[k, j, i]
+                        v = tile[i * nimg + k]
                         if isfinite(v):
                             buf[n] = v
                             n += 1
-                    _sort(buf, n)
+                    trex_sort_short(buf, n)
                     n = clip_sorted(buf, n, nsigma, nsigma, maxiter, &mean, &median, &std)
                     out[j, i] = median if use_median else mean
                     nused[j, i] = <short>n
     finally:
         free(buf)
+        free(tile)
 
 
 def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,

@@ -9,6 +9,7 @@ import pytest
 from astropy.io import fits as afits
 from astropy.wcs import WCS, Sip
 
+from trex import asterism
 from trex.astrometry import AstrometryError, choose_reference, initial_wcs, run, solve, write_wcs
 from trex.catalog import propagate, read_catalog
 from trex.config import Config
@@ -316,3 +317,34 @@ def test_choose_reference_ties_go_to_the_sharper_frame_not_the_first():
     assert choose_reference(table) == 105
     with pytest.raises(ValueError, match="no good frame"):
         choose_reference(quality_table(**{f"f{k}": {"frameisok": False} for k in range(101, 107)}))
+
+
+def similar(xy, scale, angle, flip, shift):
+    """(n, 2) points through a similarity: mirror x first if ``flip``, then rotate, scale, shift."""
+    z = xy[:, 0] + 1j * xy[:, 1]
+    z = scale * np.exp(1j * np.radians(angle)) * (np.conj(z) if flip else z) + complex(*shift)
+    return np.stack([z.real, z.imag], 1)
+
+
+def test_triangle_invariants_survive_similarity_and_mirror():
+    xy = np.random.default_rng(51).uniform(-1000, 1000, (50, 2))
+    moved = similar(xy, 1.04, 77.0, True, (300.0, -120.0))
+    v1, inv1 = asterism.triangles(xy)
+    v2, inv2 = asterism.triangles(moved, min_side=10.0 * 1.04)
+    order1, order2 = np.lexsort(v1.T[::-1]), np.lexsort(v2.T[::-1])
+    np.testing.assert_array_equal(v1[order1], v2[order2])      # same vertices, same order
+    np.testing.assert_allclose(inv1[order1], inv2[order2], atol=1e-9)
+    assert np.all((inv1 > 0) & (inv1 <= 1)) and np.all(inv1[:, 0] <= inv1[:, 1])
+
+
+def test_match_lists_recovers_the_similarity():
+    rng = np.random.default_rng(52)
+    cat = rng.uniform(-1000, 1000, (80, 2))
+    src = similar(cat[:60], 1 / 1.05, -140.0, True, (25.0, 40.0)) + rng.normal(0, 0.05, (60, 2))
+    src[:10] = rng.uniform(-1000, 1000, (10, 2))               # 10 spurious sources
+    support, a, b, flip = asterism.match_lists(src, cat[:60], cat, radius=3.0)
+    assert flip and support >= 45
+    np.testing.assert_allclose(asterism.apply(a, b, flip, src[10:]), cat[10:60], atol=0.5)
+    # unrelated lists find no proposal with real support
+    support, *_ = asterism.match_lists(rng.uniform(-1000, 1000, (60, 2)), cat[:60], cat, radius=3.0)
+    assert support < 8

@@ -58,6 +58,7 @@ def test_fits_with_gaia_names(tmp_path):
 def test_bad_rows_rejected_with_warning(tmp_path, caplog):
     path = tmp_path / "F.csv"
     path.write_text("objectid,ra,dec,mag\n"
+                    "dup,,20,11\n"
                     "good1,10,20,11\n"
                     "noRA,,20,11\n"
                     "nanDec,10,nan,11\n"
@@ -65,13 +66,15 @@ def test_bad_rows_rejected_with_warning(tmp_path, caplog):
                     "badRA,-5,20,11\n"
                     ",10,20,11\n"
                     "good1,11,21,12\n"
-                    "good2,360,-90,13\n")
+                    "good2,360,-90,13\n"
+                    "dup,12,22,14\n")
     with caplog.at_level(logging.WARNING, logger="trex.catalog"):
         cat = read_catalog(path)
-    assert list(cat["objectid"]) == ["good1", "good2"]
-    assert cat["ra"][0] == 10.0 and cat["ra"][1] == 0.0       # 360 wraps to 0
+    # a repeated objectid keeps its first usable row
+    assert list(cat["objectid"]) == ["good1", "good2", "dup"]
+    np.testing.assert_array_equal(cat["ra"], [10.0, 0.0, 12.0])  # 360 wraps to 0
     text = caplog.text
-    assert "2 rows rejected: missing or non-finite ra/dec" in text
+    assert "3 rows rejected: missing or non-finite ra/dec" in text
     assert "2 rows rejected: ra/dec out of range" in text
     assert "1 rows rejected: no objectid" in text
     assert "1 rows rejected: repeated objectid" in text

@@ -11,8 +11,8 @@ from astropy.io import fits as afits
 from astropy.time import Time
 from astropy.wcs import WCS
 from scipy.special import erf
-
 from trex._render import add_stars
+
 from trex.config import Config
 from trex.fits import read_header, read_image
 from trex.header import parse_header
@@ -59,6 +59,22 @@ def test_kernel_integrates_over_pixels():
     assert image.sum() == pytest.approx(flux, rel=1e-6)
 
 
+def test_kernel_rotated_ellipse_matches_brute_force():
+    """Tilted ellipse (K != 0): pixels equal a fine midpoint-rule integration in numpy."""
+    s, d, k, x0, y0, flux = 0.9, 0.25, -0.3, 8.3, 7.6, 1.0e4
+    image = np.zeros((16, 16), np.float32)
+    add_stars(image, np.array([x0]), np.array([y0]), np.array([flux]),
+              np.array([s]), np.array([d]), np.array([k]), order=5, nsigma=8.0)
+    sub = 64
+    grid = (np.arange(16 * sub) + 0.5) / sub - 0.5 - np.array([[x0], [y0]])
+    u, v = grid[0][None, :], grid[1][:, None]
+    fine = np.exp(-0.5 * (s * (u * u + v * v) + d * (u * u - v * v) + 2 * k * u * v))
+    pixels = fine.reshape(16, sub, 16, sub).sum(axis=(1, 3))
+    expected = flux * pixels / pixels.sum()
+    bright = expected > 1e-3 * flux
+    np.testing.assert_allclose(image[bright], expected[bright], rtol=5e-4)
+
+
 def test_kernel_rejects_bad_shapes():
     image = np.zeros((8, 8), np.float32)
     one = np.array([4.0])
@@ -76,7 +92,7 @@ def test_noiseless_star_flux_and_centroid(ellipticity):
     assert truth["x"].size > 30
     half = 10
     yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-    for x, y, flux in zip(truth["x"], truth["y"], truth["flux"]):
+    for x, y, flux in zip(truth["x"], truth["y"], truth["flux"], strict=True):
         box, i0, j0 = _box(image.astype(np.float64), x, y, half)
         total = box.sum()
         assert total == pytest.approx(flux, rel=1e-4)
@@ -142,7 +158,7 @@ def test_field_is_up_and_times_match(project):
     for path in frames:
         header = read_header(path)
         starts[path.name] = Time(header["DATE-OBS"], scale="utc").jd + 15.0 / 86400
-    for name, jd in zip(truth["frame"], truth["jd"]):
+    for name, jd in zip(truth["frame"], truth["jd"], strict=True):
         assert starts[name] == pytest.approx(jd, abs=1e-6)
 
 
@@ -150,7 +166,8 @@ def _catalog(project):
     path = next((project / "BASE" / "CAT").glob("*.csv"))
     with open(path) as fh:
         rows = list(csv.DictReader(fh))
-    return {key: np.array([float(r[key]) for r in rows]) for key in ("ra", "dec", "pmra", "pmdec", "epoch")}
+    keys = ("ra", "dec", "pmra", "pmdec", "epoch")
+    return {key: np.array([float(r[key]) for r in rows]) for key in keys}
 
 
 def test_truth_wcs_maps_catalog(project):
@@ -191,8 +208,8 @@ def test_hand_calibrated_stars_have_true_flux(project):
     yy, xx = np.mgrid[:256, :256]
     checked = 0
     for j in np.flatnonzero((truth["mag"] > 8.5) & (truth["mag"] < 11.5)):
-        far = np.hypot(x - x[j], y - y[j])
-        if not (20 < x[j] < 235 and 20 < y[j] < 235) or np.sum((far < 16) & (flux > 0.01 * flux[j])) > 1:
+        neighbours = (np.hypot(x - x[j], y - y[j]) < 16) & (flux > 0.01 * flux[j])
+        if not (20 < x[j] < 235 and 20 < y[j] < 235) or neighbours.sum() > 1:
             continue
         r = np.hypot(xx - x[j], yy - y[j])
         sky = np.median(image[(r > 9) & (r < 14)])
@@ -215,21 +232,25 @@ def test_same_seed_same_files(project, tmp_path):
 def test_add_night_continues(tmp_path):
     root = init_project(tmp_path / "a").root
     simulate_project(root, **SMALL)
-    catalog = _files(root)["BASE/CAT/" + next((root / "BASE" / "CAT").glob("*.csv")).name]
+    before = _files(root)
     simulate_project(root, add_night=True)
+    after = _files(root)
+    assert all(after[name] == digest for name, digest in before.items()
+               if not name.endswith("simulation.json"))
     both = init_project(tmp_path / "b").root
     simulate_project(both, nights=2, **SMALL)
-    assert _files(root) == _files(both)
+    assert _files(both) == after
     with pytest.raises(ProjectError, match="add-night"):
         simulate_project(root, **SMALL)
-    first, second = load_truth(root), load_truth(root, load_truth(root)["params"]["nights"][1]["night"])
-    assert _files(root)["BASE/CAT/" + next((root / "BASE" / "CAT").glob("*.csv")).name] == catalog
+    nights = [n["night"] for n in load_truth(root)["params"]["nights"]]
+    first, second = load_truth(root, nights[0]), load_truth(root, nights[1])
     assert second["jd"][0] - first["jd"][0] == pytest.approx(1.0, abs=0.01)
-    last = max(read_header(p)["FRAMENO"] for p in (root / "RAW" / first["params"]["nights"][0]["night"]).iterdir())
-    new = [read_header(root / "RAW" / second["params"]["nights"][1]["night"] / name)["FRAMENO"]
-           for name in second["frame"]]
+    last = max(read_header(p)["FRAMENO"] for p in (root / "RAW" / nights[0]).iterdir())
+    new = [read_header(root / "RAW" / nights[1] / name)["FRAMENO"] for name in second["frame"]]
     assert min(new) == last + 1
-    assert first["variables"][:5] == second["variables"][:5]
+    periodic = [v for v in second["variables"] if v["kind"] != "flare"]
+    assert periodic == [v for v in first["variables"] if v["kind"] != "flare"]
+    assert {v.get("night") for v in second["variables"]} == {None, 0, 1}
 
 
 def test_variability_shapes():
@@ -243,3 +264,17 @@ def test_variability_shapes():
     np.testing.assert_allclose(variability(puls, np.array([100.1, 100.3])), [1.02, 0.98])
     np.testing.assert_allclose(variability(flare, np.array([100.0, 100.01, 99.0])),
                                [1.5, 1.0 + 0.5 / np.e, 1.0])
+
+
+def test_compressed_frames_hold_the_same_pixels(tmp_path):
+    small = dict(frames=1, size=128, stars=50, ncal=1, seed=9)
+    plain, packed = init_project(tmp_path / "p").root, init_project(tmp_path / "z").root
+    simulate_project(plain, **small)
+    simulate_project(packed, compress=True, **small)
+    names = sorted(p.name for p in (plain / "RAW").rglob("*.fits"))
+    packed_names = sorted(p.name for p in (packed / "RAW").rglob("*.fits.fz"))
+    assert [n + ".fz" for n in names] == packed_names and len(names) == 4
+    for a, b in zip(sorted((plain / "RAW").rglob("*.fits")),
+                    sorted((packed / "RAW").rglob("*.fits.fz")), strict=True):
+        assert np.array_equal(read_image(a)[0], read_image(b)[0])
+        assert read_header(b)["IMAGETYP"] == read_header(a)["IMAGETYP"]

@@ -41,7 +41,7 @@ def triangles(xy: np.ndarray, k: int = 6, min_side: float = 10.0) -> tuple[np.nd
         return np.zeros((0, 3), int), np.zeros((0, 2))
     _, nbr = cKDTree(xy).query(xy, k=k + 1)
     pairs = np.array(list(combinations(range(1, k + 1), 2)))
-    tri = np.concatenate([np.repeat(nbr[:, :1], len(pairs), 0).reshape(n, -1, 1),
+    tri = np.concatenate([np.broadcast_to(nbr[:, None, :1], (n, len(pairs), 1)),
                           nbr[:, pairs]], axis=2).reshape(-1, 3)
     tri = np.unique(np.sort(tri, axis=1), axis=0)
     p = xy[tri]

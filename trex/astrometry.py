@@ -50,6 +50,9 @@ _BAD_SOURCE = 2 | 4 | 16
 #: a similarity of a TAN projection 1 deg off centre and a few px of distortion.
 _FIRST_RADIUS = 8.0
 
+#: centroid error of the brightest sources, px (systematics: PSF, pixel phase).
+_CENTROID_FLOOR = 0.005
+
 
 class AstrometryError(RuntimeError):
     """No acceptable solution; ``reason`` says why, ``quality`` holds what was measured."""
@@ -67,6 +70,7 @@ class _Problem:
     x: np.ndarray        # source x, 0-based px, brightest first
     y: np.ndarray
     good: np.ndarray     # bool: usable in the fit
+    inv_snr: np.ndarray  # 1 / (S/N) of each source (all 1 when S/N is unknown)
     ra: np.ndarray       # catalog stars near the field, brightest first, deg
     dec: np.ndarray
     centre: tuple[float, float]
@@ -119,15 +123,22 @@ def _problem(sources, cat_ra, cat_dec, cat_mag, shape, ra0, dec0, scale,
     """Finite sources (brightest first) and catalog stars in the search circle (brightest first)."""
     ok = np.isfinite(sources["x"]) & np.isfinite(sources["y"]) & np.isfinite(sources["flux"])
     src = sources[ok][np.argsort(-sources["flux"][ok], kind="stable")]
-    flags = src["flag"] if "flag" in (src.dtype.names or ()) else np.zeros(len(src), int)
+    names = src.dtype.names or ()
+    flags = src["flag"] if "flag" in names else np.zeros(len(src), int)
+    snr = np.asarray(src["snr"], float) if "snr" in names else np.zeros(len(src))
+    valid = np.isfinite(snr) & (snr > 0)
+    inv_snr = np.ones(len(src))
+    if valid.any():     # sources without a usable S/N count as the faintest
+        inv_snr[valid] = 1.0 / snr[valid]
+        inv_snr[~valid] = inv_snr[valid].max()
     cy, cx = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
     xi, eta = gnomonic(np.asarray(cat_ra, float), np.asarray(cat_dec, float), ra0, dec0)
     rmax = 0.5 * np.hypot(*shape) * scale + search_radius
     near = np.flatnonzero(np.hypot(xi, eta) < rmax)
     near = near[np.argsort(np.asarray(cat_mag)[near], kind="stable")]
-    problem = _Problem(src["x"].astype(float), src["y"].astype(float), (flags & _BAD_SOURCE) == 0,
-                       np.asarray(cat_ra, float)[near], np.asarray(cat_dec, float)[near],
-                       (cx, cy), scale)
+    problem = _Problem(src["x"].astype(float), src["y"].astype(float),
+                       (flags & _BAD_SOURCE) == 0, inv_snr, np.asarray(cat_ra, float)[near],
+                       np.asarray(cat_dec, float)[near], (cx, cy), scale)
     problem.move_to(ra0, dec0)
     return problem
 
@@ -154,11 +165,10 @@ def _first_pairs(p: _Problem, guess_wcs, nbright: int, radius: float, scale_tole
     frame_area = 4 * p.centre[0] * p.centre[1] + 1
     circle_area = np.pi * np.hypot(*cat_xy.T).max() ** 2
     ncat = int(np.clip(nsrc * circle_area / frame_area, nsrc, len(cat_xy)))
-    deep = cKDTree(cat_xy[: 3 * ncat])
     if guess_wcs is not None:
         ra, dec = guess_wcs.celestial.all_pix2world(p.x[:nsrc], p.y[:nsrc], 0)
         guess_xy = np.stack(gnomonic(ra, dec, p.ra0, p.dec0), 1) / p.scale
-        si, ci = _nearest_pairs(guess_xy, deep, radius)
+        si, ci = _nearest_pairs(guess_xy, cKDTree(cat_xy[: 3 * ncat]), radius)
         if len(si) >= min_support:
             log.debug("header WCS matched %d of %d bright sources", len(si), nsrc)
             return si, ci
@@ -175,30 +185,38 @@ def _first_pairs(p: _Problem, guess_wcs, nbright: int, radius: float, scale_tole
 
 
 def _fit_clipped(p: _Problem, si: np.ndarray, ci: np.ndarray, order: int,
-                 clip: float = 3.0) -> tuple[PlaneModel, np.ndarray, np.ndarray]:
-    """Fit the pairs (si, ci), rejecting those beyond ``clip`` robust sigma until stable.
+                 clip: float = 4.0) -> tuple[PlaneModel, np.ndarray, np.ndarray]:
+    """Weighted fit of the pairs (si, ci), rejecting outliers until stable.
 
-    The order drops when there are fewer than 4 pairs per coefficient.
-    Returns (model, si, ci) with the pairs the model was fitted to.
+    Each source's centroid error is modelled as hypot(c / snr, floor) with c
+    measured from the residuals (all equal when S/N is unknown); the fit is
+    weighted by its inverse and pairs whose residual exceeds ``clip`` times
+    the robust scale of the normalised residuals are dropped.  The order
+    drops when there are fewer than 4 pairs per coefficient.  Returns
+    (model, si, ci) with the pairs the model was fitted to.
     """
     while order > 1 and len(si) < 4 * len(monomials(order)):
         order -= 1
     if len(si) < 6:
         raise AstrometryError(f"only {len(si)} stars paired: too few to fit a WCS")
     a = design(p.x[si] - p.centre[0], p.y[si] - p.centre[1], order)
-    target = p.plane[ci]
-    used = np.ones(len(si), bool)
-    for _ in range(5):
+    target, inv_snr = p.plane[ci], p.inv_snr[si]
+    used, weight = np.ones(len(si), bool), np.ones(len(si))
+    for step in range(6):
+        w = weight[used, None]
         try:
-            model = PlaneModel(lstsq(a[used], target[used]), order, p.centre, p.ra0, p.dec0)
+            model = PlaneModel(lstsq(a[used] * w, target[used] * w), order, p.centre, p.ra0, p.dec0)
             res = np.hypot(*_to_px(model, target - a @ model.coeffs).T)
         except np.linalg.LinAlgError:
             raise AstrometryError("degenerate star pairs: singular WCS fit") from None
-        sigma = np.median(res[used]) / 1.1774  # median of a 2-D Gaussian's radii is 1.1774 sigma
-        keep = res <= max(clip * sigma, 0.05)
-        if np.array_equal(keep, used) or keep.sum() < 2 * a.shape[1]:
+        # median of a 2-D Gaussian's radii is 1.1774 sigma
+        scale = np.median(res[used] / inv_snr[used]) / 1.1774
+        sigma = np.hypot(scale * inv_snr, _CENTROID_FLOOR)
+        z = res / sigma
+        keep = z <= clip * np.median(z[used]) / 1.1774
+        if (step and np.array_equal(keep, used)) or keep.sum() < 2 * a.shape[1]:
             break
-        used = keep
+        used, weight = keep, 1.0 / sigma
     return model, si[used], ci[used]
 
 
@@ -211,18 +229,20 @@ def _refine(p: _Problem, si: np.ndarray, ci: np.ndarray, sip_order: int,
             match_radius: float) -> tuple[PlaneModel, np.ndarray, np.ndarray]:
     """Iterate: re-centre the tangent point, pair all sources by cKDTree, fit with clipping.
 
-    The order rises from 1 (affine) to ``sip_order`` and the pairing radius
-    shrinks to ``match_radius`` px as the solution improves.
+    The order rises from 1 (affine) to ``sip_order``, the number of sources
+    from the brightest 1000 to all, and the pairing radius shrinks to
+    ``match_radius`` px as the solution improves.
     """
     model, si, ci = _fit_clipped(p, si, ci, 1)
-    usable = np.flatnonzero(p.good)
-    schedule = [(1, 8.0), (sip_order, 4.0), (sip_order, 2.0 * match_radius),
-                (sip_order, match_radius), (sip_order, match_radius)]
-    for order, radius in schedule:
+    good = np.flatnonzero(p.good)
+    schedule = [(1, 8.0, 1000), (sip_order, 4.0, 3000), (sip_order, 2.0 * match_radius, None),
+                (sip_order, match_radius, None)]
+    for order, radius, nsources in schedule:
         p.move_to(*recentre(model))
         model, si, ci = _fit_clipped(p, si, ci, model.order)
         visible = _in_frame(p, model)
         tree = cKDTree(p.plane[visible] / p.scale)
+        usable = good[:nsources]
         xy = model.plane(p.x[usable], p.y[usable]) / p.scale
         sj, cj = _nearest_pairs(xy, tree, max(radius, match_radius))
         model, si, ci = _fit_clipped(p, usable[sj], visible[cj], order)
@@ -249,7 +269,8 @@ def solve(sources: np.ndarray, catalog_ra: np.ndarray, catalog_dec: np.ndarray,
     Parameters
     ----------
     sources : structured array with fields x, y (0-based px), flux (any unit,
-        larger is brighter) and optionally flag (``trex.flags.SOURCE`` bits).
+        larger is brighter) and optionally snr (weights the fit) and flag
+        (``trex.flags.SOURCE`` bits; MASKED, SATURATED, EDGE sources are not fitted).
     catalog_ra, catalog_dec : (m,) deg, ICRS at the frame epoch; catalog_mag : (m,).
     shape : (ny, nx) of the frame.
     guess_wcs : first guess (any rotation); else ``ra``, ``dec`` (deg) and

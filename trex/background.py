@@ -4,7 +4,8 @@ The frame is cut into a mesh of cells (``mesh`` px on a side); each cell gets
 a clipped-mode sky estimate and a clipped RMS (Cython kernel
 ``trex._background.mesh_stats``).  Cells without enough usable pixels are
 filled from their neighbours, the grid is median-filtered over
-``filter_size`` cells (suppressing cells spoiled by bright stars), and a
+``filter_size`` cells around a robust plane (suppressing cells spoiled by
+bright stars without bending gradients at the edges), and a
 natural bicubic spline through the cell centres gives the value at every
 pixel (``trex._background.spline_expand``, two separable passes).
 """
@@ -40,6 +41,25 @@ def _fill_missing(grid: np.ndarray) -> np.ndarray:
     return grid
 
 
+def _median_filter(grid: np.ndarray, size: int) -> np.ndarray:
+    """Median filter over cells of the residual from a robust plane.
+
+    Taking the plane out first lets a gradient pass the filter unchanged, also
+    at the edges and corners where the filter window is truncated.
+    """
+    if size <= 1:
+        return grid
+    jj, ii = np.indices(grid.shape)
+    design = np.stack([np.ones(grid.size), ii.ravel(), jj.ravel()], axis=1)
+    keep = np.ones(grid.size, dtype=bool)
+    for _ in range(3):
+        coef = np.linalg.lstsq(design[keep], grid.ravel()[keep], rcond=None)[0]
+        resid = grid.ravel() - design @ coef
+        keep = np.abs(resid) <= 3.0 * 1.4826 * np.median(np.abs(resid[keep])) + 1e-12
+    plane = (design @ coef).reshape(grid.shape)
+    return plane + ndimage.median_filter(grid - plane, size=size, mode="nearest")
+
+
 def _expand(grid: np.ndarray, ycentres: np.ndarray, xcentres: np.ndarray,
             shape: tuple[int, int]) -> np.ndarray:
     """Bicubic (natural) spline through cell centres, sampled at every pixel."""
@@ -73,9 +93,8 @@ def background_mesh(image: np.ndarray, mask: np.ndarray | None = None, mesh: int
     _background.mesh_stats(image, mask8, yedges, xedges, sky, rms, nsigma)
     sky = _fill_missing(sky)
     rms = _fill_missing(rms)
-    if filter_size > 1:
-        sky = ndimage.median_filter(sky, size=filter_size, mode="nearest")
-        rms = ndimage.median_filter(rms, size=filter_size, mode="nearest")
+    sky = _median_filter(sky, filter_size)
+    rms = _median_filter(rms, filter_size)
     ycentres = 0.5 * (yedges[:-1] + yedges[1:] - 1.0)
     xcentres = 0.5 * (xedges[:-1] + xedges[1:] - 1.0)
     return sky, rms, ycentres, xcentres

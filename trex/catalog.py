@@ -63,7 +63,10 @@ def _read_table(path: Path) -> Table:
 
 
 def _column(table: Table, name: str) -> np.ndarray | None:
-    """Column ``name`` (or an alias of it) as float64 with masked values NaN; None if absent."""
+    """Column ``name`` (or an alias of it); None if absent.
+
+    Numbers come back as float64 with masked values NaN, the objectid as
+    stripped unicode strings with masked values empty."""
     for col in table.colnames:
         if ALIASES.get(col.lower(), col.lower()) == name:
             data = table[col]
@@ -103,10 +106,11 @@ def read_catalog(path: Path | str) -> np.ndarray:
         _reject(keep, ~np.isfinite(ra) | ~np.isfinite(dec), "missing or non-finite ra/dec", path)
         _reject(keep, (ra < 0) | (ra > 360) | (np.abs(dec) > 90), "ra/dec out of range", path)
     _reject(keep, ids == "", "no objectid", path)
-    _, first = np.unique(ids, return_index=True)
-    repeated = np.ones(n, bool)
-    repeated[first] = False
-    _reject(keep, repeated, "repeated objectid (first kept)", path)
+    kept = np.flatnonzero(keep)
+    _, first = np.unique(ids[kept], return_index=True)
+    repeated = keep.copy()
+    repeated[kept[first]] = False
+    _reject(keep, repeated, "repeated objectid (first usable row kept)", path)
     out = np.zeros(int(keep.sum()), dtype=[("objectid", ids.dtype)] + [(c, "f8") for c in NUMERIC])
     out["objectid"] = ids[keep]
     for name in NUMERIC:

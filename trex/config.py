@@ -111,6 +111,9 @@ class ExtractSection:
     mesh_filter: int = _opt(3, "median filter size over the background mesh, meshes")
     minarea: int = _opt(3, "minimum number of connected pixels above threshold")
     fit_shape: bool = _opt(True, "fit the elliptical Gaussian S, D, K to each source")
+    fit_radius: int = _opt(3, "half-size of the shape-fit window, px (about 1.2 FWHM or more)")
+    filter_sigma: float = _opt(1.0, "sigma of the Gaussian matched filter before detection, px (0: none)")
+    min_sources: int = _opt(10, "a frame with fewer detected sources fails")
 
 
 @dataclass(frozen=True)

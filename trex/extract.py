@@ -38,11 +38,12 @@ import logging
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from trex import _extract
 from trex.background import background
-from trex.flags import MASK, SOURCE
 from trex.fits import FrameError
+from trex.flags import MASK, SOURCE
 from trex.frame import Context, Frame
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,8 @@ def _as_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | No
 def _detect(image: np.ndarray, sky: np.ndarray, rms: np.ndarray, mask: np.ndarray | None,
             threshold: float, minarea: int, filter_sigma: float, gain: float | None,
             deblend_nsigma: float, deblend_contrast: float
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Peaks of separate sources (px, py), pixel owner map and pixel counts."""
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Peaks of separate sources (px, py), pixel owner map, pixel counts, blended."""
     kernel = gaussian_kernel(filter_sigma)
     filtered = np.empty_like(image)
     above = np.empty(image.shape, dtype=np.uint8)
@@ -107,7 +108,7 @@ def _detect(image: np.ndarray, sky: np.ndarray, rms: np.ndarray, mask: np.ndarra
     first = np.concatenate(([0], np.cumsum(count)[:-1])).astype(np.intp)
     npix = np.empty(len(px), dtype=np.int32)
     _extract.assign_pixels(labels, first, count, px, py, npix)
-    return px, py, labels, npix
+    return px, py, labels, npix, count[lab] > 1
 
 
 def measure_sources(image: np.ndarray, sky: np.ndarray, rms: np.ndarray,
@@ -125,7 +126,7 @@ def measure_sources(image: np.ndarray, sky: np.ndarray, rms: np.ndarray,
     sky = np.ascontiguousarray(sky, dtype=np.float32)
     rms = np.ascontiguousarray(rms, dtype=np.float32)
     mask = _as_mask(mask, image.shape)
-    px, py, owner, npix = _detect(image, sky, rms, mask, threshold, minarea, filter_sigma,
+    px, py, owner, npix, blended = _detect(image, sky, rms, mask, threshold, minarea, filter_sigma,
                                   gain, deblend_nsigma, deblend_contrast)
     out = np.empty((len(px), 9))
     nused = np.empty(len(px), dtype=np.int32)
@@ -135,7 +136,8 @@ def measure_sources(image: np.ndarray, sky: np.ndarray, rms: np.ndarray,
     src = np.zeros(len(px), dtype=SOURCE_DTYPE)
     src["x"], src["y"], src["bg"] = out[:, 0], out[:, 1], out[:, 3]
     src["s"], src["d"], src["k"] = out[:, 4], out[:, 5], out[:, 6]
-    src["peak"], src["npix"], src["flag"] = out[:, 8], npix, flag
+    src["peak"], src["npix"] = out[:, 8], npix
+    src["flag"] = flag | np.where(blended, SOURCE["BLENDED"].bit, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         det = np.sqrt(src["s"] ** 2 - src["d"] ** 2 - src["k"] ** 2)
         fitted = np.isfinite(out[:, 2])
@@ -179,3 +181,109 @@ def extract_sources(image: np.ndarray, threshold: float = 5.0, mask: np.ndarray 
     return measure_sources(image, sky, rms, threshold, mask, minarea=minarea,
                            fit_shape=fit_shape, gain=gain, radius=radius,
                            filter_sigma=filter_sigma)
+
+
+def _poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
+    return np.stack([u ** i * v ** j for i in range(order + 1) for j in range(order + 1 - i)],
+                    axis=-1)
+
+
+def shape_map(sources: np.ndarray, order: int = 2, nsigma: float = 3.0, maxiter: int = 5,
+              min_snr: float = 20.0):
+    """Smooth model of the PSF shape over the frame (pipe-trex's grtrans step).
+
+    Fits S, D and K of the well-measured sources (fit succeeded, snr >=
+    ``min_snr``) with 2-D polynomials of total degree ``order`` in x, y,
+    rejecting stars more than ``nsigma`` robust sigmas off in any of the three
+    until stable.  Returns ``f(x, y) -> (s, d, k)``, arrays shaped like x.
+    """
+    good = ((sources["flag"] & SOURCE["FIT_FAILED"].bit) == 0) & (sources["snr"] >= min_snr)
+    good &= np.isfinite(sources["s"]) & np.isfinite(sources["d"]) & np.isfinite(sources["k"])
+    x, y = sources["x"][good], sources["y"][good]
+    values = np.stack([sources["s"][good], sources["d"][good], sources["k"][good]], axis=-1)
+    nterms = (order + 1) * (order + 2) // 2
+    if len(x) < 2 * nterms:
+        raise ValueError(f"shape_map: {len(x)} usable sources, need {2 * nterms}")
+    centre = np.array([0.5 * (x.min() + x.max()), 0.5 * (y.min() + y.max())])
+    scale = max(0.5 * max(np.ptp(x), np.ptp(y)), 1.0)
+    design = _poly_terms((x - centre[0]) / scale, (y - centre[1]) / scale, order)
+    keep = np.ones(len(x), dtype=bool)
+    for _ in range(maxiter + 1):
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        resid = values - design @ coef
+        sigma = 1.4826 * np.median(np.abs(resid[keep]), axis=0)
+        new = np.all(np.abs(resid) <= nsigma * np.maximum(sigma, 1e-12), axis=1)
+        if np.array_equal(new, keep) or new.sum() < 2 * nterms:
+            break
+        keep = new
+
+    def psf_shape(xq, yq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        terms = _poly_terms((np.asarray(xq, float) - centre[0]) / scale,
+                            (np.asarray(yq, float) - centre[1]) / scale, order)
+        out = terms @ coef
+        return out[..., 0], out[..., 1], out[..., 2]
+
+    return psf_shape
+
+
+def completeness(sources: np.ndarray, x: np.ndarray, y: np.ndarray, snr: np.ndarray,
+                 bins, radius: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fraction of true stars detected, per bin of their true S/N.
+
+    ``x, y, snr`` describe the truth list; a star is found when a source lies
+    within ``radius`` px.  Returns (found per star, fraction per bin, stars
+    per bin); empty bins have a NaN fraction.
+    """
+    found = np.zeros(len(x), dtype=bool)
+    if len(sources):
+        dist, _ = cKDTree(np.c_[sources["x"], sources["y"]]).query(np.c_[x, y])
+        found = dist <= radius
+    which = np.digitize(snr, bins) - 1
+    inside = (which >= 0) & (which < len(bins) - 1)
+    total = np.bincount(which[inside], minlength=len(bins) - 1)
+    hits = np.bincount(which[inside], weights=found[inside], minlength=len(bins) - 1)
+    with np.errstate(invalid="ignore"):
+        return found, hits / total, total
+
+
+def frame_quality(sources: np.ndarray, sky: np.ndarray, rms: np.ndarray) -> dict:
+    """Per-frame summary: nsources, meds, medd, medk, fwhm, ellipticity, medsky, skyrms.
+
+    Medians over sources with a good fit; fwhm = 2.3548 / sqrt(meds) px and
+    ellipticity = 1 - b/a of the median shape.
+    """
+    good = (sources["flag"] & SOURCE["FIT_FAILED"].bit) == 0
+    good &= np.isfinite(sources["s"])
+    meds, medd, medk = (float(np.median(sources[c][good])) if good.any() else float("nan")
+                        for c in ("s", "d", "k"))
+    e = np.hypot(medd, medk)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fwhm = 2.3548 / np.sqrt(meds)
+        ellipticity = 1.0 - np.sqrt((meds - e) / (meds + e))
+    return {"nsources": int(len(sources)), "meds": meds, "medd": medd, "medk": medk,
+            "fwhm": float(fwhm), "ellipticity": float(ellipticity),
+            "medsky": float(np.median(sky)), "skyrms": float(np.median(rms))}
+
+
+def run(frame: Frame, context: Context) -> Frame:
+    """Stage entry point: ``frame.sources`` and the extraction part of ``frame.quality``."""
+    cfg = context.config.extract
+    if frame.image is None:
+        raise FrameError(frame.rawpath, "extract: no calibrated image")
+    try:
+        sky, rms = background(frame.image, frame.mask, cfg.mesh, cfg.mesh_filter)
+    except ValueError as err:
+        raise FrameError(frame.rawpath, f"extract: {err}") from None
+    sources = measure_sources(frame.image, sky, rms, cfg.threshold, frame.mask,
+                              minarea=cfg.minarea, fit_shape=cfg.fit_shape,
+                              gain=frame.meta.gain or None, radius=cfg.fit_radius,
+                              filter_sigma=cfg.filter_sigma)
+    if len(sources) < cfg.min_sources:
+        raise FrameError(frame.rawpath, f"extract: {len(sources)} sources detected, "
+                         f"fewer than min_sources = {cfg.min_sources}")
+    frame.sources = sources
+    frame.quality.update(frame_quality(sources, sky, rms))
+    log.info("%s: %d sources, FWHM %.2f px, sky %.1f +- %.1f ADU", frame.rawpath.name,
+             len(sources), frame.quality["fwhm"], frame.quality["medsky"],
+             frame.quality["skyrms"])
+    return frame

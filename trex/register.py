@@ -84,7 +84,8 @@ def fit_transform(x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray,
     if not (x.size == y.size == u.size == v.size):
         raise ValueError("x, y, u, v must have the same length")
     if x.size < nterms(order + 1):
-        raise ValueError(f"order {order} needs at least {nterms(order + 1)} matched pairs, got {x.size}")
+        raise ValueError(f"order {order} needs at least {nterms(order + 1)} matched pairs, "
+                         f"got {x.size}")
     norm = _norm(x, y, v)
     xn, yn, vn = (x - norm[0]) / norm[1], (y - norm[2]) / norm[3], (v - norm[4]) / norm[5]
     keep = np.ones(x.size, dtype=bool)
@@ -123,7 +124,8 @@ def transform_from_wcs(ref_wcs, frame_wcs, shape: tuple[int, int], order: int = 
     gx, gy = np.meshgrid(np.linspace(-0.5, nx - 0.5, nsample), np.linspace(-0.5, ny - 0.5, nsample))
     sky = ref_wcs.pixel_to_world_values(gx.ravel(), gy.ravel())
     u, v = frame_wcs.world_to_pixel_values(*sky)
-    return fit_transform(gx.ravel(), gy.ravel(), np.asarray(u), np.asarray(v), order=order, maxiter=0)
+    return fit_transform(gx.ravel(), gy.ravel(), np.asarray(u), np.asarray(v), order=order,
+                         maxiter=0)
 
 
 def resample(image: np.ndarray, transform: Transform, shape: tuple[int, int],

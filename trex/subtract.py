@@ -24,8 +24,15 @@ import scipy.linalg
 
 from trex import _subtract
 from trex._stats import clipped_stats
-from trex.kernelspec import (DEFAULT_KERNEL, Basis, KernelSpec, dense_coefficients,
-                             nterms, parse_kernel, poly_terms)
+from trex.kernelspec import (
+    DEFAULT_KERNEL,
+    Basis,
+    KernelSpec,
+    dense_coefficients,
+    nterms,
+    parse_kernel,
+    poly_terms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +71,8 @@ class Solution:
 
     def _terms(self, x, y) -> np.ndarray:
         x0, sx, y0, sy = self.norm
-        return poly_terms((np.asarray(x, float) - x0) / sx, (np.asarray(y, float) - y0) / sy, self.order)
+        xn = (np.asarray(x, dtype=np.float64) - x0) / sx
+        return poly_terms(xn, (np.asarray(y, dtype=np.float64) - y0) / sy, self.order)
 
     def kernel(self, x: float, y: float) -> np.ndarray:
         """The kernel image at pixel (x, y), float64, shape (2H+1, 2H+1)."""
@@ -102,7 +110,7 @@ def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, 
 
 def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
                   mask: np.ndarray | None = None, saturation: float | None = None,
-                  nsigma: float = 10.0, tries: int = 8) -> np.ndarray:
+                  nsigma: float = 10.0, tries: int = 16) -> np.ndarray:
     """Centres (x, y) of one stamp per grid cell, on the brightest suitable star.
 
     A star qualifies when its peak is ``nsigma`` sky noises above the sky, no
@@ -152,7 +160,8 @@ def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
     span = np.arange(-half, half + 1)
     rows = (centres[:, 1, None] + span)[:, :, None]
     cols = (centres[:, 0, None] + span)[:, None, :]
-    return np.nan_to_num(np.asarray(array[rows, cols], dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    cut = np.asarray(array[rows, cols], dtype=np.float64)
+    return np.nan_to_num(cut, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _stamp_basis(ref: np.ndarray, centres: np.ndarray, basis: Basis, halfsize: int) -> np.ndarray:
@@ -180,50 +189,57 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return sol * scale
 
 
+def _solve_stamps(vectors: np.ndarray, data: np.ndarray, w: np.ndarray, poly: np.ndarray,
+                  nterm: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Weighted least squares over the kept stamps: (nbasis, nterms) coefficients."""
+    vw = vectors[keep] * w[keep, None, :]
+    cross = np.matmul(vw, vectors[keep].transpose(0, 2, 1))
+    rstamp = np.matmul(vw, data[keep, :, None])[:, :, 0]
+    nunk = int(nterm.sum())
+    matrix, rhs = np.empty((nunk, nunk)), np.empty(nunk)
+    _subtract.normal_equations(cross, rstamp, np.ascontiguousarray(poly[keep]), nterm, matrix, rhs)
+    params = np.zeros((len(nterm), poly.shape[1]))
+    params[np.arange(poly.shape[1]) < nterm[:, None]] = _solve(matrix, rhs)
+    return params
+
+
 def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
                spec: KernelSpec, *, weight: np.ndarray, halfsize: int = 10,
                gain: float = 1.0, rdnoise: float = 0.0, nsigma: float = 3.0,
                maxiter: int = 3) -> Solution:
     """Least-squares kernel fit on stamps, with iterative rejection of bad stamps.
 
-    ``weight`` (image shape) is 0 on pixels to ignore and 1 elsewhere; the
-    pixel variance is ``max(model, 0) / gain + (rdnoise / gain)**2`` (the
-    reference stands in for the model on the first pass).  A stamp is rejected
-    when its reduced chi^2 exceeds the median by ``nsigma`` robust sigmas.
+    ``centres`` (n, 2) are stamp centres (x, y) at least ``halfsize`` + H from
+    the border; ``weight`` (image shape) is 0 on pixels to ignore.  The pixel
+    variance is ``max(model, 0) / gain + (rdnoise / gain)**2``, the reference
+    standing in for the model on the first pass.  A stamp is rejected when its
+    reduced chi^2 exceeds the median by ``nsigma`` robust sigmas; the fit is
+    repeated (with model variances) until no stamp is rejected or ``maxiter``.
     """
     basis = spec.basis()
-    order = basis.max_order
     ny, nx = reference.shape
     norm = (0.5 * (nx - 1), max(0.5 * (nx - 1), 1.0), 0.5 * (ny - 1), max(0.5 * (ny - 1), 1.0))
     vectors = _stamp_basis(reference, centres, basis, halfsize)
     data = _cutouts(image, centres, halfsize).reshape(len(centres), -1)
     wmask = _cutouts(weight, centres, halfsize).reshape(len(centres), -1)
-    nterm = [nterms(int(o)) for o in basis.orders]
-    if basis.background_order >= 0:
-        nterm.append(nterms(basis.background_order))
-    nterm = np.array(nterm, dtype=np.int64)
-    poly = np.ascontiguousarray(poly_terms((centres[:, 0] - norm[0]) / norm[1],
-                                           (centres[:, 1] - norm[2]) / norm[3], order).T)
+    orders = list(basis.orders) + ([basis.background_order] if basis.background_order >= 0 else [])
+    nterm = np.array([nterms(int(o)) for o in orders], dtype=np.int64)
+    poly = poly_terms((centres[:, 0] - norm[0]) / norm[1], (centres[:, 1] - norm[2]) / norm[3],
+                      basis.max_order).T
     model = vectors[:, 0]  # the reference stands in for the model on the first pass
     keep = np.ones(len(centres), dtype=bool)
-    matrix = np.empty((nterm.sum(), nterm.sum()))
-    rhs = np.empty(nterm.sum())
+    npix = np.maximum(wmask.sum(axis=1), 1.0)
     for it in range(maxiter + 1):
         w = wmask / (np.maximum(model, 0.0) / gain + (rdnoise / gain) ** 2 + 1e-12)
-        cross = np.matmul(vectors * w[:, None, :], vectors.transpose(0, 2, 1))
-        rstamp = np.einsum("sbp,sp->sb", vectors * w[:, None, :], data)
-        _subtract.normal_equations(np.ascontiguousarray(cross[keep]), np.ascontiguousarray(rstamp[keep]),
-                                   np.ascontiguousarray(poly[keep]), nterm, matrix, rhs)
-        params = np.zeros((len(nterm), poly.shape[1]))
-        params[np.arange(poly.shape[1]) < nterm[:, None]] = _solve(matrix, rhs)
-        model = np.einsum("sb,sbp->sp", poly @ params.T, vectors)
-        npix = np.maximum(wmask.sum(axis=1), 1.0)
+        params = _solve_stamps(vectors, data, w, poly, nterm, keep)
+        model = np.matmul((poly @ params.T)[:, None, :], vectors)[:, 0]
         chi2 = (w * (data - model) ** 2).sum(axis=1) / npix
         med = np.median(chi2[keep])
         mad = 1.4826 * np.median(np.abs(chi2[keep] - med))
         new = keep & (chi2 <= med + nsigma * max(mad, 1e-3 * med))
         log.debug("kernel fit pass %d: %d stamps, median chi2 %.3f", it, keep.sum(), med)
-        if it == maxiter or np.array_equal(new, keep) or new.sum() * wmask.shape[1] <= 2 * nterm.sum():
+        too_few = new.sum() * data.shape[1] <= 2 * nterm.sum()
+        if it == maxiter or too_few or np.array_equal(new, keep):
             break
         keep = new
     nk = len(basis.orders)
@@ -275,8 +291,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     if len(stamps) == 0:
         raise ValueError("no usable stamp: no bright unsaturated star away from the border")
     solution = fit_kernel(img, ref, stamps, spec, weight=~bad, halfsize=halfsize,
-                          gain=gain, rdnoise=rdnoise,
-                          nsigma=nsigma, maxiter=maxiter)
+                          gain=gain, rdnoise=rdnoise, nsigma=nsigma, maxiter=maxiter)
     diff = img - solution.model(np.where(np.isfinite(ref), ref, 0.0))
     log.info("subtracted with %s: %d stamps kept, %d rejected", spec.text,
              len(solution.stamps), len(solution.rejected))

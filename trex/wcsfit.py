@@ -91,10 +91,6 @@ class PlaneModel:
         """Linear part, 2x2, deg/px (rows xi, eta; columns x, y)."""
         return self.coeffs[1:3].T / _NORM
 
-    def pixscale(self) -> float:
-        """Mean pixel scale, deg/px."""
-        return float(np.sqrt(abs(np.linalg.det(self.cd()))))
-
 
 def lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Least-squares solution of a @ x = b by the normal equations.
@@ -131,7 +127,7 @@ def to_wcs(model: PlaneModel, shape: tuple[int, int]) -> WCS:
     wcs.pixel_shape = (shape[1], shape[0])
     if sip:
         a, b = _forward_sip(model, cdinv)
-        ap, bp = _inverse_sip(model.order + 2, a, b, shape, model.centre)
+        ap, bp = _inverse_sip(model, cdinv, shape, model.order + 2)
         wcs.sip = Sip(a, b, ap, bp, wcs.wcs.crpix)
     return wcs
 
@@ -148,21 +144,16 @@ def _forward_sip(model: PlaneModel, cdinv: np.ndarray) -> tuple[np.ndarray, np.n
     return a, b
 
 
-def _sip_eval(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    n = m.shape[0]
-    return sum(m[p, q] * u**p * v**q for p in range(n) for q in range(n - p) if m[p, q])
-
-
-def _inverse_sip(order: int, a: np.ndarray, b: np.ndarray, shape: tuple[int, int],
-                 centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Fit AP, BP (``order``) so that U + AP(U, V) = u on a 40x40 grid over the frame."""
-    ny, nx = shape
-    gy, gx = np.mgrid[0:ny:40j, 0:nx:40j]
-    u, v = gx.ravel() - centre[0], gy.ravel() - centre[1]
-    big_u, big_v = u + _sip_eval(a, u, v), v + _sip_eval(b, u, v)
-    terms = monomials(order)
+def _inverse_sip(model: PlaneModel, cdinv: np.ndarray, shape: tuple[int, int],
+                 order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit AP, BP (``order``) so that U + AP(U, V) = u on a 40x40 grid over the frame,
+    where (U, V) = CD^-1 (xi, eta) are the linear ("focal plane") pixel offsets."""
+    gy, gx = np.mgrid[0:shape[0]:40j, 0:shape[1]:40j]
+    gx, gy = gx.ravel(), gy.ravel()
+    u, v = gx - model.centre[0], gy - model.centre[1]
+    big_u, big_v = ((model.plane(gx, gy) - model.coeffs[0]) @ cdinv.T).T
     coeffs = lstsq(design(big_u, big_v, order), np.stack([u - big_u, v - big_v], 1))
     ap, bp = np.zeros((order + 1, order + 1)), np.zeros((order + 1, order + 1))
-    for (p, q), c in zip(terms, coeffs, strict=True):
+    for (p, q), c in zip(monomials(order), coeffs, strict=True):
         ap[p, q], bp[p, q] = c / _NORM ** (p + q)
     return ap, bp

@@ -7,10 +7,12 @@ the field catalog (section 3) into ``BASE/CAT/<field>.csv`` and the truth into
 memory for other stages' tests.
 
 Photometric scale: ``flux_ADU / s = 10^(-0.4 (mag - ZEROPOINT))`` above the
-atmosphere (extinction ``EXTINCTION`` mag per airmass).  With the default
-camera a mag 8 star peaks near 65000 ADU in 30 s at best focus (saturated),
-and mag 14 stars have S/N of about 10 in the 2.45 px aperture on a dark-sky
-frame, so the detection limit is near mag 14.5-15.
+atmosphere (extinction ``EXTINCTION`` mag per airmass; dark sky ``SKY_MAG``
+mag/arcsec², about 1600 ADU per 20" pixel in 30 s, up to ~3000 with the moon).
+On the default demo night, stars of mag 7-8 saturate (44 % of mag 7-8 and
+6 % of mag 8-9 star-frames reach 65535 ADU), the median S/N in the 2.45 px
+aperture is 55 at mag 12-13 and 9 at mag 14-15, and sep (5 sigma) detects
+94 % of mag 13.0-13.5 and 29 % of mag 13.5-14 stars.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from trex.config import ConfigError, SiteSection
 from trex.project import Project, ProjectError, safe_name
 from trex.simulate.detector import Camera
-from trex.simulate.night import make_field, simulate_night
+from trex.simulate.night import Field, make_field, simulate_night
 from trex.simulate.optics import Optics
 from trex.simulate.plan import field_centre, make_plan, night_name
 from trex.simulate.scene import Scene, make_scene, render_frame
@@ -37,9 +40,9 @@ __all__ = ["simulate_project", "load_truth", "make_scene", "render_frame", "Scen
 
 log = logging.getLogger(__name__)
 
-ZEROPOINT = 18.5       # mag of 1 ADU/s above the atmosphere
+ZEROPOINT = 18.8       # mag of 1 ADU/s above the atmosphere
 EXTINCTION = 0.15      # mag per airmass
-SKY_MAG = 20.5         # dark sky, mag/arcsec² in the same band
+SKY_MAG = 21.0         # dark sky, mag/arcsec² in the same band
 FIRST_NIGHT = "2026-11-29"
 
 
@@ -50,7 +53,9 @@ def default_params(frames: int = 20, stars: int = 2000, size: int = 1024, seed: 
 
     ``cadence`` (s) 0 spreads the frames over up to 6 h around local midnight.
     """
-    site_ = {"latitude": -29.0146, "longitude": -70.6926, "altitude": 2380.0}
+    defaults = SiteSection()
+    site_ = {"latitude": defaults.latitude, "longitude": defaults.longitude,
+             "altitude": defaults.altitude}
     ra, dec = field_centre(first_night, **site_)
     return {
         "version": 1, "seed": seed, "frames": frames, "stars": stars, "ncal": ncal,
@@ -64,12 +69,11 @@ def default_params(frames: int = 20, stars: int = 2000, size: int = 1024, seed: 
     }
 
 
-def _new(root: Path, params: dict) -> None:
-    """Catalog, variables and ephemerides of a new simulation."""
-    field = make_field(params)
-    sitep = params["site"]
-    mid = make_plan(params, 0).start.mean()
-    t_ref = float(bjd_tdb([mid], [params["ra"]], [params["dec"]], site(**sitep))[0, 0])
+def _new(root: Path, field: Field) -> None:
+    """Write the catalog; draw the variables with ephemerides around the first night."""
+    params = field.params
+    mid = make_plan(params, 0).mid.mean()
+    t_ref = float(bjd_tdb([mid], [params["ra"]], [params["dec"]], site(**params["site"]))[0, 0])
     params["variables"] = make_variables(np.random.default_rng([params["seed"], 7]),
                                          field.catalog["mag"], t_ref)
     write_catalog(Project(root).cat / f"{safe_name(params['field'])}.csv", field.catalog)
@@ -90,12 +94,17 @@ def simulate_project(root: Path | str, nights: int = 1, frames: int = 20, stars:
     params = load_params(root)
     if add_night and params is None:
         raise ProjectError(f"{root}: no simulation to add a night to (run 'trex simulate' first)")
-    if not add_night:
-        if params is not None:
-            raise ProjectError(f"{root}: already simulated; use --add-night to add nights")
+    if not add_night and params is not None:
+        raise ProjectError(f"{root}: already simulated; use --add-night to add nights")
+    if nights < 1 or frames < 1 or stars < 1 or not 64 <= size <= 8192 or ncal < 0:
+        raise ConfigError("simulate: need nights, frames, stars >= 1, ncal >= 0 and "
+                          "64 <= size <= 8192")
+    if params is None:
         params = default_params(frames, stars, size, seed, compress, ncal, cadence)
-        _new(root, params)
-    field = make_field(params)
+        field = make_field(params)
+        _new(root, field)
+    else:
+        field = make_field(params)
     done = []
     for _ in range(nights):
         index = len(params["nights"])

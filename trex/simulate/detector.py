@@ -100,13 +100,19 @@ def cosmic_rays(electrons: np.ndarray, rng: np.random.Generator, exptime: float,
 
 def readout(electrons: np.ndarray, camera: Camera, patterns: Patterns,
             rng: np.random.Generator) -> np.ndarray:
-    """Raw uint16 frame (size, size + overscan) from noisy electrons of the trimmed area."""
+    """Raw uint16 frame (size, size + overscan) from noisy electrons of the trimmed area.
+
+    The bias level drifts by ~2 ADU from frame to frame and each row gets the
+    fixed row pattern plus a 0.5 ADU rms random offset; the overscan columns
+    see the same bias, so a row-by-row overscan correction removes it.
+    """
     size = electrons.shape[0]
     raw = np.empty((size, size + camera.overscan), dtype=np.float32)
     raw[:, :size] = electrons / np.float32(camera.gain)
     raw[:, size:] = rng.standard_normal((size, camera.overscan), dtype=np.float32) * np.float32(
         camera.rdnoise / camera.gain)
-    raw += np.float32(camera.bias) + patterns.rows[:, None]
+    rows = patterns.rows + rng.normal(camera.bias, 2.0) + rng.normal(0.0, 0.5, size)
+    raw += rows.astype(np.float32)[:, None]
     np.clip(raw, 0.0, camera.saturate, out=raw)
     return np.rint(raw).astype(np.uint16)
 

@@ -52,7 +52,8 @@ def make_field(params: dict) -> Field:
     return Field(params=params, camera=camera, optics=optics, patterns=patterns, catalog=catalog)
 
 
-def _header(field: Field, kind: str, start_jd: float, exptime: float, frameno: int) -> afits.Header:
+def _header(field: Field, kind: str, start_jd: float, exptime: float,
+            frameno: int) -> afits.Header:
     p, camera, size = field.params, field.camera, field.optics.size
     h = afits.Header()
     h["IMAGETYP"] = (kind, "frame type")
@@ -86,27 +87,23 @@ def _write(field: Field, folder: Path, frameno: int, raw: np.ndarray, header) ->
     return name
 
 
-def _sky_map(level: float, gradient: np.ndarray, size: int) -> np.ndarray:
-    axis = (np.arange(size, dtype=np.float32) - (size - 1) / 2.0) / (size / 2.0)
-    gx = (1.0 + gradient[0] * axis + 0.02 * axis**2).astype(np.float32)
-    gy = (gradient[1] * axis + 0.02 * axis**2).astype(np.float32)
-    return np.float32(level) * (gx[None, :] + gy[:, None])
+def sky_shape(gradient: np.ndarray, ax, ay):
+    """Relative sky (1 at the centre) at normalised coordinates ax, ay in [-1, 1]."""
+    return (1.0 + gradient[0] * ax + gradient[1] * ay + 0.02 * (ax * ax + ay * ay))
 
 
 def _stars_in_frame(field: Field, plan: NightPlan, i: int, factor: np.ndarray) -> dict:
-    """True positions, shapes and fluxes (e-) of every catalog star on frame ``i``."""
-    p, optics = field.params, field.optics
-    mid = plan.start[i] + p["exptime"] / 172800.0
-    year = 2000.0 + (mid - 2451545.0) / 365.25
-    ra, dec = positions_at(field.catalog, year)
-    crval = offset_pointing(p["ra"], p["dec"], plan.dx[i], plan.dy[i], optics.pixscale,
-                            plan.rotation[i])
-    x, y = world_to_pixel(optics, ra, dec, crval, plan.rotation[i])
+    """True positions, shapes and fluxes (e-, ADU) of every catalog star on frame ``i``."""
+    p, optics, rotation = field.params, field.optics, plan.rotation[i]
+    ra, dec = positions_at(field.catalog, 2000.0 + (plan.mid[i] - 2451545.0) / 365.25)
+    crval = offset_pointing(p["ra"], p["dec"], plan.dx[i], plan.dy[i], optics.pixscale, rotation)
+    x, y = world_to_pixel(optics, ra, dec, crval, rotation)
     s, d, k = psf_shape(optics, x, y, plan.focus[i])
     atmosphere = 10.0 ** (-0.4 * p["extinction"] * plan.airmass[i]) * plan.transparency[i]
-    flux_adu = p["exptime"] * 10.0 ** (-0.4 * (field.catalog["mag"] - p["zeropoint"])) * atmosphere * factor
+    flux_adu = (p["exptime"] * 10.0 ** (-0.4 * (field.catalog["mag"] - p["zeropoint"]))
+                * atmosphere * factor)
     return {"x": x, "y": y, "s": s, "d": d, "k": k, "flux_adu": flux_adu,
-            "flux_e": flux_adu * field.camera.gain, "wcs": wcs_header(optics, crval, plan.rotation[i])}
+            "flux_e": flux_adu * field.camera.gain, "wcs": wcs_header(optics, crval, rotation)}
 
 
 def object_frame(field: Field, plan: NightPlan, index: int, i: int,
@@ -114,17 +111,23 @@ def object_frame(field: Field, plan: NightPlan, index: int, i: int,
     """Raw frame ``i`` of night ``index`` and its truth (``factor``: variability, (nstars,))."""
     p, camera, size = field.params, field.camera, field.optics.size
     stars = _stars_in_frame(field, plan, i, factor)
-    photons = _sky_map(plan.sky[i] * camera.gain, plan.gradient[i], size)
+    axis = (np.arange(size, dtype=np.float32) - (size - 1) / 2.0) / (size / 2.0)
+    photons = np.float32(plan.sky[i] * camera.gain) * sky_shape(
+        plan.gradient[i].astype(np.float32), axis[None, :], axis[:, None])
     add_stars(photons, stars["x"], stars["y"], stars["flux_e"], stars["s"], stars["d"], stars["k"])
     rng = np.random.default_rng([p["seed"], OBJECT, index, i])
     raw, hits = expose(photons, p["exptime"], camera, field.patterns, rng)
     xi = np.clip(np.rint(stars["x"]).astype(int), 0, size - 1)
     yi = np.clip(np.rint(stars["y"]).astype(int), 0, size - 1)
-    sky_here = _sky_map(plan.sky[i], plan.gradient[i], size)[yi, xi]
-    stars["noise"] = expected_noise(stars["flux_adu"], stars["s"], stars["d"], stars["k"],
-                                    sky_here, camera.gain, camera.rdnoise,
-                                    field.patterns.flat[yi, xi],
+    centre = (size - 1) / 2.0
+    sky = plan.sky[i] * sky_shape(plan.gradient[i], (stars["x"] - centre) / (size / 2.0),
+                                  (stars["y"] - centre) / (size / 2.0))
+    stars["noise"] = expected_noise(stars["flux_adu"], stars["s"], stars["d"], stars["k"], sky,
+                                    camera.gain, camera.rdnoise, field.patterns.flat[yi, xi],
                                     field.patterns.dark[yi, xi] * p["exptime"])
+    inside = (stars["x"] > -0.5) & (stars["x"] < size - 0.5) & (stars["y"] > -0.5) & (
+        stars["y"] < size - 0.5)
+    stars["saturated"] = inside & (raw[yi, xi] >= camera.saturate)
     stars["cosmics"] = hits
     return raw, stars
 
@@ -138,7 +141,7 @@ def _variability(field: Field, plan: NightPlan) -> np.ndarray:
         return factor
     index = np.array([v["index"] for v in events])
     sitep = p["site"]
-    bjd = bjd_tdb(plan.start + p["exptime"] / 172800.0, field.catalog["ra"][index],
+    bjd = bjd_tdb(plan.mid, field.catalog["ra"][index],
                   field.catalog["dec"][index],
                   site(sitep["latitude"], sitep["longitude"], sitep["altitude"]))
     for column, var in enumerate(events):
@@ -161,8 +164,9 @@ def calibration_frames(field: Field, index: int, folder: Path, frameno: int) -> 
     p, camera, size = field.params, field.camera, field.optics.size
     midnight = local_midnight(p["first_night"], p["site"]["longitude"]) + index
     names = []
-    for kind, exptime, t0 in (("flat", 5.0, midnight - 4.5 / 24), ("bias", 0.0, midnight + 4.0 / 24),
-                              ("dark", p["exptime"], midnight + 4.2 / 24)):
+    when = (("flat", 5.0, midnight - 4.5 / 24), ("bias", 0.0, midnight + 4.0 / 24),
+            ("dark", p["exptime"], midnight + 4.2 / 24))
+    for kind, exptime, t0 in when:
         for j in range(p["ncal"]):
             rng = np.random.default_rng([p["seed"], CALIB, index, frameno])
             level = 25000.0 * camera.gain * 0.8**j if kind == "flat" else 0.0
@@ -183,7 +187,9 @@ def simulate_night(root: Path, field: Field, index: int) -> dict:
     folder = Path(root) / "RAW" / plan.night
     frameno = p["next_frameno"]
     factor = _variability(field, plan)
-    keys = ("x", "y", "flux_e", "flux_adu", "s", "d", "k", "noise")
+    keys = {"x": np.float64, "y": np.float64, "flux_e": np.float32, "flux_adu": np.float32,
+            "s": np.float32, "d": np.float32, "k": np.float32, "noise": np.float32,
+            "saturated": bool}
     rows = {key: [] for key in keys}
     names, wcs, cosmics = [], [], []
     for i in range(plan.start.size):
@@ -191,8 +197,8 @@ def simulate_night(root: Path, field: Field, index: int) -> dict:
         names.append(_write(field, folder, frameno, raw,
                             _header(field, "object", plan.start[i], p["exptime"], frameno)))
         frameno += 1
-        for key in keys:
-            rows[key].append(stars[key].astype(np.float32))
+        for key, dtype in keys.items():
+            rows[key].append(stars[key].astype(dtype))
         wcs.append(stars["wcs"].tostring(sep="\n"))
         cosmics.append(stars["cosmics"])
         log.debug("%s: frame %d/%d", plan.night, i + 1, plan.start.size)
@@ -201,11 +207,12 @@ def simulate_night(root: Path, field: Field, index: int) -> dict:
     cat = field.catalog
     save_night(root, plan.night, dict(
         {key: np.stack(rows[key]) for key in keys},
-        frame=np.array(names), jd=plan.start + p["exptime"] / 172800.0, wcs=np.array(wcs),
+        frame=np.array(names), jd=plan.mid, wcs=np.array(wcs),
         airmass=plan.airmass, sky=plan.sky, gradient=plan.gradient,
         transparency=plan.transparency, focus=plan.focus, dx=plan.dx, dy=plan.dy,
         rotation=plan.rotation, moon_alt=plan.moon_alt, moon_illum=plan.moon_illum,
         cosmics=np.array(cosmics), variability=factor.astype(np.float32),
         objectid=cat["objectid"], ra=cat["ra"], dec=cat["dec"], mag=cat["mag"],
-        catmag=cat["catmag"], calibrations=np.array(calibrations)))
+        catmag=cat["catmag"], calibrations=np.array(calibrations),
+        hot_pixels=field.patterns.hot))
     return {"night": plan.night, "objects": len(names), "calibrations": len(calibrations)}

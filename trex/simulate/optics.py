@@ -61,7 +61,9 @@ class Optics:
                 "A_2_0": q, "A_0_2": 0.5 * q, "B_1_1": q, "B_0_2": -0.5 * q}
 
 
-def _sip_apply(coeffs: dict[str, float], u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sip_apply(coeffs: dict[str, float], u: np.ndarray,
+               v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SIP displacements (A(u, v), B(u, v)), px."""
     du = np.zeros_like(u)
     dv = np.zeros_like(v)
     for name, value in coeffs.items():
@@ -125,9 +127,9 @@ def world_to_pixel(optics: Optics, ra, dec, crval: tuple[float, float],
     for _ in range(30):
         du, dv = _sip_apply(coeffs, u, v)
         new_u, new_v = big_u - du, big_v - dv
-        done = max(np.max(np.abs(new_u - u), initial=0), np.max(np.abs(new_v - v), initial=0)) < 1e-10
+        step = max(np.max(np.abs(new_u - u), initial=0), np.max(np.abs(new_v - v), initial=0))
         u, v = new_u, new_v
-        if done:
+        if step < 1e-10:
             break
     return u + optics.crpix - 1.0, v + optics.crpix - 1.0
 
@@ -157,7 +159,8 @@ def wcs_header(optics: Optics, crval: tuple[float, float], rotation: float) -> a
     return header
 
 
-def psf_shape(optics: Optics, x, y, focus: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def psf_shape(optics: Optics, x, y,
+              focus: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PSF shape S, D, K (px⁻²) at 0-based positions (x, y).
 
     The FWHM grows quadratically with distance from the axis and is scaled by

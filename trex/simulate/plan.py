@@ -62,6 +62,7 @@ class NightPlan:
 
     night: str
     start: np.ndarray         # UTC JD of exposure start
+    mid: np.ndarray           # UTC JD of mid-exposure
     airmass: np.ndarray
     sky: np.ndarray           # sky at the frame centre, calibrated ADU per pixel
     gradient: np.ndarray      # (nframes, 2): relative sky slope across the half frame in x, y
@@ -101,8 +102,8 @@ def make_plan(params: dict, index: int) -> NightPlan:
     n = params["frames"]
     cadence = params["cadence"] or float(np.clip(NIGHT_HOURS * 3600.0 / n, 40.0, 900.0))
     midnight = local_midnight(night, sitep["longitude"])
-    start = midnight + (np.arange(n) - 0.5 * (n - 1)) * cadence / 86400.0 - params["exptime"] / 172800.0
-    mid = start + params["exptime"] / 172800.0
+    mid = midnight + (np.arange(n) - 0.5 * (n - 1)) * cadence / 86400.0
+    start = mid - params["exptime"] / 172800.0
     tau = (mid - midnight) / (NIGHT_HOURS / 48.0)
     location = site(sitep["latitude"], sitep["longitude"], sitep["altitude"])
     lst = Time(mid, format="jd", scale="utc", location=location).sidereal_time("mean").deg
@@ -121,6 +122,6 @@ def make_plan(params: dict, index: int) -> NightPlan:
     dx = offset[0] + drift[0] * tau + rng.normal(0.0, 0.6, n)
     dy = offset[1] + drift[1] * tau + rng.normal(0.0, 0.6, n)
     rotation = rng.normal(0.0, 0.02) + 0.01 * tau + rng.normal(0.0, 0.003, n)
-    return NightPlan(night=night, start=start, airmass=airmass, sky=sky, gradient=gradient,
+    return NightPlan(night=night, start=start, mid=mid, airmass=airmass, sky=sky, gradient=gradient,
                      transparency=_clouds(rng, tau), focus=focus, dx=dx, dy=dy,
                      rotation=rotation, moon_alt=moon_alt, moon_illum=moon_illum)

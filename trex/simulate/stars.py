@@ -87,7 +87,7 @@ def make_variables(rng: np.random.Generator, mag: np.ndarray, t_ref: float,
     is placed so that one falls in the first night.
     """
     candidates = np.flatnonzero(mag < faint)
-    nvar = max(4, int(round(fraction * candidates.size))) if candidates.size >= 4 else candidates.size
+    nvar = min(candidates.size, max(4, int(round(fraction * candidates.size))))
     chosen = rng.choice(candidates, size=nvar, replace=False)
     out = []
     for n, index in enumerate(sorted(chosen.tolist())):

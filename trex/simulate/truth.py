@@ -1,11 +1,34 @@
 """Ground truth of a simulation: expected noise, and the files under ``PROJ/truth/``.
 
 ``PROJ/truth/simulation.json`` holds every parameter needed to continue the
-same simulation (seed, field, camera, optics, variables and their
-ephemerides, nights done, next frame number); ``PROJ/truth/<night>.npz``
-holds, per object frame and star, the true position (0-based, trimmed frame),
-flux (e- and calibrated ADU), PSF shape and expected aperture-photometry noise,
-and per frame the true WCS (FITS header text), sky, transparency and airmass.
+same simulation: seed, field centre and name, camera, optics, photometric
+zero point, variables and flares with their ephemerides (BJD_TDB), nights
+done and the next frame number.
+
+``PROJ/truth/<night>.npz`` (read with :func:`load_truth`) holds:
+
+per star (nstars,)
+    ``objectid``, ``ra``, ``dec`` (deg, ICRS at epoch 2016.0), ``mag`` (true,
+    above the atmosphere), ``catmag`` (what the catalog CSV says: mag + 0.02 rms)
+per object frame (nframes,)
+    ``frame`` (raw file name), ``jd`` (UTC JD of mid-exposure), ``wcs`` (FITS
+    header text of the true TAN-SIP WCS of the trimmed frame), ``airmass``,
+    ``sky`` (calibrated ADU per pixel at the frame centre), ``gradient``
+    (nframes, 2: relative sky slope over the half frame, x and y),
+    ``transparency`` (clouds, 1 = clear), ``focus`` (FWHM scale), ``dx``,
+    ``dy``, ``rotation`` (pointing offset, px and deg), ``moon_alt``,
+    ``moon_illum``, ``cosmics`` (number of cosmic-ray hits)
+per frame and star (nframes, nstars)
+    ``x``, ``y`` (px, 0-based, trimmed frame; stars off the frame included),
+    ``flux_e``, ``flux_adu`` (total flux after extinction, clouds and
+    variability, before the flat-field response: what a perfect calibration
+    leaves), ``s``, ``d``, ``k`` (PSF shape, px⁻², fistar convention),
+    ``noise`` (nframes, nstars, 3: expected 1-sigma error, ADU, of the flux in
+    apertures ``RADII`` with a sky annulus ``ANNULUS``), ``saturated`` (the
+    star's central pixel is at SATURATE), ``variability`` (flux factor)
+per night
+    ``calibrations`` (file names of bias, dark and flat frames),
+    ``hot_pixels`` (n, 2: row, column of hot pixels)
 """
 
 from __future__ import annotations

@@ -1,0 +1,124 @@
+"""The light-curve file: HAT column names (SPEC section 5), one table of them.
+
+One FITS file per star, ``LC/<projid>/<objectid>.fits``; HDU 1 is a binary
+table named ``LIGHTCURVE`` with one row per frame, sorted by time.  Per-
+aperture columns carry the suffix ``_000``, ``_001``, ... in the order of the
+configured apertures.  Missing measurements are NaN with a non-zero flag
+(``trex.flags.PHOT``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fitsio
+import numpy as np
+from astropy.table import Table
+
+from trex.fits import atomic_path
+
+#: (name, description, numpy dtype, per aperture)
+COLUMNS = (
+    ("rjd", "reduced JD (JD - 2400000), UTC mid-exposure", "f8", False),
+    ("bjd", "BJD_TDB mid-exposure", "f8", False),
+    ("framekey", "frame id in the database", "i8", False),
+    ("frame", "calibrated frame name", "S40", False),
+    ("xcc", "x on the calibrated frame, px, 0-based", "f8", False),
+    ("ycc", "y on the calibrated frame, px, 0-based", "f8", False),
+    ("bgv", "local sky per pixel, ADU", "f4", False),
+    ("bge", "error of the local sky, ADU", "f4", False),
+    ("fsv", "PSF shape S at the star, 1/px^2", "f4", False),
+    ("fdv", "PSF shape D at the star, 1/px^2", "f4", False),
+    ("fkv", "PSF shape K at the star, 1/px^2", "f4", False),
+    ("aim", "instrumental magnitude", "f4", True),
+    ("aie", "instrumental magnitude error", "f4", True),
+    ("aiq", "aperture photometry quality flag (trex.flags.PHOT)", "i2", True),
+    ("arm", "magnitude after magnitude fitting", "f4", True),
+    ("aep", "magnitude after EPD", "f4", True),
+    ("atf", "magnitude after TFA", "f4", True),
+    ("ifl", "image-subtraction flux, ADU (reference scale)", "f8", True),
+    ("ife", "image-subtraction flux error, ADU", "f8", True),
+    ("irm", "image-subtraction magnitude", "f4", True),
+    ("ire", "image-subtraction magnitude error", "f4", True),
+    ("irq", "image-subtraction quality flag (trex.flags.PHOT)", "i2", True),
+    ("iep", "image-subtraction magnitude after EPD", "f4", True),
+    ("itf", "image-subtraction magnitude after TFA", "f4", True),
+)
+
+
+def column_names(napertures: int) -> list[str]:
+    """Every column name of a light curve with ``napertures`` apertures, in file order."""
+    names = []
+    for name, _, _, per_aperture in COLUMNS:
+        names += [f"{name}_{i:03d}" for i in range(napertures)] if per_aperture else [name]
+    return names
+
+
+def lc_dtype(napertures: int) -> np.dtype:
+    """Row dtype of a light curve with ``napertures`` apertures."""
+    fields = []
+    for name, _, dtype, per_aperture in COLUMNS:
+        if per_aperture:
+            fields += [(f"{name}_{i:03d}", dtype) for i in range(napertures)]
+        else:
+            fields.append((name, dtype))
+    return np.dtype(fields)
+
+
+def empty_rows(n: int, napertures: int) -> np.ndarray:
+    """``n`` rows with every value missing (NaN, flag MISSING)."""
+    from trex.flags import PHOT
+
+    rows = np.zeros(n, dtype=lc_dtype(napertures))
+    for name in rows.dtype.names:
+        kind = rows.dtype[name].kind
+        if kind == "f":
+            rows[name] = np.nan
+        elif name[:3] in ("aiq", "irq"):
+            rows[name] = PHOT["MISSING"].bit
+    return rows
+
+
+def describe_columns(napertures: int) -> dict[str, str]:
+    """Column name -> description (for headers and documentation)."""
+    out = {}
+    for name, text, _, per_aperture in COLUMNS:
+        if per_aperture:
+            out.update({f"{name}_{i:03d}": f"{text}, aperture {i}" for i in range(napertures)})
+        else:
+            out[name] = text
+    return out
+
+
+def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> Path:
+    """Write ``rows`` (``lc_dtype``) as the LIGHTCURVE table of ``path``, atomically."""
+    tmp, final = atomic_path(path)
+    if tmp.exists():
+        tmp.unlink()
+    with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+        fits.write(None)
+        fits.write(rows, extname="LIGHTCURVE", header=header)
+    os.replace(tmp, final)
+    return final
+
+
+def read_rows(path: Path | str) -> tuple[np.ndarray, fitsio.FITSHDR]:
+    """Raw rows (numpy structured array) and header of a light-curve file."""
+    with fitsio.FITS(str(path)) as fits:
+        ext = fits["LIGHTCURVE"]
+        return ext.read(), ext.read_header()
+
+
+def read_lightcurve(path: Path | str) -> Table:
+    """A light curve as an astropy Table (SPEC section 5 columns, header in ``meta``)."""
+    rows, header = read_rows(path)
+    table = Table(rows)
+    table["frame"] = np.char.decode(np.char.rstrip(table["frame"].data.astype("S")), "ascii")
+    skip = {"XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "TFIELDS",
+            "EXTNAME"}
+    for rec in header.records():
+        name = rec.get("name")
+        if name and name not in skip and not name.startswith(("TTYPE", "TFORM", "TUNIT")):
+            table.meta[name] = rec.get("value")
+    return table

@@ -1,0 +1,281 @@
+"""Transposition of per-frame measurements into per-star light curves.
+
+Memory is bounded by one frame plus one partition, never by the archive:
+
+1. every rank takes a share of the new frames, reads each frame's ``aphot``
+   (and ``iphot``) product once and appends its rows to star-range partition
+   files in ``REDTEMP/lc/<projid>/<field>/`` (one shard per rank);
+2. every rank takes a share of the partitions, sorts each one by (star,
+   time) with numpy and merges each star's rows into its light-curve file
+   (appending to the existing file; rows of a frame seen before replace the
+   old ones, so a re-run never duplicates rows).
+
+Only frames not yet marked ``lightcurves`` done are collected, so adding a
+night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
+``[lightcurves] subdirs = true`` ``LC/<projid>/<xx>/<objectid>.fits`` where
+``xx`` is the CRC32 of the object id modulo 256, in hex (keeps folders of
+10^5+ stars small on parallel filesystems).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trex import __version__, lcformat
+from trex.config import Config
+from trex.products import load_product
+from trex.project import Project, safe_name
+
+log = logging.getLogger(__name__)
+
+#: rows per partition (bounds the memory of the sort step)
+PARTITION_ROWS = 2_000_000
+
+
+@dataclass(frozen=True)
+class FrameEntry:
+    """A frame to transpose: where its products are and what to call it."""
+
+    framekey: int
+    redpath: str  # relative to the project root
+    night: str
+    projid: str
+    field: str
+
+
+def part_dtype(napertures: int) -> np.dtype:
+    """Partition row: the star's catalog index, then the light-curve row."""
+    return np.dtype([("star", "i8"), ("night", "S16")] + lcformat.lc_dtype(napertures).descr)
+
+
+def frame_rows(root: Path, entry: FrameEntry, napertures: int) -> np.ndarray | None:
+    """Partition rows of one frame (aperture and subtraction photometry joined)."""
+    redpath = root / entry.redpath
+    aphot = load_product(redpath, "aphot")
+    iphot = load_product(redpath, "iphot")
+    if aphot is None and iphot is None:
+        return None
+    stars = np.union1d(aphot["star"] if aphot is not None else [],
+                       iphot["star"] if iphot is not None else []).astype(np.int64)
+    rows = np.zeros(len(stars), dtype=part_dtype(napertures))
+    rows[list(lcformat.lc_dtype(napertures).names)] = lcformat.empty_rows(len(stars), napertures)
+    rows["star"] = stars
+    rows["night"] = entry.night
+    rows["framekey"] = entry.framekey
+    rows["frame"] = Path(entry.redpath).name
+    for product in (aphot, iphot):
+        if product is None:
+            continue
+        at = np.searchsorted(stars, product["star"])
+        for name in product.dtype.names:
+            if name in rows.dtype.names and name not in ("star", "framekey"):
+                rows[name][at] = product[name]
+    return rows
+
+
+class PartitionWriter:
+    """Appends rows to star-range partition shards of one (projid, field)."""
+
+    def __init__(self, folder: Path, stars_per_part: int, rank: int):
+        self.folder, self.stars_per_part, self.rank = folder, stars_per_part, rank
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, rows: np.ndarray) -> None:
+        part = rows["star"] // self.stars_per_part
+        order = np.argsort(part, kind="stable")
+        part, rows = part[order], rows[order]
+        starts = np.flatnonzero(np.diff(part, prepend=-1))
+        for chunk in np.split(np.arange(len(rows)), starts[1:]):
+            p = int(part[chunk[0]])
+            with open(self.folder / f"p{p:07d}.r{self.rank:05d}.bin", "ab") as fh:
+                rows[chunk].tofile(fh)
+
+
+def partitions(folder: Path) -> list[str]:
+    """Partition names (``p0000012``) present in a folder."""
+    return sorted({p.name.split(".")[0] for p in folder.glob("p*.bin")})
+
+
+def read_partition(folder: Path, name: str, dtype: np.dtype) -> np.ndarray:
+    """Every shard of a partition, de-duplicated (last write of a star/frame wins)
+    and sorted by star, then time."""
+    rows = np.concatenate([np.fromfile(p, dtype=dtype) for p in sorted(folder.glob(f"{name}.*"))])
+    order = np.lexsort((np.arange(len(rows)), rows["framekey"], rows["star"]))
+    rows = rows[order]
+    last = np.ones(len(rows), dtype=bool)
+    last[:-1] = (rows["star"][1:] != rows["star"][:-1]) | \
+                (rows["framekey"][1:] != rows["framekey"][:-1])
+    rows = rows[last]
+    return rows[np.lexsort((rows["framekey"], rows["rjd"], rows["star"]))]
+
+
+def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:
+    name = f"{safe_name(objectid)}.fits"
+    folder = project.lc(projid)
+    if config.lightcurves.subdirs:
+        folder = folder / f"{zlib.crc32(objectid.encode()) % 256:02x}"
+    return folder / name
+
+
+def _night_cards(old_header, new_rows: np.ndarray, added: np.ndarray, config: Config) -> list[dict]:
+    """NIGHTnnn cards: per contributing night its row count, trex version and config hash.
+
+    ``added`` marks the new rows whose frame was not in the file before.
+    """
+    nights: dict[str, tuple[int, str]] = {}
+    if old_header is not None:
+        for rec in old_header.records():
+            if rec["name"].startswith("NIGHT") and rec["name"][5:].isdigit():
+                night, count, text = str(rec["value"]).split(" ", 2)
+                nights[night] = (int(count.split("=")[1]), text)
+    names, counts = np.unique(new_rows["night"][added], return_counts=True)
+    touched = set(np.unique(new_rows["night"]).astype(str))
+    for night in touched:
+        before = nights.get(night, (0, ""))[0]
+        extra = int(counts[names.astype(str) == night].sum())
+        nights[night] = (before + extra, f"trex={__version__} config={config.sha}")
+    return [{"name": f"NIGHT{i:03d}", "value": f"{night} rows={n} {text}",
+             "comment": "night: rows, trex version, config hash"}
+            for i, (night, (n, text)) in enumerate(sorted(nights.items()))]
+
+
+def merge_star(path: Path, new_rows: np.ndarray, info: dict, config: Config) -> np.ndarray:
+    """Merge a star's new rows (partition dtype) into its light-curve file; returns all rows."""
+    napertures = len(config.photometry.apertures)
+    fields = list(lcformat.lc_dtype(napertures).names)
+    fresh = np.zeros(len(new_rows), dtype=lcformat.lc_dtype(napertures))
+    fresh[fields] = new_rows[fields]
+    old_header = None
+    added = np.ones(len(new_rows), dtype=bool)
+    if path.exists():
+        old, old_header = lcformat.read_rows(path)
+        keep = ~np.isin(old["framekey"], fresh["framekey"])
+        added = ~np.isin(fresh["framekey"], old["framekey"])
+        fresh = np.concatenate([old[keep].astype(fresh.dtype), fresh])
+    rows = fresh[np.lexsort((fresh["framekey"], fresh["rjd"]))]
+    header = _header(info, rows, config) + _night_cards(old_header, new_rows, added, config)
+    lcformat.write_lightcurve(path, rows, header)
+    return rows
+
+
+def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
+    cards = [
+        {"name": "OBJECTID", "value": info["objectid"]},
+        {"name": "RA", "value": float(info["ra"]), "comment": "deg, ICRS, catalog epoch"},
+        {"name": "DEC", "value": float(info["dec"]), "comment": "deg, ICRS, catalog epoch"},
+        {"name": "MAG", "value": float(info["mag"]), "comment": "catalog magnitude"},
+        {"name": "PROJID", "value": info["projid"]},
+        {"name": "FIELD", "value": info["field"]},
+        {"name": "ZP", "value": config.camera.zeropoint, "comment": "magnitude zero point"},
+        {"name": "TIMESYS", "value": "TDB", "comment": "time scale of the bjd column"},
+        {"name": "BJDREFI", "value": 0, "comment": "bjd column is the full BJD_TDB"},
+        {"name": "BJDREFF", "value": 0.0},
+        {"name": "TIMEUNIT", "value": "d"},
+        {"name": "NROWS", "value": len(rows), "comment": "frames in this light curve"},
+        {"name": "RJDSTART", "value": float(rows["rjd"].min()), "comment": "JD - 2400000, UTC"},
+        {"name": "RJDSTOP", "value": float(rows["rjd"].max()), "comment": "JD - 2400000, UTC"},
+        {"name": "TREXVER", "value": __version__, "comment": "trex version"},
+        {"name": "CONFSHA", "value": config.sha, "comment": "configuration hash"},
+    ]
+    for i, spec in enumerate(config.photometry.apertures):
+        cards.append({"name": f"APER_{i:03d}", "value": float(spec.split(":")[0]),
+                      "comment": "aperture radius, px"})
+    return cards
+
+
+def lc_stats(rows: np.ndarray) -> dict:
+    """nobs, time span and robust scatter of the best available magnitude column."""
+    mags = rows["arm_000"] if np.isfinite(rows["arm_000"]).any() else rows["aim_000"]
+    good = mags[np.isfinite(mags)]
+    stats = {"nobs": int(len(good)), "rjd_min": float(rows["rjd"].min()),
+             "rjd_max": float(rows["rjd"].max()), "median_mag": None, "mad": None, "rms": None}
+    if len(good):
+        median = float(np.median(good))
+        stats.update(median_mag=median, mad=float(np.median(np.abs(good - median))),
+                     rms=float(np.std(good)))
+    return stats
+
+
+def _star_info(catalog, star: int, projid: str, field: str) -> dict:
+    return {"objectid": str(catalog["objectid"][star]), "ra": catalog["ra"][star],
+            "dec": catalog["dec"][star], "mag": catalog["mag"][star], "projid": projid,
+            "field": field}
+
+
+def _scatter(comm, project: Project, config: Config, entries: list[FrameEntry]) -> None:
+    """Step 1: each rank appends its frames' rows to the partition shards."""
+    from trex.parallel import split
+
+    napertures = len(config.photometry.apertures)
+    per_group: dict[tuple[str, str], int] = {}
+    for e in entries:
+        per_group[(e.projid, e.field)] = per_group.get((e.projid, e.field), 0) + 1
+    writers = {}
+    for i in split(len(entries), comm.size, comm.rank):
+        entry = entries[i]
+        rows = frame_rows(project.root, entry, napertures)
+        if rows is None:
+            continue
+        key = (entry.projid, entry.field)
+        if key not in writers:
+            folder = project.redtemp / "lc" / safe_name(entry.projid) / safe_name(entry.field)
+            writers[key] = PartitionWriter(folder, max(1, PARTITION_ROWS // per_group[key]),
+                                           comm.rank)
+        writers[key].add(rows)
+
+
+def _merge_partition(project: Project, config: Config, projid: str, field: str, name: str,
+                     catalog) -> list[dict]:
+    """Step 2 for one partition: sort, then merge each star into its file."""
+    napertures = len(config.photometry.apertures)
+    folder = project.redtemp / "lc" / safe_name(projid) / safe_name(field)
+    rows = read_partition(folder, name, part_dtype(napertures))
+    starts = np.flatnonzero(np.diff(rows["star"], prepend=-1))
+    out = []
+    for chunk in np.split(rows, starts[1:]):
+        info = _star_info(catalog, int(chunk["star"][0]), projid, field)
+        path = lc_path(project, config, projid, info["objectid"])
+        merged = merge_star(path, chunk, info, config)
+        out.append({"projid": projid, "objectid": info["objectid"],
+                    "path": str(path.relative_to(project.root)), **lc_stats(merged)})
+    return out
+
+
+def transpose(comm, project: Project, config: Config, entries: list[FrameEntry],
+              catalogs: dict) -> list[dict]:
+    """Merge the frames ``entries`` into the light curves (every rank calls this).
+
+    Returns the ``lcinfo`` rows of the stars written, on rank 0 (empty elsewhere).
+    """
+    from trex.parallel import split
+
+    scratch = project.redtemp / "lc"
+    if comm.rank == 0 and scratch.exists():
+        shutil.rmtree(scratch)  # leftovers of a killed run
+    comm.barrier()
+    _scatter(comm, project, config, entries)
+    comm.barrier()
+    tasks = None
+    if comm.rank == 0:
+        groups = sorted({(e.projid, e.field) for e in entries})
+        tasks = [(p, f, name) for p, f in groups
+                 for name in partitions(scratch / safe_name(p) / safe_name(f))]
+    tasks = comm.bcast(tasks)
+    info = []
+    for i in split(len(tasks), comm.size, comm.rank):
+        projid, field, name = tasks[i]
+        info += _merge_partition(project, config, projid, field, name, catalogs[field])
+    gathered = comm.gather(info)
+    comm.barrier()
+    if comm.rank == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+        info = [row for part in gathered for row in part]
+        log.info("light curves: %d stars updated from %d frames", len(info), len(entries))
+        return info
+    return []

@@ -1,0 +1,178 @@
+"""MPI, in one module: nothing else in trex imports mpi4py.
+
+The same code runs serially (no mpi4py, or one rank) and under
+``mpiexec -n N`` / ``srun``.  The work split is a task farm: rank 0 holds the
+queue and hands out small batches on request; the workers return each batch's
+results with their next request; rank 0 consumes results (it alone writes the
+database) and also processes batches itself whenever no message is waiting.
+An uncaught error on any rank aborts the whole job (``MPI.Abort``) so that a
+SLURM allocation never hangs on a dead rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+_MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK", "SLURM_STEP_ID")
+_REQUEST, _WORK, _STOP = 1, 2, 3
+
+
+class SerialComm:
+    """Stand-in for an MPI communicator with one rank."""
+
+    rank = 0
+    size = 1
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    def allreduce(self, value, op=None):
+        return value
+
+    def gather(self, obj, root=0):
+        return [obj]
+
+    def Abort(self, code: int = 1) -> None:  # noqa: N802 (MPI spelling)
+        os._exit(code)
+
+
+class MPIComm:
+    """The world communicator, with pickle-5 messages (no 2 GiB limit)."""
+
+    def __init__(self):
+        from mpi4py import MPI
+        from mpi4py.util import pkl5
+
+        self.MPI = MPI
+        self.comm = pkl5.Intracomm(MPI.COMM_WORLD)
+        self.rank = MPI.COMM_WORLD.Get_rank()
+        self.size = MPI.COMM_WORLD.Get_size()
+
+    def bcast(self, obj, root=0):
+        return self.comm.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.comm.barrier()
+
+    def allreduce(self, value, op=None):
+        return self.comm.allreduce(value, op=op or self.MPI.SUM)
+
+    def gather(self, obj, root=0):
+        return self.comm.gather(obj, root=root)
+
+    def Abort(self, code: int = 1) -> None:  # noqa: N802
+        self.MPI.COMM_WORLD.Abort(code)
+
+
+def launched_under_mpi(environ: dict | None = None) -> bool:
+    """True when a process manager (mpiexec, srun) started this process."""
+    environ = os.environ if environ is None else environ
+    return any(key in environ for key in _MPI_ENV)
+
+
+def world(environ: dict | None = None) -> SerialComm | MPIComm:
+    """The communicator: MPI's world when launched under MPI, else serial."""
+    if not launched_under_mpi(environ):
+        return SerialComm()
+    try:
+        comm = MPIComm()
+    except ImportError:
+        log.warning("launched under MPI but mpi4py is not importable: running serially")
+        return SerialComm()
+    return comm if comm.size > 1 else SerialComm()
+
+
+@contextmanager
+def abort_on_error(comm):
+    """Any uncaught exception on this rank aborts every rank (no hung jobs)."""
+    try:
+        yield
+    except BaseException as err:
+        if comm.size > 1 and not isinstance(err, SystemExit):
+            sys.stderr.write(f"rank {comm.rank}: uncaught error, aborting the job\n")
+            traceback.print_exc()
+            sys.stderr.flush()
+            comm.Abort(1)
+        raise
+
+
+def batches(items: Sequence, size: int) -> list[list]:
+    """``items`` cut into consecutive batches of at most ``size``."""
+    size = max(1, int(size))
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def split(n: int, nranks: int, rank: int) -> range:
+    """Indices of ``n`` items for ``rank`` in a contiguous, balanced split."""
+    base, extra = divmod(n, nranks)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def farm(comm, tasks: Sequence, work: Callable[[list], list], consume: Callable[[list], None],
+         batch_size: int = 4) -> None:
+    """Process ``tasks`` on every rank; call ``consume(results)`` on rank 0 only.
+
+    ``work(batch) -> results`` runs on any rank (it must not touch the
+    database); ``consume`` runs on rank 0 for every batch's results, in the
+    order they arrive.  Rank 0 passes ``tasks``; the other ranks' ``tasks``
+    are ignored.
+    """
+    if comm.size == 1:
+        for batch in batches(tasks, batch_size):
+            consume(work(batch))
+        return
+    if comm.rank == 0:
+        _serve(comm, batches(tasks, batch_size), work, consume)
+    else:
+        _work(comm, work)
+    comm.barrier()
+
+
+def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
+    MPI = comm.MPI
+    status = MPI.Status()
+    active = comm.size - 1
+    queue = list(reversed(queue))
+    while active:
+        if comm.comm.iprobe(source=MPI.ANY_SOURCE, tag=_REQUEST, status=status) or not queue:
+            results = comm.comm.recv(source=MPI.ANY_SOURCE, tag=_REQUEST, status=status)
+            source = status.Get_source()
+            if results:
+                consume(results)
+            if queue:
+                comm.comm.send(queue.pop(), dest=source, tag=_WORK)
+            else:
+                comm.comm.send(None, dest=source, tag=_STOP)
+                active -= 1
+        else:
+            consume(work(queue.pop()))
+
+
+def _work(comm: MPIComm, work) -> None:
+    MPI = comm.MPI
+    status = MPI.Status()
+    results: list = []
+    while True:
+        comm.comm.send(results, dest=0, tag=_REQUEST)
+        batch = comm.comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
+        if status.Get_tag() == _STOP:
+            return
+        results = work(batch)
+
+
+def scatter_loop(comm, items: Iterable, work: Callable) -> None:
+    """Run ``work(item)`` for this rank's share of ``items`` (static split)."""
+    items = list(items)
+    for i in split(len(items), comm.size, comm.rank):
+        work(items[i])

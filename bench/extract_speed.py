@@ -2,7 +2,7 @@
 
 Frames: HATPI-like round Gaussian stars (FWHM 2.4 px), pixel-integrated, sky
 1000 ADU, Poisson noise (gain 1) plus 5 ADU read noise, faint-dominated
-luminosity function (N(>F) ~ F^-0.7 from 300 to 10^6 ADU).  Timed, median of
+luminosity function (N(>F) ~ F^-0.7 from ``--fmin`` to 10^6 ADU).  Timed, median of
 ``--repeat`` runs, one thread:
 
 * trex: ``extract_sources(image, 5.0)`` (background + detection + shape fit);
@@ -13,7 +13,7 @@ Also printed: detections, the fraction of sep's detections that trex matches
 within 1 px, the median distance of those matches, and trex's centroid error
 against the true positions of bright isolated stars.
 
-Usage: python bench/extract_speed.py [--sizes 2048:10000,4096:50000] [--repeat 3]
+Usage: python bench/extract_speed.py [--sizes 2048:10000,4096:50000] [--repeat 3] [--fmin 300]
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ FWHM = 2.4
 SKY = 1000.0
 
 
-def synthetic_frame(size: int, nstars: int, seed: int = 0
+def synthetic_frame(size: int, nstars: int, seed: int = 0, fmin: float = 300.0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(image float32, x, y, flux) of a frame of round pixel-integrated Gaussians."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(3.0, size - 4.0, nstars)
     y = rng.uniform(3.0, size - 4.0, nstars)
-    flux = 300.0 * (1.0 - rng.uniform(0.0, 0.9999966, nstars)) ** (-1.0 / 0.7)
+    fmax = 1e6
+    flux = fmin * (1.0 - rng.uniform(0.0, 1.0 - (fmin / fmax) ** 0.7, nstars)) ** (-1.0 / 0.7)
     sigma = FWHM / 2.3548
     half = 5
     offs = np.arange(-half, half + 1)
@@ -78,12 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2048:10000,4096:50000")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fmin", type=float, default=300.0,
+                        help="faintest star flux, ADU (300: most stars below threshold)")
     args = parser.parse_args()
     sep.set_extract_pixstack(20_000_000)
     sep.set_sub_object_limit(4096)
     for item in args.sizes.split(","):
         size, nstars = (int(v) for v in item.split(":"))
-        image, x, y, flux = synthetic_frame(size, nstars)
+        image, x, y, flux = synthetic_frame(size, nstars, fmin=args.fmin)
         t_trex, src = timed(lambda im: extract_sources(im, 5.0), image, args.repeat)
         t_sep, objs = timed(run_sep, image, args.repeat)
         dist, _ = cKDTree(np.c_[src["x"], src["y"]]).query(np.c_[objs["x"], objs["y"]])

@@ -16,8 +16,11 @@ the image adds exactly its flux.
 """
 import numpy as np
 
-from libc.math cimport exp, sqrt, ceil, floor, isfinite
+from libc.math cimport exp, sqrt, ceil, floor, fabs, isfinite
 from libc.stdlib cimport malloc, free
+
+#: largest stamp half size, px (a wider star is an error, not a slow call)
+DEF MAX_HALFSIZE = 256
 
 
 cdef inline Py_ssize_t _halfsize(double s, double d, double k, double nsigma) noexcept nogil:
@@ -25,7 +28,7 @@ cdef inline Py_ssize_t _halfsize(double s, double d, double k, double nsigma) no
     cdef double a = s + d, c = s - d, m = 0.5 * (a + c)
     cdef double r = sqrt(0.25 * (a - c) * (a - c) + k * k)
     cdef double lmin = m - r
-    if lmin <= 0.0:
+    if not lmin * MAX_HALFSIZE * MAX_HALFSIZE > nsigma * nsigma:   # also catches NaN
         return -1
     return <Py_ssize_t>ceil(nsigma / sqrt(lmin))
 
@@ -124,8 +127,8 @@ def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
             if h > hmax:
                 hmax = h
     if bad >= 0:
-        raise ValueError(f"star {bad}: S, D, K do not describe an ellipse "
-                         f"(need S > sqrt(D^2 + K^2))")
+        raise ValueError(f"star {bad}: S, D, K do not describe an ellipse narrower than "
+                         f"{MAX_HALFSIZE / nsigma:.0f} px sigma (need S > sqrt(D^2 + K^2))")
     wmax = 2 * hmax + 1
     buf = <double*>malloc((wmax * wmax + 4 * wmax * order + order * order) * sizeof(double))
     if buf == NULL:
@@ -133,7 +136,8 @@ def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
     try:
         with nogil:
             for i in range(n):
-                if not (isfinite(flux[i]) and flux[i] > 0 and isfinite(x[i]) and isfinite(y[i])):
+                if not (isfinite(flux[i]) and flux[i] > 0 and fabs(x[i]) < 1e9
+                        and fabs(y[i]) < 1e9):
                     continue
                 h = _halfsize(s[i], d[i], k[i], nsigma)
                 ci = <Py_ssize_t>floor(x[i] + 0.5)

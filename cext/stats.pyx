@@ -18,12 +18,13 @@ cdef extern from *:
         return (x > y) - (x < y);
     }
     /* In-place ascending sort of a[0:n] for short arrays (a stack of frames):
-       quicksort on the median of three, insertion sort below 16 elements. */
+       quicksort on the median of three down to 64 elements, then insertion sort
+       (fewer mispredicted branches than qsort for a stack of tens of frames). */
     static void trex_sort_short(double *a, Py_ssize_t n) {
         Py_ssize_t lo = 0, hi = n - 1, stack[128], top = 0, i, j;
         double p, t;
         for (;;) {
-            while (hi - lo >= 32 && top < 126) {
+            while (hi - lo >= 64 && top < 126) {
                 Py_ssize_t m = lo + (hi - lo) / 2;
                 if (a[m] < a[lo]) { t = a[m]; a[m] = a[lo]; a[lo] = t; }
                 if (a[hi] < a[lo]) { t = a[hi]; a[hi] = a[lo]; a[lo] = t; }

@@ -18,7 +18,7 @@ from trex.background import background
 from trex.config import Config
 from trex.extract import completeness, extract_sources, run, shape_map
 from trex.fits import FrameError
-from trex.flags import SOURCE
+from trex.flags import MASK, SOURCE
 from trex.frame import Context, Frame
 
 SKY = 1000.0
@@ -127,8 +127,8 @@ def test_masked_pixels_never_seed_detections():
     mask = np.zeros(image.shape, dtype=np.uint8)
     image[:, 131] += 30000.0                             # hot column
     image[200:203, 20:23] = 60000.0                      # hot cluster
-    mask[:, 131] = 1
-    mask[200:203, 20:23] = 2
+    mask[:, 131] = MASK["BADPIX"].bit
+    mask[200:203, 20:23] = MASK["NOFLAT"].bit
     bad = np.argwhere(mask)
     near_bad = lambda src: cKDTree(bad[:, ::-1]).query(np.c_[src["x"], src["y"]])[0] < 3.0  # noqa: E731
     unmasked = extract_sources(image, 5.0)
@@ -142,6 +142,18 @@ def test_masked_pixels_never_seed_detections():
     flagged = src["flag"][idx[found]] & SOURCE["MASKED"].bit
     near_col = np.abs(x[found] - 131) <= 3
     assert (flagged[near_col] > 0).all()
+
+
+def test_saturated_star_is_found_once_and_flagged():
+    rng = np.random.default_rng(23)
+    model = SKY + render((96, 96), np.array([40.4]), np.array([50.7]), np.array([2e6]), S0)
+    image = np.minimum(noisy(model, rng), 65535.0)
+    mask = np.where(image >= 65535.0, np.uint8(MASK["SATURATED"].bit), np.uint8(0))
+    assert mask.sum() > 4
+    src = extract_sources(image, 5.0, mask=mask, mesh=32)
+    near = np.hypot(src["x"] - 40.4, src["y"] - 50.7) < 2.0
+    assert near.sum() == 1 and len(src) == 1
+    assert src["flag"][near][0] & SOURCE["SATURATED"].bit
 
 
 def test_fit_failure_is_flagged_and_fit_can_be_skipped():

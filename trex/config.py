@@ -160,6 +160,9 @@ class SubtractSection:
     resample: str = _opt("flux", "resampling onto the reference grid: flux (conserving), bilinear, bicubic")
     stamp_grid: int = _opt(8, "stamps are chosen on a grid of this many cells per side")
     stamp_halfsize: int = _opt(10, "stamp half size, px")
+    stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky")
+    stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median")
+    transform_order: int = _opt(3, "polynomial order of the frame-to-reference pixel map")
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,9 @@ def measure_sources(image: np.ndarray, sky: np.ndarray, rms: np.ndarray,
     sky = np.ascontiguousarray(sky, dtype=np.float32)
     rms = np.ascontiguousarray(rms, dtype=np.float32)
     mask = _as_mask(mask, image.shape)
-    px, py, owner, npix, blended = _detect(image, sky, rms, mask, threshold, minarea, filter_sigma,
+    # saturated pixels are star light: they may seed a (flagged) detection
+    bad = None if mask is None else mask & np.uint8(~MASK["SATURATED"].bit & 0xFF)
+    px, py, owner, npix, blended = _detect(image, sky, rms, bad, threshold, minarea, filter_sigma,
                                   gain, deblend_nsigma, deblend_contrast)
     out = np.empty((len(px), 9))
     nused = np.empty(len(px), dtype=np.int32)
@@ -163,7 +165,9 @@ def extract_sources(image: np.ndarray, threshold: float = 5.0, mask: np.ndarray 
     threshold : detection threshold in units of the background RMS, applied
         to the filtered image.
     mask : array (ny, nx) or None: bool, or uint8 bits of ``trex.flags.MASK``;
-        non-zero pixels are ignored and never seed a detection.
+        non-zero pixels are left out of the background and the fit, and never
+        seed a detection, except saturated pixels (bit SATURATED alone), which
+        can: a saturated star is found once and flagged SATURATED.
     mesh, mesh_filter : background cell size (px) and median filter (cells).
     minarea : minimum connected pixels above threshold.
     fit_shape : fit the elliptical Gaussian (else centroids and window sums).

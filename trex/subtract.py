@@ -110,10 +110,10 @@ def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, 
 
 def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
                   mask: np.ndarray | None = None, saturation: float | None = None,
-                  nsigma: float = 10.0, tries: int = 16) -> np.ndarray:
+                  threshold: float = 10.0, tries: int = 16) -> np.ndarray:
     """Centres (x, y) of one stamp per grid cell, on the brightest suitable star.
 
-    A star qualifies when its peak is ``nsigma`` sky noises above the sky, no
+    A star qualifies when its peak is ``threshold`` sky noises above the sky, no
     brighter pixel lies in its stamp, and the stamp (grown by ``border``, the
     kernel half-size) lies inside the frame and holds no masked, saturated
     (``>= saturation``) or non-finite pixel.  The ``tries`` brightest peaks
@@ -135,7 +135,7 @@ def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, bor
     if ny <= 2 * lo or nx <= 2 * lo:
         return np.empty((0, 2), dtype=np.int64)
     core = ref[lo:ny - lo, lo:nx - lo]
-    peak = core > sky + nsigma * max(noise, 1e-12)
+    peak = core > sky + threshold * max(noise, 1e-12)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy or dx:
@@ -205,7 +205,7 @@ def _solve_stamps(vectors: np.ndarray, data: np.ndarray, w: np.ndarray, poly: np
 
 def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
                spec: KernelSpec, *, weight: np.ndarray, halfsize: int = 10,
-               gain: float = 1.0, rdnoise: float = 0.0, nsigma: float = 3.0,
+               gain: float = 1.0, rdnoise: float = 0.0, reject: float = 3.0,
                maxiter: int = 3) -> Solution:
     """Least-squares kernel fit on stamps, with iterative rejection of bad stamps.
 
@@ -213,7 +213,7 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
     the border; ``weight`` (image shape) is 0 on pixels to ignore.  The pixel
     variance is ``max(model, 0) / gain + (rdnoise / gain)**2``, the reference
     standing in for the model on the first pass.  A stamp is rejected when its
-    reduced chi^2 exceeds the median by ``nsigma`` robust sigmas; the fit is
+    reduced chi^2 exceeds the median by ``reject`` robust sigmas; the fit is
     repeated (with model variances) until no stamp is rejected or ``maxiter``.
     """
     basis = spec.basis()
@@ -236,7 +236,7 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
         chi2 = (w * (data - model) ** 2).sum(axis=1) / npix
         med = np.median(chi2[keep])
         mad = 1.4826 * np.median(np.abs(chi2[keep] - med))
-        new = keep & (chi2 <= med + nsigma * max(mad, 1e-3 * med))
+        new = keep & (chi2 <= med + reject * max(mad, 1e-3 * med))
         log.debug("kernel fit pass %d: %d stamps, median chi2 %.3f", it, keep.sum(), med)
         too_few = new.sum() * data.shape[1] <= 2 * nterm.sum()
         if it == maxiter or too_few or np.array_equal(new, keep):
@@ -251,8 +251,8 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
 def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
              mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
              gain: float = 1.0, rdnoise: float = 0.0, saturation: float | None = None,
-             ngrid: int = 8, halfsize: int = 10, nsigma: float = 3.0,
-             maxiter: int = 3) -> tuple[np.ndarray, Solution]:
+             ngrid: int = 8, halfsize: int = 10, threshold: float = 10.0,
+             reject: float = 3.0, maxiter: int = 3) -> tuple[np.ndarray, Solution]:
     """Difference image ``D = I - (R conv K + B)`` and the fitted kernel.
 
     Parameters
@@ -265,7 +265,8 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     gain, rdnoise : image gain (e-/ADU) and read noise (e-) for the weights.
     saturation : reference pixels at or above it (ADU) disqualify a stamp.
     halfsize : stamp half-size, px.
-    nsigma, maxiter : stamp rejection threshold (robust sigmas) and passes.
+    threshold : stamp stars peak this many sky sigmas above the sky.
+    reject, maxiter : stamp rejection threshold (robust sigmas) and fit passes.
 
     Returns
     -------
@@ -282,7 +283,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     if mask is not None:
         bad |= np.asarray(mask) != 0
     if stamps is None:
-        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation)
+        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation, threshold)
     stamps = np.asarray(stamps).round().astype(np.int64).reshape(-1, 2)
     lim = halfsize + h
     inside = ((stamps[:, 0] >= lim) & (stamps[:, 0] < ref.shape[1] - lim)
@@ -291,7 +292,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     if len(stamps) == 0:
         raise ValueError("no usable stamp: no bright unsaturated star away from the border")
     solution = fit_kernel(img, ref, stamps, spec, weight=~bad, halfsize=halfsize,
-                          gain=gain, rdnoise=rdnoise, nsigma=nsigma, maxiter=maxiter)
+                          gain=gain, rdnoise=rdnoise, reject=reject, maxiter=maxiter)
     diff = img - solution.model(np.where(np.isfinite(ref), ref, 0.0))
     log.info("subtracted with %s: %d stamps kept, %d rejected", spec.text,
              len(solution.stamps), len(solution.rejected))

@@ -1,0 +1,147 @@
+"""Transposition into light curves: exact values, order, idempotency, increments, MPI."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trex import lightcurves
+from trex.config import Config
+from trex.lcformat import column_names, read_lightcurve
+from trex.parallel import SerialComm
+from trex.products import save_product
+from trex.project import init_project
+
+NSTARS, NFRAMES, NAPER = 40, 24, 3
+
+
+def make_products(root: Path, seed: int = 0):
+    """Frames with aperture photometry products of random subsets of the stars."""
+    rng = np.random.default_rng(seed)
+    catalog = {"objectid": np.array([f"TRX-{i:05d}" for i in range(NSTARS)]),
+               "ra": rng.uniform(50, 70, NSTARS), "dec": rng.uniform(-40, -20, NSTARS),
+               "mag": rng.uniform(8, 14, NSTARS)}
+    dtype = [("star", "i8"), ("rjd", "f8"), ("bjd", "f8"), ("xcc", "f8"), ("ycc", "f8"),
+             ("aim_000", "f4"), ("aim_001", "f4"), ("aim_002", "f4"), ("aiq_000", "i2")]
+    entries, truth = [], {}
+    times = 61000.5 + np.sort(rng.uniform(0, 1, NFRAMES))
+    order = rng.permutation(NFRAMES)  # framekeys not in time order
+    for i in range(NFRAMES):
+        framekey = int(order[i]) + 1
+        stars = np.sort(rng.choice(NSTARS, size=30, replace=False))
+        rows = np.zeros(len(stars), dtype=dtype)
+        rows["star"] = stars
+        rows["rjd"] = times[i]
+        rows["bjd"] = times[i] + 2400000.0 + 0.001 * stars
+        rows["xcc"] = rng.uniform(0, 1000, len(stars))
+        rows["ycc"] = rng.uniform(0, 1000, len(stars))
+        for a in range(NAPER):
+            rows[f"aim_{a:03d}"] = rng.normal(12, 0.1, len(stars))
+        redpath = Path("RED") / "7" / f"frame-{framekey:04d}.fits"
+        save_product(root / redpath, "aphot", rows)
+        night = "2026-11-28" if i < NFRAMES // 2 else "2026-11-29"
+        entries.append(lightcurves.FrameEntry(framekey, str(redpath), night, "7", "F1"))
+        for r in rows:
+            truth.setdefault(int(r["star"]), []).append((framekey, r))
+    return catalog, entries, truth
+
+
+@pytest.fixture
+def setup(tmp_path):
+    project = init_project(tmp_path / "p")
+    catalog, entries, truth = make_products(project.root)
+    return project, catalog, entries, truth
+
+
+def lc_files(project):
+    return sorted((project.root / "LC" / "7").glob("*.fits"))
+
+
+def test_values_order_and_header(setup):
+    project, catalog, entries, truth = setup
+    config = Config()
+    info = lightcurves.transpose(SerialComm(), project, config, entries, {"F1": catalog})
+    assert len(info) == len(truth) == len(lc_files(project))
+    for star, measured in truth.items():
+        table = read_lightcurve(project.root / "LC" / "7" / f"TRX-{star:05d}.fits")
+        assert table.colnames == column_names(NAPER)
+        assert np.all(np.diff(table["rjd"]) > 0)
+        expected = sorted(measured, key=lambda m: m[1]["rjd"])
+        assert list(table["framekey"]) == [m[0] for m in expected]
+        np.testing.assert_array_equal(table["aim_001"], [m[1]["aim_001"] for m in expected])
+        np.testing.assert_array_equal(table["xcc"], [m[1]["xcc"] for m in expected])
+        assert table["frame"][0] == f"frame-{expected[0][0]:04d}.fits"
+        assert np.all(np.isnan(table["irm_000"])) and np.all(table["irq_000"] != 0)
+        assert table.meta["OBJECTID"] == f"TRX-{star:05d}" and table.meta["APER_001"] == 2.45
+        assert table.meta["NROWS"] == len(expected)
+    assert not (project.redtemp / "lc").exists()  # scratch removed
+
+
+def test_rerun_and_increments_give_identical_files(setup, tmp_path):
+    project, catalog, entries, truth = setup
+    config = Config()
+    comm = SerialComm()
+    half = len(entries) // 2
+    lightcurves.transpose(comm, project, config, entries[:half], {"F1": catalog})
+    lightcurves.transpose(comm, project, config, entries[half:], {"F1": catalog})
+    lightcurves.transpose(comm, project, config, entries[half:], {"F1": catalog})  # re-run
+    incremental = {p.name: read_lightcurve(p) for p in lc_files(project)}
+
+    other = init_project(tmp_path / "q")
+    make_products(other.root)
+    lightcurves.PARTITION_ROWS, saved = 50, lightcurves.PARTITION_ROWS  # many partitions
+    try:
+        lightcurves.transpose(comm, other, config, entries, {"F1": catalog})
+    finally:
+        lightcurves.PARTITION_ROWS = saved
+    for path in lc_files(other):
+        once = read_lightcurve(path)
+        twice = incremental[path.name]
+        assert len(once) == len(twice) == len(truth[int(path.stem[4:])])
+        for name in once.colnames:
+            np.testing.assert_array_equal(once[name], twice[name])
+        assert once.meta["NIGHT000"].split()[:2] == twice.meta["NIGHT000"].split()[:2]
+
+
+def test_mpi_two_ranks_match_serial(setup, tmp_path):
+    project, catalog, entries, truth = setup
+    lightcurves.transpose(SerialComm(), project, Config(), entries, {"F1": catalog})
+    serial = {p.name: read_lightcurve(p) for p in lc_files(project)}
+
+    other = init_project(tmp_path / "m")
+    make_products(other.root)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_lightcurves import make_products
+        from trex import lightcurves, parallel
+        from trex.config import Config
+        from trex.project import Project
+        project = Project(__import__("pathlib").Path({str(other.root)!r}))
+        catalog, entries, _ = make_products(project.root)
+        comm = parallel.world()
+        assert comm.size == 2, comm.size
+        info = lightcurves.transpose(comm, project, Config(), entries, {{"F1": catalog}})
+        if comm.rank == 0:
+            print("stars", len(info))
+    """)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", script],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"stars {len(truth)}" in out.stdout
+    for path in lc_files(other):
+        table = read_lightcurve(path)
+        for name in table.colnames:
+            np.testing.assert_array_equal(table[name], serial[path.name][name])
+
+
+def test_object_ids_cannot_escape(tmp_path):
+    project = init_project(tmp_path / "p")
+    path = lightcurves.lc_path(project, Config(), "7", "../../../etc/passwd")
+    assert path.parent == project.root / "LC" / "7"
+    sub = lightcurves.lc_path(project, Config().replace("lightcurves", subdirs=True), "7", "A/B")
+    assert sub.parent.parent == project.root / "LC" / "7"

@@ -1,0 +1,103 @@
+"""Magnitude fitting on simulated frames with known per-frame zero-point patterns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trex.magfit import MagfitError, fit_frame, master_reference, polynomial_terms
+
+NSTARS = 600
+SIZE = 2048.0
+
+
+def simulated_field(seed=0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, SIZE, NSTARS), rng.uniform(0, SIZE, NSTARS)
+    catmag = rng.uniform(8.0, 13.0, NSTARS)
+    color = rng.normal(0.8, 0.3, NSTARS)
+    true = catmag + rng.normal(0.0, 0.05, NSTARS)        # instrumental = catalog + scatter
+    err = 0.002 * 10 ** (0.2 * (catmag - 8.0))             # 2 mmag at 8, 6 mmag at 13
+    return rng, x, y, catmag, color, true, err
+
+
+def pattern(x, y, color, k):
+    """Frame k's zero point: offset + tilted plane + quadratic + colour term."""
+    u, v = x / SIZE - 0.5, y / SIZE - 0.5
+    return (0.3 * k % 1.0 + 0.02 * k * u - 0.015 * v + 0.03 * u * v * (-1) ** k
+            + 0.04 * (k % 3) * u**2 + 0.01 * k * color)
+
+
+def test_polynomial_terms_count():
+    assert [len(polynomial_terms(n)) for n in range(5)] == [1, 3, 6, 10, 15]
+
+
+def test_injected_pattern_is_recovered_to_the_noise_level():
+    rng, x, y, catmag, color, true, err = simulated_field()
+    ref = true + rng.normal(0, err)                       # reference frame, flat zero point
+    truth = pattern(x, y, color, 3)
+    mag = true + truth + rng.normal(0, err)
+    ok = np.ones(NSTARS, bool)
+    fit = fit_frame(mag, err, ok, ref, x, y, catmag, color, order=2)
+    # scatter after the fit is that of the two noisy frames; the model error is below it
+    resid = mag - fit.correction - ref
+    noise = np.sqrt(2) * err
+    assert np.std(resid / noise) == pytest.approx(1.0, abs=0.08)
+    assert np.sqrt(np.mean((fit.correction - truth) ** 2)) < 0.25 * np.median(noise)
+    assert fit.nused > 0.97 * NSTARS
+    assert fit.params["coef"][-1] == pytest.approx(0.03, abs=0.002)   # colour term
+    assert fit.rms == pytest.approx(np.sqrt(np.mean(noise**-2) ** -1), rel=0.1)
+
+
+def test_outliers_and_bad_flags_are_left_out():
+    rng, x, y, catmag, color, true, err = simulated_field(1)
+    ref = true + rng.normal(0, err)
+    truth = pattern(x, y, color, 2)
+    mag = true + truth + rng.normal(0, err)
+    outlier = rng.choice(NSTARS, 40, replace=False)
+    mag[outlier] += rng.choice([-1, 1], 40) * rng.uniform(0.1, 1.0, 40)  # variables, blends
+    ok = np.ones(NSTARS, bool)
+    ok[:30] = False
+    mag[:30] = 99.0                                       # flagged: garbage values
+    mag[30] = np.nan
+    fit = fit_frame(mag, err, ok, ref, x, y, catmag, color, order=2)
+    assert fit.nused <= NSTARS - 30 - 1 - len(set(outlier) - set(range(31)))
+    good = np.setdiff1d(np.arange(31, NSTARS), outlier)
+    assert np.sqrt(np.mean((fit.correction[good] - truth[good]) ** 2)) < 0.002
+    assert np.all(np.isfinite(fit.correction))          # also for the left-out stars
+
+
+def test_too_few_stars_raise():
+    rng, x, y, catmag, color, true, err = simulated_field(2)
+    ok = np.zeros(NSTARS, bool)
+    ok[:10] = True
+    with pytest.raises(MagfitError, match="usable stars"):
+        fit_frame(true, err, ok, true, x, y, catmag, color, order=3)
+
+
+def test_master_reference_converges_to_the_true_magnitudes():
+    rng, x, y, catmag, color, true, err = simulated_field(3)
+    nframes = 40
+    frames = [true + pattern(x, y, color, k) * (k > 0) + rng.normal(0, err)
+              for k in range(nframes)]
+    frames[5][:20] += 0.8                                 # a bad frame region: clipped away
+    ok = np.ones(NSTARS, bool)
+    fitted = [f - fit_frame(f, err, ok, frames[0], x, y, catmag, color).correction
+              for f in frames]
+    passes = []
+
+    def stream():
+        passes.append(1)
+        return ((f, ok) for f in fitted)
+
+    master, master_err, n = master_reference(stream, NSTARS, clip_sigma=3.0, clip_iters=3)
+    assert 2 <= len(passes) <= 4
+    # frame 0 (the reference) has a flat zero point, so the master is the true
+    # magnitudes plus the mean of nframes noise draws
+    assert np.sqrt(np.mean(((master - true) / err) ** 2)) < 1.3 / np.sqrt(nframes)
+    assert np.all(n[:20] <= nframes - 1) and np.median(n) >= nframes - 1
+    assert np.median(master_err / (err / np.sqrt(nframes))) == pytest.approx(1.0, abs=0.1)
+    # second pass against the master: fitted magnitudes scatter by the frame noise only
+    arm = [f - fit_frame(f, err, ok, master, x, y, catmag, color).correction for f in frames]
+    scatter = np.std(np.array(arm[1:]) - true, axis=0)
+    assert np.median(scatter / err) == pytest.approx(1.0, abs=0.1)

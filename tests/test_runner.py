@@ -1,0 +1,175 @@
+"""The frame runner: serial vs MPI, failures recorded, kill -9 and resume, no duplicates.
+
+The stages here are small stand-ins with the real protocol (``run(frame,
+context) -> frame`` plus a ``save``), so the driver is tested on its own.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trex import records, runner
+from trex.config import Config
+from trex.db import connect
+from trex.fits import FrameError, write_image
+from trex.frame import Context
+from trex.parallel import SerialComm
+from trex.project import init_project
+
+NFRAMES = 12
+
+
+def make_project(root: Path) -> None:
+    project = init_project(root)
+    with connect(project.database_url(Config())) as db:
+        db.create_schema()
+        for i in range(NFRAMES):
+            rawpath = f"RAW/n1/f{i:03d}.fits"
+            value = np.nan if i == 5 else float(i)  # frame 5 is bad
+            write_image(root / rawpath, np.full((8, 8), value, np.float32),
+                        {"IMAGETYP": "object", "EXPTIME": 30.0, "OBJECT": "F",
+                         "PROJID": "1", "DATE-OBS": f"2026-11-29T0{i // 6}:{i % 6}0:00"})
+            db.execute("INSERT INTO frameinfo (rawpath, night, imagetyp, jd, isok) "
+                       "VALUES (?, 'n1', 'object', ?, ?)", (rawpath, 2461008.5 + i / 100, True))
+
+
+def fake_calibrate(frame, context):
+    from trex.fits import read_image
+
+    frame.image, frame.header = read_image(frame.rawpath)
+    if not np.isfinite(frame.image).all():
+        raise FrameError(frame.rawpath, "non-finite pixels")
+    if os.environ.get("TREX_TEST_DIE_AT") == frame.rawpath.name:
+        os._exit(9)  # like kill -9 in the middle of a run
+    frame.redpath = context.project.red("1") / frame.rawpath.name
+    frame.mask = np.zeros(frame.image.shape, np.uint8)
+    write_image(frame.redpath, frame.image, frame.header, extensions=[("MASK", frame.mask, None)])
+    frame.quality["medsky"] = float(np.median(frame.image))
+    frame.quality["nsources"] = int(os.environ.get("PMI_RANK", 0))  # which rank did it
+    if "PMI_RANK" in os.environ:
+        time.sleep(0.2)  # frames take time, so that every rank gets some
+    return frame
+
+
+def fake_photometry(frame, context):
+    frame.products["flux"] = frame.image.sum() * np.arange(1, 6)
+    return frame
+
+
+def save_photometry(frame):
+    n = len(frame.products["flux"])
+    return {"ap_photometry": {
+        "framekey": np.full(n, frame.framekey), "photkey": np.full(n, "k"),
+        "objectid": np.array([f"s{i}" for i in range(n)]), "aperture": np.zeros(n, np.int16),
+        "flux": frame.products["flux"], "flag": np.zeros(n, np.int32)}}
+
+
+CHAIN = {"calibrate": (fake_calibrate, None), "photometry": (fake_photometry, save_photometry)}
+
+
+def run(root: Path, comm=None) -> int:
+    config = Config().replace("run", batch_frames=1)
+    from trex.project import Project
+
+    project = Project(root)
+    with connect(project.database_url(config)) as db:
+        tasks = records.pending(db, tuple(CHAIN))
+        return runner.run_frames(comm or SerialComm(), db, Context(project, config), tasks,
+                                 CHAIN, config)
+
+
+def table(root: Path) -> list:
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        return db.query("SELECT framekey, objectid, flux FROM ap_photometry "
+                        "ORDER BY framekey, objectid")
+
+
+def test_serial_run_records_everything(tmp_path):
+    make_project(tmp_path)
+    assert run(tmp_path) == 1
+    with connect(f"sqlite:///{tmp_path / 'trex.sqlite'}") as db:
+        failed = db.query("SELECT stage, reason FROM framestatus WHERE status = 'failed'")
+        assert failed == [("calibrate", "non-finite pixels")]
+        bad = db.query("SELECT frameisok, reason FROM calibratedframes WHERE NOT frameisok")
+        assert bad == [(0, "calibrate: non-finite pixels")]
+        assert db.query("SELECT count(*) FROM framestatus WHERE status = 'done'")[0][0] == 22
+        assert records.pending(db, tuple(CHAIN)) == []
+    rows = table(tmp_path)
+    assert len(rows) == 5 * (NFRAMES - 1)
+    assert run(tmp_path) == 0  # nothing left to do
+    assert table(tmp_path) == rows
+
+
+def test_resume_after_kill(tmp_path):
+    make_project(tmp_path)
+    env = {**os.environ, "TREX_TEST_DIE_AT": "f008.fits"}
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_runner import run
+        run(__import__("pathlib").Path({str(tmp_path)!r}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 9
+    partial = table(tmp_path)
+    assert 0 < len(partial) < 5 * (NFRAMES - 1)
+    run(tmp_path)  # resume
+    rows = table(tmp_path)
+    assert len(rows) == 5 * (NFRAMES - 1) == len(set((r[0], r[1]) for r in rows))
+
+
+@pytest.mark.parametrize("nranks", [2])
+def test_mpi_matches_serial(tmp_path, nranks):
+    make_project(tmp_path / "serial")
+    run(tmp_path / "serial")
+    make_project(tmp_path / "mpi")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_runner import run
+        from trex import parallel
+        comm = parallel.world()
+        assert comm.size == {nranks}
+        from trex.config import Config
+        if comm.rank == 0:
+            run(__import__("pathlib").Path({str(tmp_path / "mpi")!r}), comm)
+        else:
+            from trex import runner
+            from trex.frame import Context
+            from trex.project import Project
+            from test_runner import CHAIN
+            config = Config().replace("run", batch_frames=1)
+            project = Project(__import__("pathlib").Path({str(tmp_path / "mpi")!r}))
+            runner.run_frames(comm, None, Context(project, config), [], CHAIN, config)
+    """)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    out = subprocess.run([str(mpiexec), "-n", str(nranks), sys.executable, "-c", script],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert table(tmp_path / "mpi") == table(tmp_path / "serial")
+    with connect(f"sqlite:///{tmp_path / 'mpi' / 'trex.sqlite'}") as db:
+        ranks = {r[0] for r in db.query("SELECT nsources FROM calibratedframes WHERE frameisok")}
+    assert ranks == {0, 1}  # both ranks processed frames
+
+
+def test_uncaught_error_aborts_all_ranks(tmp_path):
+    script = textwrap.dedent("""
+        import time
+        from trex import parallel
+        comm = parallel.world()
+        with parallel.abort_on_error(comm):
+            if comm.rank == 1:
+                raise RuntimeError("a bug on rank 1")
+            time.sleep(60)  # rank 0 would wait forever without the abort
+    """)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", script],
+                         capture_output=True, text=True, timeout=50)
+    assert out.returncode != 0
+    assert "a bug on rank 1" in out.stderr

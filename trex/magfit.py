@@ -1,0 +1,175 @@
+"""Magnitude fitting: put every frame on the magnitude scale of a reference.
+
+Pure array code (numpy), no I/O.  The recipe, as in HATpipe:
+
+1. Single-reference pass: for each frame, :func:`fit_frame` fits the
+   difference ``mag - ref_mag`` (frame minus a chosen reference frame) as a
+   2-D polynomial in (x, y) plus linear terms in catalog magnitude and colour,
+   weighted by the errors, with iterative clipping, on good-flag stars only;
+   the frame's fitted magnitudes are ``mag - correction``.
+2. :func:`master_reference` streams over the single-fitted frames and gives
+   each star's clipped mean magnitude; memory is O(nstars) whatever the
+   number of frames (one pass over the frames per clipping iteration).
+3. Master-reference pass: :func:`fit_frame` again, against the master; the
+   results are the ``arm_NNN`` magnitudes.
+
+Coordinates are scaled to [-1, 1] over ``extent`` (default: the range of the
+stars used) so that the polynomial coefficients are well conditioned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import numpy as np
+
+#: magnitude errors below this are raised to it for the weights (no single star dominates)
+MIN_ERROR = 1e-3
+
+
+class MagfitError(ValueError):
+    """Too few usable stars to fit a frame."""
+
+
+class FrameFit(NamedTuple):
+    correction: np.ndarray   # (nstars,) mag to subtract; NaN where the model has no input
+    params: dict             # coefficients, term names and the coordinate scaling
+    rms: float               # weighted rms of the fit residuals of the stars kept, mag
+    nused: int               # stars kept after clipping
+
+
+def polynomial_terms(order: int) -> list[tuple[int, int]]:
+    """Exponents (i, j) of x^i y^j with i + j <= order, constant first."""
+    return [(i, d - i) for d in range(order + 1) for i in range(d, -1, -1)]
+
+
+def design_matrix(x: np.ndarray, y: np.ndarray, catmag: np.ndarray | None,
+                  color: np.ndarray | None, params: dict) -> np.ndarray:
+    """Columns of the model for stars at (x, y) (px) with catalog magnitude and colour."""
+    u = (np.asarray(x, float) - params["x0"]) / params["xs"]
+    v = (np.asarray(y, float) - params["y0"]) / params["ys"]
+    columns = [u**i * v**j for i, j in polynomial_terms(params["order"])]
+    if catmag is not None:
+        columns.append(np.asarray(catmag, float) - params["mag0"])
+    if color is not None:
+        columns.append(np.asarray(color, float) - params["color0"])
+    return np.column_stack(columns)
+
+
+def _scaling(x, y, catmag, color, order, extent) -> dict:
+    if extent is None:
+        extent = (x.min(), x.max(), y.min(), y.max())
+    x_lo, x_hi, y_lo, y_hi = (float(e) for e in extent)
+    return {
+        "order": order,
+        "x0": 0.5 * (x_lo + x_hi), "xs": max(0.5 * (x_hi - x_lo), 1.0),
+        "y0": 0.5 * (y_lo + y_hi), "ys": max(0.5 * (y_hi - y_lo), 1.0),
+        "mag0": float(np.median(catmag)) if catmag is not None else 0.0,
+        "color0": float(np.median(color)) if color is not None else 0.0,
+    }
+
+
+def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag: np.ndarray,
+              x: np.ndarray, y: np.ndarray, catmag: np.ndarray | None = None,
+              color: np.ndarray | None = None, order: int = 2, clip_sigma: float = 3.0,
+              clip_iters: int = 3, extent: tuple | None = None) -> FrameFit:
+    """Fit ``mag - ref_mag`` over one frame (all arrays (nstars,), same star order).
+
+    Parameters
+    ----------
+    mag, magerr : the frame's magnitudes and errors (one aperture), mag.
+    flag_ok : bool, stars allowed in the fit (good flags, magnitude range, ...).
+    ref_mag : reference magnitudes of the same stars, mag.
+    x, y : positions on the frame, px.
+    catmag, color : catalog magnitude and colour (None: no such term).
+    order : total degree of the polynomial in (x, y).
+    clip_sigma, clip_iters : stars whose residual exceeds clip_sigma times the
+        robust scatter (1.4826 MAD) of residual/error are dropped, and the fit
+        repeated, up to clip_iters times.
+    extent : (xmin, xmax, ymin, ymax) px for the coordinate scaling
+        (default: the stars used).
+
+    Returns
+    -------
+    FrameFit: ``correction`` to subtract from ``mag``, ``params``, ``rms``, ``nused``.
+    Raises :class:`MagfitError` with fewer than twice as many usable stars as terms.
+    """
+    mag, magerr, ref_mag = (np.asarray(a, float) for a in (mag, magerr, ref_mag))
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    inputs = [a for a in (mag, magerr, ref_mag, x, y, catmag, color) if a is not None]
+    use = np.asarray(flag_ok, bool) & np.logical_and.reduce([np.isfinite(a) for a in inputs])
+    use &= magerr > 0
+    nterms = len(polynomial_terms(order)) + (catmag is not None) + (color is not None)
+    if use.sum() < 2 * nterms:
+        raise MagfitError(f"{use.sum()} usable stars for {nterms} magfit terms")
+    params = _scaling(x[use], y[use], None if catmag is None else np.asarray(catmag)[use],
+                      None if color is None else np.asarray(color)[use], order, extent)
+    design = design_matrix(x, y, catmag, color, params)
+    diff = mag - ref_mag
+    weight = 1.0 / np.maximum(magerr, MIN_ERROR)
+    for _ in range(clip_iters + 1):
+        coef = np.linalg.lstsq(design[use] * weight[use, None], diff[use] * weight[use],
+                               rcond=None)[0]
+        chi = (diff - design @ coef) * weight
+        scale = 1.4826 * np.median(np.abs(chi[use] - np.median(chi[use])))
+        keep = use & (np.abs(chi) <= clip_sigma * scale)
+        if scale == 0 or keep.sum() == use.sum() or keep.sum() < 2 * nterms:
+            break
+        use = keep
+    residual = (diff - design @ coef)[use]
+    w2 = weight[use] ** 2
+    params["coef"] = coef
+    params["terms"] = [f"x^{i} y^{j}" for i, j in polynomial_terms(order)] + (
+        ["catmag"] if catmag is not None else []) + (["color"] if color is not None else [])
+    return FrameFit(design @ coef, params, float(np.sqrt(np.sum(w2 * residual**2) / w2.sum())),
+                    int(use.sum()))
+
+
+def master_reference(frames: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+                     nstars: int, clip_sigma: float = 3.0, clip_iters: int = 3,
+                     min_frames: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each star's clipped mean magnitude over single-reference-fitted frames, streamed.
+
+    Parameters
+    ----------
+    frames : called once per pass, returns an iterable of ``(mag, ok)`` per
+        frame: fitted magnitudes (nstars,) and a bool (nstars,) of values to use.
+        Only sums over stars are kept, so memory is O(nstars), not O(nframes x nstars).
+    nstars : length of every ``mag``.
+    clip_sigma, clip_iters : values further than clip_sigma standard deviations
+        from the star's mean of the previous pass are left out in the next one.
+    min_frames : stars with fewer values kept get NaN.
+
+    Returns
+    -------
+    (mag, err, n) : clipped mean, its error (std / sqrt(n)) and the number of
+    values kept, each (nstars,).
+    """
+    centre = np.zeros(nstars)
+    limit = np.full(nstars, np.inf)
+    previous = None
+    for _ in range(clip_iters + 1):
+        n = np.zeros(nstars)
+        s1 = np.zeros(nstars)
+        s2 = np.zeros(nstars)
+        for mag, ok in frames():
+            mag = np.asarray(mag, float)
+            with np.errstate(invalid="ignore"):
+                d = mag - centre
+                keep = np.asarray(ok, bool) & np.isfinite(mag) & (np.abs(d) <= limit)
+            d = np.where(keep, d, 0.0)
+            n += keep
+            s1 += d
+            s2 += d * d
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = centre + s1 / n
+            std = np.sqrt(np.maximum(s2 - s1**2 / n, 0.0) / (n - 1))
+        if previous is not None and np.array_equal(n, previous):
+            break  # nothing more clipped: the same values again
+        previous = n
+        centre = np.where(np.isfinite(mean), mean, 0.0)
+        limit = np.where(np.isfinite(std), clip_sigma * std, np.inf)
+    good = n >= min_frames
+    return (np.where(good, mean, np.nan), np.where(good, std / np.sqrt(n), np.nan),
+            n.astype(np.int64))

@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/trex bench
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/trex bench
 
 lint: install
 	$(BIN)/ruff check trex tests bench

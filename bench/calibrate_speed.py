@@ -28,8 +28,8 @@ import fitsio
 import numpy as np
 
 from trex.config import Config
-from trex.header import parse_header
 from trex.fits import read_header
+from trex.header import parse_header
 
 NOVER = 32
 

@@ -73,168 +73,14 @@ cdef void corner_table(double* table, double* work, Py_ssize_t cw, Py_ssize_t ch
                 table[j * cw + i] = copysign(0.5 * (colterm[i] + rowterm), X * Y)
 
 
-cdef enum:
-    NBIN = 64            # histogram bins over +-4 estimated sigma (plus 2 overflow bins)
-    NSAMPLE = 16         # values sampled to place the histogram
-    SMALL_SORT = 48      # bins with more values than this are sorted with qsort
-
-cdef extern from *:
-    """
-    static int trex_phot_cmp(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
-    }
-    """
-    int trex_phot_cmp(const void *a, const void *b) noexcept nogil
+include "photometry_sky.pxi"
 
 
-cdef struct RankIndex:
-    # histogram of a[:n] that finds the t-th smallest value without sorting a:
-    # value i is in bin code[i] (0 below lo, NBIN + 1 above the top), cum[b]
-    # values lie in the bins before b; the last bin looked into is kept sorted.
-    double lo
-    double inv
-    int cum[NBIN + 3]
-    uint8_t* code
-    double* sorted
-    int sorted_bin
-
-
-cdef void insertion_sort(double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double v
-    for i in range(1, n):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
-
-
-cdef void rank_index(RankIndex* h, const double* a, Py_ssize_t n) noexcept nogil:
-    """Place NBIN bins over the centre +-4 sigma estimated from a sample, fill them."""
-    cdef double sample[NSAMPLE]
-    cdef Py_ssize_t ns = max(min(n, <Py_ssize_t>NSAMPLE), 1), step = max(n // ns, 1), i
-    cdef double scale, t
-    cdef int b
-    for i in range(NSAMPLE):
-        sample[i] = a[min(i * step, n - 1)] if n else 0.0
-    insertion_sort(sample, ns)
-    scale = (sample[(3 * ns) // 4] - sample[ns // 4]) / 1.349
-    if not scale > 0:
-        scale = (sample[ns - 1] - sample[0]) / 4.0
-    if not scale > 0:
-        scale = 1.0
-    h.lo = sample[ns // 2] - 4.0 * scale
-    h.inv = NBIN / (8.0 * scale)
-    for b in range(NBIN + 3):
-        h.cum[b] = 0
-    for i in range(n):
-        t = (a[i] - h.lo) * h.inv
-        b = 0 if t < 0 else (NBIN + 1 if t >= NBIN else <int>t + 1)
-        h.code[i] = <uint8_t>b
-        h.cum[b + 1] += 1
-    for b in range(NBIN + 2):
-        h.cum[b + 1] += h.cum[b]
-    h.sorted_bin = -1
-
-
-cdef double rank_value(RankIndex* h, const double* a, Py_ssize_t n, Py_ssize_t t) noexcept nogil:
-    """t-th smallest (0-based, t < n) of the values indexed by h."""
-    cdef int b = 0
-    cdef Py_ssize_t i, m = 0
-    while h.cum[b + 1] <= t:
-        b += 1
-    if b != h.sorted_bin:
-        for i in range(n):
-            h.sorted[m] = a[i]
-            m += h.code[i] == b
-        if m > SMALL_SORT:
-            qsort(h.sorted, m, sizeof(double), trex_phot_cmp)
-        else:
-            insertion_sort(h.sorted, m)
-        h.sorted_bin = b
-    return h.sorted[t - h.cum[b]]
-
-
-cdef double rank_median(RankIndex* h, const double* a, Py_ssize_t n, Py_ssize_t lo,
-                        Py_ssize_t hi) noexcept nogil:
-    """Median of the values of ranks lo..hi-1."""
-    cdef Py_ssize_t m = hi - lo
-    cdef double v = rank_value(h, a, n, lo + (m - 1) // 2)
-    if m % 2:
-        return v
-    return 0.5 * (v + rank_value(h, a, n, lo + m // 2))
-
-
-cdef Py_ssize_t sky_estimate(double* a, Py_ssize_t n, double nsigma, int iters, int method,
-                             double* sky, double* sigma, RankIndex* h) noexcept nogil:
-    """Clipped sky of a[:n]; returns the number of values kept.
-
-    Each iteration takes the median m and standard deviation s (ddof 1) of the
-    values kept and keeps those with |v - m| <= nsigma s.  The statistics of
-    the final set give the sky (mean, median or 3 median - 2 mean) and sigma.
-    The values kept are those in a window [wlo, whi], i.e. a range of ranks
-    [lo, hi), so medians are rank queries on one histogram of a; moments
-    are sums about the first median c.
-    """
-    cdef Py_ssize_t i, lo = 0, hi = n, newlo, newhi, m = n
-    cdef double c, med, s1 = 0.0, s2 = 0.0, t1, t2, d, sd, wlo, whi, v
-    cdef int it = 0
-    if n == 0:
-        sky[0] = NAN
-        sigma[0] = NAN
-        return 0
-    rank_index(h, a, n)
-    med = c = rank_median(h, a, n, 0, n)
-    for i in range(n):
-        d = a[i] - c
-        s1 += d
-        s2 += d * d
-    wlo = -INFINITY
-    whi = INFINITY
-    while True:
-        sd = sqrt(max(s2 - s1 * s1 / m, 0.0) / (m - 1)) if m > 1 else 0.0
-        if it >= iters or sd == 0.0:
-            break
-        wlo = max(wlo, med - nsigma * sd)
-        whi = min(whi, med + nsigma * sd)
-        newlo = 0
-        newhi = 0
-        t1 = 0.0
-        t2 = 0.0
-        for i in range(n):
-            v = a[i]
-            newlo += v < wlo
-            newhi += v <= whi
-            d = (v - c) if (v >= wlo and v <= whi) else 0.0
-            t1 += d
-            t2 += d * d
-        if (newlo == lo and newhi == hi) or newhi - newlo < 2:
-            break
-        lo = newlo
-        hi = newhi
-        m = hi - lo
-        s1 = t1
-        s2 = t2
-        med = rank_median(h, a, n, lo, hi)
-        it += 1
-    if method == SKY_MEDIAN:
-        sky[0] = med
-    elif method == SKY_MEAN:
-        sky[0] = c + s1 / m
-    else:
-        sky[0] = 3.0 * med - 2.0 * (c + s1 / m)
-    sigma[0] = sd
-    return m
-
-
-cdef void mark_neighbours(uint8_t* stamp, Py_ssize_t sw, Py_ssize_t sh, Py_ssize_t ix0,
+cdef void mark_neighbours(uint8_t* stamp, Py_ssize_t sw, Py_ssize_t ix0,
                           Py_ssize_t iy0, const double[::1] x, const double[::1] y,
                           const int64_t[::1] nb_ptr, const int64_t[::1] nb_idx,
                           Py_ssize_t star, double rex) noexcept nogil:
-    """Set stamp pixels (sh x sw, origin ix0, iy0) within rex of star's neighbours."""
+    """Set stamp pixels (sw x sw, origin ix0, iy0) within rex of star's neighbours."""
     cdef Py_ssize_t k, nb, i, j, i0, i1, j0, j1
     cdef double nx, ny, dx, dy
     for k in range(nb_ptr[star], nb_ptr[star + 1]):
@@ -244,7 +90,7 @@ cdef void mark_neighbours(uint8_t* stamp, Py_ssize_t sw, Py_ssize_t sh, Py_ssize
         if not (isfinite(nx) and isfinite(ny)):
             continue
         j0 = max(<Py_ssize_t>ceil(ny - rex) - iy0, 0)
-        j1 = min(<Py_ssize_t>floor(ny + rex) - iy0, sh - 1)
+        j1 = min(<Py_ssize_t>floor(ny + rex) - iy0, sw - 1)
         i0 = max(<Py_ssize_t>ceil(nx - rex) - ix0, 0)
         i1 = min(<Py_ssize_t>floor(nx + rex) - ix0, sw - 1)
         for j in range(j0, j1 + 1):
@@ -410,8 +256,8 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     image : float32 or float64 (ny, nx), C-contiguous, native byte order; ADU.
     mask : uint8 (ny, nx), non-zero = bad (ignored unless ``use_mask``).
     x, y : float64 (nstars,), star centres, px, 0-based.
-    order : int64 (nstars,), the order in which to measure the stars (a
-        spatial sort keeps the rows of consecutive stars in cache).
+    order : int64 (nstars,), a permutation of range(nstars): the order in which
+        to measure the stars (a spatial sort keeps consecutive stars' rows in cache).
     radii : float64 (nradii,), increasing aperture radii, px.
     r_in, r_out : sky annulus radii, px (pixel centres in [r_in, r_out)).
     nb_ptr, nb_idx : int64 CSR neighbour lists (nb_ptr has nstars + 1 entries);
@@ -432,6 +278,15 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     nsky : int32 (nstars,), sky pixels kept after clipping.
     """
     cdef Py_ssize_t nstars = x.shape[0], nr = radii.shape[0], q, s, k, nbuf, ntot, nexcl
+    if (nr == 0 or y.shape[0] != nstars or order.shape[0] != nstars
+            or nb_ptr.shape[0] != nstars + 1 or bits.shape[0] != 5):
+        raise ValueError("need radii, y and order as long as x, nstars + 1 nb_ptr, 5 bits")
+    if use_mask and (mask.shape[0] != image.shape[0] or mask.shape[1] != image.shape[1]):
+        raise ValueError("mask must have the shape of the image")
+    if (flux.shape[0] != nstars or area.shape[0] != nstars or flag.shape[0] != nstars
+            or flux.shape[1] != nr or area.shape[1] != nr or flag.shape[1] != nr
+            or bg.shape[0] != nstars or bgsigma.shape[0] != nstars or nsky.shape[0] != nstars):
+        raise ValueError("outputs must have shape (nstars, nradii) or (nstars,)")
     cdef Py_ssize_t sw = 2 * <Py_ssize_t>ceil(r_out) + 3
     cdef Py_ssize_t cw = 2 * <Py_ssize_t>ceil(radii[nr - 1]) + 4
     cdef Py_ssize_t ix0, iy0
@@ -468,7 +323,7 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
                 crowded = nb_ptr[s + 1] > nb_ptr[s]
                 if crowded:
                     memset(stamp, 0, sw * sw)
-                    mark_neighbours(stamp, sw, sw, ix0, iy0, x, y, nb_ptr, nb_idx, s,
+                    mark_neighbours(stamp, sw, ix0, iy0, x, y, nb_ptr, nb_idx, s,
                                     excl_radius)
                 off = False
                 nbuf = gather_sky(image, mask, use_mask, xc, yc, r_in, r_out, saturation,

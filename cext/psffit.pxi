@@ -126,8 +126,8 @@ cdef int _levmar(const double* X, const double* Y, const double* v, Py_ssize_t n
             jtr[i] = tjtr[i]
         chi2 = c2
         lam = max(0.1 * lam, 1e-7)
-        tol = 1e-4 * p[4]
-        if (fabs(step[2]) < 1e-4 and fabs(step[3]) < 1e-4 and fabs(step[4]) < tol
+        tol = 1e-3 * p[4]
+        if (fabs(step[2]) < 1e-3 and fabs(step[3]) < 1e-3 and fabs(step[4]) < tol
                 and fabs(step[5]) < tol and fabs(step[6]) < tol):
             return FIT_OK
     return FIT_FAILED

@@ -244,39 +244,45 @@ def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,
     cdef Py_ssize_t ny = raw.shape[0], nx = raw.shape[1], i, j, nbad = 0
     cdef bint has_bias = bias is not None, has_dark = dark is not None
     cdef bint has_flat = flat is not None, has_bpm = badpix is not None
-    cdef double v, f
+    cdef float v, f, ok, sat = <float>saturate, fmin = <float>min_flat, t = <float>dark_scale
     cdef unsigned char m
+    cdef const float* r
+    cdef const float* b
+    cdef const float* d
+    cdef const float* fl
+    cdef const unsigned char* bp
     if out.shape[0] != ny or out.shape[1] != nx or mask.shape[0] != ny or mask.shape[1] != nx:
         raise ValueError("out and mask must have the shape of raw")
     if overscan.shape[0] != ny:
         raise ValueError("overscan must have one value per row")
+    if nx > 1 and raw.strides[1] != sizeof(float):
+        raise ValueError("raw rows must be contiguous (a row or column slice of a C array)")
     for name, arr in (("bias", bias), ("dark", dark), ("flat", flat), ("badpix", badpix)):
         if arr is not None and (arr.shape[0] != ny or arr.shape[1] != nx):
             raise ValueError(f"{name} must have the shape of the trimmed frame ({ny}, {nx})")
+    if ny == 0 or nx == 0:
+        return 0
+    # a missing master is a row of zeros (bias, dark, badpix) or ones (flat)
+    zeros = np.zeros(nx, np.float32)
+    ones = np.ones(nx, np.float32)
+    nobpm = np.zeros(nx, np.uint8)
+    cdef const float[::1] zrow = zeros
+    cdef const float[::1] orow = ones
+    cdef const unsigned char[::1] brow = nobpm
     with nogil:
         for j in range(ny):
+            r = &raw[j, 0]
+            b = &bias[j, 0] if has_bias else &zrow[0]
+            d = &dark[j, 0] if has_dark else &zrow[0]
+            fl = &flat[j, 0] if has_flat else &orow[0]
+            bp = &badpix[j, 0] if has_bpm else &brow[0]
             for i in range(nx):
-                v = raw[j, i]
-                m = 0
-                if v >= saturate:
-                    m = 2
-                v = v - overscan[j]
-                if has_bias:
-                    v = v - bias[j, i]
-                if has_dark:
-                    v = v - dark[j, i] * dark_scale
-                if has_flat:
-                    f = flat[j, i]
-                    if isfinite(f) and f >= min_flat:
-                        v = v / f
-                    else:
-                        m = m | 8
-                if has_bpm:
-                    m = m | badpix[j, i]
-                if not isfinite(v):
-                    m = m | 4
-                out[j, i] = <float>v
+                f = fl[i]
+                ok = f >= fmin and isfinite(f)
+                v = (r[i] - overscan[j] - b[i] - d[i] * t) / (f if ok else 1.0)
+                m = bp[i] | (2 if r[i] >= sat else 0) | (0 if ok else 8)
+                m = m | (0 if isfinite(v) else 4)
+                out[j, i] = v
                 mask[j, i] = m
-                if m:
-                    nbad += 1
+                nbad += m != 0
     return int(nbad)

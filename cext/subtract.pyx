@@ -8,6 +8,48 @@ coefficient arrays ``c[i, j]`` of ``xn**i * yn**j`` in normalised coordinates
 from libc.stdlib cimport malloc, free
 
 
+def stamp_cross(const double[:, :, ::1] vt, const double[:, ::1] data,
+                const double[:, ::1] weight, double[:, :, ::1] cross, double[:, ::1] rhs):
+    """Weighted cross-products of the basis vectors on each stamp.
+
+    ``cross[s, b, c] = sum_p w[s, p] vt[s, p, b] vt[s, p, c]`` and
+    ``rhs[s, b] = sum_p w[s, p] vt[s, p, b] data[s, p]``.
+
+    Parameters
+    ----------
+    vt : float64, (nstamp, npix, nbasis): basis vectors, pixel-major.
+    data, weight : float64, (nstamp, npix): image pixels and 1 / variance.
+    cross : float64, (nstamp, nbasis, nbasis), written.
+    rhs : float64, (nstamp, nbasis), written.
+    """
+    cdef Py_ssize_t ns = vt.shape[0], npix = vt.shape[1], nb = vt.shape[2]
+    cdef Py_ssize_t s, p, b, c
+    cdef double wp, dp, t
+    if (data.shape[0] != ns or data.shape[1] != npix or weight.shape[0] != ns
+            or weight.shape[1] != npix or cross.shape[0] != ns or cross.shape[1] != nb
+            or cross.shape[2] != nb or rhs.shape[0] != ns or rhs.shape[1] != nb):
+        raise ValueError("vt, data, weight, cross and rhs disagree in shape")
+    with nogil:
+        for s in range(ns):
+            for b in range(nb):
+                rhs[s, b] = 0.0
+                for c in range(nb):
+                    cross[s, b, c] = 0.0
+            for p in range(npix):
+                wp = weight[s, p]
+                if wp == 0.0:
+                    continue
+                dp = wp * data[s, p]
+                for b in range(nb):
+                    t = wp * vt[s, p, b]
+                    rhs[s, b] += dp * vt[s, p, b]
+                    for c in range(b, nb):  # upper triangle, contiguous in c
+                        cross[s, b, c] += t * vt[s, p, c]
+            for b in range(nb):
+                for c in range(b + 1, nb):
+                    cross[s, c, b] = cross[s, b, c]
+
+
 def normal_equations(const double[:, :, ::1] cross, const double[:, ::1] rhs_stamp,
                      const double[:, ::1] poly, const long[::1] nterm,
                      double[:, ::1] matrix, double[::1] rhs):

@@ -17,9 +17,9 @@ from pathlib import Path
 import fitsio
 import numpy as np
 import pytest
+from trex._stats import calibrate_pixels
 
 from trex import masters as masters_module
-from trex._stats import calibrate_pixels
 from trex.calibrate import calibrate_project, red_name
 from trex.config import Config
 from trex.db import connect
@@ -226,10 +226,10 @@ def test_changed_bias_rebuilds_masters_and_recalibrates(tmp_path, db_url):
     make_night(tmp_path, cam, "20261129", seed=3, bias=4, dark=3, flat=3, objects=1)
     project, db = open_project(tmp_path, db_url)
     calibrate_project(project, Config(), db)
-    old = dict(((r[0], r[1]) for r in db.query("SELECT kind, path FROM masterframes")))
+    old = dict((r[0], r[1]) for r in db.query("SELECT kind, path FROM masterframes"))
     cam.write(project.raw / "20261129" / "bias-003.fits", "bias", 0.0, np.random.default_rng(9))
     counts = calibrate_project(project, Config(), db)
-    new = dict(((r[0], r[1]) for r in db.query("SELECT kind, path FROM masterframes")))
+    new = dict((r[0], r[1]) for r in db.query("SELECT kind, path FROM masterframes"))
     assert all(new[k] != old[k] for k in old)               # bias, then dark and flat on it
     assert not any((project.root / p).exists() for p in old.values())
     assert counts == {"scanned": 1, "calibrated": 1, "failed": 0}
@@ -365,3 +365,20 @@ def test_nearest_master_prefers_the_closest_then_earlier_night():
     assert nearest_master(masters, "bias", "20261110", "1")[1] == Path("20261110")
     assert nearest_master(masters, "bias", "20261110", "2") is None
     assert nearest_master(masters, "dark", "20261110", "1") is None
+
+
+def test_inventory_records_each_file_once_and_lists_pending(tmp_path):
+    cam = Camera()
+    make_night(tmp_path, cam, "20261129", seed=10, bias=2, dark=1, flat=0, objects=2)
+    project, db = open_project(tmp_path)
+    first = scan(project, Config(), db)
+    assert len(first) == 5 and first[0] == "RAW/20261129/bias-000.fits"
+    assert scan(project, Config(), db) == []
+    rows = db.query("SELECT rawpath, night, imagetyp, exptime, naxis1, naxis2, gain, isok "
+                    "FROM frameinfo ORDER BY rawpath")
+    assert len(rows) == 5
+    assert rows[0] == ("RAW/20261129/bias-000.fits", "20261129", "bias", 0.0, NX, NY, GAIN, 1)
+    assert [r[2] for r in rows] == ["bias", "bias", "dark", "object", "object"]
+    pending = pending_object_frames(project, Config(), db)
+    assert [p.rawpath.name for p in pending] == ["obj-000.fits", "obj-001.fits"]
+    assert pending[0].meta.biassec == (slice(0, 256), slice(256, 280))

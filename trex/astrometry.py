@@ -5,7 +5,7 @@ WCS or from the RA/DEC/PIXSCALE keywords): rotation, parity, a 1-degree
 pointing error and a few per cent of scale error are found by triangle
 asterism matching (:mod:`trex.asterism`) of the brightest sources against the
 brightest catalog stars on the tangent plane.  The match is then refined by an
-iterative, clipped linear least-squares fit of a TAN-SIP polynomial
+iterative, S/N-weighted, clipped linear least-squares fit of a TAN-SIP polynomial
 (:mod:`trex.wcsfit`) with more and more stars paired by cKDTree, re-centring
 the tangent point on the frame centre as it goes.
 
@@ -334,9 +334,10 @@ def run(frame: Frame, context: Context) -> Frame:
     catalog = context.catalogs.get(frame.meta.field)
     if catalog is None:
         raise FrameError(path, f"astrometry: no catalog for field {frame.meta.field!r}")
-    if frame.sources is None or frame.image is None:
+    pixels = frame.image if frame.image is not None else frame.mask
+    if frame.sources is None or pixels is None:
         raise FrameError(path, "astrometry: frame has no sources or image (run extract first)")
-    shape = frame.image.shape
+    shape = pixels.shape
     jyear = 2000.0 + (frame.meta.jd - 2451545.0) / 365.25
     ra, dec = propagate(catalog, jyear)
     mag = np.asarray(catalog["mag"], float)

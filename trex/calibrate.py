@@ -149,7 +149,7 @@ def run(frame: Frame, context: Context) -> Frame:
     raw, raw_header = read_image(frame.rawpath)
     image, mask, overscan = calibrate_image(raw, frame, masters, config)
     del raw
-    good = image[::8, ::8][mask[::8, ::8] == 0]
+    good = image[::16, ::16][mask[::16, ::16] == 0]
     _, medsky, skyrms, _ = clipped_stats(good, 3.0, 5)
     frame.quality.update(medsky=medsky, skyrms=skyrms)
     frame.image, frame.mask = image, mask

@@ -146,8 +146,9 @@ class _Builder:
                 master = self._build(key, frames, bias, dark, deps)
             except FrameError as err:
                 bad = [f for f in frames if str(f.rawpath) == err.path]
-                if not bad:
-                    raise
+                if not bad:  # a master it depends on is unreadable
+                    log.warning("masters: %s night %s not built: %s", key[0], key[1], err)
+                    return
                 log.warning("masters: %s: %s (excluded)", bad[0].rawpath.name, err.reason)
                 mark_bad(self.db, bad[0].framekey, err.reason)
                 frames = [f for f in frames if f is not bad[0]]

@@ -165,16 +165,16 @@ def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
 
 
 def _stamp_basis(ref: np.ndarray, centres: np.ndarray, basis: Basis, halfsize: int) -> np.ndarray:
-    """Basis vectors on the stamps: float64 (nstamp, nbasis [+ 1 background], npix)."""
+    """Basis vectors on the stamps, pixel-major: float64 (nstamp, npix, nbasis [+ 1])."""
     h, side = basis.halfsize, 2 * halfsize + 1
     cut = _cutouts(ref, centres, halfsize + h)
     win = np.lib.stride_tricks.sliding_window_view(cut, (side, side), axis=(1, 2))
-    win = np.ascontiguousarray(win).reshape(len(centres), (2 * h + 1) ** 2, side * side)
+    win = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(-1, (2 * h + 1) ** 2)
     flipped = basis.images[:, ::-1, ::-1].reshape(len(basis.images), -1)
-    vectors = np.matmul(flipped, win)
+    vt = (win @ flipped.T).reshape(len(centres), side * side, -1)
     if basis.background_order >= 0:
-        vectors = np.concatenate([vectors, np.ones((len(centres), 1, side * side))], axis=1)
-    return vectors
+        vt = np.concatenate([vt, np.ones((len(centres), side * side, 1))], axis=2)
+    return vt
 
 
 def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -189,12 +189,12 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return sol * scale
 
 
-def _solve_stamps(vectors: np.ndarray, data: np.ndarray, w: np.ndarray, poly: np.ndarray,
+def _solve_stamps(vt: np.ndarray, data: np.ndarray, w: np.ndarray, poly: np.ndarray,
                   nterm: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Weighted least squares over the kept stamps: (nbasis, nterms) coefficients."""
-    vw = vectors[keep] * w[keep, None, :]
-    cross = np.matmul(vw, vectors[keep].transpose(0, 2, 1))
-    rstamp = np.matmul(vw, data[keep, :, None])[:, :, 0]
+    ns, nb = int(keep.sum()), vt.shape[2]
+    cross, rstamp = np.empty((ns, nb, nb)), np.empty((ns, nb))
+    _subtract.stamp_cross(vt[keep], data[keep], np.ascontiguousarray(w[keep]), cross, rstamp)
     nunk = int(nterm.sum())
     matrix, rhs = np.empty((nunk, nunk)), np.empty(nunk)
     _subtract.normal_equations(cross, rstamp, np.ascontiguousarray(poly[keep]), nterm, matrix, rhs)
@@ -219,20 +219,20 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
     basis = spec.basis()
     ny, nx = reference.shape
     norm = (0.5 * (nx - 1), max(0.5 * (nx - 1), 1.0), 0.5 * (ny - 1), max(0.5 * (ny - 1), 1.0))
-    vectors = _stamp_basis(reference, centres, basis, halfsize)
+    vt = _stamp_basis(reference, centres, basis, halfsize)
     data = _cutouts(image, centres, halfsize).reshape(len(centres), -1)
     wmask = _cutouts(weight, centres, halfsize).reshape(len(centres), -1)
     orders = list(basis.orders) + ([basis.background_order] if basis.background_order >= 0 else [])
     nterm = np.array([nterms(int(o)) for o in orders], dtype=np.int64)
     poly = poly_terms((centres[:, 0] - norm[0]) / norm[1], (centres[:, 1] - norm[2]) / norm[3],
                       basis.max_order).T
-    model = vectors[:, 0]  # the reference stands in for the model on the first pass
+    model = vt[:, :, 0]  # the reference stands in for the model on the first pass
     keep = np.ones(len(centres), dtype=bool)
     npix = np.maximum(wmask.sum(axis=1), 1.0)
     for it in range(maxiter + 1):
         w = wmask / (np.maximum(model, 0.0) / gain + (rdnoise / gain) ** 2 + 1e-12)
-        params = _solve_stamps(vectors, data, w, poly, nterm, keep)
-        model = np.matmul((poly @ params.T)[:, None, :], vectors)[:, 0]
+        params = _solve_stamps(vt, data, w, poly, nterm, keep)
+        model = np.einsum("spb,sb->sp", vt, poly @ params.T)
         chi2 = (w * (data - model) ** 2).sum(axis=1) / npix
         med = np.median(chi2[keep])
         mad = 1.4826 * np.median(np.abs(chi2[keep] - med))

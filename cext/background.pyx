@@ -36,6 +36,31 @@ cdef float _select(float* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     return a[k]
 
 
+cdef float _hist_select(float* a, Py_ssize_t n, Py_ssize_t k, float lo, float hi) noexcept nogil:
+    """k-th smallest of a[:n], all in [lo, hi]: a 256-bin histogram finds the
+    bin holding it, quickselect finishes inside that bin (reorders a)."""
+    cdef Py_ssize_t counts[256]
+    cdef Py_ssize_t i, b, m = 0, below = 0
+    cdef double scale
+    if not (isfinite(lo) and isfinite(hi) and hi > lo) or n < 512:
+        return _select(a, n, k)
+    scale = 256.0 / (<double>hi - lo)
+    for b in range(256):
+        counts[b] = 0
+    for i in range(n):
+        b = <Py_ssize_t>((a[i] - lo) * scale)
+        counts[min(max(b, 0), 255)] += 1
+    b = 0
+    while below + counts[b] <= k:
+        below += counts[b]
+        b += 1
+    for i in range(n):
+        if min(max(<Py_ssize_t>((a[i] - lo) * scale), 0), 255) == b:
+            a[m] = a[i]
+            m += 1
+    return _select(a, m, k - below)
+
+
 cdef Py_ssize_t _clipped_mode(float* a, Py_ssize_t n, double nsigma, int maxiter,
                               double* mode, double* rms) noexcept nogil:
     """Clip a[:n] around its mean at +-nsigma std until stable; mode and std.
@@ -80,7 +105,7 @@ cdef Py_ssize_t _clipped_mode(float* a, Py_ssize_t n, double nsigma, int maxiter
             m += 1
     if m == 0:
         m = n
-    med = _select(a, m, m // 2)
+    med = _hist_select(a, m, m // 2, lo, hi)
     if std > 0.0 and (mean - med) / std > 0.3:
         mode[0] = med
     else:

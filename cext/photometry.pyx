@@ -18,9 +18,10 @@ pixel of the star's largest aperture is read once and feeds all radii.
 Sky pixels are those whose centres lie at r_in <= d < r_out from the star,
 read once per star; masked, non-finite or saturated ones and those within
 ``excl_radius`` of a neighbouring star (CSR lists) are left out.  The sky is
-found by iterative sigma clipping around the median
-followed by the mean, the median or the mode 3 median - 2 mean; medians are
-rank queries on a histogram of the annulus (exact, no sort of the annulus).
+found by iterative sigma clipping around the median, then taken as the mean,
+the median or the mode 3 median - 2 mean of the values kept; medians are
+exact rank queries on a histogram of the annulus (photometry_sky.pxi), so
+the annulus is never sorted.  Stars are measured in a caller-given order.
 """
 from libc.math cimport sqrt, asin, copysign, fabs, floor, ceil, isfinite, NAN, INFINITY, M_PI
 from libc.stdlib cimport malloc, free, qsort
@@ -176,18 +177,29 @@ cdef Py_ssize_t gather_sky(const pixel_t[:, ::1] image, const uint8_t[:, ::1] ma
     return n
 
 
+cdef inline int pixel_state(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
+                            bint use_mask, Py_ssize_t j, Py_ssize_t i, double saturation,
+                            double* v) noexcept nogil:
+    """0 usable, 1 off frame, 2 masked or non-finite, 4 saturated; the value in v."""
+    if j < 0 or j >= image.shape[0] or i < 0 or i >= image.shape[1]:
+        return 1
+    v[0] = image[j, i]
+    if (use_mask and mask[j, i]) or not isfinite(v[0]):
+        return 2
+    return 4 if v[0] >= saturation else 0
+
+
 cdef void aperture_sums(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
-                        bint use_mask, double xc, double yc, const double[::1] radii,
-                        double saturation, double* corners, double* sums, double* areas,
-                        int* bad) noexcept nogil:
+                        bint use_mask, double xc, double yc, const double* radii,
+                        Py_ssize_t nr, double saturation, double* corners, double* sums,
+                        double* areas, int* bad) noexcept nogil:
     """Exact-overlap sums of all radii in one pass over the largest aperture.
 
     Writes sums[k] = sum a_k p and areas[k] = sum a_k over usable pixels and
-    ORs into bad[k]: 1 off frame, 2 masked or non-finite, 4 saturated.
-    Pixels wholly inside (outside) a circle have a = 1 (0); the others take
-    their area from the corner table of the circle.
+    ORs into bad[k] the pixel_state of every pixel with a_k > 0.  Pixels
+    wholly inside (outside) a circle have a = 1 (0); the others take their
+    area from the corner table of the circle.
     """
-    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], nr = radii.shape[0]
     cdef double rmax = radii[nr - 1], v = 0.0, a, r, dx, dy, near2, far2
     cdef Py_ssize_t i0 = <Py_ssize_t>floor(xc - rmax - 0.5) + 1
     cdef Py_ssize_t i1 = <Py_ssize_t>ceil(xc + rmax + 0.5) - 1
@@ -201,7 +213,6 @@ cdef void aperture_sums(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
         sums[k] = 0.0
         areas[k] = 0.0
         bad[k] = 0
-    for k in range(nr):
         corner_table(corners + k * cn, corners + nr * cn, cw, j1 - j0 + 2,
                      i0 - 0.5 - xc, j0 - 0.5 - yc, radii[k])
     for j in range(j0, j1 + 1):
@@ -212,15 +223,7 @@ cdef void aperture_sums(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
             if near2 >= rmax * rmax:
                 continue
             far2 = (fabs(dx) + 0.5) ** 2 + (fabs(dy) + 0.5) ** 2
-            why = 0
-            if j < 0 or j >= ny or i < 0 or i >= nx:
-                why = 1
-            else:
-                v = image[j, i]
-                if (use_mask and mask[j, i]) or not isfinite(v):
-                    why = 2
-                elif v >= saturation:
-                    why = 4
+            why = pixel_state(image, mask, use_mask, j, i, saturation, &v)
             c = (j - j0) * cw + i - i0
             for k in range(nr - 1, -1, -1):
                 r = radii[k]
@@ -240,12 +243,58 @@ cdef void aperture_sums(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
                 areas[k] += a
 
 
+cdef struct Settings:
+    const double* radii
+    Py_ssize_t nr
+    double r_in, r_out, excl_radius, sky_sigma, saturation
+    int sky_iters, sky_method, min_sky
+    bint use_mask
+    const int32_t* bits
+
+
+cdef struct Work:
+    Py_ssize_t sw          # side of the annulus stamp, px
+    double* buf            # sky values, sw * sw
+    uint8_t* stamp         # pixels near neighbours, sw * sw
+    double* corners        # corner tables, (nr * cw + 1) * cw
+    double* sums           # 2 * nr: sums, then areas
+    int* bad               # nr
+    RankIndex h
+
+
+cdef int measure_star(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
+                      const double[::1] x, const double[::1] y, const int64_t[::1] nb_ptr,
+                      const int64_t[::1] nb_idx, Py_ssize_t s, const Settings* p, Work* w,
+                      double* sky, double* sd, int32_t* nsky) noexcept nogil:
+    """Sky and aperture sums of star s (in w.sums); returns the flags common to all radii."""
+    cdef double xc = x[s], yc = y[s]
+    cdef Py_ssize_t ix0 = <Py_ssize_t>floor(xc - p.r_out), iy0 = <Py_ssize_t>floor(yc - p.r_out)
+    cdef Py_ssize_t n, ntot, nexcl
+    cdef bint crowded = nb_ptr[s + 1] > nb_ptr[s], off = False
+    cdef int f = 0
+    if crowded:
+        memset(w.stamp, 0, w.sw * w.sw)
+        mark_neighbours(w.stamp, w.sw, ix0, iy0, x, y, nb_ptr, nb_idx, s, p.excl_radius)
+    n = gather_sky(image, mask, p.use_mask, xc, yc, p.r_in, p.r_out, p.saturation, w.stamp,
+                   crowded, w.sw, ix0, iy0, w.buf, &ntot, &nexcl, &off)
+    n = sky_estimate(w.buf, n, p.sky_sigma, p.sky_iters, p.sky_method, sky, sd, &w.h)
+    nsky[0] = <int32_t>n
+    if off:
+        f |= p.bits[B_OFF]
+    if n < p.min_sky:
+        f |= p.bits[B_FEWSKY]
+    if 2 * nexcl > ntot:
+        f |= p.bits[B_CROWDED]
+    aperture_sums(image, mask, p.use_mask, xc, yc, p.radii, p.nr, p.saturation, w.corners,
+                  w.sums, w.sums + p.nr, w.bad)
+    return f
+
+
 def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, bint use_mask,
                       const double[::1] x, const double[::1] y, const int64_t[::1] order,
-                      const double[::1] radii,
-                      double r_in, double r_out, const int64_t[::1] nb_ptr,
-                      const int64_t[::1] nb_idx, double excl_radius, int sky_method,
-                      double sky_sigma, int sky_iters, double saturation,
+                      const double[::1] radii, double r_in, double r_out,
+                      const int64_t[::1] nb_ptr, const int64_t[::1] nb_idx, double excl_radius,
+                      int sky_method, double sky_sigma, int sky_iters, double saturation,
                       const int32_t[::1] bits, double[:, ::1] flux, double[:, ::1] area,
                       int32_t[:, ::1] flag, double[::1] bg, double[::1] bgsigma,
                       int32_t[::1] nsky, int min_sky):
@@ -277,85 +326,65 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     bg, bgsigma : float64 (nstars,), sky per pixel and clipped pixel scatter, ADU.
     nsky : int32 (nstars,), sky pixels kept after clipping.
     """
-    cdef Py_ssize_t nstars = x.shape[0], nr = radii.shape[0], q, s, k, nbuf, ntot, nexcl
-    if (nr == 0 or y.shape[0] != nstars or order.shape[0] != nstars
-            or nb_ptr.shape[0] != nstars + 1 or bits.shape[0] != 5):
-        raise ValueError("need radii, y and order as long as x, nstars + 1 nb_ptr, 5 bits")
-    if use_mask and (mask.shape[0] != image.shape[0] or mask.shape[1] != image.shape[1]):
-        raise ValueError("mask must have the shape of the image")
-    if (flux.shape[0] != nstars or area.shape[0] != nstars or flag.shape[0] != nstars
-            or flux.shape[1] != nr or area.shape[1] != nr or flag.shape[1] != nr
-            or bg.shape[0] != nstars or bgsigma.shape[0] != nstars or nsky.shape[0] != nstars):
-        raise ValueError("outputs must have shape (nstars, nradii) or (nstars,)")
-    cdef Py_ssize_t sw = 2 * <Py_ssize_t>ceil(r_out) + 3
+    cdef Py_ssize_t nstars = x.shape[0], nr = radii.shape[0], q, s, k
+    _check_shapes(nstars, nr, y.shape[0], order.shape[0], nb_ptr.shape[0], bits.shape[0],
+                  use_mask and (mask.shape[0] != image.shape[0] or mask.shape[1] != image.shape[1]),
+                  (flux.shape[0], flux.shape[1], area.shape[0], area.shape[1], flag.shape[0],
+                   flag.shape[1], bg.shape[0], bgsigma.shape[0], nsky.shape[0]))
+    cdef Settings p = Settings(&radii[0], nr, r_in, r_out, excl_radius, sky_sigma, saturation,
+                               sky_iters, sky_method, min_sky, use_mask, &bits[0])
+    cdef Work w
     cdef Py_ssize_t cw = 2 * <Py_ssize_t>ceil(radii[nr - 1]) + 4
-    cdef Py_ssize_t ix0, iy0
-    cdef double xc, yc, sky, sd
+    cdef double xc, yc, big = r_out + radii[nr - 1] + 1.0
     cdef int f
-    cdef bint off, crowded
-    cdef double* buf = <double*>malloc(sw * sw * sizeof(double))
-    cdef double* corners = <double*>malloc((nr * cw + 1) * cw * sizeof(double))
-    cdef double* sums = <double*>malloc(2 * nr * sizeof(double))
-    cdef int* bad = <int*>malloc(nr * sizeof(int))
-    cdef uint8_t* stamp = <uint8_t*>malloc(sw * sw)
-    cdef RankIndex h
-    h.code = <uint8_t*>malloc(sw * sw)
-    h.sorted = <double*>malloc(sw * sw * sizeof(double))
+    w.sw = 2 * <Py_ssize_t>ceil(r_out) + 3
+    w.buf = <double*>malloc(w.sw * w.sw * sizeof(double))
+    w.stamp = <uint8_t*>malloc(w.sw * w.sw)
+    w.corners = <double*>malloc((nr * cw + 1) * cw * sizeof(double))
+    w.sums = <double*>malloc(2 * nr * sizeof(double))
+    w.bad = <int*>malloc(nr * sizeof(int))
+    w.h.code = <uint8_t*>malloc(w.sw * w.sw)
+    w.h.sorted = <double*>malloc(w.sw * w.sw * sizeof(double))
     try:
-        if not (buf and corners and sums and bad and stamp and h.code and h.sorted):
+        if not (w.buf and w.stamp and w.corners and w.sums and w.bad and w.h.code
+                and w.h.sorted):
             raise MemoryError()
         with nogil:
             for q in range(nstars):
                 s = order[q]
                 xc = x[s]
                 yc = y[s]
-                if not (isfinite(xc) and isfinite(yc)):
-                    for k in range(nr):
-                        flux[s, k] = NAN
-                        area[s, k] = 0.0
-                        flag[s, k] = bits[B_OFF]
-                    bg[s] = NAN
-                    bgsigma[s] = NAN
+                if not (-big < xc < image.shape[1] + big and -big < yc < image.shape[0] + big):
+                    # NaN, or nowhere near the frame
+                    flux[s, :] = NAN
+                    area[s, :] = 0.0
+                    flag[s, :] = bits[B_OFF]
+                    bg[s] = bgsigma[s] = NAN
                     nsky[s] = 0
                     continue
-                ix0 = <Py_ssize_t>floor(xc - r_out)
-                iy0 = <Py_ssize_t>floor(yc - r_out)
-                crowded = nb_ptr[s + 1] > nb_ptr[s]
-                if crowded:
-                    memset(stamp, 0, sw * sw)
-                    mark_neighbours(stamp, sw, ix0, iy0, x, y, nb_ptr, nb_idx, s,
-                                    excl_radius)
-                off = False
-                nbuf = gather_sky(image, mask, use_mask, xc, yc, r_in, r_out, saturation,
-                                  stamp, crowded, sw, ix0, iy0, buf, &ntot, &nexcl, &off)
-                nbuf = sky_estimate(buf, nbuf, sky_sigma, sky_iters, sky_method, &sky, &sd, &h)
-                bg[s] = sky
-                bgsigma[s] = sd
-                nsky[s] = <int32_t>nbuf
-                f = 0
-                if off:
-                    f |= bits[B_OFF]
-                if nbuf < min_sky:
-                    f |= bits[B_FEWSKY]
-                if 2 * nexcl > ntot:
-                    f |= bits[B_CROWDED]
-                aperture_sums(image, mask, use_mask, xc, yc, radii, saturation, corners,
-                              sums, sums + nr, bad)
+                f = measure_star(image, mask, x, y, nb_ptr, nb_idx, s, &p, &w, &bg[s],
+                                 &bgsigma[s], &nsky[s])
                 for k in range(nr):
-                    area[s, k] = sums[nr + k]
-                    flux[s, k] = sums[k] - sky * sums[nr + k] if sums[nr + k] > 0 else NAN
-                    flag[s, k] = f
-                    if bad[k] & 1:
-                        flag[s, k] |= bits[B_OFF]
-                    if bad[k] & 2:
-                        flag[s, k] |= bits[B_MASKED]
-                    if bad[k] & 4:
-                        flag[s, k] |= bits[B_SAT]
+                    area[s, k] = w.sums[nr + k]
+                    flux[s, k] = w.sums[k] - bg[s] * w.sums[nr + k] if w.sums[nr + k] > 0 else NAN
+                    flag[s, k] = (f | (bits[B_OFF] if w.bad[k] & 1 else 0)
+                                  | (bits[B_MASKED] if w.bad[k] & 2 else 0)
+                                  | (bits[B_SAT] if w.bad[k] & 4 else 0))
     finally:
-        free(buf)
-        free(corners)
-        free(sums)
-        free(bad)
-        free(stamp)
-        free(h.code)
-        free(h.sorted)
+        free(w.buf)
+        free(w.stamp)
+        free(w.corners)
+        free(w.sums)
+        free(w.bad)
+        free(w.h.code)
+        free(w.h.sorted)
+
+
+def _check_shapes(Py_ssize_t nstars, Py_ssize_t nr, Py_ssize_t ny_, Py_ssize_t norder,
+                  Py_ssize_t nptr, Py_ssize_t nbits, bint bad_mask, tuple outputs):
+    if nr == 0 or ny_ != nstars or norder != nstars or nptr != nstars + 1 or nbits != 5:
+        raise ValueError("need radii, y and order as long as x, nstars + 1 nb_ptr, 5 bits")
+    if bad_mask:
+        raise ValueError("mask must have the shape of the image")
+    if outputs != (nstars, nr, nstars, nr, nstars, nr, nstars, nstars, nstars):
+        raise ValueError("outputs must have shape (nstars, nradii) or (nstars,)")

@@ -41,13 +41,13 @@ cdef void insertion_sort(double* a, Py_ssize_t n) noexcept nogil:
 
 
 cdef void rank_index(RankIndex* h, const double* a, Py_ssize_t n) noexcept nogil:
-    """Place NBIN bins over the centre +-4 sigma estimated from a sample, fill them."""
+    """Place NBIN bins over the centre +-4 sigma estimated from a sample, fill them (n >= 1)."""
     cdef double sample[NSAMPLE]
     cdef Py_ssize_t ns = max(min(n, <Py_ssize_t>NSAMPLE), 1), step = max(n // ns, 1), i
     cdef double scale, t
     cdef int b
     for i in range(NSAMPLE):
-        sample[i] = a[min(i * step, n - 1)] if n else 0.0
+        sample[i] = a[min(i * step, n - 1)]
     insertion_sort(sample, ns)
     scale = (sample[(3 * ns) // 4] - sample[ns // 4]) / 1.349
     if not scale > 0:

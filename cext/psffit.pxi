@@ -16,39 +16,73 @@ cdef double _GL = 0.28867513459481287   # 0.5 / sqrt(3): Gauss-Legendre nodes on
 
 
 cdef double _accumulate(const double* X, const double* Y, const double* v, Py_ssize_t n,
-                        const double* p, double* jtj, double* jtr) noexcept nogil:
-    """Sum of squared residuals; normal matrix (lower triangle) and J^T r."""
+                        const double* p, double* jtj, double* jtr, int radius,
+                        double* tab) noexcept nogil:
+    """Sum of squared residuals; normal matrix (lower triangle) and J^T r.
+
+    X, Y are integer offsets in [-radius, radius].  The exponent is split as
+    -0.5 (A ex^2 + B ey^2) - K (xo yo + xo ub + ua yo + ua ub) with
+    ex = xo + ua, ey = yo + ub, so each sub-sample value is a product of a
+    column factor, a row factor and a per-pixel cross factor (tables in
+    ``tab``, 8 side + side^2 doubles), ~70 exp() per call instead of 4 n.
+    """
     cdef double A = p[4] + p[5], B = p[4] - p[5], K = p[6], amp = p[0]
-    cdef double chi2 = 0.0, ex, ey, g, G, gx, gy, gs, gd, gk, r
+    cdef double chi2 = 0.0, ex, ey, xo, yo, ua, ub, c, g, gex, gey, G, Gx, Gy, Gxx, Gyy, Gxy, r
     cdef double J[NPAR]
-    cdef Py_ssize_t m, i, k
+    cdef Py_ssize_t m, i, k, side = 2 * radius + 1, ti, tj
+    cdef double* Fx = tab
+    cdef double* Fy = tab + 4 * side
+    cdef double* C = tab + 8 * side
     cdef int a, b
+    for ti in range(side):
+        xo = ti - radius - p[2]
+        yo = ti - radius - p[3]
+        for a in range(2):
+            ua = _GL if a else -_GL
+            for b in range(2):
+                ub = _GL if b else -_GL
+                Fx[4 * ti + 2 * a + b] = exp(-0.5 * A * (xo + ua) * (xo + ua) - K * xo * ub)
+                Fy[4 * ti + 2 * a + b] = exp(-0.5 * B * (yo + ub) * (yo + ub)
+                                             - K * ua * (yo + ub))
+    for tj in range(side):
+        yo = tj - radius - p[3]
+        c = exp(K * (radius + p[2]) * yo)
+        r = exp(-K * yo)
+        for ti in range(side):
+            C[tj * side + ti] = c
+            c *= r
     for i in range(NPAR * NPAR):
         jtj[i] = 0.0
     for i in range(NPAR):
         jtr[i] = 0.0
     for m in range(n):
-        G = 0.0; gx = 0.0; gy = 0.0; gs = 0.0; gd = 0.0; gk = 0.0
+        ti = <Py_ssize_t>X[m] + radius
+        tj = <Py_ssize_t>Y[m] + radius
+        c = C[tj * side + ti]
+        # moments of the sub-sample values g: sums of g, g ex, g ey, g ex^2, ...
+        G = 0.0; Gx = 0.0; Gy = 0.0; Gxx = 0.0; Gyy = 0.0; Gxy = 0.0
         for a in range(2):
             ex = X[m] - p[2] + (_GL if a else -_GL)
             for b in range(2):
                 ey = Y[m] - p[3] + (_GL if b else -_GL)
-                g = exp(-0.5 * (A * ex * ex + B * ey * ey + 2.0 * K * ex * ey))
+                g = c * Fx[4 * ti + 2 * a + b] * Fy[4 * tj + 2 * a + b]
+                gex = g * ex
+                gey = g * ey
                 G += g
-                gx += g * (A * ex + K * ey)
-                gy += g * (B * ey + K * ex)
-                gs += g * (ex * ex + ey * ey)
-                gd += g * (ex * ex - ey * ey)
-                gk += g * ex * ey
+                Gx += gex
+                Gy += gey
+                Gxx += gex * ex
+                Gyy += gey * ey
+                Gxy += gex * ey
         r = v[m] - (0.25 * amp * G + p[1])
         chi2 += r * r
         J[0] = 0.25 * G
         J[1] = 1.0
-        J[2] = 0.25 * amp * gx
-        J[3] = 0.25 * amp * gy
-        J[4] = -0.125 * amp * gs
-        J[5] = -0.125 * amp * gd
-        J[6] = -0.25 * amp * gk
+        J[2] = 0.25 * amp * (A * Gx + K * Gy)
+        J[3] = 0.25 * amp * (B * Gy + K * Gx)
+        J[4] = -0.125 * amp * (Gxx + Gyy)
+        J[5] = -0.125 * amp * (Gxx - Gyy)
+        J[6] = -0.25 * amp * Gxy
         for i in range(NPAR):
             jtr[i] += J[i] * r
             for k in range(i + 1):
@@ -85,13 +119,16 @@ cdef bint _solve(const double* jtj, const double* jtr, double lam, double* x) no
     return True
 
 
-cdef bint _valid(const double* p, double radius) noexcept nogil:
+cdef bint _valid(const double* p, double shift, int radius) noexcept nogil:
+    """Positive definite, centre within ``shift`` px, cross factors of
+    ``_accumulate`` far from overflow (|K| (2 radius + 1)^2 < 600)."""
     return (p[0] > 0.0 and 0.0 < p[4] < 25.0 and p[4] * p[4] - p[5] * p[5] - p[6] * p[6] > 0.0
-            and fabs(p[2]) <= radius and fabs(p[3]) <= radius)
+            and fabs(p[2]) <= shift and fabs(p[3]) <= shift
+            and fabs(p[6]) * (2 * radius + 1) * (2 * radius + 1) < 600.0)
 
 
 cdef int _levmar(const double* X, const double* Y, const double* v, Py_ssize_t n,
-                 double* p, double radius, int maxiter) noexcept nogil:
+                 double* p, int radius, int maxiter, double* tab) noexcept nogil:
     """Refine p in place; FIT_OK on convergence."""
     cdef double jtj[NPAR * NPAR]
     cdef double jtr[NPAR]
@@ -102,7 +139,7 @@ cdef int _levmar(const double* X, const double* Y, const double* v, Py_ssize_t n
     cdef double chi2, c2, lam = 1e-3, tol
     cdef Py_ssize_t i
     cdef int it
-    chi2 = _accumulate(X, Y, v, n, p, jtj, jtr)
+    chi2 = _accumulate(X, Y, v, n, p, jtj, jtr, radius, tab)
     for it in range(maxiter):
         if lam > 1e6:
             return FIT_OK        # no step lowers chi2 any more: at the minimum
@@ -111,10 +148,10 @@ cdef int _levmar(const double* X, const double* Y, const double* v, Py_ssize_t n
             continue
         for i in range(NPAR):
             trial[i] = p[i] + step[i]
-        if not _valid(trial, radius):
+        if not _valid(trial, radius, radius):
             lam *= 10.0
             continue
-        c2 = _accumulate(X, Y, v, n, trial, tjtj, tjtr)
+        c2 = _accumulate(X, Y, v, n, trial, tjtj, tjtr, radius, tab)
         if c2 > chi2:
             lam *= 10.0
             continue
@@ -207,11 +244,12 @@ def fit_sources(const float[:, ::1] image, const float[:, ::1] sky,
     if radius < 1 or flagbits.shape[0] != 4 or out.shape[0] != ns or out.shape[1] != 9 \
             or nused.shape[0] != ns or flag.shape[0] != ns or py.shape[0] != ns:
         raise ValueError("bad radius, flagbits or output shapes")
-    cdef double* X = <double*>malloc(3 * side * side * sizeof(double))
+    cdef double* X = <double*>malloc((4 * side * side + 8 * side) * sizeof(double))
     if X == NULL:
         raise MemoryError()
     cdef double* Y = X + side * side
     cdef double* v = X + 2 * side * side
+    cdef double* tab = X + 3 * side * side
     try:
         with nogil:
             for s in range(ns):
@@ -241,8 +279,8 @@ def fit_sources(const float[:, ::1] image, const float[:, ::1] sky,
                 nused[s] = <int>n
                 status = FIT_FAILED
                 if fit and n > 2 * NPAR:
-                    status = _levmar(X, Y, v, n, p, radius, maxiter)
-                    if status == FIT_OK and (not _valid(p, 2.0) or p[4] > 16.0
+                    status = _levmar(X, Y, v, n, p, radius, maxiter, tab)
+                    if status == FIT_OK and (not _valid(p, 2.0, radius) or p[4] > 16.0
                                              or p[4] < 1.0 / (radius * radius)):
                         status = FIT_FAILED
                 if status != FIT_OK:

@@ -80,6 +80,8 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
     norm : float64, (6,): x0, sx, y0, sy, v0, sv (see module docstring).
     out : float32, shape (ny, nx), written: flux per target pixel; ``fill``
         where the target pixel centre maps outside the source.
+
+    Scratch memory: 8 * (ny_src + 3) * nx bytes (134 MB for 4096^2).
     """
     cdef Py_ssize_t nys = image.shape[0], nxs = image.shape[1]
     cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1]
@@ -103,10 +105,10 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
     try:
         with nogil:
             # pass 1: cs[j + 1, i] = flux of source rows < j in target column i
+            # (row 0 and row nys + 2 are ghost nodes for the interpolation)
             for i in range(nx):
                 cs[nx + i] = 0.0
             for j in range(nys):
-                row[0] = 0.0
                 acc = 0.0
                 for k in range(nxs):
                     val = image[j, k]
@@ -167,9 +169,14 @@ cdef inline double _keys(double t) noexcept nogil:
     return 0.0
 
 
+cdef inline double _px(const float[:, ::1] im, Py_ssize_t j, Py_ssize_t i) noexcept nogil:
+    cdef double v = im[j, i]
+    return v if isfinite(v) else 0.0
+
+
 cdef inline double _interp(const float[:, ::1] im, double u, double v, bint cubic) noexcept nogil:
     cdef Py_ssize_t ny = im.shape[0], nx = im.shape[1], iu, iv, p, q, jj, ii
-    cdef double fu, fv, s, wv, val
+    cdef double fu, fv, s, wv
     iu = <Py_ssize_t>floor(u)
     iv = <Py_ssize_t>floor(v)
     fu = u - iu
@@ -181,16 +188,15 @@ cdef inline double _interp(const float[:, ::1] im, double u, double v, bint cubi
         if iv >= ny - 1:
             iv = ny - 2
             fv = v - iv
-        return ((1.0 - fv) * ((1.0 - fu) * im[iv, iu] + fu * im[iv, iu + 1])
-                + fv * ((1.0 - fu) * im[iv + 1, iu] + fu * im[iv + 1, iu + 1]))
+        return ((1.0 - fv) * ((1.0 - fu) * _px(im, iv, iu) + fu * _px(im, iv, iu + 1))
+                + fv * ((1.0 - fu) * _px(im, iv + 1, iu) + fu * _px(im, iv + 1, iu + 1)))
     s = 0.0
     for q in range(-1, 3):
         jj = min(max(iv + q, 0), ny - 1)
         wv = _keys(q - fv)
         for p in range(-1, 3):
             ii = min(max(iu + p, 0), nx - 1)
-            val = im[jj, ii]
-            s += wv * _keys(p - fu) * val
+            s += wv * _keys(p - fu) * _px(im, jj, ii)
     return s
 
 

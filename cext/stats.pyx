@@ -219,8 +219,8 @@ def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,
 
     Parameters
     ----------
-    raw : float32, shape (ny, nx), any strides
-        The trimmed view of the raw frame, ADU.
+    raw : float32, shape (ny, nx), rows contiguous (any row stride)
+        The trimmed view of the raw frame, ADU (a slice of a C-contiguous array).
     overscan : float32, shape (ny,)
         Overscan level of each row, ADU.
     bias : float32, shape (ny, nx), C-contiguous, or None (not subtracted)

@@ -18,7 +18,7 @@ def gaussian_stars(shape, x, y, flux, sigma=1.0):
     """Noise-free image of circular Gaussian stars (pixel-centre sampled)."""
     yy, xx = np.indices(shape, dtype=float)
     image = np.zeros(shape)
-    for xs, ys, f in zip(x, y, flux):
+    for xs, ys, f in zip(x, y, flux, strict=True):
         image += f / (2 * np.pi * sigma**2) * np.exp(
             -((xx - xs) ** 2 + (yy - ys) ** 2) / (2 * sigma**2))
     return image
@@ -126,6 +126,8 @@ def test_flags():
     assert flag[2] == MASKED
     assert flag[4] & FEW and res["nsky"][4] == 0 and np.isnan(res["flux"][4, 0])
     assert flag[5] & OFF and np.isnan(res["flux"][5, 0])
+    far = aperture_photometry(image, [1e30, -5e3], [50.0, 50.0])
+    assert np.all(far["flag"] & OFF) and np.all(np.isnan(far["flux"]))
     # a masked aperture pixel counts as sky (the pixel lies wholly in the aperture)
     clean = aperture_photometry(image, x[2:3], y[2:3], radii=(2.0,))
     assert clean["flag"][0, 0] == 0 and clean["bg"][0] == res["bg"][2]

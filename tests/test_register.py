@@ -130,6 +130,15 @@ def test_bilinear_matches_scipy_times_pixel_area():
     assert np.allclose(out[10:N - 10, 10:N - 10], expected, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("method", ["flux", "bilinear", "bicubic"])
+def test_non_finite_pixels_do_not_spread(method):
+    img = np.full((N, N), 10.0)
+    img[100, 100] = np.nan
+    out = resample(img, grid_transform(similarity), (N, N), method=method)
+    assert np.all(np.isfinite(out[20:-20, 20:-20]))
+    assert np.allclose(out[150:-20, 20:-20], 10.0 * SCALE**2, rtol=1e-5)
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown resampling method"):
         resample(np.zeros((8, 8)), grid_transform(similarity, order=1), (8, 8), method="lanczos")

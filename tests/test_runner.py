@@ -62,7 +62,7 @@ def fake_photometry(frame, context):
     return frame
 
 
-def save_photometry(frame):
+def save_photometry(frame, context):
     n = len(frame.products["flux"])
     return {"ap_photometry": {
         "framekey": np.full(n, frame.framekey), "photkey": np.full(n, "k"),

@@ -213,6 +213,18 @@ def test_known_kernel_and_flux_scale_are_recovered(pair):
         assert np.max(error) < 0.02 * np.abs(seen).max() + 1e-3
 
 
+def test_kernel_at_a_pixel_reproduces_the_model(pair):
+    """Solution.kernel (used later for difference photometry) and the Cython
+    convolution follow one convention: model = sum K[H+n, H+m] R[y-n, x-m] + B."""
+    ref, image, _, _, _ = pair
+    _, sol = subtract(image, ref, "b/2;i/2;d=3/2", gain=GAIN)
+    model = sol.model(ref)
+    for x, y in [(40, 300), (200, 77), (350, 350)]:
+        k = sol.kernel(x, y)
+        patch = ref[y - 3:y + 4, x - 3:x + 4][::-1, ::-1]
+        assert np.isclose(model[y, x], (k * patch).sum() + sol.background(x, y), rtol=1e-5)
+
+
 def test_a_bad_stamp_is_rejected(pair):
     ref, image, _, _, _ = pair
     stamps = select_stamps(ref)

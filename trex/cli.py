@@ -97,8 +97,8 @@ def cmd_simulate(args) -> int:
 def cmd_stages(args) -> int:
     try:
         from trex.pipeline import run_project
-    except ImportError:
-        raise NotAvailable(args.command) from None
+    except ImportError as err:
+        raise NotAvailable(f"{args.command} ({err})") from None
     stages = STAGES if args.command == "run" else (args.command,)
     if getattr(args, "stages", None):
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
@@ -106,9 +106,10 @@ def cmd_stages(args) -> int:
         if unknown:
             raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; "
                               f"choose from {', '.join(STAGES)}")
-    project, config, db = _open(args)
-    with db:
-        return run_project(project, config, db, stages)
+    project = find_project(args.root)
+    config = project.load_config(_overrides(args))
+    return run_project(project, config, stages,
+                       rebuild_references=getattr(args, "rebuild_references", False))
 
 
 def cmd_report(args) -> int:

@@ -108,9 +108,11 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
     design = design_matrix(x, y, catmag, color, params)
     diff = mag - ref_mag
     weight = 1.0 / np.maximum(magerr, MIN_ERROR)
-    for _ in range(clip_iters + 1):
+    for iteration in range(clip_iters + 1):
         coef = np.linalg.lstsq(design[use] * weight[use, None], diff[use] * weight[use],
                                rcond=None)[0]
+        if iteration == clip_iters:
+            break
         chi = (diff - design @ coef) * weight
         scale = 1.4826 * np.median(np.abs(chi[use] - np.median(chi[use])))
         keep = use & (np.abs(chi) <= clip_sigma * scale)

@@ -190,15 +190,19 @@ def aperture_photometry(
         out["flux"], out["area"], out["flag"], out["bg"], out["bgsigma"], out["nsky"],
         int(min_sky_pixels),
     )
-    flux, area = out["flux"], out["area"]
-    sky_var = out["bgsigma"][:, None] ** 2
-    nsky = np.maximum(out["nsky"], 1)[:, None]
-    with np.errstate(invalid="ignore"):
-        out["fluxerr"] = np.sqrt(
-            np.maximum(flux, 0) / gain + area * sky_var * (1 + area / nsky)
-        )
-        out["bgerr"] = out["bgsigma"] / np.sqrt(np.maximum(out["nsky"], 1))
-        out["flag"][~(flux > 0)] |= PHOT["NONPOSITIVE"].bit
+    _add_errors(out, gain)
     if zeropoint is not None:
         add_magnitudes(out, zeropoint, exptime)
     return out
+
+
+def _add_errors(out: dict, gain: float) -> None:
+    """fluxerr and bgerr (module docstring formula); NONPOSITIVE on F <= 0."""
+    flux, area = out["flux"], out["area"]
+    sky_var = out["bgsigma"][:, None] ** 2
+    nsky = np.maximum(out["nsky"], 1)
+    with np.errstate(invalid="ignore"):
+        out["fluxerr"] = np.sqrt(
+            np.maximum(flux, 0) / gain + area * sky_var * (1 + area / nsky[:, None]))
+        out["bgerr"] = out["bgsigma"] / np.sqrt(nsky)
+        out["flag"][flux <= 0] |= PHOT["NONPOSITIVE"].bit

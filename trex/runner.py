@@ -30,8 +30,9 @@ from trex.records import Task
 
 log = logging.getLogger(__name__)
 
-#: a stage: ``run(frame, context) -> frame`` plus ``save(frame)`` (may be None)
-Stage = tuple[Callable[[Frame, Context], Frame], Callable[[Frame], dict] | None]
+#: a stage: ``run(frame, context) -> frame`` and ``save(frame, context) -> {table: columns}``
+#: (writes the stage's products; may be None)
+Stage = tuple[Callable[[Frame, Context], Frame], Callable[[Frame, Context], dict] | None]
 
 
 @dataclass
@@ -67,8 +68,13 @@ def load_frame(task: Task, context: Context) -> Frame:
     return frame
 
 
-def process_frame(task: Task, context: Context, chain: dict[str, Stage]) -> FrameResult:
-    """Run the stages still to do on one frame; never raises for a bad frame."""
+def process_frame(task: Task, context: Context, chain: dict[str, Stage],
+                  finish: Callable[[Frame, FrameResult], None] | None = None) -> FrameResult:
+    """Run the stages still to do on one frame; never raises for a bad frame.
+
+    ``finish(frame, result)`` runs after the chain, also when a stage failed
+    (e.g. to write what the finished stages changed).
+    """
     start = time.perf_counter()
     rawpath, stages = task.rawpath, task.stages
     result = FrameResult(framekey=task.framekey, projid="", redpath=task.redpath)
@@ -84,12 +90,14 @@ def process_frame(task: Task, context: Context, chain: dict[str, Stage]) -> Fram
         try:
             frame = run(frame, context)
             if save is not None:
-                result.rows.update(save(frame) or {})
+                result.rows.update(save(frame, context))
         except FrameError as err:
             result.failed = (name, err.reason)
             log.warning("frame %s: %s failed: %s", rawpath, name, err.reason)
             break
         result.done.append(name)
+    if finish is not None:
+        finish(frame, result)
     if frame.redpath is not None:
         result.redpath = str(Path(frame.redpath).relative_to(context.project.root))
     result.quality = dict(frame.quality)
@@ -115,12 +123,13 @@ class _Progress:
 
 
 def run_frames(comm, db: Database | None, context: Context, tasks: list[Task],
-               chain: dict[str, Stage], config: Config) -> int:
+               chain: dict[str, Stage], config: Config,
+               finish: Callable[[Frame, FrameResult], None] | None = None) -> int:
     """Process ``tasks`` over all ranks; rank 0 records them. Returns failures (rank 0)."""
     progress = _Progress(len(tasks))
 
     def work(batch):
-        return [process_frame(task, context, chain) for task in batch]
+        return [process_frame(task, context, chain, finish) for task in batch]
 
     def consume(results):
         with db.transaction():

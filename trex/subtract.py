@@ -75,7 +75,8 @@ class Solution:
         return poly_terms(xn, (np.asarray(y, dtype=np.float64) - y0) / sy, self.order)
 
     def kernel(self, x: float, y: float) -> np.ndarray:
-        """The kernel image at pixel (x, y), float64, shape (2H+1, 2H+1)."""
+        """The kernel image at pixel (x, y): float64, shape (2H+1, 2H+1)
+        (arrays of positions add leading axes)."""
         return np.tensordot(self._terms(x, y), self.kcoef, axes=(0, 0))
 
     def flux_scale(self, x, y) -> np.ndarray:
@@ -89,22 +90,22 @@ class Solution:
     def model(self, reference: np.ndarray) -> np.ndarray:
         """``R conv K + B`` as float32; NaN within H of the border."""
         ref = np.ascontiguousarray(reference, dtype=np.float32)
-        h = self.kcoef.shape[1] // 2
         kdense = dense_coefficients(np.moveaxis(self.kcoef, 0, -1), self.order)
         bdense = dense_coefficients(self.bcoef, self.order)
-        out = np.full(ref.shape, np.nan, dtype=np.float32)
+        out = np.full(ref.shape, np.nan, dtype=np.float32)  # the kernel leaves the border
         _subtract.convolve_varying(ref, np.ascontiguousarray(kdense), bdense,
                                    np.array(self.norm, dtype=np.float64), out)
-        if h:
-            out[:h] = out[-h:] = np.nan
-            out[:, :h] = out[:, -h:] = np.nan
         return out
+
+
+def _grid_edges(shape: tuple[int, int], ngrid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column edges of an ngrid x ngrid grid over shape (ny, nx)."""
+    return tuple(np.linspace(0, n, ngrid + 1).round().astype(int) for n in shape)
 
 
 def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) of the ngrid x ngrid cells that tile an image of shape (ny, nx)."""
-    ye = np.linspace(0, shape[0], ngrid + 1).round().astype(int)
-    xe = np.linspace(0, shape[1], ngrid + 1).round().astype(int)
+    ye, xe = _grid_edges(shape, ngrid)
     return [(ye[j], ye[j + 1], xe[i], xe[i + 1]) for j in range(ngrid) for i in range(ngrid)]
 
 
@@ -135,14 +136,16 @@ def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, bor
     if ny <= 2 * lo or nx <= 2 * lo:
         return np.empty((0, 2), dtype=np.int64)
     core = ref[lo:ny - lo, lo:nx - lo]
-    peak = core > sky + threshold * max(noise, 1e-12)
+    ys, xs = np.nonzero(core > sky + threshold * max(noise, 1e-12))
+    ys, xs = ys + lo, xs + lo
+    peak = ref[ys, xs]
+    is_max = np.ones(ys.size, dtype=bool)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy or dx:
-                peak &= core >= ref[lo + dy:ny - lo + dy, lo + dx:nx - lo + dx]
-    ys, xs = np.nonzero(peak)
-    ys, xs = ys + lo, xs + lo
-    ye, xe = (np.linspace(0, n, ngrid + 1).round().astype(int) for n in (ny, nx))
+                is_max &= peak >= ref[ys + dy, xs + dx]
+    ys, xs = ys[is_max], xs[is_max]
+    ye, xe = _grid_edges((ny, nx), ngrid)
     cell = (np.searchsorted(ye, ys, "right") - 1) * ngrid + np.searchsorted(xe, xs, "right") - 1
     order = np.lexsort((-ref[ys, xs], cell))
     first = np.searchsorted(cell[order], cell[order])

@@ -26,7 +26,7 @@ import numpy as np
 
 from trex.config import ConfigError, SiteSection
 from trex.project import Project, ProjectError, safe_name
-from trex.simulate.detector import Camera
+from trex.simulate.detector import EXTINCTION, SKY_MAG, ZEROPOINT, Camera
 from trex.simulate.night import Field, make_field, simulate_night
 from trex.simulate.optics import Optics
 from trex.simulate.plan import field_centre, make_plan, night_name
@@ -40,9 +40,6 @@ __all__ = ["simulate_project", "load_truth", "make_scene", "render_frame", "Scen
 
 log = logging.getLogger(__name__)
 
-ZEROPOINT = 18.8       # mag of 1 ADU/s above the atmosphere
-EXTINCTION = 0.15      # mag per airmass
-SKY_MAG = 21.0         # dark sky, mag/arcsec² in the same band
 FIRST_NIGHT = "2026-11-29"
 
 

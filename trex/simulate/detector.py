@@ -19,6 +19,11 @@ import numpy as np
 
 POISSON_EXACT = 100.0
 
+#: photometric scale: flux_ADU / s = 10^(-0.4 (mag - ZEROPOINT)) above the atmosphere
+ZEROPOINT = 18.8
+EXTINCTION = 0.15      # mag per airmass
+SKY_MAG = 21.0         # dark sky, mag/arcsec² in the same band
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -66,13 +71,17 @@ def add_shot_and_read_noise(electrons: np.ndarray, rdnoise: float,
                             rng: np.random.Generator) -> np.ndarray:
     """``electrons`` (float32, any shape) with shot and read noise, in place; returned."""
     z = rng.standard_normal(electrons.shape, dtype=np.float32)
-    low = electrons < POISSON_EXACT
-    exact = None
-    if low.any():
+    low = exact = None
+    if electrons.min() < POISSON_EXACT:
+        low = electrons < POISSON_EXACT
         exact = rng.poisson(np.maximum(electrons[low], 0.0)).astype(np.float32)
         exact += np.float32(rdnoise) * z[low]
-    electrons += z * np.sqrt(np.maximum(electrons, 0.0) + np.float32(rdnoise**2))
-    if exact is not None:
+    sigma = np.maximum(electrons, np.float32(0.0))
+    sigma += np.float32(rdnoise**2)
+    np.sqrt(sigma, out=sigma)
+    sigma *= z
+    electrons += sigma
+    if low is not None:
         electrons[low] = exact
     return electrons
 

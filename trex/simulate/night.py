@@ -87,9 +87,9 @@ def _write(field: Field, folder: Path, frameno: int, raw: np.ndarray, header) ->
     return name
 
 
-def sky_shape(gradient: np.ndarray, ax, ay):
-    """Relative sky (1 at the centre) at normalised coordinates ax, ay in [-1, 1]."""
-    return (1.0 + gradient[0] * ax + gradient[1] * ay + 0.02 * (ax * ax + ay * ay))
+def sky_terms(gradient: np.ndarray, ax, ay) -> tuple:
+    """Relative sky = x term + y term (1 at the centre) at normalised ax, ay in [-1, 1]."""
+    return 1.0 + gradient[0] * ax + 0.02 * ax * ax, gradient[1] * ay + 0.02 * ay * ay
 
 
 def _stars_in_frame(field: Field, plan: NightPlan, i: int, factor: np.ndarray) -> dict:
@@ -111,17 +111,19 @@ def object_frame(field: Field, plan: NightPlan, index: int, i: int,
     """Raw frame ``i`` of night ``index`` and its truth (``factor``: variability, (nstars,))."""
     p, camera, size = field.params, field.camera, field.optics.size
     stars = _stars_in_frame(field, plan, i, factor)
-    axis = (np.arange(size, dtype=np.float32) - (size - 1) / 2.0) / (size / 2.0)
-    photons = np.float32(plan.sky[i] * camera.gain) * sky_shape(
-        plan.gradient[i].astype(np.float32), axis[None, :], axis[:, None])
+    axis = (np.arange(size) - (size - 1) / 2.0) / (size / 2.0)
+    tx, ty = sky_terms(plan.gradient[i], axis, axis)
+    level = plan.sky[i] * camera.gain
+    photons = np.add.outer((level * ty).astype(np.float32), (level * tx).astype(np.float32))
     add_stars(photons, stars["x"], stars["y"], stars["flux_e"], stars["s"], stars["d"], stars["k"])
     rng = np.random.default_rng([p["seed"], OBJECT, index, i])
     raw, hits = expose(photons, p["exptime"], camera, field.patterns, rng)
     xi = np.clip(np.rint(stars["x"]).astype(int), 0, size - 1)
     yi = np.clip(np.rint(stars["y"]).astype(int), 0, size - 1)
     centre = (size - 1) / 2.0
-    sky = plan.sky[i] * sky_shape(plan.gradient[i], (stars["x"] - centre) / (size / 2.0),
-                                  (stars["y"] - centre) / (size / 2.0))
+    tx, ty = sky_terms(plan.gradient[i], (stars["x"] - centre) / (size / 2.0),
+                       (stars["y"] - centre) / (size / 2.0))
+    sky = plan.sky[i] * (tx + ty)
     stars["noise"] = expected_noise(stars["flux_adu"], stars["s"], stars["d"], stars["k"], sky,
                                     camera.gain, camera.rdnoise, field.patterns.flat[yi, xi],
                                     field.patterns.dark[yi, xi] * p["exptime"])

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from trex._render import add_stars
-from trex.simulate.detector import add_shot_and_read_noise
+from trex.simulate.detector import ZEROPOINT, add_shot_and_read_noise
 from trex.simulate.optics import Optics, offset_pointing, psf_shape, wcs_header, world_to_pixel
 from trex.simulate.stars import make_catalog
 from trex.simulate.truth import expected_noise
@@ -42,7 +42,7 @@ class Scene:
 def make_scene(size: int = 256, nstars: int = 200, seed: int = 0, fwhm: float = 2.0,
                ellipticity: float = 0.25, sky: float = 1000.0, gain: float = 2.7,
                rdnoise: float = 10.0, mag_range: tuple[float, float] = (8.0, 14.0),
-               zeropoint: float = 18.2, exptime: float = 30.0, pixscale: float = 20.0,
+               zeropoint: float = ZEROPOINT, exptime: float = 30.0, pixscale: float = 20.0,
                center: tuple[float, float] = (60.0, -30.0), border: float = 0.0,
                min_separation: float = 0.0, distortion: bool = True) -> Scene:
     """A random star field of ``nstars`` stars on a ``size``² frame.

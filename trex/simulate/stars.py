@@ -20,7 +20,6 @@ from trex.fits import atomic_path
 from trex.simulate.optics import tan_deproject
 
 CATALOG_EPOCH = 2016.0
-KINDS = ("transit", "eb", "pulsator", "flare")
 
 
 def make_catalog(rng: np.random.Generator, nstars: int, ra0: float, dec0: float,

@@ -1,0 +1,187 @@
+"""``trex run``: the whole project, phase by phase, on one rank or many.
+
+Read top to bottom, this is the pipeline:
+
+1. inventory of RAW/ and the calibration masters (rank 0);
+2. field catalogs into the shared context (rank 0 reads, every rank gets them);
+3. per-frame pass: calibrate -> extract -> astrometry -> photometry (all ranks);
+4. astrometric reference per (projid, field, ccd) (rank 0);
+5. magnitude fitting against the master reference (all ranks);
+6. image subtraction: photometric reference, then per frame register ->
+   subtract -> difference photometry (all ranks);
+7. light curves: transposition of the new frames (all ranks);
+8. detrending (EPD, TFA) of the stars that changed (all ranks).
+
+Every phase skips what is already done, so a re-run resumes.  Only rank 0
+opens the database; the other ranks get what they need by broadcast.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from trex import (
+    astrometry,
+    calibrate,
+    catalog,
+    extract,
+    forced,
+    inventory,
+    lightcurves,
+    magfitrun,
+    masterframes,
+    parallel,
+    records,
+    runner,
+)
+from trex.config import Config
+from trex.db import Database, connect
+from trex.frame import Context, Frame
+from trex.log import setup_logging
+from trex.products import save_product
+from trex.project import Project
+
+log = logging.getLogger(__name__)
+
+def save_sources(frame: Frame, context: Context) -> dict:
+    """The extracted sources go next to the calibrated frame (no database rows)."""
+    save_product(frame.redpath, "sources", frame.sources)
+    return {}
+
+
+#: the per-frame stages of the first pass, in order: (run, save after run)
+FIRST_PASS = {
+    "calibrate": (calibrate.run, None),
+    "extract": (extract.run, save_sources),
+    "astrometry": (astrometry.run, None),
+    "photometry": (forced.run, forced.save),
+}
+
+
+def run_project(project: Project, config: Config, stages: tuple[str, ...],
+                rebuild_references: bool = False) -> int:
+    """Run ``stages`` over the project on every rank of the job; returns the exit status."""
+    comm = parallel.world()
+    setup_logging(logging.getLogger("trex").level or "INFO", rank=comm.rank)
+    with parallel.abort_on_error(comm):
+        db = connect(project.database_url(config)) if comm.rank == 0 else None
+        try:
+            if db is not None:
+                db.create_schema()
+            _run(comm, db, project, config, stages, rebuild_references)
+        finally:
+            if db is not None:
+                db.close()
+    return 0
+
+
+def _run(comm, db: Database | None, project: Project, config: Config, stages: tuple[str, ...],
+         rebuild: bool) -> None:
+    context = None
+    if comm.rank == 0:
+        inventory.scan(project, config, db)
+        masters = (masterframes.build_masters(project, config, db) if "calibrate" in stages
+                   else masterframes.load_masters(project, db))
+        context = Context(project, config, masters=masters, catalogs=load_catalogs(project, db))
+    context = comm.bcast(context)
+
+    chain = tuple(s for s in FIRST_PASS if s in stages)
+    if chain:
+        tasks = records.pending(db, chain) if comm.rank == 0 else []
+        if comm.rank == 0:
+            log.info("first pass (%s): %d frames pending", "+".join(chain), len(tasks))
+        runner.run_frames(comm, db, context, tasks, FIRST_PASS, config, finish=finish_frame)
+    if "astrometry" in stages and comm.rank == 0:
+        choose_astrometric_references(project, db, rebuild)
+    if "photometry" in stages:
+        magfitrun.magfit_project(comm, db, context, rebuild)
+    if "lightcurves" in stages:
+        build_lightcurves(comm, db, context)
+
+
+def finish_frame(frame: Frame, result) -> None:
+    """After a frame's chain: write the calibrated frame if calibration or
+    astrometry changed it (also when a later stage failed)."""
+    if frame.image is not None and ({"calibrate", "astrometry"} & set(result.done)):
+        calibrate.write_calibrated(frame)
+        result.quality.update({f"master{k}": v for k, v in
+                               frame.products.get("calibrate", {}).items()})
+
+
+def load_catalogs(project: Project, db: Database) -> dict:
+    """Catalogs of every field with object frames; ``objectinfo`` filled."""
+    catalogs = {}
+    fields = [r[0] for r in db.query(
+        "SELECT DISTINCT field FROM frameinfo WHERE imagetyp = 'object' AND isok")]
+    for field in fields:
+        try:
+            path = catalog.find_catalog(project, field)
+        except FileNotFoundError:
+            log.warning("no catalog for field %r in %s: its frames fail astrometry",
+                        field, project.cat)
+            continue
+        table = catalog.read_catalog(path)
+        catalogs[field] = table
+        columns = catalog.objectinfo_columns(table, field)
+        db.write_columns("objectinfo", columns, replace=("objectid", columns["objectid"]))
+        log.info("catalog %s: %d stars", path.name, len(table))
+    return catalogs
+
+
+def choose_astrometric_references(project: Project, db: Database, rebuild: bool) -> None:
+    """One active astrometric reference per (projid, field, ccd), copied to BASE."""
+    groups = db.query("SELECT DISTINCT c.projid, f.field, f.ccd FROM calibratedframes c "
+                      "JOIN frameinfo f ON f.framekey = c.framekey WHERE c.frameisok")
+    for projid, field, ccd in groups:
+        active = db.query("SELECT astromrefkey FROM astromrefs WHERE projid = ? AND field = ? "
+                          "AND ccd = ? AND isactive", (projid, field, ccd))
+        if active and not rebuild:
+            continue
+        quality = db.query_columns(
+            "SELECT c.framekey, c.meds, c.medd, c.medsky, c.nsources, c.frameisok, c.redpath "
+            "FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey "
+            "JOIN framestatus s ON s.framekey = c.framekey AND s.stage = 'astrometry' "
+            "AND s.status = 'done' WHERE c.projid = ? AND f.field = ? AND f.ccd = ?",
+            (projid, field, ccd))
+        if not len(quality.get("framekey", [])):
+            continue
+        best = astrometry.choose_reference(quality)
+        source = project.root / quality["redpath"][list(quality["framekey"]).index(best)]
+        target = project.reference_frames / f"astromref-{projid}-{field}-{ccd or 'ccd'}.fits"
+        shutil.copyfile(source, target)
+        with db.transaction():
+            db.execute("UPDATE astromrefs SET isactive = ? WHERE projid = ? AND field = ? "
+                       "AND ccd = ?", (False, projid, field, ccd))
+            db.execute("INSERT INTO astromrefs (projid, field, ccd, framekey, path, isactive, "
+                       "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (projid, field, ccd, best, str(target.relative_to(project.root)), True,
+                        records.now()))
+        log.info("astrometric reference for %s/%s/%s: frame %d", projid, field, ccd, best)
+
+
+def build_lightcurves(comm, db: Database | None, context: Context) -> None:
+    """Merge frames with photometry not yet in the light curves; record lcinfo."""
+    config = context.config
+    entries = None
+    if comm.rank == 0:
+        rows = db.query(
+            "SELECT c.framekey, c.redpath, f.night, c.projid, f.field FROM calibratedframes c "
+            "JOIN frameinfo f ON f.framekey = c.framekey "
+            "JOIN framestatus p ON p.framekey = c.framekey AND p.stage = 'photometry' "
+            "AND p.status = 'done' LEFT JOIN framestatus l ON l.framekey = c.framekey "
+            "AND l.stage = 'lightcurves' WHERE l.status IS NULL ORDER BY f.jd")
+        entries = [lightcurves.FrameEntry(int(k), r, n, p, f) for k, r, n, p, f in rows]
+    entries = comm.bcast(entries)
+    if not entries:
+        return
+    info = lightcurves.transpose(comm, context.project, config, entries, context.catalogs)
+    if comm.rank == 0:
+        with db.transaction():
+            for row in info:
+                records.upsert(db, "lcinfo", {**row, "configsha": config.sha,
+                                              "updated": records.now()},
+                               key=("projid", "objectid"))
+            for entry in entries:
+                records.set_status(db, entry.framekey, "lightcurves", "done", None, config.sha)
+

@@ -97,6 +97,15 @@ def per_frame(size: int, tmp: Path) -> dict:
             "read_calibrate_write_s": round(full, 4)}
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image (VmHWM; ru_maxrss would include
+    the parent's peak, which Linux carries across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def master_child(kind: str, folder: str) -> None:
     """Build one master from every raw frame in ``folder``; print JSON figures."""
     import tracemalloc
@@ -114,7 +123,7 @@ def master_child(kind: str, folder: str) -> None:
         master = build_flat(inputs, None, None, config.calibrate)
     wall = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss = peak_rss_mb()
     print(json.dumps({"kind": kind, "frames": len(paths), "shape": list(master.image.shape),
                       "seconds": round(wall, 2), "tracemalloc_peak_mb": round(peak / 2**20, 1),
                       "peak_rss_mb": round(rss, 1)}))

@@ -2,10 +2,13 @@
 """Background kernels: clipped-mode statistics per mesh, natural cubic splines.
 
 No I/O, no globals, no logging.  ``mesh_stats`` estimates one sky value and
-one RMS per mesh cell; ``spline_expand`` interpolates a row of knot values to
+one RMS per mesh cell (clipping passes are branch-free; the median comes from
+a 256-bin histogram refined by quickselect inside one bin, exact); ``spline_expand`` interpolates a row of knot values to
 every integer position, so that a mesh grid is expanded to full resolution in
 two separable passes.
 """
+import numpy as np
+
 from libc.math cimport sqrt, isfinite, NAN, INFINITY
 from libc.stdlib cimport malloc, free
 
@@ -180,25 +183,53 @@ def spline_expand(const double[:, ::1] values, const double[::1] knots, float[:,
     knots : float64 (nknots,), strictly increasing positions of the knots.
     out : float32 (nrows, npts), written: out[r, p] = spline_r(p).  Beyond the
         end knots the spline continues linearly (its end slope).
+
+    Every sample is w0 y[k] + w1 y[k+1] + w2 M[k] + w3 M[k+1] (M the second
+    derivatives of the row); k and the weights depend only on the sample
+    position, so they are computed once for all rows.
     """
     cdef Py_ssize_t nrows = values.shape[0], nk = values.shape[1], npts = out.shape[1]
     cdef Py_ssize_t r, k, p
-    cdef double h, t, a, b, slope0, slope1, x
+    cdef double h, t, a, b, x
     if knots.shape[0] != nk or out.shape[0] != nrows:
         raise ValueError("knots must have nknots entries and out nrows rows")
-    cdef double* m2 = <double*>malloc(max(nk, 1) * 3 * sizeof(double))
-    if m2 == NULL:
+    if nk == 1:
+        np.asarray(out)[:] = np.asarray(values)
+        return
+    cdef double* m2 = <double*>malloc((3 * max(nk, 2) + 4 * npts) * sizeof(double))
+    cdef Py_ssize_t* seg = <Py_ssize_t*>malloc(max(npts, 1) * sizeof(Py_ssize_t))
+    if m2 == NULL or seg == NULL:
+        free(m2)
+        free(seg)
         raise MemoryError()
-    cdef double* c = m2 + nk
-    cdef double* d = m2 + 2 * nk
+    cdef double* c = m2 + max(nk, 2)
+    cdef double* d = m2 + 2 * max(nk, 2)
+    cdef double* w = m2 + 3 * max(nk, 2)
     try:
         with nogil:
+            k = 0
+            for p in range(npts):
+                x = <double>p
+                while k < nk - 2 and knots[k + 1] < x:
+                    k += 1
+                seg[p] = k
+                h = knots[k + 1] - knots[k]
+                if x < knots[0]:                # linear, end slope
+                    t = (x - knots[0]) / h
+                    w[4 * p] = 1.0 - t; w[4 * p + 1] = t
+                    w[4 * p + 2] = 0.0; w[4 * p + 3] = -h * (x - knots[0]) / 6.0
+                elif x > knots[nk - 1]:
+                    t = (x - knots[nk - 1]) / h
+                    w[4 * p] = -t; w[4 * p + 1] = 1.0 + t
+                    w[4 * p + 2] = h * (x - knots[nk - 1]) / 6.0; w[4 * p + 3] = 0.0
+                else:
+                    t = (x - knots[k]) / h
+                    a = 1.0 - t
+                    w[4 * p] = a; w[4 * p + 1] = t
+                    w[4 * p + 2] = h * h / 6.0 * (a * a * a - a)
+                    w[4 * p + 3] = h * h / 6.0 * (t * t * t - t)
             for r in range(nrows):
-                if nk == 1:
-                    for p in range(npts):
-                        out[r, p] = <float>values[r, 0]
-                    continue
-                # tridiagonal system for the second derivatives (Thomas algorithm)
+                # second derivatives, natural ends (Thomas algorithm)
                 m2[0] = 0.0
                 m2[nk - 1] = 0.0
                 c[0] = 0.0
@@ -212,26 +243,10 @@ def spline_expand(const double[:, ::1] values, const double[::1] knots, float[:,
                                    - (values[r, k] - values[r, k - 1]) / a) - a * d[k - 1]) / b
                 for k in range(nk - 2, 0, -1):
                     m2[k] = d[k] - c[k] * m2[k + 1]
-                h = knots[1] - knots[0]
-                slope0 = (values[r, 1] - values[r, 0]) / h - h * m2[1] / 6.0
-                h = knots[nk - 1] - knots[nk - 2]
-                slope1 = (values[r, nk - 1] - values[r, nk - 2]) / h + h * m2[nk - 2] / 6.0
-                k = 0
                 for p in range(npts):
-                    x = <double>p
-                    if x <= knots[0]:
-                        out[r, p] = <float>(values[r, 0] + slope0 * (x - knots[0]))
-                        continue
-                    if x >= knots[nk - 1]:
-                        out[r, p] = <float>(values[r, nk - 1] + slope1 * (x - knots[nk - 1]))
-                        continue
-                    while knots[k + 1] < x:
-                        k += 1
-                    h = knots[k + 1] - knots[k]
-                    t = (x - knots[k]) / h
-                    a = 1.0 - t
-                    out[r, p] = <float>(a * values[r, k] + t * values[r, k + 1]
-                                        + h * h / 6.0 * ((a * a * a - a) * m2[k]
-                                                         + (t * t * t - t) * m2[k + 1]))
+                    k = seg[p]
+                    out[r, p] = <float>(w[4 * p] * values[r, k] + w[4 * p + 1] * values[r, k + 1]
+                                        + w[4 * p + 2] * m2[k] + w[4 * p + 3] * m2[k + 1])
     finally:
         free(m2)
+        free(seg)

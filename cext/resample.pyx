@@ -176,7 +176,7 @@ cdef inline double _px(const float[:, ::1] im, Py_ssize_t j, Py_ssize_t i) noexc
 
 cdef inline double _interp(const float[:, ::1] im, double u, double v, bint cubic) noexcept nogil:
     cdef Py_ssize_t ny = im.shape[0], nx = im.shape[1], iu, iv, p, q, jj, ii
-    cdef double fu, fv, s, wv
+    cdef double fu, fv, s
     iu = <Py_ssize_t>floor(u)
     iv = <Py_ssize_t>floor(v)
     fu = u - iu
@@ -190,13 +190,22 @@ cdef inline double _interp(const float[:, ::1] im, double u, double v, bint cubi
             fv = v - iv
         return ((1.0 - fv) * ((1.0 - fu) * _px(im, iv, iu) + fu * _px(im, iv, iu + 1))
                 + fv * ((1.0 - fu) * _px(im, iv + 1, iu) + fu * _px(im, iv + 1, iu + 1)))
+    cdef double wu[4]
+    cdef double wr[4]
+    for p in range(4):
+        wu[p] = _keys(p - 1 - fu)
+        wr[p] = _keys(p - 1 - fv)
     s = 0.0
-    for q in range(-1, 3):
-        jj = min(max(iv + q, 0), ny - 1)
-        wv = _keys(q - fv)
-        for p in range(-1, 3):
-            ii = min(max(iu + p, 0), nx - 1)
-            s += wv * _keys(p - fu) * _px(im, jj, ii)
+    if iu >= 1 and iv >= 1 and iu < nx - 2 and iv < ny - 2:  # interior: no clamping
+        for q in range(4):
+            s += wr[q] * (wu[0] * _px(im, iv + q - 1, iu - 1) + wu[1] * _px(im, iv + q - 1, iu)
+                          + wu[2] * _px(im, iv + q - 1, iu + 1) + wu[3] * _px(im, iv + q - 1, iu + 2))
+        return s
+    for q in range(4):
+        jj = min(max(iv + q - 1, 0), ny - 1)
+        for p in range(4):
+            ii = min(max(iu + p - 1, 0), nx - 1)
+            s += wr[q] * wu[p] * _px(im, jj, ii)
     return s
 
 

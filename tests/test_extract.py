@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from trex import _background
 from trex.background import background
 from trex.config import Config
 from trex.extract import completeness, extract_sources, run, shape_map
@@ -82,6 +83,41 @@ def test_background_follows_gradient_and_rms():
     assert np.abs(err[16:-16, 16:-16]).max() < 6.0
     noise = np.sqrt(truth + 25.0)
     assert np.median(rms / noise) == pytest.approx(1.0, abs=0.05)
+
+
+def _clipped_mode_reference(values, nsigma=3.0, maxiter=5):
+    """The documented mesh estimator, in plain numpy."""
+    a = values.astype(np.float64)
+    mean, std, last = a.mean(), a.std(), len(a)
+    for _ in range(maxiter):
+        lo, hi = np.float32(mean - nsigma * std), np.float32(mean + nsigma * std)
+        a = a[(a >= lo) & (a <= hi)]
+        mean, std = a.mean(), a.std()
+        if len(a) == last:
+            break
+        last = len(a)
+    median = np.sort(a)[len(a) // 2]
+    mode = median if (mean - median) / std > 0.3 else 2.5 * median - 1.5 * mean
+    return mode, std
+
+
+def test_mesh_kernel_matches_the_documented_estimator():
+    rng = np.random.default_rng(29)
+    image = rng.normal(SKY, 30.0, (96, 160)).astype(np.float32)
+    image[rng.integers(0, 96, 300), rng.integers(0, 160, 300)] += 800.0   # star light
+    image[5, 7] = np.nan
+    mask = np.zeros(image.shape, np.uint8)
+    mask[40:60, 100:130] = 1
+    yedges, xedges = np.array([0, 48, 96], np.intp), np.array([0, 64, 100, 160], np.intp)
+    sky, rms = np.empty((2, 3)), np.empty((2, 3))
+    _background.mesh_stats(image, mask, yedges, xedges, sky, rms)
+    for my in range(2):
+        for mx in range(3):
+            cell = np.s_[yedges[my]:yedges[my + 1], xedges[mx]:xedges[mx + 1]]
+            values = image[cell][(mask[cell] == 0) & np.isfinite(image[cell])]
+            mode, std = _clipped_mode_reference(values)
+            assert sky[my, mx] == pytest.approx(mode, abs=1e-6)
+            assert rms[my, mx] == pytest.approx(std, rel=1e-6)
 
 
 @pytest.mark.parametrize("d0,k0", [(0.0, 0.0), (0.08, -0.05)])

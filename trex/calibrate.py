@@ -92,8 +92,9 @@ def calibrate_image(raw: np.ndarray, frame: Frame, masters: dict[str, Path | Non
                     config: Config) -> tuple[np.ndarray, np.ndarray, float]:
     """(calibrated float32, mask uint8, median overscan level) of a whole raw frame."""
     cal, meta = config.calibrate, frame.meta
+    raw = raw.astype(np.float32, copy=False)  # BITPIX -64 frames come as float64
     view, levels = correct_frame(raw, meta, cal.overscan, frame.rawpath)
-    bias, bpm_bias = load_master(masters["bias"])
+    bias, _ = load_master(masters["bias"])
     dark, bpm_dark = load_master(masters["dark"])
     flat, bpm_flat = load_master(masters["flat"])
     for kind, image in (("bias", bias), ("dark", dark), ("flat", flat)):
@@ -154,7 +155,8 @@ def run(frame: Frame, context: Context) -> Frame:
     frame.quality.update(medsky=medsky, skyrms=skyrms)
     frame.image, frame.mask = image, mask
     frame.header = _header(raw_header, frame, masters, overscan, config)
-    frame.header["MEDSKY"] = (round(float(medsky), 3), "clipped median of the good pixels, ADU")
+    if np.isfinite(medsky):
+        frame.header["MEDSKY"] = (round(float(medsky), 3), "clipped median of the good pixels, ADU")
     frame.redpath = context.project.red(frame.meta.projid) / red_name(frame.rawpath, frame.night)
     return frame
 

@@ -72,7 +72,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from trex.status import project_status, format_status
+    from trex.status import format_status, project_status
 
     project, config, db = _open(args)
     with db:

@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,9 +138,11 @@ class PhotometrySection:
     sky_method: str = _opt("mode", "sky estimator: mode (3 median - 2 mean), median or mean")
     sky_sigma: float = _opt(3.0, "sigma clipping threshold for the sky annulus")
     sky_iters: int = _opt(2, "sigma clipping iterations for the sky annulus")
-    disjoint_radius: float = _opt(2.0, "annulus pixels within this distance of another star's aperture are left out, px")
+    disjoint_radius: float = _opt(
+        2.0, "annulus pixels within this distance of another star's aperture are left out, px")
     min_sky_pixels: int = _opt(10, "fewer sky pixels than this flag the measurement")
-    border: float = _opt(10.0, "stars closer than this to the frame edge are not measured, px")
+    border: float = _opt(13.0, "stars closer than this to the frame edge are not measured, px "
+                               "(at least the outer annulus radius, or OFF_FRAME flags follow)")
     mag_limit: float = _opt(99.0, "faintest catalog magnitude measured")
 
 

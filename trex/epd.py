@@ -137,7 +137,8 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
         before the fit (1: none).
     clip, iters : points whose residual (raw magnitude minus model) exceeds
         ``clip`` robust sigmas are left out of the next fit, ``iters`` times.
-    min_points : fewest usable points to fit (default 3 (p + 1) and >= 10).
+    min_points : fewest usable points to fit (default: the largest of 10,
+        3 (p + 1) and the smoothing window).
 
     Returns
     -------
@@ -150,7 +151,7 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
     good = np.isfinite(mags)
     for v in params.values():
         good &= np.isfinite(v)
-    need = min_points or max(10, 3 * (len(params) + 1))
+    need = min_points or max(10, 3 * (len(params) + 1), smooth)
     if good.sum() < need:
         return np.full_like(mags, np.nan), {}, False
     design, names, mean, scale, usable = _design(params, good)

@@ -23,7 +23,7 @@ import shutil
 
 import numpy as np
 
-from trex import forced, parallel, records
+from trex import parallel, photometry, records
 from trex.astrometry import choose_reference
 from trex.config import Config
 from trex.db import Database
@@ -175,6 +175,6 @@ def _apply(context: Context, framekey: int, redpath: str, master: np.ndarray,
         table[f"arm_{a:03d}"] = arm[:, a]
     save_product(path, "aphot", table)
     objectids = np.asarray(catalog["objectid"])[table["star"]]
-    return framekey, forced.ap_photometry_rows(framekey, forced.photkey(context.config), table,
+    return framekey, photometry.ap_photometry_rows(framekey, photometry.photkey(context.config), table,
                                                objectids)
 

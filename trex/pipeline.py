@@ -26,12 +26,12 @@ from trex import (
     calibrate,
     catalog,
     extract,
-    forced,
     inventory,
     lightcurves,
     magfitrun,
     masterframes,
     parallel,
+    photometry,
     records,
     runner,
 )
@@ -55,7 +55,7 @@ FIRST_PASS = {
     "calibrate": (calibrate.run, None),
     "extract": (extract.run, save_sources),
     "astrometry": (astrometry.run, None),
-    "photometry": (forced.run, forced.save),
+    "photometry": (photometry.run, photometry.save),
 }
 
 

@@ -148,8 +148,76 @@ def exclusion(target_xy: np.ndarray, template_xy: np.ndarray, radius: float,
     return out
 
 
+def template_modes(basis: np.ndarray, threshold: float = 1.3) -> np.ndarray:
+    """The common modes of a template set: its principal components above noise.
+
+    ``basis`` (nframes, ntemplates), median-subtracted, 0 where missing.  Each
+    template is divided by its point-to-point noise, and the left singular
+    vectors whose singular value exceeds ``threshold`` (sqrt(nframes) +
+    sqrt(ntemplates)) -- the largest singular value of a pure unit-noise matrix
+    -- are kept: shape (nframes, q), q <= ntemplates.  Fitting these instead of
+    the raw templates adds far less template noise to the targets.
+    """
+    if basis.shape[1] == 0:
+        return basis
+    diff = np.diff(basis, axis=0)
+    noise = 1.4826 * np.median(np.abs(diff - np.median(diff, axis=0)), axis=0) / np.sqrt(2)
+    white = basis / np.maximum(noise, 1e-9)
+    u, sv, _ = np.linalg.svd(white, full_matrices=False)
+    limit = threshold * (np.sqrt(basis.shape[0]) + np.sqrt(basis.shape[1]))
+    return u[:, sv > limit]
+
+
+def _solve(mags: np.ndarray, basis: np.ndarray, fit: np.ndarray, used: np.ndarray,
+           need: int, modes: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Models (nstars, nframes) fitted on the ``fit`` frames with the ``used``
+    templates (or their common modes); stars sharing both masks share one
+    ``lstsq``.  Also returns which stars could be fitted."""
+    model = np.full_like(mags, np.nan)
+    fitted = np.zeros(len(mags), bool)
+    keys = np.packbits(np.concatenate([fit, used], axis=1), axis=1)
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    group = group.ravel()
+    cache: dict[bytes, np.ndarray] = {}
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        rows, cols = fit[members[0]], used[members[0]]
+        if rows.sum() < max(need, cols.sum() + 2):
+            continue
+        key = cols.tobytes()
+        if key not in cache:
+            cache[key] = template_modes(basis[:, cols]) if modes else basis[:, cols]
+        design = np.column_stack([cache[key], np.ones(len(basis))])
+        coef, *_ = np.linalg.lstsq(design[rows], mags[members][:, rows].T, rcond=None)
+        model[members] = (design @ coef).T
+        fitted[members] = True
+    return model, fitted
+
+
+def sustained_outliers(resid: np.ndarray, window: int, clip: float) -> np.ndarray:
+    """Points (nstars, nframes) where the running mean of the residuals over
+    ``window`` frames is more than ``clip`` robust sigmas from its median, and
+    their neighbours within half a window: a transit or an eclipse, left out
+    of the next TFA fit so the templates cannot absorb it."""
+    from scipy.ndimage import uniform_filter1d
+
+    ok = np.isfinite(resid)
+    total = uniform_filter1d(np.where(ok, resid, 0.0), window, axis=1, mode="constant")
+    count = uniform_filter1d(ok.astype(float), window, axis=1, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.where(ok & (count > 0), total / count, np.nan)
+        centre = np.nanmedian(mean, axis=1, keepdims=True)
+        sigma = 1.4826 * np.nanmedian(np.abs(mean - centre), axis=1, keepdims=True)
+        hit = np.abs(mean - centre) > clip * np.maximum(sigma, 1e-6)
+    # the whole event, not only its core: widen by half a window on each side
+    hit = uniform_filter1d(hit.astype(float), window, axis=1, mode="constant") > 0
+    return ok & hit
+
+
 def tfa(mags: np.ndarray, templates: np.ndarray, excluded: np.ndarray | None = None,
-        min_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        min_points: int | None = None, window: int = 21, clip: float = 3.0,
+        iters: int = 3, modes: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Subtract the best-fitting combination of templates from each light curve.
 
     Parameters
@@ -162,12 +230,18 @@ def tfa(mags: np.ndarray, templates: np.ndarray, excluded: np.ndarray | None = N
         templates not to use for a star (see :func:`exclusion`).
     min_points : fewest points to fit (default 2 (ntemplates + 1)); stars with
         fewer come back all NaN.
+    window, clip, iters : after a fit, frames where the ``window``-frame
+        running mean of the residuals departs by more than ``clip`` robust
+        sigmas (see :func:`sustained_outliers`) are left out and the star is
+        refitted, at most ``iters`` times.
+    modes : fit the common modes of the templates (:func:`template_modes`)
+        rather than the raw templates (classic TFA): the same trends, less noise.
 
     Returns
     -------
     (corrected, used) : corrected magnitudes, shape (nstars, nframes) (median
-        kept, NaN where missing), and the templates used per star, bool
-        (nstars, ntemplates).
+        kept, NaN where missing or not fitted), and the templates used per
+        star, bool (nstars, ntemplates).
     """
     mags = np.atleast_2d(np.asarray(mags, dtype=np.float64))
     nstars, ntemp = len(mags), len(templates)
@@ -177,20 +251,19 @@ def tfa(mags: np.ndarray, templates: np.ndarray, excluded: np.ndarray | None = N
         med = np.nanmedian(mags, axis=1, keepdims=True)
     basis = np.nan_to_num(templates - tmed, nan=0.0).T  # (nframes, ntemp)
     excluded = np.zeros((nstars, ntemp), bool) if excluded is None else excluded.astype(bool)
-    good = np.isfinite(mags)
     used = ~excluded
     need = min_points or 2 * (ntemp + 1)
-    corrected = np.full_like(mags, np.nan)
-    keys = np.packbits(np.concatenate([good, excluded], axis=1), axis=1)
-    _, group = np.unique(keys, axis=0, return_inverse=True)
-    for g in np.unique(group):
-        members = np.flatnonzero(group.ravel() == g)
-        rows, cols = good[members[0]], used[members[0]]
-        if rows.sum() < max(need, cols.sum() + 2):
-            used[members] = False
-            continue
-        design = np.column_stack([basis[:, cols], np.ones(len(basis))])
-        target = (mags[members] - med[members]).T  # (nframes, nmembers)
-        coef, *_ = np.linalg.lstsq(design[rows], target[rows], rcond=None)
-        corrected[members] = mags[members] - (design @ coef).T
-    return np.where(good, corrected, np.nan), used
+    y = mags - med
+    good = np.isfinite(y)
+    fit = good.copy()
+    model, fitted = _solve(y, basis, fit, used, need, modes)
+    for _ in range(iters):
+        refit = fitted & good.any(axis=1)
+        bad = sustained_outliers(y - model, window, clip) & refit[:, None]
+        again = np.flatnonzero(bad.any(axis=1) & ((fit & ~bad).sum(axis=1) >= need))
+        if not len(again):
+            break
+        fit[again] &= ~bad[again]
+        model[again], _ = _solve(y[again], basis, fit[again], used[again], need, modes)
+    used[~fitted] = False
+    return np.where(good & fitted[:, None], mags - model, np.nan), used

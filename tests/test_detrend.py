@@ -1,0 +1,230 @@
+"""EPD and TFA against injected systematics and signals; the project-level pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trex import lcformat
+from trex.config import Config
+from trex.detrend import STATS_NAME, detrend_project, header_cards
+from trex.epd import epd, local_sidereal_time, parameter_names, sky_geometry
+from trex.flags import PHOT
+from trex.lcstats import read_stats, robust_stats
+from trex.project import init_project
+from trex.tfa import default_template_count, exclusion, select_templates, tfa
+
+NOISE = 0.004
+
+
+def box_transit(t: np.ndarray, t0: float, duration: float, depth: float) -> np.ndarray:
+    """Magnitude excess (positive = fainter) of a box transit."""
+    return np.where(np.abs(t - t0) < duration / 2, depth, 0.0)
+
+
+def epd_series(n: int = 800, seed: int = 1):
+    """A light curve whose systematics are linear in smooth S, sky and airmass."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 0.4, n)
+    params = {"s": 0.3 + 0.05 * np.sin(2 * np.pi * t / 0.3),
+              "bg": 1000 + 300 * t / 0.4 + 50 * np.cos(2 * np.pi * t / 0.17),
+              "airmass": 1.0 + 0.8 * (t - 0.2) ** 2 / 0.04}
+    trend = 0.6 * params["s"] + 4e-5 * params["bg"] + 0.03 * params["airmass"]
+    noise = rng.normal(0, NOISE, n)
+    return t, params, 11.0 + trend + noise, noise
+
+
+def test_epd_removes_parameter_trends_and_recovers_coefficients():
+    t, params, mags, noise = epd_series()
+    raw_rms = np.std(mags)
+    out, coef, ok = epd(mags, params, smooth=21)
+    assert ok
+    assert raw_rms > 5 * NOISE
+    assert np.std(out) < 1.10 * np.std(noise)
+    assert coef["s"] == pytest.approx(0.6, rel=0.05)
+    assert coef["airmass"] == pytest.approx(0.03, rel=0.1)
+    assert np.median(out) == pytest.approx(np.median(mags), abs=0.01)
+
+
+def test_epd_keeps_a_transit_and_ignores_missing_points():
+    t, params, mags, _ = epd_series(seed=2)
+    signal = box_transit(t, 0.27, 0.04, 0.02)  # 80 points, longer than the window
+    mags = mags + signal
+    mags[::37] = np.nan
+    out, _, ok = epd(mags, params, smooth=21)
+    assert ok
+    assert np.isnan(out[::37]).all() and np.isfinite(np.delete(out, np.s_[::37])).all()
+    intr = (signal > 0) & np.isfinite(out)
+    depth = np.nanmedian(out[intr]) - np.nanmedian(out[~intr & np.isfinite(out)])
+    assert depth >= 0.9 * 0.02
+
+
+def test_epd_too_few_points_is_not_fitted():
+    _, params, mags, _ = epd_series(n=15)
+    out, coef, ok = epd(mags, params)
+    assert not ok and coef == {} and np.isnan(out).all()
+
+
+def test_parameter_sets():
+    assert "bg" not in parameter_names(["s", "bg"], "i")
+    assert {"sinx", "cosx", "siny", "cosy"} <= set(parameter_names(["s", "bg"], "i"))
+    assert parameter_names(["s", "bg"], "a") == ["s", "bg"]
+    with pytest.raises(ValueError, match="unknown EPD parameter"):
+        parameter_names(["s", "nope"], "a")
+
+
+def test_sidereal_time_and_geometry():
+    # GMST at J2000.0 (2000-01-01 12:00 UT1) is 280.46061837 deg (IAU 1982)
+    lst = local_sidereal_time(np.array([2451545.0, 2451545.0]), 0.0)
+    assert np.degrees(lst[0]) == pytest.approx(280.4606, abs=0.01)
+    lst = np.radians(np.array([100.0, 130.0]))
+    geo = sky_geometry(lst, ra=100.0, dec=-10.0, latitude=-29.0)
+    assert geo["ha"][0] == pytest.approx(0.0, abs=1e-12)
+    assert np.degrees(geo["zd"][0]) == pytest.approx(19.0, abs=1e-9)
+    assert geo["airmass"][0] == pytest.approx(1 / np.cos(np.radians(19.0)))
+    assert np.degrees(geo["ha"][1]) == pytest.approx(30.0)
+    assert geo["airmass"][1] > geo["airmass"][0]
+
+
+def field(nstars: int = 200, nframes: int = 500, seed: int = 3):
+    """Stars sharing a common trend (plus an x gradient): mags, noise, x, y, truth."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 0.5, nframes)
+    x, y = rng.uniform(0, 2000, nstars), rng.uniform(0, 2000, nstars)
+    mag0 = rng.uniform(9, 13, nstars)
+    sigma = 0.002 * 10 ** (0.2 * (mag0 - 9))  # fainter stars are noisier
+    common = np.cumsum(rng.normal(0, 0.002, nframes))
+    common = 0.03 * (common - common.mean()) / common.std()
+    gradient = 0.01 * np.sin(2 * np.pi * t / 0.23)
+    noise = rng.normal(0, 1, (nstars, nframes)) * sigma[:, None]
+    mags = mag0[:, None] + common + (x[:, None] / 2000) * gradient + noise
+    return t, mags, noise, sigma, mag0, x, y
+
+
+def test_tfa_removes_a_common_trend_to_the_noise_floor():
+    t, mags, noise, sigma, mag0, x, y = field()
+    rms = robust_stats(mags)["rms"]
+    n = default_template_count(mags.shape[1])
+    pick = select_templates(mag0, rms, np.ones(len(mag0)), x, y, n)
+    assert len(pick) == n
+    ids = np.arange(len(mag0))
+    excluded = exclusion(np.column_stack([x, y]), np.column_stack([x[pick], y[pick]]), 20.0,
+                         ids, ids[pick])
+    out, used = tfa(mags, mags[pick], excluded)
+    assert not used[pick, np.arange(n)].any()  # a star is never its own template
+    before = np.std(mags, axis=1) / sigma
+    after = np.std(out, axis=1) / np.std(noise, axis=1)
+    assert np.median(before) > 3
+    assert np.median(after) < 1.10
+
+
+def test_tfa_keeps_a_transit_and_handles_missing_points():
+    t, mags, noise, sigma, mag0, x, y = field(seed=4)
+    target = int(np.argmin(np.abs(mag0 - 10.5)))
+    signal = box_transit(t, 0.31, 0.06, 0.02)
+    mags[target] += signal
+    mags[target, ::11] = np.nan
+    mags[:, 5] = np.nan  # a frame missing everywhere
+    rms = robust_stats(mags)["rms"]
+    pick = select_templates(mag0, rms, np.ones(len(mag0)), x, y, 25)
+    pick = pick[pick != target]
+    excluded = exclusion(np.column_stack([x, y]), np.column_stack([x[pick], y[pick]]), 20.0)
+    out, _ = tfa(mags, mags[pick], excluded)
+    good = np.isfinite(out[target])
+    assert np.array_equal(good, np.isfinite(mags[target]))
+    intr = signal > 0
+    depth = np.median(out[target][intr & good]) - np.median(out[target][~intr & good])
+    assert depth >= 0.9 * 0.02
+
+
+def test_exclusion_radius_and_identity():
+    txy = np.array([[0.0, 0.0], [100.0, 0.0]])
+    ex = exclusion(np.array([[5.0, 0.0], [500.0, 0.0]]), txy, 20.0,
+                   np.array(["a", "b"]), np.array(["c", "b"]))
+    assert ex.tolist() == [[True, False], [False, True]]
+
+
+# -- the project-level pass ---------------------------------------------------------------
+
+def write_project(root, nstars: int = 60, nframes: int = 240, seed: int = 5,
+                  transit_star: int = 7):
+    """A project with ``nstars`` light curves carrying an S trend and a common trend."""
+    rng = np.random.default_rng(seed)
+    # the injected systematics depend on S and time only: EPD fits S, S^2 and airmass
+    config = Config().replace("detrend", epd_parameters=["s", "s2", "airmass", "bg"])
+    project = init_project(root, config)
+    naper = len(config.photometry.apertures)
+    rjd = 61000.55 + np.arange(nframes) * 0.5 / nframes
+    keys = 1000 + rng.permutation(nframes)
+    s = 0.35 + 0.04 * np.sin(2 * np.pi * (rjd - rjd[0]) / 0.37)
+    common = 0.02 * np.sin(2 * np.pi * (rjd - rjd[0]) / 0.21 + 1.0)
+    folder = project.lc("7")
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for i in range(nstars):
+        rows = lcformat.empty_rows(nframes, naper)
+        rows["rjd"], rows["bjd"], rows["framekey"] = rjd, rjd + 2400000.0, keys
+        rows["frame"] = [f"f{k}.fits" for k in keys]
+        rows["xcc"] = rng.uniform(10, 1990) + rng.normal(0, 0.05, nframes)
+        rows["ycc"] = rng.uniform(10, 1990) + rng.normal(0, 0.05, nframes)
+        rows["bgv"], rows["bge"] = 800.0, 2.0
+        rows["fsv"], rows["fdv"], rows["fkv"] = s, 0.01, 0.005
+        mag0 = 9.5 + 3.5 * i / nstars
+        sigma = 0.002 * 10 ** (0.2 * (mag0 - 9.5))
+        signal = box_transit(rjd, rjd[150], 0.05, 0.015) if i == transit_star else 0.0
+        for a in range(naper):
+            noise = rng.normal(0, sigma, nframes)
+            base = mag0 + 0.3 * (s - 0.35) + common + signal
+            rows[f"aim_{a:03d}"] = base + noise + 0.1
+            rows[f"arm_{a:03d}"] = base + noise
+            rows[f"irm_{a:03d}"] = base + rng.normal(0, sigma, nframes)
+            rows[f"aiq_{a:03d}"] = rows[f"irq_{a:03d}"] = 0
+        rows[40:43]["arm_000"] = np.nan  # a few missing points
+        oid = f"TRX-{i:04d}"
+        header = [{"name": "OBJECTID", "value": oid}, {"name": "RA", "value": 60.0},
+                  {"name": "DEC", "value": -30.0}, {"name": "MAG", "value": mag0},
+                  {"name": "NIGHT000", "value": "2026-11-28 rows=240"}]
+        lcformat.write_lightcurve(folder / f"{oid}.fits", rows, header)
+        truth[oid] = (sigma, signal)
+    return project, config, truth
+
+
+def test_detrend_project_fills_columns_keeps_headers_and_writes_stats(tmp_path):
+    project, config, truth = write_project(tmp_path / "p")
+    info = detrend_project(project, config, "7")
+    assert len(info) == len(truth)
+    assert {r["objectid"] for r in info} == set(truth)
+    ratios = []
+    for oid, (sigma, signal) in truth.items():
+        rows, header = lcformat.read_rows(project.lc("7") / f"{oid}.fits")
+        assert header["OBJECTID"] == oid and header["NIGHT000"].startswith("2026-11-28")
+        for col in ("aep_000", "atf_000", "iep_001", "itf_002"):
+            assert np.isfinite(rows[col]).sum() >= len(rows) - 3, col
+        assert np.isnan(rows["atf_000"][40:43]).all()
+        if np.ndim(signal) == 0:
+            ratios.append(np.std(rows["atf_001"]) / sigma)
+        else:
+            intr = signal > 0
+            depth = np.median(rows["atf_001"][intr]) - np.median(rows["atf_001"][~intr])
+            assert depth >= 0.9 * 0.015
+    assert np.median(ratios) < 1.10
+    stats = read_stats(project.lc("7") / STATS_NAME)
+    assert len(stats) == len(truth)
+    assert np.all(stats["atf_000_n"] == 237) and np.all(stats["arm_001_rms"] > stats["atf_001_rms"])
+
+
+def test_detrend_project_subset_and_unfitted_flag(tmp_path):
+    project, config, truth = write_project(tmp_path / "p", nstars=40)
+    path = project.lc("7") / "TRX-0003.fits"
+    rows, header = lcformat.read_rows(path)
+    rows["arm_000"][20:] = np.nan  # too few points left for EPD
+    lcformat.write_lightcurve(path, rows, header_cards(header))
+    other = project.lc("7") / "TRX-0004.fits"
+    before = other.read_bytes()
+    info = detrend_project(project, config, "7", objectids=["TRX-0003"])
+    assert [r["objectid"] for r in info] == ["TRX-0003"]
+    assert other.read_bytes() == before  # not rewritten
+    rows, _ = lcformat.read_rows(path)
+    assert np.isnan(rows["aep_000"]).all()
+    assert np.all(rows["aiq_000"][:20] & PHOT["NOT_FITTED"].bit)
+    assert np.isfinite(rows["aep_001"]).all()

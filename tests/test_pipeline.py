@@ -1,0 +1,100 @@
+"""The whole pipeline on a small simulated night: truth, bad input, resume, MPI = serial."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trex.cli import main
+from trex.db import connect
+from trex.lcformat import read_lightcurve
+from trex.simulate import load_truth, simulate_project
+
+STAGES = "calibrate,extract,astrometry,photometry,lightcurves"
+
+
+def lightcurve_tables(root: Path) -> dict:
+    return {p.name: read_lightcurve(p) for p in sorted((root / "LC").rglob("*.fits"))}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """A simulated night plus two broken files, run once through the pipeline."""
+    root = tmp_path_factory.mktemp("night") / "p"
+    main(["init", str(root)])
+    simulate_project(root, frames=8, size=512, stars=800, seed=3)
+    pristine = tmp_path_factory.mktemp("pristine") / "p"
+    shutil.copytree(root, pristine)
+    raw = next((root / "RAW").iterdir())
+    good = sorted(raw.glob("5-*.fits"))[0]
+    (raw / "broken-truncated.fits").write_bytes(good.read_bytes()[:20000])
+    (raw / "broken-notfits.fits").write_bytes(b"garbage" * 1000)
+    assert main(["run", str(root), "--stages", STAGES]) == 0
+    return root, pristine
+
+
+def test_every_frame_processed_or_marked_bad(night):
+    root, _ = night
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        bad = dict(db.query("SELECT rawpath, reason FROM frameinfo WHERE NOT isok"))
+        assert len(bad) == 2
+        assert any("truncated" in r or "corrupt" in r for r in bad.values())
+        assert any("not a FITS file" in r for r in bad.values())
+        states = db.query("SELECT stage, status, count(*) FROM framestatus "
+                          "GROUP BY stage, status ORDER BY stage")
+    assert states == [(s, "done", 8) for s in
+                      ("astrometry", "calibrate", "extract", "lightcurves", "magfit",
+                       "photometry")]
+
+
+def test_light_curves_follow_the_truth(night):
+    root, _ = night
+    truth = load_truth(root)
+    index = {oid: i for i, oid in enumerate(truth["objectid"])}
+    tables = lightcurve_tables(root)
+    assert len(tables) > 200
+    dx, dy = [], []
+    for table in tables.values():
+        i = index[table.meta["OBJECTID"]]
+        assert np.all(np.diff(table["bjd"]) > 0)
+        frames = np.searchsorted(truth["jd"] - 2400000.0, table["rjd"] - 1e-6)
+        if truth["mag"][i] < 12:
+            dx += list(table["xcc"] - truth["x"][frames, i])
+            dy += list(table["ycc"] - truth["y"][frames, i])
+    assert np.median(np.abs(dx)) < 0.05 and np.median(np.abs(dy)) < 0.05
+
+
+def test_rerun_does_nothing_new(night):
+    root, _ = night
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        before = db.query("SELECT count(*) FROM ap_photometry")[0][0]
+    files = {p: p.stat().st_mtime_ns for p in (root / "LC").rglob("*.fits")}
+    assert main(["run", str(root), "--stages", STAGES]) == 0
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        assert db.query("SELECT count(*) FROM ap_photometry")[0][0] == before
+        assert db.query("SELECT count(*) FROM framestatus WHERE stage = 'photometry'")[0][0] == 8
+    assert {p: p.stat().st_mtime_ns for p in (root / "LC").rglob("*.fits")} == files
+
+
+def test_mpi_run_equals_serial_run(night, tmp_path):
+    root, pristine = night
+    serial = tmp_path / "serial"
+    mpi = tmp_path / "mpi"
+    shutil.copytree(pristine, serial)
+    shutil.copytree(pristine, mpi)
+    assert main(["run", str(serial), "--stages", STAGES]) == 0
+    trex = Path(sys.executable).parent / "trex"
+    out = subprocess.run([str(Path(sys.executable).parent / "mpiexec"), "-n", "2", str(trex),
+                          "run", str(mpi), "--stages", STAGES],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rank 1" in out.stderr  # the second rank took part
+    a, b = lightcurve_tables(serial), lightcurve_tables(mpi)
+    assert a.keys() == b.keys() and len(a) > 200
+    for name in a:
+        assert len(a[name]) == len(b[name])
+        for column in a[name].colnames:
+            np.testing.assert_array_equal(a[name][column], b[name][column], err_msg=name)

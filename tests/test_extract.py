@@ -267,3 +267,15 @@ def test_run_fills_sources_and_quality():
 def test_mask_shape_is_checked():
     with pytest.raises(ValueError, match="mask"):
         extract_sources(np.zeros((64, 64), np.float32), mask=np.zeros((32, 32), bool))
+
+
+def test_tiny_frame_single_background_cell():
+    rng = np.random.default_rng(31)
+    image = noisy(SKY + render((40, 48), np.array([20.2]), np.array([17.6]),
+                               np.array([2e4]), S0), rng)
+    sky, _ = background(image)                          # one 64 px cell: a constant
+    assert np.ptp(sky) == 0.0 and sky[0, 0] == pytest.approx(SKY, abs=5.0)
+    src = extract_sources(image)
+    assert len(src) == 1
+    assert src["x"][0] == pytest.approx(20.2, abs=0.05)
+    assert src["y"][0] == pytest.approx(17.6, abs=0.05)

@@ -28,7 +28,7 @@ from trex import (
     extract,
     inventory,
     lightcurves,
-    magfitrun,
+    magfit,
     masterframes,
     parallel,
     photometry,
@@ -95,7 +95,7 @@ def _run(comm, db: Database | None, project: Project, config: Config, stages: tu
     if "astrometry" in stages and comm.rank == 0:
         choose_astrometric_references(project, db, rebuild)
     if "photometry" in stages:
-        magfitrun.magfit_project(comm, db, context, rebuild)
+        magfit.magfit_project(comm, db, context, rebuild)
     if "lightcurves" in stages:
         build_lightcurves(comm, db, context)
 

@@ -86,8 +86,8 @@ def fit_transform(x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray,
     if x.size < nterms(order + 1):
         raise ValueError(f"order {order} needs at least {nterms(order + 1)} matched pairs, "
                          f"got {x.size}")
-    norm = _norm(x, y, v)
-    xn, yn, vn = (x - norm[0]) / norm[1], (y - norm[2]) / norm[3], (v - norm[4]) / norm[5]
+    norm = _norm(x, y)
+    xn, yn = (x - norm[0]) / norm[1], (y - norm[2]) / norm[3]
     keep = np.ones(x.size, dtype=bool)
     for _ in range(maxiter + 1):
         ucoef = _lstsq(xn[keep], yn[keep], u[keep], order)
@@ -98,14 +98,19 @@ def fit_transform(x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray,
         if np.array_equal(new, keep) or new.sum() < nterms(order + 1):
             break
         keep = new
-    umix = _lstsq(xn[keep], vn[keep], u[keep], order + 1)
+    # u as a function of (x, v), sampled densely from the fitted map itself
+    gx, gy = (g.ravel() for g in np.meshgrid(np.linspace(-1, 1, 24), np.linspace(-1, 1, 24)))
+    gu, gv = _evaluate(ucoef, gx, gy), _evaluate(vcoef, gx, gy)
+    norm = norm + _norm(gv)
+    umix = _lstsq(gx, (gv - norm[4]) / norm[5], gu, order + 1)
     log.debug("transform order %d: %d/%d pairs, rms %.4f px", order, keep.sum(), x.size, rms)
     return Transform(order, ucoef, vcoef, umix, norm, rms)
 
 
-def _norm(x: np.ndarray, y: np.ndarray, v: np.ndarray) -> tuple[float, ...]:
+def _norm(*coords: np.ndarray) -> tuple[float, ...]:
+    """(centre, half-range) of each coordinate array, for normalisation to [-1, 1]."""
     out = []
-    for a in (x, y, v):
+    for a in coords:
         lo, hi = float(a.min()), float(a.max())
         out += [0.5 * (lo + hi), max(0.5 * (hi - lo), 1.0)]
     return tuple(out)

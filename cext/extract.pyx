@@ -7,6 +7,7 @@ coordinates are 0-based with pixel centres at integers.  The elliptical
 Gaussian fit lives in ``cext/psffit.pxi`` (included below).
 """
 from libc.math cimport sqrt, exp, fabs, lround, isfinite, NAN
+from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free, labs
 
 include "psffit.pxi"
@@ -93,7 +94,7 @@ def detect_map(const float[:, ::1] image, const float[:, ::1] sky,
         free(rows)
 
 
-def component_areas(const int[:, ::1] labels, long[::1] area):
+def component_areas(const int[:, ::1] labels, int64_t[::1] area):
     """Pixels per label: area (int64, nlabels + 1) is written (labels < 0 ignored)."""
     cdef Py_ssize_t ny = labels.shape[0], nx = labels.shape[1], i, j, n = area.shape[0]
     cdef int lab

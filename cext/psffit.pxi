@@ -231,7 +231,8 @@ def fit_sources(const float[:, ::1] image, const float[:, ::1] sky,
         (ADU, Gaussian peak), bg (ADU), S, D, K (px^-2), wsum (ADU, sum of
         image - sky over the window) and peak (ADU, image - sky at the peak
         pixel).  When the fit fails or is not done: x, y are the
-        first-moment centroid, amp and S, D, K are NaN, bg is the sky map.
+        first-moment centroid (the peak pixel if that is over 1 px away),
+        amp and S, D, K are NaN, bg is the sky map.
     nused : int32 (nsources,), written: window pixels used.
     flag : int32 (nsources,), written: OR of ``flagbits``.
     """
@@ -262,7 +263,10 @@ def fit_sources(const float[:, ::1] image, const float[:, ::1] sky,
                 for j in range(max(py[s] - radius, 0), min(py[s] + radius + 1, ny)):
                     for i in range(max(px[s] - radius, 0), min(px[s] + radius + 1, nx)):
                         if has_mask and mask[j, i]:
-                            f |= flagbits[2] if mask[j, i] & satbit else flagbits[1]
+                            if mask[j, i] & satbit:
+                                f |= flagbits[2]
+                            if mask[j, i] & ~satbit:
+                                f |= flagbits[1]
                             continue
                         if (owner[j, i] >= 0 and owner[j, i] != s) or not isfinite(image[j, i]):
                             continue

@@ -382,3 +382,14 @@ def test_inventory_records_each_file_once_and_lists_pending(tmp_path):
     pending = pending_object_frames(project, Config(), db)
     assert [p.rawpath.name for p in pending] == ["obj-000.fits", "obj-001.fits"]
     assert pending[0].meta.biassec == (slice(0, 256), slice(256, 280))
+
+
+def test_median_overscan_mode_removes_the_level(tmp_path):
+    cam = Camera()
+    make_night(tmp_path, cam, "20261129", seed=12, bias=4, dark=3, flat=3, objects=1)
+    project, db = open_project(tmp_path)
+    config = Config().replace("calibrate", overscan="median")
+    assert calibrate_project(project, config, db)["calibrated"] == 1
+    image, header = read_image(project.root / "RED" / "P1" / "20261129_obj-000.fits")
+    assert header["OVSCMODE"] == "median" and 900 < header["OVERSCAN"] < 1100
+    assert abs(np.median(image) - SKY) < 3.0

@@ -279,3 +279,16 @@ def test_tiny_frame_single_background_cell():
     assert len(src) == 1
     assert src["x"][0] == pytest.approx(20.2, abs=0.05)
     assert src["y"][0] == pytest.approx(17.6, abs=0.05)
+
+
+def test_masked_background_cells_are_filled():
+    rng = np.random.default_rng(37)
+    image = noisy(np.full((128, 128), SKY), rng)
+    mask = np.zeros(image.shape, bool)
+    mask[:64, :64] = True
+    image[:64, :64] = 50000.0                          # garbage under the mask
+    sky, rms = background(image, mask=mask, mesh=32)
+    assert np.abs(sky - SKY).max() < 5.0
+    assert np.median(rms) == pytest.approx(np.sqrt(SKY + 25.0), rel=0.05)
+    with pytest.raises(ValueError, match="no usable background cell"):
+        background(image, mask=np.ones(image.shape, bool))

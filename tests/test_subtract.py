@@ -184,6 +184,7 @@ def test_difference_is_consistent_with_noise(pair):
     sums = np.array([diff[y - 2:y + 3, x - 2:x + 3].sum() for x, y in pos])
     errs = np.array([np.sqrt(truth[y - 2:y + 3, x - 2:x + 3].sum() / GAIN) for x, y in pos])
     assert abs(np.std(sums / errs) - 1.0) < 0.2
+    assert abs(np.mean(sums / errs)) < 0.2  # ~4 standard errors of the mean
     assert len(sol.stamps) >= 50
 
 

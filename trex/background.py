@@ -2,8 +2,8 @@
 
 The frame is cut into a mesh of cells (``mesh`` px on a side); each cell gets
 a clipped-mode sky estimate and a clipped RMS (Cython kernel
-``trex._background.mesh_stats``).  Cells without enough usable pixels are
-filled from their neighbours, the grid is median-filtered over
+``trex._background.mesh_stats``).  Cells with under half their pixels usable
+take the value of the nearest good cell, the grid is median-filtered over
 ``filter_size`` cells around a robust plane (suppressing cells spoiled by
 bright stars without bending gradients at the edges), and a
 natural bicubic spline through the cell centres gives the value at every
@@ -29,16 +29,14 @@ def mesh_edges(n: int, mesh: int) -> np.ndarray:
 
 
 def _fill_missing(grid: np.ndarray) -> np.ndarray:
-    """Replace NaN cells by the median of their valid neighbours (repeatedly)."""
-    grid = grid.copy()
+    """Give NaN cells the value of their nearest valid cell."""
     bad = ~np.isfinite(grid)
     if bad.all():
         raise ValueError("no usable background cell: image fully masked or non-finite")
-    while bad.any():
-        filled = ndimage.generic_filter(grid, np.nanmedian, size=3, mode="nearest")
-        grid[bad] = filled[bad]
-        bad = ~np.isfinite(grid)
-    return grid
+    if not bad.any():
+        return grid
+    nearest = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
+    return grid[tuple(nearest)]
 
 
 def _median_filter(grid: np.ndarray, size: int) -> np.ndarray:

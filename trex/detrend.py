@@ -188,28 +188,56 @@ def _templates_for(summaries: list[dict], j: int, col: str, n: int, config: Conf
     return lcs, np.column_stack([x[kept], y[kept]]), ids
 
 
+def _tfa_column(done: list[np.ndarray], col: str, grid: Grid, xy: np.ndarray,
+                ids: np.ndarray, radius: float) -> np.ndarray:
+    """TFA of one column of a chunk: corrected magnitudes on the grid (nstars, nframes)."""
+    source = ("aep" if col[0] == "a" else "iep") + col[3:]
+    lcs, txy, tids = grid.templates[col]
+    mags = _on_grid(done, source, grid)
+    if not len(lcs):
+        return np.full_like(mags, np.nan)
+    return tfa(mags, lcs, exclusion(xy, txy, radius, ids, tids))[0]
+
+
+def _backfit(raw: np.ndarray, header, done: np.ndarray, corrected: np.ndarray, col: str,
+             config: Config, grid: Grid) -> None:
+    """Second EPD of one star and column with the first TFA trend taken out of
+    the magnitudes first (one backfitting step of EPD + TFA): EPD then sees no
+    common trend, so its clipping finds transits and its coefficients are not
+    driven by the trend.  Updates ``done`` (aep/iep and flags) in place."""
+    source = ("aep" if col[0] == "a" else "iep") + col[3:]
+    trend = done[source] - corrected[grid.index(done["framekey"])]
+    trend = np.nan_to_num(trend - np.nanmedian(trend), nan=0.0) if np.isfinite(trend).any() \
+        else np.zeros(len(done))
+    shifted = raw.copy()
+    shifted[col] = raw[col] - trend
+    again = detrend_rows(shifted, header, config, grid, [col])
+    done[source] = again[source] + trend
+    flag = ("aiq" if col[0] == "a" else "irq") + col[3:]
+    done[flag] |= again[flag]
+
+
 def _detrend_chunk(items: list[dict], config: Config, grid: Grid, columns: list[str]) -> list:
-    """Pass 3 for a chunk: EPD each star, TFA the chunk per column, write files."""
-    done, headers = [], []
+    """Pass 3 for a chunk: EPD each star, TFA the chunk per column, then EPD
+    again without the TFA trend (:func:`_backfit`) and TFA again."""
+    raw, headers, done = [], [], []
     for s in items:
         rows, header = lcformat.read_rows(s["path"])
-        done.append(detrend_rows(rows, header, config, grid, columns))
+        raw.append(rows)
         headers.append(header)
+        done.append(detrend_rows(rows, header, config, grid, columns))
     xy = np.array([[s["x"], s["y"]] for s in items], dtype=np.float64)
     ids = np.array([s["objectid"] for s in items], dtype=object)
     radius = config.detrend.tfa_exclusion_radius
     for col in columns:
-        source = ("aep" if col[0] == "a" else "iep") + col[3:]
+        corrected = _tfa_column(done, col, grid, xy, ids, radius)
+        for i in range(len(items)):
+            _backfit(raw[i], headers[i], done[i], corrected[i], col, config, grid)
+        corrected = _tfa_column(done, col, grid, xy, ids, radius)
         target = ("atf" if col[0] == "a" else "itf") + col[3:]
-        lcs, txy, tids = grid.templates[col]
-        mags = _on_grid(done, source, grid)
-        if len(lcs):
-            corrected, _ = tfa(mags, lcs, exclusion(xy, txy, radius, ids, tids))
-        else:
-            corrected = np.full_like(mags, np.nan)
         for rows, values in zip(done, corrected, strict=True):
             rows[target] = values[grid.index(rows["framekey"])]
-            _flag_unfitted(rows, source, rows[target])
+            _flag_unfitted(rows, col, rows[target])
     return [(s, rows, header) for s, rows, header in zip(items, done, headers, strict=True)]
 
 

@@ -123,8 +123,8 @@ def _design(params: dict[str, np.ndarray], good: np.ndarray):
 
 
 def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
-        clip: float = 3.0, iters: int = 3, min_points: int | None = None
-        ) -> tuple[np.ndarray, dict[str, float], bool]:
+        clip: float = 3.0, iters: int = 3, min_points: int | None = None,
+        exclude: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float], bool]:
     """Decorrelate one light curve against external parameters.
 
     Parameters
@@ -137,6 +137,9 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
         before the fit (1: none).
     clip, iters : points whose residual (raw magnitude minus model) exceeds
         ``clip`` robust sigmas are left out of the next fit, ``iters`` times.
+    exclude : bool array, shape (n,), optional
+        points left out of the fit (still corrected), e.g. a transit found
+        after TFA (see :func:`trex.detrend.detrend_rows`).
     min_points : fewest usable points to fit (default: the largest of 10,
         3 (p + 1) and the smoothing window).
 
@@ -157,13 +160,15 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
     design, names, mean, scale, usable = _design(params, good)
     target = np.full_like(mags, np.nan)
     target[good] = running_median(mags[good], smooth)
-    fit = good.copy()
+    fit = good.copy() if exclude is None else good & ~exclude
+    if fit.sum() < need:
+        fit = good.copy()
     for _ in range(max(iters, 0) + 1):
         coef, *_ = np.linalg.lstsq(design[fit], target[fit], rcond=None)
         model = design @ coef
         resid = mags - model
         sigma = 1.4826 * np.median(np.abs(resid[good] - np.median(resid[good])))
-        keep = good & (np.abs(resid - np.median(resid[good])) <= clip * max(sigma, 1e-9))
+        keep = fit & (np.abs(resid - np.median(resid[good])) <= clip * max(sigma, 1e-9))
         if keep.sum() < need or np.array_equal(keep, fit):
             break
         fit = keep

@@ -10,7 +10,7 @@ NP     ?= 2
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard cext/*.pyx cext/*.pxd)
+$(STAMP): pyproject.toml setup.py $(wildcard cext/*.pyx cext/*.pxd cext/*.pxi)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e '.[test,bench,mpich,lint]'

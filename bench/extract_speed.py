@@ -10,9 +10,10 @@ the steadier one on a shared machine):
 * sep: ``sep.Background`` + ``back()`` + ``sep.extract(image - sky, 5.0,
   err=globalrms)``.
 
-Also printed: detections, the fraction of sep's detections that trex matches
-within 1 px, the median distance of those matches, and trex's centroid error
-against the true positions of bright isolated stars.
+Also printed: detections, trex's completeness against the truth list per bin
+of true S/N (optimal PSF-fit S/N), the fraction of sep's detections that trex
+matches within 1 px, the median distance of those matches, and trex's
+centroid error against the true positions of bright isolated stars.
 
 Usage: python bench/extract_speed.py [--sizes 2048:10000,4096:50000] [--repeat 3] [--fmin 300]
 """
@@ -27,7 +28,7 @@ import sep
 from scipy.spatial import cKDTree
 from scipy.special import erf
 
-from trex.extract import extract_sources
+from trex.extract import completeness, extract_sources
 
 FWHM = 2.4
 SKY = 1000.0
@@ -101,6 +102,12 @@ def main() -> None:
         print(f"{size}^2, {nstars} stars: trex {w_trex:.3f} s wall / {c_trex:.3f} s cpu "
               f"({len(src)} sources), sep {w_sep:.3f} s / {c_sep:.3f} s ({len(objs)} objects); "
               f"ratio trex/sep {w_trex / w_sep:.2f} wall, {c_trex / c_sep:.2f} cpu")
+        sigma2 = (FWHM / 2.3548) ** 2 + 1.0 / 12.0
+        snr = flux / np.sqrt(flux + (SKY + 25.0) * 4.0 * np.pi * sigma2)
+        bins = np.array([0.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, np.inf])
+        _, frac, total = completeness(src, x, y, snr, bins)
+        print("  completeness vs true S/N: " + ", ".join(
+            f"{lo:g}-{hi:g}: {f:.3f} ({n})" for lo, hi, f, n in zip(bins[:-1], bins[1:], frac, total)))
         print(f"  sep objects matched by trex within 1 px: {matched.mean():.3f}, "
               f"median distance {np.median(dist[matched]):.3f} px; bright isolated stars: "
               f"{len(err)}/{bright.sum()} found, centroid rms {np.sqrt(np.mean(err ** 2)):.4f} px")

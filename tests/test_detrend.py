@@ -150,8 +150,7 @@ def write_project(root, nstars: int = 60, nframes: int = 240, seed: int = 5,
                   transit_star: int = 7):
     """A project with ``nstars`` light curves carrying an S trend and a common trend."""
     rng = np.random.default_rng(seed)
-    # the injected systematics depend on S and time only: EPD fits S, S^2 and airmass
-    config = Config().replace("detrend", epd_parameters=["s", "s2", "airmass", "bg"])
+    config = Config()  # the default EPD parameter set
     project = init_project(root, config)
     naper = len(config.photometry.apertures)
     rjd = 61000.55 + np.arange(nframes) * 0.5 / nframes

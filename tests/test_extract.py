@@ -165,8 +165,11 @@ def test_masked_pixels_never_seed_detections():
     image[200:203, 20:23] = 60000.0                      # hot cluster
     mask[:, 131] = MASK["BADPIX"].bit
     mask[200:203, 20:23] = MASK["NOFLAT"].bit
-    bad = np.argwhere(mask)
-    near_bad = lambda src: cKDTree(bad[:, ::-1]).query(np.c_[src["x"], src["y"]])[0] < 3.0  # noqa: E731
+    bad = cKDTree(np.argwhere(mask)[:, ::-1])
+
+    def near_bad(src):
+        return bad.query(np.c_[src["x"], src["y"]])[0] < 3.0
+
     unmasked = extract_sources(image, 5.0)
     assert near_bad(unmasked).sum() >= 2                 # the defects do look like sources
     src = extract_sources(image, 5.0, mask=mask)

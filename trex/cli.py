@@ -7,6 +7,13 @@ and the command line, and hands both to the library.  Only this module prints.
 
 from __future__ import annotations
 
+import os
+
+# One numpy/BLAS thread per process (per MPI rank) unless the user sets these:
+# must happen before numpy is first imported.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import argparse
 import json
 import logging

@@ -186,7 +186,6 @@ class DetrendSection:
 @dataclass(frozen=True)
 class RunSection:
     batch_frames: int = _opt(4, "frames handed to a rank at a time")
-    threads: int = _opt(1, "numpy/BLAS threads per rank")
 
 
 @dataclass(frozen=True)

@@ -37,16 +37,24 @@ PHASE = ("sinx", "cosx", "siny", "cosy")
 
 def local_sidereal_time(jd_utc: np.ndarray, longitude: float) -> np.ndarray:
     """Local mean sidereal time, rad, of UTC Julian dates (shape (n,)) at an east
-    longitude in deg.  astropy is called once on the unique times (offline)."""
-    from astropy import units as u
+    longitude in deg.
+
+    IAU 2006 GMST (``erfa.gmst06``) on the unique times, with UT1 taken as UTC:
+    |UT1 - UTC| < 0.9 s is < 14 arcsec of hour angle, far below what EPD can
+    notice, and no IERS table has to be read (offline, and 3 s faster).
+    """
+    import erfa
     from astropy.time import Time
 
     import trex.times  # noqa: F401  (configures astropy for offline use)
 
     jd_utc = np.asarray(jd_utc, dtype=np.float64)
     unique, inverse = np.unique(jd_utc, return_inverse=True)
-    lst = Time(unique, format="jd", scale="utc").sidereal_time("mean", longitude=longitude * u.deg)
-    return lst.to_value(u.rad)[inverse].reshape(jd_utc.shape)
+    utc = Time(unique, format="jd", scale="utc")
+    tt = utc.tt  # leap seconds only
+    gmst = erfa.gmst06(utc.jd1, utc.jd2, tt.jd1, tt.jd2)
+    lst = np.mod(gmst + np.radians(longitude), 2 * np.pi)
+    return lst[inverse].reshape(jd_utc.shape)
 
 
 def sky_geometry(lst: np.ndarray, ra: float, dec: float, latitude: float) -> dict[str, np.ndarray]:

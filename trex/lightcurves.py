@@ -28,11 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from trex import __version__, lcformat
+from trex.lcformat import read_lightcurve
 from trex.config import Config
 from trex.products import load_product
 from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
+
+__all__ = ["read_lightcurve", "transpose", "FrameEntry", "lc_path"]
 
 #: rows per partition (bounds the memory of the sort step)
 PARTITION_ROWS = 2_000_000

@@ -1,0 +1,167 @@
+"""Registration resampling and image subtraction: trex against scipy and fitsh ``ficonv``.
+
+Resampling (4096^2, 2048^2 with ``--quick``): a HATPI-like frame
+(:func:`trex.bench.common.hatpi_frame`) put on a reference grid rotated by
+0.3 deg, scaled by 1.004, shifted by (2.3, -1.7) px with a small cubic
+distortion, the map being one :class:`trex.register.Transform`.  trex
+``resample`` (bilinear, bicubic, flux-conserving) against scipy
+``map_coordinates`` (order 1, 3) at the same points; scipy's coordinate arrays
+are computed beforehand, outside its timing.  Check: median and robust
+scatter of trex / (scipy x pixel-area ratio) (trex conserves flux, scipy
+samples) on a subgrid of interior pixels.
+
+Subtraction (2048^2 pair from :mod:`trex.simulate.scene`): the reference is
+the noiseless frame plus the noise of a 10-frame stack, the image the same
+stars 1.25x wider with shot and read noise.  trex ``subtract`` (stamp selection
++ kernel fit + convolution + subtraction, ``b/4;i/4;d=4/4``) against one scipy
+``fftconvolve`` of the frame (the floor of any convolution-based method), and
+fitsh ``ficonv`` (whole process; not with ``--quick``: ~30 s a run).  Check:
+std of D / expected noise in the interior (1.0 is ideal), the expected
+variance being the image's plus the reference's through the kernel at the
+frame centre.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+from scipy.signal import fftconvolve
+
+from trex.bench.common import Row, hatpi_frame, median_time
+from trex.register import Transform, fit_transform, resample
+from trex.simulate import make_scene, render_frame
+from trex.subtract import subtract
+
+log = logging.getLogger(__name__)
+
+NAME = "subtract"
+KERNEL = "b/4;i/4;d=4/4"
+GAIN, RDNOISE, NSTACK, BORDER = 2.7, 10.0, 10, 16
+
+
+def test_transform(n: int) -> Transform:
+    """Rotation, scale, shift and a cubic term, fitted on a grid of points."""
+    c, th, s = n / 2, np.deg2rad(0.3), 1.004
+    gx, gy = (g.ravel() for g in np.meshgrid(np.linspace(0, n - 1, 24), np.linspace(0, n - 1, 24)))
+    u = c + s * (np.cos(th) * (gx - c) - np.sin(th) * (gy - c)) + 2.3 + 1e-9 * (gx - c) ** 3
+    v = c + s * (np.sin(th) * (gx - c) + np.cos(th) * (gy - c)) - 1.7 + 1e-9 * (gy - c) ** 3
+    return fit_transform(gx, gy, u, v, order=3)
+
+
+def area_ratio(transform: Transform, x: np.ndarray, y: np.ndarray, h: float = 0.5) -> np.ndarray:
+    """|det d(u, v) / d(x, y)| at (x, y): frame pixels per reference pixel."""
+    ux0, vx0 = transform(x - h, y)
+    ux1, vx1 = transform(x + h, y)
+    uy0, vy0 = transform(x, y - h)
+    uy1, vy1 = transform(x, y + h)
+    return np.abs((ux1 - ux0) * (vy1 - vy0) - (uy1 - uy0) * (vx1 - vx0)) / (2 * h) ** 2
+
+
+def agreement_check(trex_img: np.ndarray, peer_img: np.ndarray, area: np.ndarray,
+                    step: int = 4, border: int = BORDER) -> str:
+    """'trex/(scipy x area ratio) <median> +- <robust scatter>' on every ``step``-th interior
+    pixel; ``area`` is the area ratio on that subgrid (trex conserves flux, scipy samples)."""
+    a = np.asarray(trex_img, float)[::step, ::step]
+    b = np.asarray(peer_img, float)[::step, ::step] * area
+    inner = slice(border // step, -(border // step))
+    a, b = a[inner, inner], b[inner, inner]
+    good = np.isfinite(a) & np.isfinite(b) & (b > 0)
+    ratio = a[good] / b[good]
+    med = float(np.median(ratio))
+    scatter = 1.4826 * float(np.median(np.abs(ratio / med - 1)))
+    return f"trex/(scipy x area ratio) {med:.4f} +- {scatter:.1e}"
+
+
+def bench_resample(size: int) -> list[Row]:
+    frame, _, _, _ = hatpi_frame(size, 10_000 if size <= 2048 else 50_000, seed=3)
+    transform = test_transform(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    u, v = transform(xx, yy)
+    coords = np.array([v, u])
+    del xx, yy, u, v
+    sub = np.arange(0, size, 4, dtype=np.float64)
+    area = area_ratio(transform, sub[None, :], sub[:, None])
+    scipy = {}
+    for order in (1, 3):
+        scipy[order] = median_time(
+            lambda k=order: map_coordinates(frame, coords, order=k, output=np.float32, cval=np.nan))
+    rows = []
+    for method, order in (("bilinear", 1), ("bicubic", 3), ("flux", 3)):
+        t, out = median_time(lambda m=method: resample(frame, transform, (size, size), m))
+        label = "flux-conserving" if method == "flux" else method
+        rows.append(Row(f"resample onto reference grid, trex {label}", f"{size}^2", t,
+                        f"scipy map_coordinates order {order}", scipy[order][0],
+                        agreement_check(out, scipy[order][1], area)))
+    return rows
+
+
+def subtraction_pair(size: int, nstars: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, reference, image model) float32: a 1.25x wider PSF on the image."""
+    scene = make_scene(size=size, nstars=nstars, seed=seed, fwhm=2.4, ellipticity=0.0,
+                       gain=GAIN, rdnoise=RDNOISE)
+    clean, _ = render_frame(scene, noise=False)
+    model, _ = render_frame(scene, noise=False, focus=1.25)
+    image, _ = render_frame(scene, noise=True, seed=seed + 1, focus=1.25)
+    rng = np.random.default_rng(seed + 2)
+    sigma = np.sqrt(clean / GAIN + (RDNOISE / GAIN) ** 2) / np.sqrt(NSTACK)
+    reference = (clean + rng.normal(0.0, 1.0, clean.shape) * sigma).astype(np.float32)
+    return image, reference, model
+
+
+def noise_check(diff: np.ndarray, model: np.ndarray, reference: np.ndarray,
+                kernel: np.ndarray, border: int = BORDER) -> str:
+    """'noise ratio <std(D / sigma)>' with sigma^2 = image variance + sum(K^2) reference variance."""
+    var_ref = np.maximum(reference, 0) / GAIN / NSTACK + (RDNOISE / GAIN) ** 2 / NSTACK
+    var = np.maximum(model, 0) / GAIN + (RDNOISE / GAIN) ** 2 + np.sum(kernel ** 2) * var_ref
+    z = (np.asarray(diff, float) / np.sqrt(var))[border:-border, border:-border]
+    z = z[np.isfinite(z)]
+    return f"noise ratio {np.std(z):.3f} (mean D/sigma {np.mean(z):+.3f})"
+
+
+def ficonv_runner(image: np.ndarray, reference: np.ndarray, folder: Path):
+    """Whole-process ficonv (fit + subtract); returns a callable giving its D."""
+    from astropy.io import fits
+
+    fits.writeto(folder / "ref.fits", reference, overwrite=True)
+    fits.writeto(folder / "img.fits", image, overwrite=True)
+    command = ["ficonv", "-r", str(folder / "ref.fits"), "-i", str(folder / "img.fits"),
+               "-k", KERNEL, "--output-kernel-list", str(folder / "kernel.txt"),
+               "--output-subtracted", str(folder / "diff.fits")]
+
+    def run_ficonv() -> np.ndarray:
+        subprocess.run(command, check=True, capture_output=True)
+        return fits.getdata(folder / "diff.fits").astype(np.float64)
+
+    return run_ficonv
+
+
+def bench_subtract(size: int, nstars: int, quick: bool) -> list[Row]:
+    image, reference, model = subtraction_pair(size, nstars)
+    t_trex, (diff, solution) = median_time(lambda: subtract(image, reference, KERNEL, gain=GAIN))
+    kernel = solution.kernel(size / 2, size / 2)
+    check = f"{noise_check(diff, model, reference, kernel)}; {len(solution.stamps)} stamps"
+    psf = np.outer(*[np.exp(-0.5 * (np.arange(-4, 5) / 1.0) ** 2)] * 2).astype(np.float32)
+    t_fft, _ = median_time(lambda: fftconvolve(reference, psf / psf.sum(), mode="same"))
+    op, label = f"image subtraction {KERNEL}", f"{size}^2 pair"
+    rows = [Row(op, label, t_trex, "scipy fftconvolve (one, 9x9)", t_fft, check)]
+    if not shutil.which("ficonv"):
+        log.warning("subtract: fitsh ficonv not installed, its row is left out")
+    elif quick:
+        log.warning("subtract: fitsh ficonv (~30 s a run) is left out with --quick")
+    else:
+        with tempfile.TemporaryDirectory(prefix="trex-bench-sub-") as tmp:
+            t_fi, d_fi = median_time(ficonv_runner(image, reference, Path(tmp)))
+        rows.append(Row(op, label, t_trex, "fitsh ficonv (process)", t_fi,
+                        f"ficonv {noise_check(d_fi, model, reference, kernel)}; trex {check}"))
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    rows = bench_resample(2048 if quick else 4096)
+    return rows + bench_subtract(2048, 10_000, quick)

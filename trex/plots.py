@@ -1,0 +1,164 @@
+"""The figures of ``trex report``: matplotlib (Agg backend), one PNG per call.
+
+Every function takes plain arrays, draws one figure and writes it to
+``path``; none reads files or the database (that is :mod:`trex.report`).
+Axes carry units; limits come from robust percentiles so one bad frame or
+star does not squash a plot.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.patches import Circle  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+#: stage name -> (column prefix, colour) for the RMS plots
+STAGES = {"aperture": [("raw", "aim", "0.6"), ("magfit", "arm", "tab:blue"),
+                       ("EPD", "aep", "tab:orange"), ("TFA", "atf", "tab:green")],
+          "subtraction": [("subtraction", "irm", "tab:blue"), ("EPD", "iep", "tab:orange"),
+                          ("TFA", "itf", "tab:green")]}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _limits(values: np.ndarray, lo: float = 1.0, hi: float = 99.0, pad: float = 0.1):
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return None
+    a, b = np.percentile(v, [lo, hi])
+    span = (b - a) or max(abs(a), 1.0) * 0.1
+    return a - pad * span, b + pad * span
+
+
+def rms_vs_mag(path: Path, stats: np.ndarray, napertures: int, noise: dict, title: str) -> Path:
+    """RMS (clipped) vs median magnitude per stage; rows: apertures, columns:
+    aperture photometry / image subtraction; ``noise`` maps an aperture index
+    to (mag grid, expected RMS) drawn as a black curve."""
+    fig, axes = plt.subplots(napertures, 2, figsize=(11, 3.2 * napertures + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    for a in range(napertures):
+        for j, (kind, stages) in enumerate(STAGES.items()):
+            ax = axes[a, j]
+            for label, prefix, colour in stages:
+                col = f"{prefix}_{a:03d}"
+                if f"{col}_crms" not in stats.dtype.names:
+                    continue
+                mag, rms = stats[f"{col}_median"], stats[f"{col}_crms"]
+                ok = np.isfinite(mag) & np.isfinite(rms) & (rms > 0)
+                if ok.any():
+                    ax.scatter(mag[ok], rms[ok], s=4, color=colour, alpha=0.6,
+                               label=f"{label} ({ok.sum()})", rasterized=True)
+            if a in noise:
+                ax.plot(*noise[a], color="k", lw=1.2, label="photon+sky+read noise")
+            ax.set_yscale("log")
+            ax.set_title(f"{kind}, aperture {a}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7, loc="upper left", markerscale=3)
+            if j == 0:
+                ax.set_ylabel("clipped RMS, mag")
+            if a == napertures - 1:
+                ax.set_xlabel("median magnitude, mag")
+    lim = _limits(np.concatenate([stats[n] for n in stats.dtype.names if n.endswith("_median")
+                                  and n[:3] in ("arm", "aim", "irm")]))
+    if lim:
+        axes[0, 0].set_xlim(*lim)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def per_frame(path: Path, hours: np.ndarray, series: list[tuple[str, np.ndarray]],
+              title: str, xlabel: str) -> Path:
+    """One panel per (label with unit, values (nframes,)) against time in hours."""
+    n = len(series)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n + 0.8), sharex=True, squeeze=False)
+    for ax, (label, values) in zip(axes[:, 0], series, strict=True):
+        ax.plot(hours, values, ".", ms=3, color="tab:blue")
+        lim = _limits(np.asarray(values, dtype=float), 0.5, 99.5)
+        if lim:
+            ax.set_ylim(*lim)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def frame_preview(path: Path, image: np.ndarray, x: np.ndarray, y: np.ndarray,
+                  radii: list[float], title: str, crop: int = 160) -> Path:
+    """The frame (percentile stretch) and a central crop with the apertures drawn
+    (circles of each radius, px, at the 0-based star positions)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+    vmin, vmax = np.nanpercentile(image, [1, 99.5])
+    ny, nx = image.shape
+    cx, cy = nx // 2, ny // 2
+    half = min(crop, nx, ny) // 2
+    box = (cx - half, cx + half, cy - half, cy + half)
+    for ax, zoom in zip(axes, (False, True), strict=True):
+        ax.imshow(image, origin="lower", cmap="gray", vmin=vmin, vmax=vmax,
+                  interpolation="nearest")
+        ax.set_xlabel("x, px (0-based)")
+        ax.set_ylabel("y, px (0-based)")
+        if zoom:
+            ax.set_xlim(box[0] - 0.5, box[1] - 0.5)
+            ax.set_ylim(box[2] - 0.5, box[3] - 0.5)
+            inside = (x > box[0] - 5) & (x < box[1] + 5) & (y > box[2] - 5) & (y < box[3] + 5)
+            patches = [Circle((xi, yi), r) for xi, yi in zip(x[inside], y[inside], strict=True)
+                       for r in radii]
+            ax.add_collection(PatchCollection(patches, facecolor="none", edgecolor="tab:red",
+                                              lw=0.7))
+            ax.set_title(f"centre {2 * half} px, apertures r = "
+                         + ", ".join(f"{r:g}" for r in radii) + " px", fontsize=9)
+        else:
+            ax.plot(x, y, "o", mfc="none", mec="tab:red", ms=3, mew=0.4)
+            ax.add_patch(plt.Rectangle((box[0], box[2]), 2 * half, 2 * half, fill=False,
+                                       ec="yellow", lw=1))
+            ax.set_xlim(-0.5, nx - 0.5)
+            ax.set_ylim(-0.5, ny - 0.5)
+            ax.set_title(f"{len(x)} stars measured", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def light_curves(path: Path, curves: list[dict], title: str) -> Path:
+    """A panel per star: time (h) against magnitude of several stages.
+
+    Each dict: ``name``, ``hours`` (n,), ``series`` list of (label, mags (n,)),
+    ``note``."""
+    fig, axes = plt.subplots(len(curves), 1, figsize=(10, 2.2 * len(curves) + 0.8),
+                             squeeze=False)
+    colours = ("0.55", "tab:orange", "tab:green", "tab:purple")
+    for ax, curve in zip(axes[:, 0], curves, strict=True):
+        offset = 0.0
+        spread = [np.nanpercentile(m, 99) - np.nanpercentile(m, 1) for _, m in curve["series"]
+                  if np.isfinite(m).any()]
+        step = 1.2 * max(spread) if spread else 0.1
+        for (label, mags), colour in zip(curve["series"], colours, strict=False):
+            if np.isfinite(mags).any():
+                ax.plot(curve["hours"], mags - np.nanmedian(mags) + offset, ".", ms=2.5,
+                        color=colour, label=f"{label} (+{offset:.3f})")
+                offset += step
+        ax.invert_yaxis()
+        ax.set_ylabel("mag − median", fontsize=8)
+        ax.set_title(f"{curve['name']}  {curve.get('note', '')}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right", markerscale=3)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("hours since the first frame")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -48,6 +48,13 @@ def test_robust_stats_against_numpy():
     assert st["median"][2] == pytest.approx(np.median(x[2, :100]))
 
 
+def _positions(project, framekey: int) -> tuple[np.ndarray, np.ndarray]:
+    xy = [r[["xcc", "ycc"]][r["framekey"] == framekey]
+          for r, _ in map(lcformat.read_rows, project.lc("7").glob("TRX-*.fits"))]
+    xy = np.concatenate(xy)
+    return xy["xcc"], xy["ycc"]
+
+
 def make_database(project, nframes: int = 240, with_frame: bool = True) -> Database:
     """frameinfo + calibratedframes rows for the frames of ``write_project``."""
     rows, _ = lcformat.read_rows(next(project.lc("7").glob("TRX-*.fits")))
@@ -64,7 +71,12 @@ def make_database(project, nframes: int = 240, with_frame: bool = True) -> Datab
                    (int(key), "7", redpath if i == 0 else f"RED/7/{key}.fits", 1,
                     800.0 + i, 0.35, 0.05, 500 - i % 7, 0.05))
     if with_frame:
-        image = np.random.default_rng(0).normal(800, 10, (256, 300)).astype(np.float32)
+        image = np.random.default_rng(0).normal(800, 10, (1000, 1000))
+        yy, xx = np.mgrid[:1000, :1000]
+        for x, y in zip(*_positions(project, int(rows["framekey"][0])), strict=True):
+            near = (np.abs(xx - x) < 8) & (np.abs(yy - y) < 8)
+            image[near] += 3000 * np.exp(-((xx[near] - x) ** 2 + (yy[near] - y) ** 2) / 4.5)
+        image = image.astype(np.float32)
         write_image(project.root / redpath, image)
         db.execute("INSERT INTO astromrefs (projid, field, ccd, framekey, path, isactive, "
                    "created) VALUES (?, ?, ?, ?, ?, ?, ?)",

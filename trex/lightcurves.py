@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from trex import __version__, lcformat
-from trex.lcformat import read_lightcurve
 from trex.config import Config
+from trex.lcformat import read_lightcurve
 from trex.products import load_product
 from trex.project import Project, safe_name
 

@@ -84,6 +84,8 @@ def _run(comm, db: Database | None, project: Project, config: Config, stages: tu
         masters = (masterframes.build_masters(project, config, db) if "calibrate" in stages
                    else masterframes.load_masters(project, db))
         context = Context(project, config, masters=masters, catalogs=load_catalogs(project, db))
+        if "calibrate" in stages:
+            redo_stale_calibrations(context, db)
     context = comm.bcast(context)
 
     chain = tuple(s for s in FIRST_PASS if s in stages)
@@ -105,8 +107,19 @@ def finish_frame(frame: Frame, result) -> None:
     astrometry changed it (also when a later stage failed)."""
     if frame.image is not None and ({"calibrate", "astrometry"} & set(result.done)):
         calibrate.write_calibrated(frame)
-        result.quality.update({f"master{k}": v for k, v in
-                               frame.products.get("calibrate", {}).items()})
+        frame.quality.update({f"master{k}": v for k, v in
+                              frame.products.get("calibrate", {}).items()})
+
+
+def redo_stale_calibrations(context: Context, db: Database) -> None:
+    """Frames calibrated with other masters than the current ones (e.g. a flat
+    that arrived later) are processed again from the start."""
+    stale = calibrate.stale_frames(context, db)
+    if stale:
+        log.info("%d calibrated frames have new masters: processed again", len(stale))
+        with db.transaction():
+            for frame in stale:
+                db.execute("DELETE FROM framestatus WHERE framekey = ?", (frame.framekey,))
 
 
 def load_catalogs(project: Project, db: Database) -> dict:

@@ -39,7 +39,10 @@ def _limits(values: np.ndarray, lo: float = 1.0, hi: float = 99.0, pad: float = 
     if not len(v):
         return None
     a, b = np.percentile(v, [lo, hi])
-    span = (b - a) or max(abs(a), 1.0) * 0.1
+    floor = 1e-3 * max(abs(0.5 * (a + b)), 1.0)  # a flat series gets a readable axis
+    if b - a < floor:
+        a, b = 0.5 * (a + b) - floor / 2, 0.5 * (a + b) + floor / 2
+    span = b - a
     return a - pad * span, b + pad * span
 
 
@@ -91,6 +94,7 @@ def per_frame(path: Path, hours: np.ndarray, series: list[tuple[str, np.ndarray]
         if lim:
             ax.set_ylim(*lim)
         ax.set_ylabel(label, fontsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(xlabel)
     fig.suptitle(title)
@@ -105,8 +109,8 @@ def frame_preview(path: Path, image: np.ndarray, x: np.ndarray, y: np.ndarray,
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
     vmin, vmax = np.nanpercentile(image, [1, 99.5])
     ny, nx = image.shape
-    cx, cy = nx // 2, ny // 2
     half = min(crop, nx, ny) // 2
+    cx, cy = _crop_centre(x, y, nx, ny, half)
     box = (cx - half, cx + half, cy - half, cy + half)
     for ax, zoom in zip(axes, (False, True), strict=True):
         ax.imshow(image, origin="lower", cmap="gray", vmin=vmin, vmax=vmax,
@@ -121,7 +125,7 @@ def frame_preview(path: Path, image: np.ndarray, x: np.ndarray, y: np.ndarray,
                        for r in radii]
             ax.add_collection(PatchCollection(patches, facecolor="none", edgecolor="tab:red",
                                               lw=0.7))
-            ax.set_title(f"centre {2 * half} px, apertures r = "
+            ax.set_title(f"crop of {2 * half} px, apertures r = "
                          + ", ".join(f"{r:g}" for r in radii) + " px", fontsize=9)
         else:
             ax.plot(x, y, "o", mfc="none", mec="tab:red", ms=3, mew=0.4)
@@ -129,10 +133,22 @@ def frame_preview(path: Path, image: np.ndarray, x: np.ndarray, y: np.ndarray,
                                        ec="yellow", lw=1))
             ax.set_xlim(-0.5, nx - 0.5)
             ax.set_ylim(-0.5, ny - 0.5)
-            ax.set_title(f"{len(x)} stars measured", fontsize=9)
+            inframe = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+            ax.set_title(f"{inframe.sum()} stars measured on this frame", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _crop_centre(x: np.ndarray, y: np.ndarray, nx: int, ny: int, half: int) -> tuple[int, int]:
+    """Centre (px) of the crop holding the most stars (of up to 2000), inside the frame."""
+    inside = np.flatnonzero((x >= half) & (x < nx - half) & (y >= half) & (y < ny - half))[:2000]
+    if not len(inside):
+        return nx // 2, ny // 2
+    dx = np.abs(x[inside][:, None] - x[inside][None, :])
+    dy = np.abs(y[inside][:, None] - y[inside][None, :])
+    best = inside[np.argmax(((dx < half) & (dy < half)).sum(axis=1))]
+    return int(round(x[best])), int(round(y[best]))
 
 
 def light_curves(path: Path, curves: list[dict], title: str) -> Path:

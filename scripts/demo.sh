@@ -13,8 +13,8 @@ step() { printf '\n== %s\n' "$*"; }
 rm -rf "$root"
 step "trex init $root"
 "$bin/trex" init "$root"
-step "trex simulate: one night, 20 frames of 1024x1024, 2000 stars"
-"$bin/trex" simulate "$root" --frames 20 --size 1024 --stars 2000 --seed 1
+step "trex simulate: one night, 30 frames of 1024x1024, 2000 stars"
+"$bin/trex" simulate "$root" --frames 30 --size 1024 --stars 2000 --seed 1
 step "mpiexec -n $np trex run $root"
 "$bin/mpiexec" -n "$np" "$bin/trex" --log-level WARNING run "$root"
 "$bin/trex" status "$root"

@@ -47,9 +47,9 @@ def test_errors_name_the_file_and_key(tmp_path, text, message):
 def test_command_line_overrides_are_checked(tmp_path):
     path = tmp_path / "trex.toml"
     path.write_text("")
-    assert load_config(path, {"run": {"threads": 2}}).run.threads == 2
+    assert load_config(path, {"run": {"batch_frames": 2}}).run.batch_frames == 2
     with pytest.raises(ConfigError, match="command line: unknown key"):
-        load_config(path, {"run": {"thread": 2}})
+        load_config(path, {"run": {"batch_frame": 2}})
 
 
 def test_missing_file():

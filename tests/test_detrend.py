@@ -59,6 +59,13 @@ def test_epd_keeps_a_transit_and_ignores_missing_points():
     assert depth >= 0.9 * 0.02
 
 
+def test_epd_ignores_a_parameter_never_measured():
+    _, params, mags, noise = epd_series(seed=3)
+    params["k"] = np.full(len(mags), np.nan)  # e.g. no PSF shape fit
+    out, coef, ok = epd(mags, params)
+    assert ok and "k" not in coef and np.std(out) < 1.10 * np.std(noise)
+
+
 def test_epd_too_few_points_is_not_fitted():
     _, params, mags, _ = epd_series(n=15)
     out, coef, ok = epd(mags, params)
@@ -227,3 +234,39 @@ def test_detrend_project_subset_and_unfitted_flag(tmp_path):
     assert np.isnan(rows["aep_000"]).all()
     assert np.all(rows["aiq_000"][:20] & PHOT["NOT_FITTED"].bit)
     assert np.isfinite(rows["aep_001"]).all()
+
+
+def test_mpi_run_equals_serial_run(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        pytest.skip("no mpiexec next to the interpreter")
+    serial, config, truth = write_project(tmp_path / "serial", nstars=30)
+    detrend_project(serial, config, "7")
+    other, _, _ = write_project(tmp_path / "mpi", nstars=30)
+    script = textwrap.dedent(f"""
+        import pathlib
+        from trex import parallel
+        from trex.config import Config
+        from trex.detrend import detrend_project
+        from trex.project import Project
+        comm = parallel.world()
+        assert comm.size == 2, comm.size
+        info = detrend_project(Project(pathlib.Path({str(other.root)!r})), Config(), "7",
+                               comm=comm)
+        if comm.rank == 0:
+            print("stars", len(info))
+    """)
+    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", script],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"stars {len(truth)}" in out.stdout
+    for oid in truth:
+        a, _ = lcformat.read_rows(serial.lc("7") / f"{oid}.fits")
+        b, _ = lcformat.read_rows(other.lc("7") / f"{oid}.fits")
+        for name in a.dtype.names:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{oid} {name}")

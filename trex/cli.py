@@ -102,10 +102,10 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_stages(args) -> int:
-    try:
-        from trex.pipeline import run_project
-    except ImportError as err:
-        raise NotAvailable(f"{args.command} ({err})") from None
+    from trex.pipeline import AVAILABLE, run_project
+
+    if args.command != "run" and args.command not in AVAILABLE:
+        raise NotAvailable(args.command)
     stages = STAGES if args.command == "run" else (args.command,)
     if getattr(args, "stages", None):
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())

@@ -118,6 +118,9 @@ def detrend_rows(rows: np.ndarray, header, config: Config, grid: Grid,
     """EPD of every input column of one light curve (``lc_dtype`` rows); fills
     ``aep``/``iep`` in a copy and returns it (TFA is done per chunk)."""
     rows = rows.copy()
+    for name in rows.dtype.names:  # NOT_FITTED describes this detrending only: reset it
+        if name[:3] in ("aiq", "irq"):
+            rows[name] &= ~PHOT["NOT_FITTED"].bit
     det = config.detrend
     pos = grid.index(rows["framekey"])
     geometry = sky_geometry(grid.lst[pos], float(header.get("RA", np.nan)),

@@ -140,7 +140,8 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
     mags : array, shape (n,)
         magnitudes in time order, NaN where missing.
     params : dict name -> array, shape (n,)
-        external parameters (see :func:`external_parameters`).
+        external parameters (see :func:`external_parameters`); one without
+        any finite value is ignored, otherwise rows with a NaN are not fitted.
     smooth : points of the running median applied to the magnitudes
         before the fit (1: none).
     clip, iters : points whose residual (raw magnitude minus model) exceeds
@@ -159,6 +160,9 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
         whether the star was fitted.
     """
     mags = np.asarray(mags, dtype=np.float64)
+    # a parameter never measured (no PSF fit, no RA/DEC for the airmass) is left out
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()
+              if np.isfinite(v).any()}
     good = np.isfinite(mags)
     for v in params.values():
         good &= np.isfinite(v)

@@ -25,6 +25,7 @@ from trex import (
     astrometry,
     calibrate,
     catalog,
+    detrend,
     extract,
     inventory,
     lightcurves,
@@ -59,11 +60,18 @@ FIRST_PASS = {
 }
 
 
+#: stages this version runs (``trex run`` skips the others with a warning)
+AVAILABLE = (*FIRST_PASS, "lightcurves", "detrend")
+
+
 def run_project(project: Project, config: Config, stages: tuple[str, ...],
                 rebuild_references: bool = False) -> int:
     """Run ``stages`` over the project on every rank of the job; returns the exit status."""
     comm = parallel.world()
     setup_logging(logging.getLogger("trex").level or "INFO", rank=comm.rank)
+    missing = [s for s in stages if s not in AVAILABLE]
+    if missing and comm.rank == 0:
+        log.warning("stage(s) %s not available in this version: skipped", ", ".join(missing))
     with parallel.abort_on_error(comm):
         db = connect(project.database_url(config)) if comm.rank == 0 else None
         try:
@@ -98,8 +106,9 @@ def _run(comm, db: Database | None, project: Project, config: Config, stages: tu
         choose_astrometric_references(project, db, rebuild)
     if "photometry" in stages:
         magfit.magfit_project(comm, db, context, rebuild)
-    if "lightcurves" in stages:
-        build_lightcurves(comm, db, context)
+    changed = build_lightcurves(comm, db, context) if "lightcurves" in stages else None
+    if "detrend" in stages:
+        detrend_lightcurves(comm, db, context, changed)
 
 
 def finish_frame(frame: Frame, result) -> None:
@@ -173,8 +182,11 @@ def choose_astrometric_references(project: Project, db: Database, rebuild: bool)
         log.info("astrometric reference for %s/%s/%s: frame %d", projid, field, ccd, best)
 
 
-def build_lightcurves(comm, db: Database | None, context: Context) -> None:
-    """Merge frames with photometry not yet in the light curves; record lcinfo."""
+def build_lightcurves(comm, db: Database | None, context: Context) -> dict[str, list[str]]:
+    """Merge frames with photometry not yet in the light curves; record lcinfo.
+
+    Returns {projid: object ids whose light curve changed} (on every rank).
+    """
     config = context.config
     entries = None
     if comm.rank == 0:
@@ -187,14 +199,36 @@ def build_lightcurves(comm, db: Database | None, context: Context) -> None:
         entries = [lightcurves.FrameEntry(int(k), r, n, p, f) for k, r, n, p, f in rows]
     entries = comm.bcast(entries)
     if not entries:
-        return
+        return {}
     info = lightcurves.transpose(comm, context.project, config, entries, context.catalogs)
+    changed: dict[str, list[str]] = {}
     if comm.rank == 0:
         with db.transaction():
-            for row in info:
-                records.upsert(db, "lcinfo", {**row, "configsha": config.sha,
-                                              "updated": records.now()},
-                               key=("projid", "objectid"))
+            record_lcinfo(db, info, config)
             for entry in entries:
                 records.set_status(db, entry.framekey, "lightcurves", "done", None, config.sha)
+        for row in info:
+            changed.setdefault(row["projid"], []).append(row["objectid"])
+    return comm.bcast(changed)
+
+
+def record_lcinfo(db: Database, rows: list[dict], config: Config) -> None:
+    for row in rows:
+        records.upsert(db, "lcinfo", {**row, "configsha": config.sha, "updated": records.now()},
+                       key=("projid", "objectid"))
+
+
+def detrend_lightcurves(comm, db: Database | None, context: Context,
+                        changed: dict[str, list[str]] | None) -> None:
+    """EPD and TFA of the light curves that changed in this run (all of them
+    when ``trex detrend`` runs alone); lcinfo updated."""
+    if changed is None:
+        projids = [r[0] for r in db.query("SELECT DISTINCT projid FROM lcinfo")] \
+            if comm.rank == 0 else None
+        changed = {p: None for p in comm.bcast(projids)}
+    for projid, objectids in changed.items():
+        info = detrend.detrend_project(context.project, context.config, projid, objectids, comm)
+        if comm.rank == 0:
+            with db.transaction():
+                record_lcinfo(db, info, context.config)
 

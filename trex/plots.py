@@ -68,7 +68,7 @@ def rms_vs_mag(path: Path, stats: np.ndarray, napertures: int, noise: dict, titl
                 ax.plot(*noise[a], color="k", lw=1.2, label="photon+sky+read noise")
             ax.set_yscale("log")
             ax.set_title(f"{kind}, aperture {a}", fontsize=10)
-            ax.grid(alpha=0.3, which="both")
+            ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left", markerscale=3)
             if j == 0:
                 ax.set_ylabel("clipped RMS, mag")

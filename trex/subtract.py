@@ -17,13 +17,16 @@ varying kernel applied in Cython (``trex._subtract``).  Pixel coordinates are
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 
-from trex import _subtract
+from trex import _subtract, diffphot, photref, records
 from trex._stats import clipped_stats
+from trex.fits import FrameError
+from trex.frame import Context, Frame
 from trex.kernelspec import (
     DEFAULT_KERNEL,
     Basis,
@@ -33,6 +36,7 @@ from trex.kernelspec import (
     parse_kernel,
     poly_terms,
 )
+from trex.products import load_product, save_product
 
 log = logging.getLogger(__name__)
 
@@ -300,3 +304,65 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     log.info("subtracted with %s: %d stamps kept, %d rejected", spec.text,
              len(solution.stamps), len(solution.rejected))
     return diff, solution
+
+
+# -- the per-frame stage: register -> subtract -> difference photometry --------------
+
+def run(frame: Frame, context: Context) -> Frame:
+    """The subtract stage on one frame (needs ``context.photref``, see :mod:`trex.photref`).
+
+    The frame is registered onto the photometric reference grid, the reference
+    is fitted to it and subtracted, and the reference's stars that the frame's
+    ``aphot`` product holds are measured on D (:mod:`trex.diffphot`).  Adds the
+    ``iphot`` product; logs the kernel and ``diff_noise_ratio`` (not a
+    ``calibratedframes`` column, so not in ``frame.quality``).
+    """
+    meta, config = frame.meta, context.config
+    key = (meta.projid, meta.field, meta.ccd)
+    ref = context.photref.get(key)
+    if ref is None:
+        raise FrameError(frame.rawpath, "subtract: no photometric reference for " + "/".join(key))
+    aphot = load_product(frame.redpath, "aphot") if frame.redpath is not None else None
+    if frame.image is None or frame.wcs is None or aphot is None:
+        raise FrameError(frame.rawpath, "subtract: no image, WCS or aphot (photometry not done)")
+    start = time.perf_counter()
+    image, refmask, header, ref_wcs, refphot = photref.load_reference(ref.path, ref.phot)
+    sub = config.subtract
+    reg, regmask, transform = photref.register(frame.image, frame.mask, frame.wcs, ref_wcs,
+                                               image.shape, config, meta.saturate)
+    mask = regmask | refmask
+    try:
+        diff, sol = subtract(reg, image, kernel=sub.kernel, mask=mask != 0, gain=meta.gain,
+                             rdnoise=meta.rdnoise, saturation=0.95 * header["SATURATE"],
+                             ngrid=sub.stamp_grid, halfsize=sub.stamp_halfsize,
+                             threshold=sub.stamp_threshold, reject=sub.stamp_reject)
+    except ValueError as err:
+        raise FrameError(frame.rawpath, f"subtract: {err}") from None
+    model = reg - diff
+    table, info = diffphot.difference_photometry(
+        diff, model, sol.flux_scale, refphot[np.isin(refphot["star"], aphot["star"])], config,
+        gain=meta.gain, rdnoise=meta.rdnoise, exptime=float(header["EXPTIME"]), mask=mask)
+    ratio = diffphot.noise_ratio(diff, model, image, sol, transform, mask, gain=meta.gain,
+                                 rdnoise=meta.rdnoise, ref_noise=float(header["NOISEFAC"]),
+                                 method=sub.resample)
+    member = " (in the reference stack)" if frame.framekey in ref.framekeys else ""
+    frame.products["iphot"], frame.products["photrefkey"] = table, ref.photrefkey
+    frame.products["diff_noise_ratio"], frame.products["stamps"] = ratio, sol.stamps
+    log.info("frame %s: subtracted in %.2f s: %d stamps, flux scale %.4f, aperture ratio %s, "
+             "diff_noise_ratio %.3f%s", frame.rawpath.name, time.perf_counter() - start,
+             len(sol.stamps), float(sol.flux_scale(image.shape[1] / 2, image.shape[0] / 2)),
+             " ".join(f"{q:.3f}" for q in info["q"]), ratio, member)
+    return frame
+
+
+def save(frame: Frame, context: Context) -> dict:
+    """Write the frame's iphot product; returns its ``ism_photometry``, ``iphotfiles``
+    and ``photindex_iphots`` rows."""
+    table, meta, key = frame.products["iphot"], frame.meta, frame.products["photrefkey"]
+    path = save_product(frame.redpath, "iphot", table)
+    objectids = np.asarray(context.catalogs[meta.field]["objectid"])[table["star"]]
+    rows = {"ism_photometry": diffphot.ism_rows(frame.framekey, key, table, objectids)}
+    rows.update(diffphot.index_rows(
+        frame.framekey, key, str(path.relative_to(context.project.root)), len(table),
+        meta.jd - 2400000.0, (meta.projid, meta.field, meta.ccd), records.now()))
+    return rows

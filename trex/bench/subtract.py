@@ -6,16 +6,23 @@ Resampling (4096^2, 2048^2 with ``--quick``): a HATPI-like frame
 distortion, the map being one :class:`trex.register.Transform`.  trex
 ``resample`` (bilinear, bicubic, flux-conserving) against scipy
 ``map_coordinates`` (order 1, 3) at the same points; scipy's coordinate arrays
-are computed beforehand, outside its timing.  Check: median and robust
-scatter of trex / (scipy x pixel-area ratio) (trex conserves flux, scipy
-samples) on a subgrid of interior pixels.
+are computed beforehand, outside its timing; fitsh ``fitrans -k --reverse``
+(pipe-trex's flux-conserving resampling; not with ``--quick``), the whole
+process, with the same map fitted by ``grtrans`` from 32 x 32 points.  Check:
+median and robust scatter of trex / (scipy x pixel-area ratio) (trex
+conserves flux, scipy samples), or trex / fitrans, on a subgrid of interior
+pixels.
 
 Subtraction (2048^2 pair from :mod:`trex.simulate.scene`): the reference is
 the noiseless frame plus the noise of a 10-frame stack, the image the same
 stars 1.25x wider with shot and read noise.  trex ``subtract`` (stamp selection
 + kernel fit + convolution + subtraction, ``b/4;i/4;d=4/4``) against one scipy
 ``fftconvolve`` of the frame (the floor of any convolution-based method), and
-fitsh ``ficonv`` (whole process; not with ``--quick``: ~30 s a run).  Check:
+fitsh ``ficonv`` (whole process; not with ``--quick``: ~30 s a run).
+
+The fitsh peers take ~25 s a run at these sizes: they run ``SLOW_REPEATS``
+times (1: the full bench must stay under 15 minutes), which the check says.
+Check:
 std of D / expected noise in the interior (1.0 is ideal), the expected
 variance being the image's plus the reference's through the kernel at the
 frame centre.
@@ -43,6 +50,8 @@ log = logging.getLogger(__name__)
 NAME = "subtract"
 KERNEL = "b/4;i/4;d=4/4"
 GAIN, RDNOISE, NSTACK, BORDER = 2.7, 10.0, 10, 16
+#: repeats of the whole-process fitsh peers (ficonv, fitrans), ~25 s a run
+SLOW_REPEATS = 1
 
 
 def test_transform(n: int) -> Transform:
@@ -63,10 +72,11 @@ def area_ratio(transform: Transform, x: np.ndarray, y: np.ndarray, h: float = 0.
     return np.abs((ux1 - ux0) * (vy1 - vy0) - (uy1 - uy0) * (vx1 - vx0)) / (2 * h) ** 2
 
 
-def agreement_check(trex_img: np.ndarray, peer_img: np.ndarray, area: np.ndarray,
-                    step: int = 4, border: int = BORDER) -> str:
-    """'trex/(scipy x area ratio) <median> +- <robust scatter>' on every ``step``-th interior
-    pixel; ``area`` is the area ratio on that subgrid (trex conserves flux, scipy samples)."""
+def agreement_check(trex_img: np.ndarray, peer_img: np.ndarray, area: np.ndarray | float,
+                    label: str = "(scipy x area ratio)", step: int = 4, border: int = BORDER) -> str:
+    """'trex/<label> <median> +- <robust scatter>' of trex / (peer x area) on every
+    ``step``-th interior pixel; ``area`` is the pixel-area ratio on that subgrid
+    (trex conserves flux, scipy samples) or 1 for a flux-conserving peer."""
     a = np.asarray(trex_img, float)[::step, ::step]
     b = np.asarray(peer_img, float)[::step, ::step] * area
     inner = slice(border // step, -(border // step))
@@ -75,22 +85,26 @@ def agreement_check(trex_img: np.ndarray, peer_img: np.ndarray, area: np.ndarray
     ratio = a[good] / b[good]
     med = float(np.median(ratio))
     scatter = 1.4826 * float(np.median(np.abs(ratio / med - 1)))
-    return f"trex/(scipy x area ratio) {med:.4f} +- {scatter:.1e}"
+    return f"trex/{label} {med:.4f} +- {scatter:.1e}"
 
 
-def bench_resample(size: int) -> list[Row]:
-    frame, _, _, _ = hatpi_frame(size, 10_000 if size <= 2048 else 50_000, seed=3)
-    transform = test_transform(size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+def scipy_resample(frame: np.ndarray, transform: Transform) -> dict[int, tuple[float, np.ndarray]]:
+    """{order: (median time, output)} of map_coordinates at the transform's points (the
+    coordinate arrays are computed before the timing)."""
+    yy, xx = np.mgrid[0:frame.shape[0], 0:frame.shape[1]].astype(np.float64)
     u, v = transform(xx, yy)
     coords = np.array([v, u])
     del xx, yy, u, v
+    return {order: median_time(lambda k=order: map_coordinates(
+        frame, coords, order=k, output=np.float32, cval=np.nan)) for order in (1, 3)}
+
+
+def bench_resample(size: int, quick: bool) -> list[Row]:
+    frame, _, _, _ = hatpi_frame(size, 10_000 if size <= 2048 else 50_000, seed=1)
+    transform = test_transform(size)
+    scipy = scipy_resample(frame, transform)
     sub = np.arange(0, size, 4, dtype=np.float64)
     area = area_ratio(transform, sub[None, :], sub[:, None])
-    scipy = {}
-    for order in (1, 3):
-        scipy[order] = median_time(
-            lambda k=order: map_coordinates(frame, coords, order=k, output=np.float32, cval=np.nan))
     rows = []
     for method, order in (("bilinear", 1), ("bicubic", 3), ("flux", 3)):
         t, out = median_time(lambda m=method: resample(frame, transform, (size, size), m))
@@ -98,7 +112,45 @@ def bench_resample(size: int) -> list[Row]:
         rows.append(Row(f"resample onto reference grid, trex {label}", f"{size}^2", t,
                         f"scipy map_coordinates order {order}", scipy[order][0],
                         agreement_check(out, scipy[order][1], area)))
+    if not quick:
+        rows += _fitrans_rows(frame, transform, rows[-1].trex, out)
     return rows
+
+
+def fitrans_runner(frame: np.ndarray, transform: Transform, folder: Path):
+    """The map as a fitsh transformation (``grtrans`` fit of 32 x 32 point pairs, fitsh
+    pixel centres at +0.5) and a callable running ``fitrans -k --reverse`` (pipe-trex's)."""
+    from astropy.io import fits
+
+    n = frame.shape[0]
+    gx, gy = (g.ravel() for g in np.meshgrid(np.linspace(0, n - 1, 32), np.linspace(0, n - 1, 32)))
+    u, v = transform(gx, gy)
+    np.savetxt(folder / "points.txt", np.column_stack([gx, gy, u, v]) + 0.5)
+    subprocess.run(["grtrans", "--col-xy", "1,2", "--col-fit", "3,4", "--order",
+                    str(transform.order), "--output-transformation", str(folder / "map.trans"),
+                    str(folder / "points.txt")], check=True, capture_output=True)
+    fits.writeto(folder / "frame.fits", frame, overwrite=True)
+    command = ["fitrans", "-i", str(folder / "frame.fits"), "-k", "-T", str(folder / "map.trans"),
+               "--reverse", "-o", str(folder / "out.fits")]
+
+    def run_fitrans() -> np.ndarray:
+        subprocess.run(command, check=True, capture_output=True)
+        return fits.getdata(folder / "out.fits")
+
+    return run_fitrans
+
+
+def _fitrans_rows(frame: np.ndarray, transform: Transform, t_trex: float,
+                  out: np.ndarray) -> list[Row]:
+    if not (shutil.which("fitrans") and shutil.which("grtrans")):
+        log.warning("subtract: fitsh fitrans/grtrans not installed, its row is left out")
+        return []
+    with tempfile.TemporaryDirectory(prefix="trex-bench-fitrans-") as tmp:
+        t_peer, peer = median_time(fitrans_runner(frame, transform, Path(tmp)), SLOW_REPEATS)
+    size = frame.shape[0]
+    return [Row("resample onto reference grid, trex flux-conserving", f"{size}^2", t_trex,
+                "fitsh fitrans -k (process)", t_peer,
+                f"{agreement_check(out, peer, 1.0, 'fitrans')}; peer {SLOW_REPEATS} run(s)")]
 
 
 def subtraction_pair(size: int, nstars: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,15 +205,16 @@ def bench_subtract(size: int, nstars: int, quick: bool) -> list[Row]:
     if not shutil.which("ficonv"):
         log.warning("subtract: fitsh ficonv not installed, its row is left out")
     elif quick:
-        log.warning("subtract: fitsh ficonv (~30 s a run) is left out with --quick")
+        log.warning("subtract: fitsh ficonv and fitrans (~25 s a run) are left out with --quick")
     else:
         with tempfile.TemporaryDirectory(prefix="trex-bench-sub-") as tmp:
-            t_fi, d_fi = median_time(ficonv_runner(image, reference, Path(tmp)))
+            t_fi, d_fi = median_time(ficonv_runner(image, reference, Path(tmp)), SLOW_REPEATS)
         rows.append(Row(op, label, t_trex, "fitsh ficonv (process)", t_fi,
-                        f"ficonv {noise_check(d_fi, model, reference, kernel)}; trex {check}"))
+                        f"ficonv {noise_check(d_fi, model, reference, kernel)}; trex {check}; "
+                        f"peer {SLOW_REPEATS} run(s)"))
     return rows
 
 
 def run(quick: bool = False) -> list[Row]:
-    rows = bench_resample(2048 if quick else 4096)
+    rows = bench_resample(2048 if quick else 4096, quick)
     return rows + bench_subtract(2048, 10_000, quick)

@@ -1,13 +1,14 @@
 """Transposition of per-frame photometry into per-star light curves.
 
 Synthetic per-frame ``aphot`` products (2000 frames x 500 stars = 10^6
-measurements; 200 frames with ``--quick``) in a scratch project, driven
+measurements; 200 frames x 200 stars with ``--quick``) in a scratch project, driven
 serially (:class:`trex.parallel.SerialComm`):
 
 * trex scatter + sort: read every product, append its rows to the star-range
   partition files, read each partition back and sort it by (star, time) — the
   part of ``lightcurves.transpose`` that scales with the measurements;
-* trex total: ``lightcurves.transpose`` including the 500 light-curve FITS writes;
+* trex total: ``lightcurves.transpose`` including the light-curve FITS writes
+  (one file per star);
 * numpy: the same light-curve rows already in memory, concatenated, lexsorted by
   (star, time) and gathered (the in-memory floor, no I/O at all);
 * fitsh ``grcollect`` when installed (pipe-trex's transposer): the whole
@@ -43,7 +44,7 @@ from trex.project import Project, init_project
 log = logging.getLogger(__name__)
 
 NAME = "transpose"
-NSTARS, NAPER, PROJID, FIELD = 500, 3, "7", "F1"
+NAPER, PROJID, FIELD = 3, "7", "F1"
 PRODUCT = ([("star", "i8"), ("rjd", "f8"), ("bjd", "f8"), ("xcc", "f8"), ("ycc", "f8"),
             ("bgv", "f4"), ("bge", "f4"), ("fsv", "f4"), ("fdv", "f4"), ("fkv", "f4")]
            + [(f"{c}_{a:03d}", t) for c, t in (("aim", "f4"), ("aie", "f4"), ("aiq", "i2"))
@@ -62,22 +63,22 @@ def timed(func: Callable, reset: Callable | None = None, repeats: int = 3) -> tu
     return statistics.median(times), result
 
 
-def make_products(root: Path, nframes: int, seed: int = 0):
-    """(catalog, entries) of ``nframes`` frames measuring all NSTARS stars."""
+def make_products(root: Path, nframes: int, nstars: int, seed: int = 0):
+    """(catalog, entries) of ``nframes`` frames measuring all ``nstars`` stars."""
     rng = np.random.default_rng(seed)
-    catalog = {"objectid": np.array([f"TRX-{i:05d}" for i in range(NSTARS)]),
-               "ra": rng.uniform(50, 70, NSTARS), "dec": rng.uniform(-40, -20, NSTARS),
-               "mag": rng.uniform(8, 14, NSTARS)}
+    catalog = {"objectid": np.array([f"TRX-{i:05d}" for i in range(nstars)]),
+               "ra": rng.uniform(50, 70, nstars), "dec": rng.uniform(-40, -20, nstars),
+               "mag": rng.uniform(8, 14, nstars)}
     times = 61000.5 + np.sort(rng.uniform(0, 1, nframes))
     keys = rng.permutation(nframes) + 1  # framekeys not in time order
     entries = []
     for i in range(nframes):
-        rows = np.zeros(NSTARS, dtype=PRODUCT)
-        rows["star"] = np.arange(NSTARS)
+        rows = np.zeros(nstars, dtype=PRODUCT)
+        rows["star"] = np.arange(nstars)
         rows["rjd"], rows["bjd"] = times[i], times[i] + 2400000.0
         for name in rows.dtype.names[3:]:
             if rows.dtype[name].kind == "f":
-                rows[name] = rng.normal(10.0, 1.0, NSTARS)
+                rows[name] = rng.normal(10.0, 1.0, nstars)
         redpath = Path("RED") / PROJID / f"frame-{keys[i]:05d}.fits"
         save_product(root / redpath, "aphot", rows)
         entries.append(lightcurves.FrameEntry(int(keys[i]), str(redpath), "2026-11-29",
@@ -113,7 +114,7 @@ def lc_check(project: Project, info: list[dict], peer_rows: np.ndarray, sample: 
     """Light-curve files: count, rows, and ``sample`` stars compared with numpy's rows."""
     nrows = sum(row["nobs"] for row in info)
     same = True
-    for star in np.linspace(0, NSTARS - 1, sample).astype(int):
+    for star in np.linspace(0, len(info) - 1, sample).astype(int):
         rows, _ = read_rows(project.root / "LC" / PROJID / f"TRX-{star:05d}.fits")
         mine = peer_rows[peer_rows["star"] == star]
         same &= np.array_equal(rows["framekey"], mine["framekey"]) and \
@@ -139,13 +140,13 @@ def grcollect_runner(frames: list[np.ndarray], folder: Path) -> tuple[list[str],
 
 
 def run(quick: bool = False) -> list[Row]:
-    nframes = 200 if quick else 2000
-    nmeas = nframes * NSTARS
-    size = f"{nframes} frames x {NSTARS} stars"
+    nframes, nstars = (200, 200) if quick else (2000, 500)
+    nmeas = nframes * nstars
+    size = f"{nframes} frames x {nstars} stars"
     config = Config()
     with tempfile.TemporaryDirectory(prefix="trex-bench-lc-") as tmp:
         project = init_project(Path(tmp) / "p")
-        catalog, entries = make_products(project.root, nframes)
+        catalog, entries = make_products(project.root, nframes, nstars)
         frames = [lightcurves.frame_rows(project.root, e, NAPER) for e in entries]
         t_np, peer = timed(lambda: numpy_sort(frames))
         scratch, lcdir = project.redtemp / "lc", project.root / "LC"

@@ -1,0 +1,170 @@
+"""``trex bench`` modules: the check columns compare real outputs of trex and the peer.
+
+No timing is asserted (machines are noisy); the inputs are tiny.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trex.bench import calibrate, endtoend, extract, photometry, subtract, transpose
+from trex.bench.common import hatpi_frame
+
+
+@pytest.fixture(scope="module")
+def small_frame():
+    return hatpi_frame(256, 120, seed=7)
+
+
+def test_photometry_check_compares_both_outputs(small_frame):
+    image, x, y, flux = small_frame
+    stars = photometry.bright_isolated(x, y, flux, fraction=0.2)
+    assert stars.size > 3
+    mine = photometry.run_trex(image, x, y, sky="mean")
+    peer = photometry.run_sep(image, x, y)
+    assert mine.shape == peer.shape == (x.size, 3)
+    assert photometry.flux_check(mine[:, 1], peer[:, 1], stars).startswith("flux ratio 1.000")
+    # a peer 10 % brighter shows up in the ratio
+    assert "flux ratio 0.909" in photometry.flux_check(mine[:, 1], 1.1 * peer[:, 1], stars)
+
+
+def test_photutils_peer_matches_sep(small_frame):
+    image, x, y, flux = small_frame
+    stars = photometry.bright_isolated(x, y, flux, fraction=0.2)
+    check = photometry.flux_check(photometry.run_photutils(image, x, y)[:, 1],
+                                  photometry.run_sep(image, x, y)[:, 1], stars)
+    assert check.startswith("flux ratio 1.00")
+
+
+def test_read_fiphot_takes_flux_columns(tmp_path):
+    path = tmp_path / "out.phot"
+    path.write_text("0 10.5 11.5 100.0 1.0 5.0 0.1 200.0 2.0 5.0 0.1 300.0 3.0 5.0 0.1\n"
+                    "2 20.5 21.5 - - - - 7.0 1.0 5.0 0.1 8.0 1.0 5.0 0.1\n")
+    flux = photometry.read_fiphot(path, 3)
+    np.testing.assert_array_equal(flux[0], [100.0, 200.0, 300.0])
+    assert np.isnan(flux[1]).all() and np.isnan(flux[2, 0]) and flux[2, 2] == 8.0
+
+
+def test_extract_match_check(small_frame):
+    image = small_frame[0]
+    mine, peer = extract.run_trex(image), extract.run_sep(image)
+    assert len(mine) > 20 and len(peer) > 20
+    assert "of peer's matched" in extract.match_check(mine, peer)
+    shifted = extract.match_check(mine, mine + [0.3, 0.4])
+    assert "100.0% of peer's matched" in shifted and "median offset 0.5000 px" in shifted
+    far = extract.match_check(mine, np.vstack([mine, mine + 50.0]))
+    assert f"trex {len(mine)} / peer {2 * len(mine)}" in far
+
+
+def test_resample_check_uses_area_ratio():
+    transform = subtract.test_transform(128)
+    area = subtract.area_ratio(transform, np.arange(0, 128, 4.0)[None, :],
+                               np.arange(0, 128, 4.0)[:, None])
+    assert area.shape == (32, 32) and np.allclose(area, 1.004 ** 2, atol=2e-3)
+    peer = np.random.default_rng(1).uniform(900, 1100, (128, 128))
+    mine = peer * np.kron(area, np.ones((4, 4)))
+    assert "1.0000 +- 0.0e+00" in subtract.agreement_check(mine, peer, area)
+    assert "1.0500" in subtract.agreement_check(1.05 * mine, peer, area)
+
+
+def test_resample_trex_agrees_with_scipy(small_frame):
+    from scipy.ndimage import map_coordinates
+
+    image = small_frame[0]
+    transform = subtract.test_transform(256)
+    yy, xx = np.mgrid[0:256, 0:256].astype(float)
+    u, v = transform(xx, yy)
+    peer = map_coordinates(image, [v, u], order=1, cval=np.nan)
+    area = subtract.area_ratio(transform, np.arange(0, 256, 4.0)[None, :],
+                               np.arange(0, 256, 4.0)[:, None])
+    mine = subtract.resample(image, transform, (256, 256), "bilinear")
+    assert "1.0000" in subtract.agreement_check(mine, peer, area)
+
+
+def test_noise_check_of_pure_noise():
+    rng = np.random.default_rng(2)
+    model = np.full((200, 200), 1000.0)
+    reference = model.copy()
+    kernel = np.zeros((9, 9))
+    kernel[4, 4] = 1.0
+    var = model / subtract.GAIN + (subtract.RDNOISE / subtract.GAIN) ** 2
+    var_ref = (model / subtract.GAIN + (subtract.RDNOISE / subtract.GAIN) ** 2) / subtract.NSTACK
+    diff = rng.normal(0, 1, model.shape) * np.sqrt(var + var_ref)
+    check = subtract.noise_check(diff, model, reference, kernel)
+    assert 0.97 < float(check.split()[2]) < 1.03
+    assert 1.9 < float(subtract.noise_check(2 * diff, model, reference, kernel).split()[2]) < 2.1
+
+
+def test_calibrate_checks(tmp_path):
+    assert "0.00e+00 ADU" in calibrate.difference_check(np.ones((4, 4)), np.ones((4, 4)), 1.0)
+    assert "max |trex - numpy| 2.00e+00 ADU (1.0e+00 sigma)" == calibrate.difference_check(
+        np.ones((4, 4)), np.full((4, 4), 3.0), 2.0)
+    row = calibrate.bench_master(64, 5, tmp_path)
+    median = float(row.check.split("median ")[1].split(",")[0])
+    assert median < 0.05  # trex and numpy clipped means of the same frames
+    row = calibrate.bench_frame(256, tmp_path)
+    assert "max |trex - numpy|" in row.check and float(row.check.split()[4]) < 1e-2
+
+
+def test_transpose_matches_numpy(tmp_path):
+    from trex.config import Config
+    from trex.project import init_project
+
+    project = init_project(tmp_path / "p")
+    catalog, entries = transpose.make_products(project.root, 6, 12)
+    frames = [transpose.lightcurves.frame_rows(project.root, e, transpose.NAPER) for e in entries]
+    peer = transpose.numpy_sort(frames)
+    mine = transpose.scatter_sort(project, Config(), entries)
+    assert transpose.order_check(mine, peer) == "72 rows, same order and values as numpy"
+    swapped = mine.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert "DIFFERENT" in transpose.order_check(swapped, peer)
+    info = transpose.lightcurves.transpose(transpose.SerialComm(), project, Config(), entries,
+                                           {transpose.FIELD: catalog})
+    assert transpose.lc_check(project, info, peer) == "12 LC files, 72 rows; 5 stars identical to numpy"
+    peer["aim_001"][peer["star"] == 0] += 1.0
+    assert "DIFFER from numpy" in transpose.lc_check(project, info, peer)
+
+
+def test_endtoend_rss_wrapper_and_lc_comparison(tmp_path):
+    from trex.lcformat import empty_rows, write_lightcurve
+
+    grow = [sys.executable, "-c", "x = bytearray(80 * 2**20); x[::4096] = b'1' * len(x[::4096])"]
+    _, rss = endtoend.run_measured(grow, tmp_path / "one")
+    assert len(rss) == 1 and rss[0] > 80
+    _, rss = endtoend.run_measured(grow, tmp_path / "two", mpi_ranks=2)
+    assert len(rss) == 2 and min(rss) > 80
+    for name, value in (("a", 1.0), ("b", 1.0), ("c", 2.0)):
+        rows = empty_rows(3, 3)
+        rows["aim_000"] = value
+        write_lightcurve(Path(tmp_path / name / "LC" / "7" / "S1.fits"), rows, [])
+    assert endtoend.same_lightcurves(tmp_path / "a", tmp_path / "b").endswith("1 sampled identical")
+    assert "DIFFERENT" in endtoend.same_lightcurves(tmp_path / "a", tmp_path / "c")
+
+
+@pytest.mark.skipif(not shutil.which("fitrans"), reason="fitsh not installed")
+def test_fitrans_peer_uses_the_same_map(small_frame, tmp_path):
+    image = small_frame[0]
+    transform = subtract.test_transform(256)
+    peer = subtract.fitrans_runner(image, transform, tmp_path)()
+    mine = subtract.resample(image, transform, (256, 256), "flux")
+    check = subtract.agreement_check(mine, peer, 1.0, "fitrans")
+    assert abs(float(check.split()[1]) - 1.0) < 2e-3, check
+
+
+@pytest.mark.skipif(not shutil.which("fiphot"), reason="fitsh not installed")
+def test_fiphot_peer_reads_back_its_fluxes(small_frame, tmp_path):
+    import subprocess
+
+    image, x, y, flux = small_frame
+    subprocess.run(photometry.fiphot_command(image, x, y, tmp_path), check=True,
+                   capture_output=True)
+    peer = photometry.read_fiphot(tmp_path / "out.phot", x.size)
+    stars = photometry.bright_isolated(x, y, flux, fraction=0.2)
+    check = photometry.flux_check(photometry.run_trex(image, x, y)[:, 1], peer[:, 1], stars)
+    assert abs(float(check.split()[2]) - 1.0) < 0.01, check

@@ -1,0 +1,218 @@
+"""Difference-image photometry: flux changes on D = I - (R conv K + B), in reference units.
+
+Pure array code.  For each star of the photometric reference (at its
+*reference* position, the frame being registered onto the reference grid) and
+each configured aperture:
+
+* ``dF_img``: aperture sum of D minus a local sky of D in the star's annulus
+  (:func:`trex.photometry.aperture_photometry`, the configured sky estimator).
+  D has no sky after the fit, but the local sky takes out what the background
+  polynomial misses (moon gradients, halos), as fiphot on subtracted frames did.
+* Kernel weighting (the fitsh ``--input-kernel`` idea): a star of reference
+  flux F_ref appears in the image as ``s F_ref`` with the local kernel sum
+  ``s = sum K(x, y)`` (:meth:`trex.subtract.Solution.flux_scale`), and with
+  the image's PSF, whose aperture fraction differs from the reference's.  The
+  aperture fraction ratio ``q`` is measured per aperture as the clipped median,
+  over bright stars with good flags, of ``F_M / (s F_ref)`` with ``F_M`` the
+  same aperture on the model ``M = R conv K + B``.  Then ``dF = dF_img / (s q)``
+  is the flux change in reference-frame flux units, and ``F = F_ref + dF``.
+* Errors: ``dF_img`` variance = ``max(F_img, 0) / gain`` (photon noise of the
+  star in the image, ``F_img = F_M + dF_img``) + ``A v_sky (1 + A / N_sky)``
+  with ``v_sky = max(sky_M, 0) / gain + (rdnoise / gain)^2`` the image's sky
+  pixel variance.  Resampling correlates neighbouring pixels but keeps the
+  variance of aperture sums, so the unresampled pixel variance is used.
+  ``ife`` is the error of ``dF`` from one frame's noise.  The reference's
+  noise at a star (``~ A v_sky / neff``, ``neff = 2 n / pi`` for a median of n
+  frames) and the error of F_ref are the same in every frame of the light
+  curve (a constant offset), so they are left out; ``ire = 1.0857 ife / F``.
+* ``irm = ZP - 2.5 log10(F / exptime)`` with the reference's EXPTIME: magnitudes
+  on the reference's photometric scale (the kernel takes out transparency).
+* ``irq``: flags of D's and the reference's aperture photometry, SATURATED
+  near saturated pixels of either, NONPOSITIVE when F <= 0.
+
+:func:`noise_ratio` is the quality number ``std(D / sigma)`` over sampled
+pixels, with ``sigma^2 = f (max(M, 0) / gain + (rdnoise / gain)^2) +
+sum(K^2) v_ref``; ``f`` is the per-pixel variance factor of the resampling at
+the pixel's sub-pixel phase (:func:`variance_factor`) and ``v_ref`` the
+reference's pixel variance, measured when it was built (NOISEFAC times the
+raw-frame variance).  Frames in the reference stack share their noise with it,
+so their ratio is lower (about 0.8 for a stack of 8).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from trex._stats import clipped_stats
+from trex.config import Config
+from trex.flags import PHOT
+from trex.photometry import MAG_ERR_FACTOR, _saturated_near, aperture_photometry, apertures
+from trex.register import Transform, fit_transform, resample
+
+#: stars with F_ref at least this many sigma measure the aperture fraction ratio q
+Q_MIN_SNR = 50.0
+
+
+def iphot_dtype(napertures: int) -> np.dtype:
+    """The ``iphot`` product: catalog index and the light-curve columns."""
+    fields = [("star", "i8"), ("xref", "f8"), ("yref", "f8")]  # not xcc: that is the frame's
+    for name, dtype in (("ifl", "f8"), ("ife", "f8"), ("irm", "f4"), ("ire", "f4"),
+                        ("irq", "i2"), ("dfl", "f8")):
+        fields += [(f"{name}_{i:03d}", dtype) for i in range(napertures)]
+    return np.dtype(fields)
+
+
+def _measure(image: np.ndarray, x, y, radii, annulus, mask, config: Config, gain: float) -> dict:
+    ph = config.photometry
+    return aperture_photometry(image, x, y, radii, annulus, gain=gain, mask=mask,
+                               sky_method=ph.sky_method, sky_sigma=ph.sky_sigma,
+                               sky_iters=ph.sky_iters, disjoint_radius=ph.disjoint_radius,
+                               min_sky_pixels=ph.min_sky_pixels)
+
+
+def aperture_ratio(f_model: np.ndarray, f_ref: np.ndarray, ferr_ref: np.ndarray,
+                   scale: np.ndarray, ok: np.ndarray) -> float:
+    """q = clipped median of F_M / (s F_ref) over bright good stars (1.0 if none)."""
+    use = ok & (f_ref > Q_MIN_SNR * ferr_ref) & (f_ref > 0) & np.isfinite(f_model)
+    if use.sum() < 5:
+        return 1.0
+    _, median, _, _ = clipped_stats(f_model[use] / (scale[use] * f_ref[use]), 3.0, 5)
+    return float(median)
+
+
+def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot: np.ndarray,
+                          config: Config, *, gain: float, rdnoise: float,
+                          exptime: float, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The ``iphot`` table of the stars in ``refphot`` (see the module doc).
+
+    Parameters
+    ----------
+    diff, model : D and M = R conv K + B on the reference grid, ADU, (ny, nx).
+    scale_of : callable (x, y) -> local kernel sum s (``Solution.flux_scale``).
+    refphot : reference photometry (:func:`trex.photref.reference_photometry`).
+    gain, rdnoise : the image's e-/ADU and e-.
+    exptime : EXPTIME of the reference, s.  mask : uint8 MASK bits on the reference grid.
+
+    Returns
+    -------
+    (table, {"q": [q per aperture]}).
+    """
+    x, y = refphot["x"], refphot["y"]
+    radii, annuli = apertures(config)
+    table = np.zeros(len(refphot), dtype=iphot_dtype(len(radii)))
+    table["star"], table["xref"], table["yref"] = refphot["star"], x, y
+    scale = np.asarray(scale_of(x, y), dtype=np.float64)
+    saturated = _saturated_near(mask, x, y, float(radii.max()))
+    qs = []
+    for annulus in sorted(set(annuli)):
+        use = [i for i, a in enumerate(annuli) if a == annulus]
+        res_d = _measure(diff, x, y, radii[use], annulus, mask, config, gain)
+        res_m = _measure(model, x, y, radii[use], annulus, mask, config, gain)
+        v_sky = np.maximum(res_m["bg"], 0.0) / gain + (rdnoise / gain) ** 2
+        nsky = np.maximum(res_d["nsky"], 1)
+        for j, i in enumerate(use):
+            f_ref, ferr_ref = refphot[f"flux_{i:03d}"], refphot[f"fluxerr_{i:03d}"]
+            # D's own NONPOSITIVE means dF <= 0, which is fine: F decides (_fill)
+            flag = (res_d["flag"][:, j] & ~PHOT["NONPOSITIVE"].bit) | refphot[f"flag_{i:03d}"]
+            q = aperture_ratio(res_m["flux"][:, j], f_ref, ferr_ref, scale, flag == 0)
+            area, d_img = res_d["area"][:, j], res_d["flux"][:, j]
+            var = (np.maximum(res_m["flux"][:, j] + d_img, 0.0) / gain
+                   + area * v_sky * (1.0 + area / nsky))
+            _fill(table, i, f_ref, d_img / (scale * q), np.sqrt(var) / np.abs(scale * q),
+                  flag | np.where(saturated, PHOT["SATURATED"].bit, 0), config, exptime)
+            qs.append(q)
+    return table, {"q": qs}
+
+
+def _fill(table: np.ndarray, i: int, f_ref, dflux, dfluxerr, flag, config: Config,
+          exptime: float) -> None:
+    flux = f_ref + dflux
+    good = flux > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table[f"irm_{i:03d}"] = np.where(
+            good, config.camera.zeropoint - 2.5 * np.log10(flux / exptime), np.nan)
+        table[f"ire_{i:03d}"] = np.where(good, MAG_ERR_FACTOR * dfluxerr / flux, np.nan)
+    table[f"ifl_{i:03d}"], table[f"ife_{i:03d}"], table[f"dfl_{i:03d}"] = flux, dfluxerr, dflux
+    table[f"irq_{i:03d}"] = flag | np.where(good, 0, PHOT["NONPOSITIVE"].bit)
+
+
+def ism_rows(framekey: int, photrefkey: int, table: np.ndarray, objectids: np.ndarray) -> dict:
+    """``ism_photometry`` columns (one row per star and aperture) of an iphot table."""
+    napertures = sum(1 for n in table.dtype.names if n.startswith("ifl_"))
+    n = len(table) * napertures
+    rows = {"framekey": np.full(n, framekey, dtype=np.int64),
+            "photrefkey": np.full(n, photrefkey, dtype=np.int64),
+            "objectid": np.tile(objectids, napertures),
+            "aperture": np.repeat(np.arange(napertures, dtype=np.int16), len(table)),
+            "xcc": np.tile(table["xref"], napertures), "ycc": np.tile(table["yref"], napertures)}
+    for column, prefix in (("dflux", "dfl"), ("dfluxerr", "ife"), ("flux", "ifl"),
+                           ("fluxerr", "ife"), ("mag", "irm"), ("magerr", "ire"),
+                           ("flag", "irq")):
+        rows[column] = np.concatenate([table[f"{prefix}_{i:03d}"] for i in range(napertures)])
+    rows["flag"] = rows["flag"].astype(np.int32)
+    return rows
+
+
+@functools.lru_cache(maxsize=4)
+def variance_factor(method: str, nphase: int = 9, size: int = 96) -> np.ndarray:
+    """Per-pixel variance of resampled unit white noise, (nphase, nphase) over the
+    sub-pixel phases (v, u) in [0, 1] (a table; see :func:`noise_ratio`)."""
+    rng = np.random.default_rng(12345)
+    noise = rng.standard_normal((size + 8, size + 8)).astype(np.float32)
+    g = np.arange(0, size, 8, dtype=float)
+    gx, gy = (a.ravel() for a in np.meshgrid(g, g))
+    table = np.empty((nphase, nphase))
+    for a, pv in enumerate(np.linspace(0, 1, nphase)):
+        for b, pu in enumerate(np.linspace(0, 1, nphase)):
+            t = fit_transform(gx, gy, gx + 4 + pu, gy + 4 + pv, order=1, maxiter=0)
+            out = resample(noise, t, (size, size), method=method)
+            table[a, b] = np.var(out[2:-2, 2:-2])
+    return table
+
+
+def _phase_factor(table: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    n = table.shape[0] - 1
+    pu, pv = (u - np.floor(u)) * n, (v - np.floor(v)) * n
+    iu, iv = np.minimum(pu.astype(int), n - 1), np.minimum(pv.astype(int), n - 1)
+    wu, wv = pu - iu, pv - iv
+    return ((1 - wv) * ((1 - wu) * table[iv, iu] + wu * table[iv, iu + 1])
+            + wv * ((1 - wu) * table[iv + 1, iu] + wu * table[iv + 1, iu + 1]))
+
+
+def noise_ratio(diff: np.ndarray, model: np.ndarray, reference: np.ndarray, solution,
+                transform: Transform, mask: np.ndarray, *, gain: float, rdnoise: float,
+                ref_noise: float, method: str, stride: int = 3) -> float:
+    """Clipped (5 sigma) std of D / expected noise over every ``stride``-th good pixel.
+
+    ``ref_noise`` is the reference's pixel variance over a raw frame's (NOISEFAC)."""
+    ny, nx = diff.shape
+    h = solution.spec.halfsize + 1
+    yy, xx = (a.ravel() for a in np.mgrid[h:ny - h:stride, h:nx - h:stride])
+    good = (mask[yy, xx] == 0) & np.isfinite(diff[yy, xx]) & np.isfinite(model[yy, xx])
+    yy, xx = yy[good], xx[good]
+    u, v = transform(xx, yy)
+    f = _phase_factor(variance_factor(method), u, v)
+    pix = (rdnoise / gain) ** 2
+    var_img = f * (np.maximum(model[yy, xx], 0.0) / gain + pix)
+    cx, cy = np.linspace(0, nx - 1, 9), np.linspace(0, ny - 1, 9)
+    k2 = np.array([[np.sum(solution.kernel(a, b) ** 2) for a in cx] for b in cy])
+    k2_at = k2[np.clip(np.rint(yy / (ny - 1) * 8).astype(int), 0, 8),
+               np.clip(np.rint(xx / (nx - 1) * 8).astype(int), 0, 8)]
+    var_ref = k2_at * ref_noise * (np.maximum(reference[yy, xx], 0.0) / gain + pix)
+    _, _, std, _ = clipped_stats(diff[yy, xx] / np.sqrt(var_img + var_ref), 5.0, 5)
+    return float(std)
+
+
+def index_rows(framekey: int, photrefkey: int, path: str, nobjects: int, rjd: float,
+               group: tuple[str, str, str], created: str) -> dict:
+    """``iphotfiles`` and ``photindex_iphots`` rows of one frame's iphot product
+    (``iphotfilekey`` = framekey: one product per frame, so a re-run replaces it)."""
+    projid, field, ccd = group
+    return {"iphotfiles": {"iphotfilekey": [framekey], "framekey": [framekey],
+                           "photrefkey": [photrefkey], "path": [path], "nobjects": [nobjects],
+                           "created": [created]},
+            "photindex_iphots": {"framekey": [framekey], "iphotfilekey": [framekey],
+                                 "rjd": [rjd], "projid": [projid], "field": [field],
+                                 "ccd": [ccd]}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trex.magfit import MagfitError, fit_frame, master_reference, polynomial_terms
+from trex.magfit import MIN_ERROR, MagfitError, fit_frame, master_reference, polynomial_terms
 
 NSTARS = 600
 SIZE = 2048.0
@@ -46,7 +46,11 @@ def test_injected_pattern_is_recovered_to_the_noise_level():
     assert np.sqrt(np.mean((fit.correction - truth) ** 2)) < 0.25 * np.median(noise)
     assert fit.nused > 0.97 * NSTARS
     assert fit.params["coef"][-1] == pytest.approx(0.03, abs=0.002)   # colour term
-    assert fit.rms == pytest.approx(np.sqrt(np.mean(noise**-2) ** -1), rel=0.1)
+    # the fit's weights have an error floor; 3-sigma clipping of stars with unequal errors
+    # trims the faint tail, so the reported rms runs up to ~10 % below the expectation
+    w2 = np.maximum(err, MIN_ERROR) ** -2.0
+    expected = np.sqrt(np.sum(w2 * noise**2) / np.sum(w2))
+    assert 0.85 * expected < fit.rms <= 1.05 * expected
 
 
 def test_outliers_and_bad_flags_are_left_out():

@@ -72,7 +72,8 @@ def test_reference_recorded_and_kept(night):
     np.testing.assert_allclose(WCS(header).all_pix2world(pix, 0),
                                WCS(astrom_header).all_pix2world(pix, 0), atol=1e-9)
     phot = np.load(ref.phot)
-    assert len(phot) > 300 and np.median(phot["flux_001"]) > 0
+    assert len(phot) > 300 and np.nanmedian(phot["flux_001"]) > 0
+    assert np.isfinite(phot["flux_001"][phot["flag_001"] == 0]).all()
     mtime = Path(ref.path).stat().st_mtime
     again = photref.build_references(SerialComm(), db, context, rebuild=False)
     assert again.photref == context.photref and Path(ref.path).stat().st_mtime == mtime
@@ -184,3 +185,20 @@ def _isolated_bright_star(truth: dict, row: int, shape, stamps: np.ndarray,
         if inside[s] and near.sum() == 1 and not stamp:
             return int(s)
     raise AssertionError("no isolated bright star")
+
+
+def test_rebuild_makes_a_new_reference_and_redoes_the_frames(night):
+    """Last in the module: it replaces the reference of the other tests."""
+    root, context, db = night
+    before = db.query("SELECT count(*) FROM ism_photometry")[0][0]
+    old = next(iter(context.photref.values())).photrefkey
+    new_context = photref.build_references(SerialComm(), db, context, rebuild=True)
+    new = next(iter(new_context.photref.values())).photrefkey
+    assert new != old
+    assert db.query("SELECT photrefkey FROM photrefs WHERE isactive") == [(new,)]
+    tasks = photref.pending_frames(db)
+    assert len(tasks) == 8
+    assert runner.run_frames(SerialComm(), db, new_context, tasks, CHAIN, new_context.config) == 0
+    assert db.query("SELECT count(*) FROM ism_photometry")[0][0] == before
+    assert db.query("SELECT DISTINCT photrefkey FROM ism_photometry") == [(new,)]
+    assert db.query("SELECT DISTINCT photrefkey FROM iphotfiles") == [(new,)]

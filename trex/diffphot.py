@@ -183,7 +183,7 @@ def _phase_factor(table: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray
 
 def noise_ratio(diff: np.ndarray, model: np.ndarray, reference: np.ndarray, solution,
                 transform: Transform, mask: np.ndarray, *, gain: float, rdnoise: float,
-                ref_noise: float, method: str, stride: int = 3) -> float:
+                ref_noise: float, method: str, stride: int = 6) -> float:
     """Clipped (5 sigma) std of D / expected noise over every ``stride``-th good pixel.
 
     ``ref_noise`` is the reference's pixel variance over a raw frame's (NOISEFAC)."""

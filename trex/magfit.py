@@ -52,8 +52,9 @@ from trex.project import safe_name
 
 log = logging.getLogger(__name__)
 
-#: magnitude errors below this are raised to it for the weights (no single star dominates)
-MIN_ERROR = 1e-3
+#: magnitude errors below this are raised to it for the weights: a systematic floor
+#: (flat field, PSF) so that a few bright stars cannot dominate the fit
+MIN_ERROR = 5e-3
 
 
 class MagfitError(ValueError):
@@ -279,7 +280,8 @@ def build_master(comm, db, context: Context, projid: str, field: str) -> np.ndar
     (ref_key, ref_path), frames = comm.bcast(plan)
     ref = load_product(project.root / ref_path, "aphot")
     napertures = len(config.photometry.apertures)
-    ref_mag = _expand(ref, np.column_stack([ref[f"aim_{a:03d}"] for a in range(napertures)]),
+    ref_mag = _expand(ref, np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, ref[f"aim_{a:03d}"],
+                                                     np.nan) for a in range(napertures)]),
                       len(catalog))
     for i in parallel.split(len(frames), comm.size, comm.rank):
         framekey, redpath = frames[i]
@@ -316,8 +318,11 @@ def magfit_project(comm, db: Database | None, context: Context, rebuild: bool) -
             master = build_master(comm, db, context, projid, field)
             if comm.rank == 0:
                 np.save(path, master)
-                if rebuild:  # every frame is fitted again to the new master
-                    db.execute("DELETE FROM framestatus WHERE stage = 'magfit'")
+                if rebuild:  # every frame is fitted again, and its light-curve rows replaced
+                    db.execute("DELETE FROM framestatus WHERE stage IN ('magfit', 'lightcurves') "
+                               "AND framekey IN (SELECT c.framekey FROM calibratedframes c "
+                               "JOIN frameinfo f ON f.framekey = c.framekey "
+                               "WHERE c.projid = ? AND f.field = ?)", (projid, field))
         else:
             master = np.load(path)
         tasks = _frames(db, projid, field, True) if comm.rank == 0 else []

@@ -16,14 +16,17 @@ Recipe (:func:`build_references`, after magnitude fitting):
 3. Rank 0 combines them with a clipped median in row blocks
    (``trex._stats.clipped_combine``), writes
    ``BASE/reference-frames/photref-<projid>-<field>-<ccd>.fits`` (image, MASK
-   HDU, the astrometric reference's WCS, EXPTIME/GAIN/RDNOISE of the target,
-   NFRAMES, NEFF) and an active ``photrefs`` row.
+   HDU with BADPIX grown by the kernel half-size where no frame had data, the
+   astrometric reference's WCS, EXPTIME/GAIN/RDNOISE/SATURATE/JD of the target,
+   NFRAMES, NEFF, MEDSKY, NOISEFAC = measured pixel variance over one raw
+   frame's, for the expected noise of D) and an active ``photrefs`` row; the
+   group's frames lose their ``subtract`` status, to be redone against it.
 4. Reference photometry: the catalog stars through the reference WCS, in the
    configured apertures with the local sky (:mod:`trex.photometry`), gain
    ``gain * NEFF`` with ``NEFF = 2 n / pi`` (the median of n frames).  Saved
    as ``photref-...-phot.npy`` (``star``, ``x``, ``y``, ``flux_NNN``,
    ``fluxerr_NNN``, ``flag_NNN``).  With ``subtract.replace_crowded`` (a
-   config switch, default off) stars with a brighter catalog neighbour within
+   config switch, off when the section does not define it) stars with a brighter catalog neighbour within
    ``2 max(radius)`` get F_ref predicted from a fit of log F vs catalog
    magnitude over the uncrowded stars (CDIPS).
 
@@ -43,7 +46,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from astropy.wcs import WCS
-from scipy.ndimage import median_filter
+from scipy.ndimage import maximum_filter, median_filter
 from scipy.spatial import cKDTree
 from scipy.stats import rankdata
 
@@ -54,7 +57,8 @@ from trex.fits import read_header, read_image, write_image
 from trex.flags import MASK
 from trex.frame import Context
 from trex.header import parse_header
-from trex.project import safe_name
+from trex.kernelspec import parse_kernel
+from trex.project import Project, safe_name
 from trex.register import Transform, resample, transform_from_wcs
 
 log = logging.getLogger(__name__)
@@ -92,17 +96,24 @@ def register(image: np.ndarray, mask: np.ndarray | None, frame_wcs, ref_wcs,
     """A frame and its mask on the reference grid: (float32 image, uint8 MASK bits, the
     reference-to-frame pixel map).
 
-    Pixels touched by a masked frame pixel (bilinear footprint) or off the
-    frame get BADPIX; resampled values at or above ``0.95 saturation`` get SATURATED.
+    Reference pixels within 1 px of a masked frame pixel's mapped position (the
+    interpolation footprint) and off the frame get BADPIX; resampled values at
+    or above ``0.95 saturation`` get SATURATED.
     """
-    transform = transform_from_wcs(ref_wcs, frame_wcs, shape, order=config.subtract.transform_order)
+    order = config.subtract.transform_order
+    transform = transform_from_wcs(ref_wcs, frame_wcs, shape, order=order)
     out = resample(image, transform, shape, method=config.subtract.resample)
     bad = np.zeros(shape, dtype=np.uint8)
-    if mask is not None and np.any(mask):
-        touched = resample((np.asarray(mask) != 0).astype(np.float32), transform, shape,
-                           method="bilinear", fill=1.0)
-        bad[~(touched < 1e-3)] |= MASK["BADPIX"].bit
     bad[~np.isfinite(out)] |= MASK["BADPIX"].bit
+    if mask is not None and np.any(mask):
+        fy, fx = np.nonzero(mask)
+        x, y = transform_from_wcs(frame_wcs, ref_wcs, np.shape(mask), order=order)(fx, fy)
+        ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                inside = ((ix + dx >= 0) & (ix + dx < shape[1]) & (iy + dy >= 0)
+                          & (iy + dy < shape[0]))
+                bad[iy[inside] + dy, ix[inside] + dx] |= MASK["BADPIX"].bit
     if saturation is not None:
         with np.errstate(invalid="ignore"):
             bad[out >= 0.95 * saturation] |= MASK["SATURATED"].bit
@@ -118,7 +129,7 @@ def load_reference(path: str, phot: str) -> tuple[np.ndarray, np.ndarray, object
             np.load(phot, allow_pickle=False))
 
 
-def reference_path(project, projid: str, field: str, ccd: str) -> Path:
+def reference_path(project: Project, projid: str, field: str, ccd: str) -> Path:
     stem = f"photref-{safe_name(projid)}-{safe_name(field)}-{safe_name(ccd or 'ccd')}"
     return project.reference_frames / f"{stem}.fits"
 
@@ -140,8 +151,8 @@ def _plan(db: Database, context: Context, projid: str, field: str, ccd: str) -> 
     astrom = db.query("SELECT path FROM astromrefs WHERE projid = ? AND field = ? AND ccd = ? "
                       "AND isactive", (projid, field, ccd))
     quality = db.query_columns(
-        "SELECT c.framekey, c.meds, c.medd, c.medsky, c.nsources, c.frameisok, c.redpath "
-        "FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey "
+        "SELECT c.framekey, c.meds, c.medd, c.medsky, c.nsources, c.frameisok, c.redpath, "
+        "c.fwhm FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey "
         "JOIN framestatus s ON s.framekey = c.framekey AND s.stage = 'photometry' "
         "AND s.status = 'done' WHERE c.projid = ? AND f.field = ? AND f.ccd = ? AND c.frameisok",
         (projid, field, ccd))
@@ -152,13 +163,15 @@ def _plan(db: Database, context: Context, projid: str, field: str, ccd: str) -> 
     chosen = rank_frames(quality)[:context.config.subtract.nref]
     index = [list(quality["framekey"]).index(k) for k in chosen]
     meds = np.asarray(quality["meds"], float)[index]
+    target = int(np.argmin(meds))
+    fwhm = np.asarray(quality["fwhm"], float)[index][target]
     return {"astromref": str(context.project.root / astrom[0][0]),
             "framekeys": [int(k) for k in chosen],
             "paths": [str(context.project.root / quality["redpath"][i]) for i in index],
-            "target": int(np.argmin(meds))}
+            "target": target, "fwhm": float(fwhm) if np.isfinite(fwhm) else None}
 
 
-def _load(path: str, config: Config):
+def _load(path: str, config: Config) -> tuple:
     image, header = read_image(path)
     mask, _ = read_image(path, hdu="MASK")
     return image, mask, header, parse_header(header, config, path)
@@ -179,6 +192,8 @@ def _match_one(plan: dict, i: int, target, ref_wcs, shape, config: Config, scrat
                           ngrid=sub.stamp_grid, halfsize=sub.stamp_halfsize,
                           threshold=sub.stamp_threshold, reject=sub.stamp_reject)
         reg = sol.model(reg0)
+        # the convolution spreads the zeroed bad pixels over the kernel footprint
+        bad[maximum_filter(bad, size=2 * sol.spec.halfsize + 1) != 0] |= MASK["BADPIX"].bit
         log.info("photref: frame %d matched to frame %d (flux scale %.3f, %d stamps)",
                  plan["framekeys"][i], plan["framekeys"][plan["target"]],
                  float(sol.flux_scale(shape[1] / 2, shape[0] / 2)), len(sol.stamps))
@@ -203,7 +218,10 @@ def combine(files: list[Path], masks: list[Path], shape: tuple[int, int],
         _stats.clipped_combine(block, out[r0:r1], nused[r0:r1], config.calibrate.clip_sigma,
                                config.calibrate.clip_iters, True)
     mask = np.zeros(shape, dtype=np.uint8)
-    mask[(nused == 0) | ~np.isfinite(out)] |= MASK["BADPIX"].bit
+    # no data: zero in the image, so grown by the kernel half-size (the stage convolves it)
+    empty = (nused == 0) | ~np.isfinite(out)
+    grow = 2 * parse_kernel(config.subtract.kernel).halfsize + 1
+    mask[maximum_filter(empty, size=grow)] |= MASK["BADPIX"].bit
     mask[saturated] |= MASK["SATURATED"].bit
     return np.where(np.isfinite(out), out, 0.0).astype(np.float32), mask
 
@@ -213,6 +231,7 @@ def _write(path: Path, image: np.ndarray, mask: np.ndarray, ref_header, meta, pl
     n = len(plan["paths"])
     header["NOISEFAC"] = (pixel_noise_factor(image, mask, meta.gain, meta.rdnoise),
                           "pixel variance / one frame's sky variance")
+    header["MEDSKY"] = (float(np.median(image[mask == 0])), "median of the good pixels, ADU")
     for key, value in (("EXPTIME", meta.exptime), ("GAIN", meta.gain), ("RDNOISE", meta.rdnoise),
                        ("SATURATE", meta.saturate), ("NFRAMES", n), ("NEFF", 2.0 * n / np.pi),
                        ("JD", meta.jd), ("FIELD", meta.field), ("PROJID", meta.projid),
@@ -302,7 +321,7 @@ def build_group(comm, plan: dict, context: Context, target_path: Path) -> None:
                  plan["framekeys"][plan["target"]], len(table))
 
 
-def _record(db: Database, project, projid: str, field: str, ccd: str, path: Path,
+def _record(db: Database, project: Project, projid: str, field: str, ccd: str, path: Path,
             plan: dict) -> int:
     header = read_header(path)
     with db.transaction():
@@ -312,7 +331,12 @@ def _record(db: Database, project, projid: str, field: str, ccd: str, path: Path
                    "medsky, isactive, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (projid, field, ccd, str(path.relative_to(project.root)),
                     ",".join(str(k) for k in plan["framekeys"]), len(plan["framekeys"]),
-                    None, header.get("MEDSKY"), True, records.now()))
+                    plan["fwhm"], header.get("MEDSKY"), True, records.now()))
+        # the frames of the group are subtracted again, against the new reference
+        db.execute("DELETE FROM framestatus WHERE stage = 'subtract' AND framekey IN "
+                   "(SELECT c.framekey FROM calibratedframes c JOIN frameinfo f ON "
+                   "f.framekey = c.framekey WHERE c.projid = ? AND f.field = ? AND f.ccd = ?)",
+                   (projid, field, ccd))
     return _active(db, projid, field, ccd)[0]
 
 
@@ -355,6 +379,7 @@ def build_references(comm, db: Database | None, context: Context, rebuild: bool)
             if plan is None:
                 continue
             build_group(comm, plan, context, path)
+            load_reference.cache_clear()
             if comm.rank == 0:
                 _record(db, project, projid, field, ccd, path, plan)
                 active = _active(db, projid, field, ccd)

@@ -1,0 +1,131 @@
+"""A night at a time: the time to add one simulated night to archives of 1, 2, 4
+and 8 earlier nights (issue 13, "Measure"); with ``--quick`` 1 and 2 nights of
+tiny frames.
+
+One project is simulated night by night (``FULL``: 10 object frames of 512^2
+px with 800 stars, plus the simulator's calibration frames, per night; the
+simulation is not timed) and each night is run with the real command line in
+a subprocess, as every morning:
+
+    trex run ROOT --stages calibrate,extract,astrometry,photometry
+    trex run ROOT --stages lightcurves
+
+(the two commands together are the five-stage run; split so that the light-
+curve merge is timed on its own, including its start-up: inventory, catalog).
+
+Row per archive size: trex = time to add the night to the archive; peer = the
+same night (its RAW folder, the catalog and ``trex.toml`` copied) run the same
+way on an empty project, i.e. the cost of the night alone, which also builds
+its masters and references; ratio = alone / added.  Check: frames the run
+processed (must be the night's only), the light-curve merge write rate (rows
+added to the light curves / time of ``trex run --stages lightcurves``; rows
+counted in ``ap_photometry`` for frames newly marked ``lightcurves`` done),
+and added / added-to-the-first-archive, whose last value is the flatness
+figure (goal <= 1.2).  Each time is one run, not a median: a run changes its
+project.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trex.bench.common import Row
+from trex.bench.endtoend import single_thread_env
+from trex.db import connect
+from trex.project import init_project
+from trex.simulate import night_names, simulate_project
+
+log = logging.getLogger(__name__)
+
+NAME = "nights"
+FULL = {"frames": 10, "size": 512, "stars": 800, "archives": (1, 2, 4, 8)}
+QUICK = {"frames": 4, "size": 256, "stars": 300, "archives": (1, 2)}
+FRAME_STAGES = "calibrate,extract,astrometry,photometry"
+SEED = 5
+
+
+def trex_run(root: Path, stages: str) -> float:
+    """Wall time of ``trex run ROOT --stages STAGES`` in a subprocess (one thread)."""
+    command = [sys.executable, "-m", "trex", "--log-level", "WARNING", "run", str(root),
+               "--stages", stages]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=single_thread_env())
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return elapsed
+
+
+def counts(root: Path) -> tuple[int, int]:
+    """(frames with photometry done, measurements merged into light curves, aperture 0)."""
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        frames = db.query("SELECT count(*) FROM framestatus WHERE stage = 'photometry' "
+                          "AND status = 'done'")[0][0]
+        rows = db.query("SELECT count(*) FROM ap_photometry a JOIN framestatus s ON "
+                        "s.framekey = a.framekey AND s.stage = 'lightcurves' AND "
+                        "s.status = 'done' WHERE a.aperture = 0")[0][0]
+    return int(frames), int(rows)
+
+
+def run_night(root: Path) -> dict:
+    """Process the project's pending night; times and what it added."""
+    frames0, rows0 = counts(root) if (root / "trex.sqlite").exists() else (0, 0)
+    t_frames = trex_run(root, FRAME_STAGES)
+    t_lc = trex_run(root, "lightcurves")
+    frames1, rows1 = counts(root)
+    return {"seconds": t_frames + t_lc, "lc_seconds": t_lc, "frames": frames1 - frames0,
+            "rows": rows1 - rows0}
+
+
+def night_alone(archive: Path, night: str, folder: Path) -> dict:
+    """The archive's night ``night`` run on an empty project."""
+    init_project(folder)
+    shutil.copyfile(archive / "trex.toml", folder / "trex.toml")
+    shutil.copytree(archive / "BASE" / "CAT", folder / "BASE" / "CAT", dirs_exist_ok=True)
+    shutil.copytree(archive / "RAW" / night, folder / "RAW" / night)
+    return run_night(folder)
+
+
+def _row(earlier: int, params: dict, added: dict, alone: dict, first: float) -> Row:
+    size = f"{earlier} nights + 1, {params['frames']} fr {params['size']}^2 {params['stars']} st"
+    rate = added["rows"] / added["lc_seconds"] if added["lc_seconds"] > 0 else float("nan")
+    check = (f"{added['frames']} frames processed; LC merge {added['rows']} rows in "
+             f"{added['lc_seconds']:.1f} s = {rate:.0f} rows/s; added/first "
+             f"{added['seconds'] / first:.2f} (goal <= 1.2)")
+    return Row("add a night to an archive (trex run, 5 stages)", size, added["seconds"],
+               "same night, empty project", alone["seconds"], check)
+
+
+def run(quick: bool = False) -> list[Row]:
+    params = QUICK if quick else FULL
+    archives = params["archives"]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="trex-bench-nights-") as tmp:
+        root = Path(tmp) / "archive"
+        init_project(root)
+        simulate_project(root, frames=params["frames"], size=params["size"],
+                         stars=params["stars"], seed=SEED)
+        try:
+            first_night = run_night(root)
+            log.info("nights: first night in %.1f s", first_night["seconds"])
+            first = None
+            for earlier in range(1, max(archives) + 1):
+                simulate_project(root, add_night=True)
+                if earlier not in archives:
+                    run_night(root)
+                    continue
+                added = run_night(root)
+                alone = night_alone(root, night_names(root)[-1], Path(tmp) / f"alone{earlier}")
+                first = first or added["seconds"]
+                rows.append(_row(earlier, params, added, alone, first))
+                log.info("nights: %s", rows[-1])
+        except (RuntimeError, OSError) as err:
+            log.error("nights: left out: %s", err)
+            return []
+    return rows

@@ -178,3 +178,20 @@ def light_curves(path: Path, curves: list[dict], title: str) -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def wcs_quiver(path: Path, x: np.ndarray, y: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+               shape: tuple[int, int], title: str) -> Path:
+    """Astrometric residuals (source minus catalog through the WCS, px) as arrows,
+    drawn 1/25 of the frame long at the 90th percentile of their lengths."""
+    fig, ax = plt.subplots(figsize=(7.5, 7))
+    length = np.hypot(dx, dy)
+    scale = max(float(np.percentile(length, 90)), 1e-3) if len(length) else 1.0
+    q = ax.quiver(x, y, dx, dy, np.clip(length, 0, 2 * scale), angles="xy", scale_units="xy",
+                  scale=scale / (0.04 * max(shape)), cmap="viridis", width=0.003)
+    fig.colorbar(q, ax=ax, label="residual, px (clipped at 2x the 90th percentile)")
+    ax.quiverkey(q, 0.75, -0.12, scale, f"{scale:.3f} px", labelpos="E")
+    ax.set(xlim=(0, shape[1]), ylim=(0, shape[0]), xlabel="x, px", ylabel="y, px",
+           aspect="equal")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

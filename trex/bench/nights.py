@@ -7,22 +7,22 @@ px with 800 stars, plus the simulator's calibration frames, per night; the
 simulation is not timed) and each night is run with the real command line in
 a subprocess, as every morning:
 
-    trex run ROOT --stages calibrate,extract,astrometry,photometry
-    trex run ROOT --stages lightcurves
+    trex run ROOT --stages calibrate,extract,astrometry,photometry,lightcurves
 
-(the two commands together are the five-stage run; split so that the light-
-curve merge is timed on its own, including its start-up: inventory, catalog).
+started through a small wrapper that times ``lightcurves.transpose`` inside
+that run (``trex.cli.main`` otherwise unchanged), so the light-curve merge is
+timed on its own.
 
-Row per archive size: trex = time to add the night to the archive; peer = the
-same night (its RAW folder, the catalog and ``trex.toml`` copied) run the same
-way on an empty project, i.e. the cost of the night alone, which also builds
-its masters and references; ratio = alone / added.  Check: frames the run
-processed (must be the night's only), the light-curve merge write rate (rows
-added to the light curves / time of ``trex run --stages lightcurves``; rows
-counted in ``ap_photometry`` for frames newly marked ``lightcurves`` done),
-and added / added-to-the-first-archive, whose last value is the flatness
-figure (goal <= 1.2).  Each time is one run, not a median: a run changes its
-project.
+Row per archive size: trex = wall time of the run that adds the night to the
+archive; peer = the same night (its RAW folder, the catalog and ``trex.toml``
+copied) run the same way on an empty project, i.e. the cost of the night
+alone, which also builds its masters and references; ratio = alone / added.
+Check: frames the run processed (must be the night's only), the light-curve
+merge write rate (rows added to the light curves / time of the transposition;
+rows counted in ``ap_photometry``, aperture 0, for the frames newly marked
+``lightcurves`` done), and added / added-to-the-first-archive, whose last
+value is the flatness figure (goal <= 1.2).  Each time is one run, not a
+median: a run changes its project.
 """
 
 from __future__ import annotations
@@ -46,20 +46,38 @@ log = logging.getLogger(__name__)
 NAME = "nights"
 FULL = {"frames": 10, "size": 512, "stars": 800, "archives": (1, 2, 4, 8)}
 QUICK = {"frames": 4, "size": 256, "stars": 300, "archives": (1, 2)}
-FRAME_STAGES = "calibrate,extract,astrometry,photometry"
+STAGES = "calibrate,extract,astrometry,photometry,lightcurves"
+#: ``python -c TRANSPOSE_TIMER FILE ARGS...``: ``trex ARGS...`` with the time spent in
+#: ``lightcurves.transpose`` and the light curves it wrote appended to FILE
+TRANSPOSE_TIMER = """\
+import sys, time
+from trex import cli, lightcurves
+inner = lightcurves.transpose
+def timed(*args, **kwargs):
+    start = time.perf_counter()
+    info = inner(*args, **kwargs)
+    with open(sys.argv[1], "a") as fh:
+        fh.write(f"{time.perf_counter() - start} {len(info)}\\n")
+    return info
+lightcurves.transpose = timed
+sys.exit(cli.main(sys.argv[2:]))
+"""
 SEED = 5
 
 
-def trex_run(root: Path, stages: str) -> float:
-    """Wall time of ``trex run ROOT --stages STAGES`` in a subprocess (one thread)."""
-    command = [sys.executable, "-m", "trex", "--log-level", "WARNING", "run", str(root),
-               "--stages", stages]
+def trex_run(root: Path, folder: Path) -> tuple[float, float, int]:
+    """Wall time of the five-stage ``trex run ROOT`` in a subprocess (one thread), the
+    time spent in ``lightcurves.transpose`` within it and the light curves it wrote."""
+    timer = folder / f"transpose-{time.monotonic_ns()}.txt"
+    command = [sys.executable, "-c", TRANSPOSE_TIMER, str(timer), "--log-level", "WARNING",
+               "run", str(root), "--stages", STAGES]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=single_thread_env())
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return elapsed
+        raise RuntimeError(f"trex run {root} failed ({done.returncode}): {done.stderr[-2000:]}")
+    calls = [line.split() for line in timer.read_text().splitlines()] if timer.exists() else []
+    return elapsed, sum(float(c[0]) for c in calls), sum(int(c[1]) for c in calls)
 
 
 def counts(root: Path) -> tuple[int, int]:
@@ -76,11 +94,10 @@ def counts(root: Path) -> tuple[int, int]:
 def run_night(root: Path) -> dict:
     """Process the project's pending night; times and what it added."""
     frames0, rows0 = counts(root) if (root / "trex.sqlite").exists() else (0, 0)
-    t_frames = trex_run(root, FRAME_STAGES)
-    t_lc = trex_run(root, "lightcurves")
+    seconds, lc_seconds, files = trex_run(root, root.parent)
     frames1, rows1 = counts(root)
-    return {"seconds": t_frames + t_lc, "lc_seconds": t_lc, "frames": frames1 - frames0,
-            "rows": rows1 - rows0}
+    return {"seconds": seconds, "lc_seconds": lc_seconds, "frames": frames1 - frames0,
+            "rows": rows1 - rows0, "files": files}
 
 
 def night_alone(archive: Path, night: str, folder: Path) -> dict:
@@ -95,8 +112,9 @@ def night_alone(archive: Path, night: str, folder: Path) -> dict:
 def _row(earlier: int, params: dict, added: dict, alone: dict, first: float) -> Row:
     size = f"{earlier} nights + 1, {params['frames']} fr {params['size']}^2 {params['stars']} st"
     rate = added["rows"] / added["lc_seconds"] if added["lc_seconds"] > 0 else float("nan")
-    check = (f"{added['frames']} frames processed; LC merge {added['rows']} rows in "
-             f"{added['lc_seconds']:.1f} s = {rate:.0f} rows/s; added/first "
+    check = (f"{added['frames']} frames processed; LC merge {added['rows']} rows into "
+             f"{added['files']} files in {added['lc_seconds']:.2f} s = {rate:.0f} rows/s; "
+             f"added/first "
              f"{added['seconds'] / first:.2f} (goal <= 1.2)")
     return Row("add a night to an archive (trex run, 5 stages)", size, added["seconds"],
                "same night, empty project", alone["seconds"], check)

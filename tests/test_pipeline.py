@@ -120,3 +120,15 @@ def test_magfit_scatter_matches_the_expected_noise(night):
         ratios.append(np.std(table["arm_001"][good], ddof=1) / np.sqrt(np.mean(expected**2)))
     assert len(ratios) > 30
     assert 0.9 < np.median(ratios) < 1.1, np.median(ratios)
+
+
+def test_report_of_the_night(night):
+    root, _ = night
+    assert main(["report", str(root)]) == 0
+    report = root / "PROJ" / "report"
+    text = (report / "index.md").read_text()
+    for png in sorted(report.glob("*.png")):
+        assert png.stat().st_size > 10_000 and f"]({png.name})" in text
+    names = {p.name for p in report.glob("*.png")}
+    assert {"rms_12.png", "preview_12.png", "wcs_12.png", "lightcurves_12.png",
+            "frames.png"} <= names

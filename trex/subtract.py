@@ -12,6 +12,10 @@ varying kernel applied in Cython (``trex._subtract``).  Pixel coordinates are
 >>> diff, sol = subtract(image, reference, kernel="b/4;i/4;d=4/4", gain=2.7)
 >>> sol.flux_scale(1024.0, 1024.0), sol.kernel(1024.0, 1024.0).shape
 (0.93..., (9, 9))
+
+The per-frame pipeline stage is :func:`run` / :func:`save` at the end: register
+the frame onto the photometric reference (:mod:`trex.photref`), subtract,
+measure the reference's stars on D (:mod:`trex.diffphot`).
 """
 
 from __future__ import annotations

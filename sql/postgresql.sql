@@ -179,10 +179,12 @@ CREATE TABLE IF NOT EXISTS iphotfiles (
 );
 
 CREATE TABLE IF NOT EXISTS iphotobjects (
+    framekey BIGINT NOT NULL,
     iphotfilekey BIGINT NOT NULL,
     objectid TEXT NOT NULL,
-    rowindex INTEGER NOT NULL
+    rowindex INTEGER NOT NULL             -- row of the object in the iphot product
 );
+CREATE INDEX IF NOT EXISTS iphotobjects_framekey ON iphotobjects (framekey);
 
 CREATE TABLE IF NOT EXISTS photindex_iphots (
     framekey BIGINT NOT NULL,

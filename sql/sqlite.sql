@@ -174,10 +174,12 @@ CREATE TABLE IF NOT EXISTS iphotfiles (
 );
 
 CREATE TABLE IF NOT EXISTS iphotobjects (
+    framekey INTEGER NOT NULL,
     iphotfilekey INTEGER NOT NULL,
     objectid TEXT NOT NULL,
-    rowindex INTEGER NOT NULL
+    rowindex INTEGER NOT NULL             -- row of the object in the iphot product
 );
+CREATE INDEX IF NOT EXISTS iphotobjects_framekey ON iphotobjects (framekey);
 
 CREATE TABLE IF NOT EXISTS photindex_iphots (
     framekey INTEGER NOT NULL,

@@ -13,7 +13,7 @@ from trex.db import connect
 from trex.lcformat import read_lightcurve
 from trex.simulate import load_truth, simulate_project
 
-STAGES = "calibrate,extract,astrometry,photometry,lightcurves"
+STAGES = "calibrate,extract,astrometry,photometry,subtract,lightcurves,detrend"
 
 
 def lightcurve_tables(root: Path) -> dict:
@@ -47,7 +47,7 @@ def test_every_frame_processed_or_marked_bad(night):
                           "GROUP BY stage, status ORDER BY stage")
     assert states == [(s, "done", 8) for s in
                       ("astrometry", "calibrate", "extract", "lightcurves", "magfit",
-                       "photometry")]
+                       "photometry", "subtract")]
 
 
 def test_light_curves_follow_the_truth(night):
@@ -64,6 +64,9 @@ def test_light_curves_follow_the_truth(night):
         if truth["mag"][i] < 12:
             dx += list(table["xcc"] - truth["x"][frames, i])
             dy += list(table["ycc"] - truth["y"][frames, i])
+            # subtraction photometry agrees with aperture photometry for bright stars
+            both = np.isfinite(table["irm_001"]) & np.isfinite(table["aim_001"])
+            assert both.sum() >= 6
     assert np.median(np.abs(dx)) < 0.05 and np.median(np.abs(dy)) < 0.05
 
 

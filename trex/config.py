@@ -165,6 +165,8 @@ class SubtractSection:
     stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky")
     stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median")
     transform_order: int = _opt(3, "polynomial order of the frame-to-reference pixel map")
+    replace_crowded: bool = _opt(False, "replace crowded stars' reference flux by the flux "
+                                        "predicted from their catalog magnitude (CDIPS)")
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,10 @@ from trex import (
     masterframes,
     parallel,
     photometry,
+    photref,
     records,
     runner,
+    subtract,
 )
 from trex.config import Config
 from trex.db import Database, connect
@@ -60,8 +62,11 @@ FIRST_PASS = {
 }
 
 
+#: the per-frame stage of the second pass (after the photometric reference)
+SECOND_PASS = {"subtract": (subtract.run, subtract.save)}
+
 #: stages this version runs (``trex run`` skips the others with a warning)
-AVAILABLE = (*FIRST_PASS, "lightcurves", "detrend")
+AVAILABLE = (*FIRST_PASS, *SECOND_PASS, "lightcurves", "detrend")
 
 
 def run_project(project: Project, config: Config, stages: tuple[str, ...],
@@ -106,9 +111,26 @@ def _run(comm, db: Database | None, project: Project, config: Config, stages: tu
         choose_astrometric_references(project, db, rebuild)
     if "photometry" in stages:
         magfit.magfit_project(comm, db, context, rebuild)
+    if "subtract" in stages:
+        context = photref.build_references(comm, db, context, rebuild)
+        subtract_frames(comm, db, context)
     changed = build_lightcurves(comm, db, context) if "lightcurves" in stages else None
     if "detrend" in stages:
         detrend_lightcurves(comm, db, context, changed)
+
+
+def subtract_frames(comm, db: Database | None, context: Context) -> None:
+    """Second pass: image subtraction of every frame with photometry and no
+    subtraction yet; their light-curve rows are merged again afterwards."""
+    tasks = photref.pending_frames(db) if comm.rank == 0 else []
+    if comm.rank == 0:
+        log.info("second pass (subtract): %d frames pending", len(tasks))
+    runner.run_frames(comm, db, context, tasks, SECOND_PASS, context.config)
+    if comm.rank == 0 and tasks:
+        with db.transaction():
+            for task in tasks:
+                db.execute("DELETE FROM framestatus WHERE framekey = ? AND stage = 'lightcurves'",
+                           (task.framekey,))
 
 
 def finish_frame(frame: Frame, result) -> None:

@@ -95,7 +95,9 @@ def pending(db: Database, chain: tuple[str, ...], nights: list[str] | None = Non
 
 def record_frame(db: Database, result, config) -> None:
     """Write one frame's result (``trex.runner.FrameResult``), in the caller's transaction."""
-    if "calibrate" in result.done or result.quality or result.failed:
+    first_pass = {"calibrate", "extract", "astrometry", "photometry"}
+    stages = set(result.done) | ({result.failed[0]} if result.failed else set())
+    if stages & first_pass:  # the second pass (subtract) never marks the frame bad
         row = {"framekey": result.framekey, "projid": result.projid, "redpath": result.redpath,
                "frameisok": result.failed is None,
                "reason": f"{result.failed[0]}: {result.failed[1]}" if result.failed else None,

@@ -360,12 +360,16 @@ def run(frame: Frame, context: Context) -> Frame:
 
 
 def save(frame: Frame, context: Context) -> dict:
-    """Write the frame's iphot product; returns its ``ism_photometry``, ``iphotfiles``
-    and ``photindex_iphots`` rows."""
+    """Write the frame's iphot product; returns its ``ism_photometry``, ``iphotobjects``,
+    ``iphotfiles`` and ``photindex_iphots`` rows (``iphotfilekey`` = ``framekey``)."""
     table, meta, key = frame.products["iphot"], frame.meta, frame.products["photrefkey"]
     path = save_product(frame.redpath, "iphot", table)
     objectids = np.asarray(context.catalogs[meta.field]["objectid"])[table["star"]]
-    rows = {"ism_photometry": diffphot.ism_rows(frame.framekey, key, table, objectids)}
+    rows = {"ism_photometry": diffphot.ism_rows(frame.framekey, key, table, objectids),
+            "iphotobjects": {"framekey": np.full(len(table), frame.framekey, dtype=np.int64),
+                             "iphotfilekey": np.full(len(table), frame.framekey, dtype=np.int64),
+                             "objectid": objectids,
+                             "rowindex": np.arange(len(table), dtype=np.int32)}}
     rows.update(diffphot.index_rows(
         frame.framekey, key, str(path.relative_to(context.project.root)), len(table),
         meta.jd - 2400000.0, (meta.projid, meta.field, meta.ccd), records.now()))

@@ -10,6 +10,8 @@ import pytest
 
 from trex.cli import main
 from trex.db import connect
+from trex.detrend import STATS_NAME
+from trex.flags import PHOT
 from trex.lcformat import read_lightcurve
 from trex.simulate import load_truth, simulate_project
 
@@ -17,7 +19,8 @@ STAGES = "calibrate,extract,astrometry,photometry,subtract,lightcurves,detrend"
 
 
 def lightcurve_tables(root: Path) -> dict:
-    return {p.name: read_lightcurve(p) for p in sorted((root / "LC").rglob("*.fits"))}
+    return {p.name: read_lightcurve(p) for p in sorted((root / "LC").rglob("*.fits"))
+            if p.name != STATS_NAME}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def test_light_curves_follow_the_truth(night):
     index = {oid: i for i, oid in enumerate(truth["objectid"])}
     tables = lightcurve_tables(root)
     assert len(tables) > 200
-    dx, dy = [], []
+    dx, dy, measured, total = [], [], 0, 0
     for table in tables.values():
         i = index[table.meta["OBJECTID"]]
         assert np.all(np.diff(table["bjd"]) > 0)
@@ -64,10 +67,10 @@ def test_light_curves_follow_the_truth(night):
         if truth["mag"][i] < 12:
             dx += list(table["xcc"] - truth["x"][frames, i])
             dy += list(table["ycc"] - truth["y"][frames, i])
-            # subtraction photometry agrees with aperture photometry for bright stars
-            both = np.isfinite(table["irm_001"]) & np.isfinite(table["aim_001"])
-            assert both.sum() >= 6
+            measured += np.isfinite(table["irm_001"]).sum()
+            total += len(table)
     assert np.median(np.abs(dx)) < 0.05 and np.median(np.abs(dy)) < 0.05
+    assert measured > 0.9 * total  # bright stars have subtraction photometry too
 
 
 def test_rerun_does_nothing_new(night):
@@ -116,7 +119,8 @@ def test_magfit_scatter_matches_the_expected_noise(night):
         if i in variable or truth["saturated"][:, i].any() or not 10.5 <= truth["mag"][i] < 12.5:
             continue
         frames = np.searchsorted(truth["jd"] - 2400000.0, table["rjd"] - 1e-6)
-        good = (np.asarray(table["aiq_001"]) == 0) & np.isfinite(table["arm_001"])
+        flags = np.asarray(table["aiq_001"]) & ~PHOT["NOT_FITTED"].bit  # (EPD needs more frames)
+        good = (flags == 0) & np.isfinite(table["arm_001"])
         if good.sum() < 6:
             continue
         expected = 1.0857 * truth["noise"][frames, i, 1] / truth["flux_adu"][frames, i]

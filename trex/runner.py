@@ -64,7 +64,7 @@ def load_frame(task: Task, context: Context) -> Frame:
         frame.mask = mask.astype(np.uint8)
         frame.sources = load_product(frame.redpath, "sources")
         if frame.header.get("CTYPE1"):
-            frame.wcs = WCS(frame.header)
+            frame.wcs = WCS(frame.header, fix=False)
     return frame
 
 

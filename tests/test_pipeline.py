@@ -137,5 +137,5 @@ def test_report_of_the_night(night):
     for png in sorted(report.glob("*.png")):
         assert png.stat().st_size > 10_000 and f"]({png.name})" in text
     names = {p.name for p in report.glob("*.png")}
-    assert {"rms_12.png", "preview_12.png", "wcs_12.png", "lightcurves_12.png",
-            "frames.png"} <= names
+    assert {"rms_12.png", "preview_12.png", "wcs_12.png", "diffstamps_12.png",
+            "lightcurves_12.png", "frames.png"} <= names

@@ -195,3 +195,26 @@ def wcs_quiver(path: Path, x: np.ndarray, y: np.ndarray, dx: np.ndarray, dy: np.
            aspect="equal")
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def difference_stamps(path: Path, stamps: np.ndarray, title: str) -> Path:
+    """Registered frame (top) and difference image (bottom) around a few bright stars."""
+    n = len(stamps)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 5), squeeze=False)
+    for k, stamp in enumerate(stamps):
+        img, diff = stamp["image"], stamp["diff"]
+        lo, hi = np.nanpercentile(img, [5, 99.5])
+        axes[0, k].imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+        axes[0, k].set_title(f"star {stamp['star']}\n({stamp['x']:.0f}, {stamp['y']:.0f}) px",
+                             fontsize=8)
+        limit = max(float(np.nanpercentile(np.abs(img - np.nanmedian(img)), 99)) * 0.05, 1.0)
+        shown = axes[1, k].imshow(diff, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+        fig.colorbar(shown, ax=axes[1, k], fraction=0.046, pad=0.04,
+                     label="D, ADU" if k == n - 1 else None)
+        for ax in axes[:, k]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("frame (registered)")
+    axes[1, 0].set_ylabel("difference D")
+    fig.suptitle(title + " (D scale: +-5 % of the star's peak)", fontsize=10)
+    return _save(fig, path)

@@ -282,6 +282,23 @@ def _wcs_section(rep: Report, project: Project, db, projid: str) -> None:
     rep.figure(title, name)
 
 
+def _stamps_section(rep: Report, project: Project, db, projid: str) -> None:
+    """Difference-image stamps of the last subtracted frame of ``projid``."""
+    from trex.products import load_product
+
+    title = f"Difference-image stamps, project {projid}"
+    rows = db.query("SELECT c.redpath FROM photindex_iphots p JOIN calibratedframes c "
+                    "ON c.framekey = p.framekey WHERE p.projid = ? ORDER BY p.rjd DESC",
+                    (projid,)) if db is not None else []
+    stamps = load_product(project.root / rows[0][0], "diffstamps") if rows else None
+    if stamps is None or not len(stamps):
+        rep.figure(title, None, "_Skipped: no subtracted frame with stamps._")
+        return
+    name = f"diffstamps_{projid}.png"
+    plots.difference_stamps(rep.out / name, stamps, f"{Path(rows[0][0]).name}: bright stars")
+    rep.figure(title, name)
+
+
 def _lightcurve_section(rep: Report, config: Config, projid: str, sample: list,
                         nrandom: int = 3) -> None:
     title = f"Light curves, project {projid}"
@@ -325,6 +342,7 @@ def make_report(project: Project, config: Config, db, out: Path | str | None = N
         _rms_section(rep, project, config, frames, projid)
         _preview_section(rep, project, config, db, frames, projid, sample)
         _wcs_section(rep, project, db, projid)
+        _stamps_section(rep, project, db, projid)
         _lightcurve_section(rep, config, projid, sample)
         keys, vals = zero_points(sample)
         zp_keys.append(keys)
@@ -334,9 +352,6 @@ def make_report(project: Project, config: Config, db, out: Path | str | None = N
     zp = (np.concatenate(zp_keys), np.concatenate(zp_vals)) if zp_keys else (np.zeros(0), [])
     order = np.argsort(zp[0], kind="stable")
     _frames_section(rep, frames, (zp[0][order], np.asarray(zp[1])[order]))
-    rep.text("## Not included yet", "",
-             "Difference-image stamps around bright stars need saved difference images, "
-             "which no stage writes yet.")
     index = rep.write()
     log.info("report written to %s", index)
     return index

@@ -349,6 +349,7 @@ def run(frame: Frame, context: Context) -> Frame:
     ratio = diffphot.noise_ratio(diff, model, image, sol, transform, mask, gain=meta.gain,
                                  rdnoise=meta.rdnoise, ref_noise=float(header["NOISEFAC"]),
                                  method=sub.resample)
+    frame.products["diffstamps"] = cutouts(table, reg, diff)
     member = " (in the reference stack)" if frame.framekey in ref.framekeys else ""
     frame.products["iphot"], frame.products["photrefkey"] = table, ref.photrefkey
     frame.products["diff_noise_ratio"], frame.products["stamps"] = ratio, sol.stamps
@@ -359,11 +360,30 @@ def run(frame: Frame, context: Context) -> Frame:
     return frame
 
 
+def cutouts(table: np.ndarray, image: np.ndarray, diff: np.ndarray, n: int = 6,
+            half: int = 12) -> np.ndarray:
+    """Stamps of the registered frame and of D around the ``n`` brightest well-measured
+    stars (for ``trex report``): structured array star, x, y, image, diff ((2h+1)^2, ADU)."""
+    good = (table["irq_000"] == 0) & np.isfinite(table["ifl_000"])
+    x, y = table["xref"], table["yref"]
+    good &= (x >= half) & (x < image.shape[1] - half) & (y >= half) & (y < image.shape[0] - half)
+    pick = np.flatnonzero(good)[np.argsort(-table["ifl_000"][good])[:n]]
+    size = 2 * half + 1
+    out = np.zeros(len(pick), dtype=[("star", "i8"), ("x", "f8"), ("y", "f8"),
+                                     ("image", "f4", (size, size)), ("diff", "f4", (size, size))])
+    for k, i in enumerate(pick):  # a handful of stamps per frame
+        iy, ix = int(round(y[i])), int(round(x[i]))
+        window = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+        out[k] = (table["star"][i], x[i], y[i], image[window], diff[window])
+    return out
+
+
 def save(frame: Frame, context: Context) -> dict:
     """Write the frame's iphot product; returns its ``ism_photometry``, ``iphotobjects``,
     ``iphotfiles`` and ``photindex_iphots`` rows (``iphotfilekey`` = ``framekey``)."""
     table, meta, key = frame.products["iphot"], frame.meta, frame.products["photrefkey"]
     path = save_product(frame.redpath, "iphot", table)
+    save_product(frame.redpath, "diffstamps", frame.products["diffstamps"])
     objectids = np.asarray(context.catalogs[meta.field]["objectid"])[table["star"]]
     rows = {"ism_photometry": diffphot.ism_rows(frame.framekey, key, table, objectids),
             "iphotobjects": {"framekey": np.full(len(table), frame.framekey, dtype=np.int64),

@@ -48,7 +48,7 @@ import numpy as np
 from trex._stats import clipped_stats
 from trex.config import Config
 from trex.flags import PHOT
-from trex.photometry import MAG_ERR_FACTOR, _saturated_near, aperture_photometry, apertures
+from trex.photometry import MAG_ERR_FACTOR, saturated_near, aperture_photometry, apertures
 from trex.register import Transform, fit_transform, resample
 
 #: stars with F_ref at least this many sigma measure the aperture fraction ratio q
@@ -104,7 +104,7 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
     table = np.zeros(len(refphot), dtype=iphot_dtype(len(radii)))
     table["star"], table["xref"], table["yref"] = refphot["star"], x, y
     scale = np.asarray(scale_of(x, y), dtype=np.float64)
-    saturated = _saturated_near(mask, x, y, float(radii.max()))
+    saturated = saturated_near(mask, x, y, float(radii.max()))
     qs = []
     for annulus in sorted(set(annuli)):
         use = [i for i, a in enumerate(annuli) if a == annulus]

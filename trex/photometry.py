@@ -282,7 +282,7 @@ def _separation(ra, dec, ra0, dec0) -> np.ndarray:
     return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1))))
 
 
-def _saturated_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+def saturated_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     """True for stars with a saturated pixel within ``radius`` px."""
     sy, sx = np.nonzero(mask & MASK["SATURATED"].bit)
     if not len(sx):
@@ -318,7 +318,7 @@ def run(frame: Frame, context: Context) -> Frame:
             table[f"flux_{i:03d}"], table[f"fluxerr_{i:03d}"] = res["flux"][:, j], res["fluxerr"][:, j]
             table[f"aiq_{i:03d}"] = res["flag"][:, j]
         table["bgv"], table["bge"] = res["bg"], res["bgerr"]
-    saturated = _saturated_near(frame.mask, x, y, float(radii.max()))
+    saturated = saturated_near(frame.mask, x, y, float(radii.max()))
     for i in range(len(radii)):
         table[f"aiq_{i:03d}"][saturated] |= PHOT["SATURATED"].bit
         table[f"arm_{i:03d}"] = np.nan

@@ -48,7 +48,7 @@ import numpy as np
 from trex._stats import clipped_stats
 from trex.config import Config
 from trex.flags import PHOT
-from trex.photometry import MAG_ERR_FACTOR, saturated_near, aperture_photometry, apertures
+from trex.photometry import MAG_ERR_FACTOR, aperture_photometry, apertures, saturated_near
 from trex.register import Transform, fit_transform, resample
 
 #: stars with F_ref at least this many sigma measure the aperture fraction ratio q

@@ -143,6 +143,10 @@ def test_endtoend_rss_wrapper_and_lc_comparison(tmp_path):
         rows = empty_rows(3, 3)
         rows["aim_000"] = value
         write_lightcurve(Path(tmp_path / name / "LC" / "7" / "S1.fits"), rows, [])
+    import fitsio
+
+    fitsio.write(str(tmp_path / "a" / "LC" / "7" / "lcstats.fits"), np.zeros(2, [("x", "f8")]),
+                 extname="STATS")  # not a light curve: left out
     assert endtoend.same_lightcurves(tmp_path / "a", tmp_path / "b").endswith("1 sampled identical")
     assert "DIFFERENT" in endtoend.same_lightcurves(tmp_path / "a", tmp_path / "c")
 

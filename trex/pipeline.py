@@ -94,10 +94,11 @@ def _run(comm, db: Database | None, project: Project, config: Config, stages: tu
     context = None
     if comm.rank == 0:
         inventory.scan(project, config, db)
-        masters = (masterframes.build_masters(project, config, db) if "calibrate" in stages
-                   else masterframes.load_masters(project, db))
-        context = Context(project, config, masters=masters, catalogs=load_catalogs(project, db))
+        masters = masterframes.load_masters(project, db)
         if "calibrate" in stages:
+            before, masters = masters, masterframes.build_masters(project, config, db)
+        context = Context(project, config, masters=masters, catalogs=load_catalogs(project, db))
+        if "calibrate" in stages and masters != before:
             redo_stale_calibrations(context, db)
     context = comm.bcast(context)
 

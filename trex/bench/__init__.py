@@ -22,7 +22,8 @@ from trex import __version__
 log = logging.getLogger(__name__)
 
 #: benchmark modules, in the order of the table
-MODULES = ("photometry", "extract", "subtract", "calibrate", "transpose", "ingest", "endtoend")
+MODULES = ("photometry", "extract", "subtract", "calibrate", "transpose", "ingest", "endtoend",
+           "nights")
 
 
 def machine() -> dict:

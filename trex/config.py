@@ -13,6 +13,7 @@ name the file and the key.  Nothing here reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -207,7 +208,7 @@ class Config:
     detrend: DetrendSection = DetrendSection()
     run: RunSection = RunSection()
 
-    @property
+    @functools.cached_property
     def sha(self) -> str:
         """SHA-256 (hex, 16 chars) of the effective configuration, for provenance."""
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -17,6 +17,7 @@ import numpy as np
 from astropy.table import Table
 
 from trex.fits import atomic_path
+from trex.fitstable import write_table
 
 #: (name, description, numpy dtype, per aperture)
 COLUMNS = (
@@ -94,11 +95,7 @@ def describe_columns(napertures: int) -> dict[str, str]:
 def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> Path:
     """Write ``rows`` (``lc_dtype``) as the LIGHTCURVE table of ``path``, atomically."""
     tmp, final = atomic_path(path)
-    if tmp.exists():
-        tmp.unlink()
-    with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
-        fits.write(None)
-        fits.write(rows, extname="LIGHTCURVE", header=header)
+    write_table(tmp, rows, "LIGHTCURVE", header)
     os.replace(tmp, final)
     return final
 

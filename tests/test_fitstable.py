@@ -1,0 +1,46 @@
+"""The fast light-curve table writer produces standard FITS that astropy and fitsio
+read back exactly."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from trex.fitstable import card
+from trex.lcformat import empty_rows, read_rows, write_lightcurve
+
+
+def test_astropy_and_fitsio_read_back_every_value(tmp_path):
+    rows = empty_rows(7, 3)
+    rows["rjd"] = np.arange(7) + 61000.123456789012
+    rows["frame"] = b"2026-11-29_5-0000001.fits"
+    rows["aiq_001"] = [1, 2, 3, 4, -5, 6, 7]
+    rows["framekey"] = 2**40 + np.arange(7)
+    rows["xcc"] = np.linspace(-1e-300, 4095.5, 7)
+    cards = [{"name": "OBJECTID", "value": "O'Brien star"},
+             {"name": "RA", "value": 12.5, "comment": "deg"}, {"name": "NROWS", "value": 7},
+             {"name": "FLAG", "value": True}, {"name": "TINY", "value": -1.234567890123457e-300}]
+    path = tmp_path / "lc.fits"
+    write_lightcurve(path, rows, cards)
+    assert path.stat().st_size % 2880 == 0
+    with fits.open(path) as hdul:
+        hdul.verify("exception")  # standard-conforming
+        table, header = hdul["LIGHTCURVE"].data, hdul["LIGHTCURVE"].header
+        for name in rows.dtype.names:
+            got = np.asarray(table[name])
+            if got.dtype.kind == "U":
+                got = np.char.encode(got)
+            np.testing.assert_array_equal(got, rows[name], err_msg=name)
+        assert (header["OBJECTID"], header["RA"], header["NROWS"], header["FLAG"],
+                header["TINY"]) == ("O'Brien star", 12.5, 7, True, -1.234567890123457e-300)
+        assert header.comments["RA"] == "deg"
+    again, fhdr = read_rows(path)
+    assert again.dtype.names == rows.dtype.names and fhdr["OBJECTID"] == "O'Brien star"
+
+
+@pytest.mark.parametrize("value, text", [(True, "T"), (3, "3"), (2.5, "2.5"), (1e20, "1E+20"),
+                                         ("x", "'x       '")])
+def test_cards_are_80_characters_in_fixed_format(value, text):
+    line = card("KEY", value, "a comment")
+    assert len(line) == 80 and line.startswith("KEY     = ")
+    field = line[10:30] if not isinstance(value, str) else line[10:20]
+    assert field.strip() == text

@@ -9,6 +9,7 @@ configured apertures.  Missing measurements are NaN with a non-zero flag
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def column_names(napertures: int) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=8)
 def lc_dtype(napertures: int) -> np.dtype:
     """Row dtype of a light curve with ``napertures`` apertures."""
     fields = []

@@ -106,16 +106,14 @@ def partitions(folder: Path) -> list[str]:
 
 
 def read_partition(folder: Path, name: str, dtype: np.dtype) -> np.ndarray:
-    """Every shard of a partition, de-duplicated (last write of a star/frame wins)
-    and sorted by star, then time."""
+    """Every shard of a partition, sorted by star, then time, with each (star,
+    frame) once: rows written later (a re-run) replace earlier ones."""
     rows = np.concatenate([np.fromfile(p, dtype=dtype) for p in sorted(folder.glob(f"{name}.*"))])
-    order = np.lexsort((np.arange(len(rows)), rows["framekey"], rows["star"]))
-    rows = rows[order]
-    last = np.ones(len(rows), dtype=bool)
-    last[:-1] = (rows["star"][1:] != rows["star"][:-1]) | \
-                (rows["framekey"][1:] != rows["framekey"][:-1])
-    rows = rows[last]
-    return rows[np.lexsort((rows["framekey"], rows["rjd"], rows["star"]))]
+    order = np.lexsort((np.arange(len(rows)), rows["framekey"], rows["rjd"], rows["star"]))
+    star, framekey = rows["star"][order], rows["framekey"][order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (star[1:] != star[:-1]) | (framekey[1:] != framekey[:-1])
+    return rows[order[last]]
 
 
 def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:

@@ -26,6 +26,17 @@ MODULES = ("photometry", "extract", "subtract", "calibrate", "transpose", "inges
            "nights")
 
 
+class _NoteCollector(logging.Handler):
+    """Turns a benchmark's warnings (e.g. a peer that is not installed) into notes."""
+
+    def __init__(self, name: str, notes: list[str]):
+        super().__init__(logging.WARNING)
+        self.name, self.notes = name, notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.notes.append(f"{self.name}: {record.getMessage()}")
+
+
 def machine() -> dict:
     """CPU, cores and versions, for the JSON output."""
     import numpy
@@ -64,7 +75,12 @@ def main(quick: bool = False, only: list[str] | None = None, json_path: str | No
             continue
         log.info("bench %s ...", name)
         t0 = time.perf_counter()
-        result = module.run(quick=quick)
+        collector = _NoteCollector(name, notes)
+        logging.getLogger("trex.bench").addHandler(collector)
+        try:
+            result = module.run(quick=quick)
+        finally:
+            logging.getLogger("trex.bench").removeHandler(collector)
         rows += result
         log.info("bench %s: %d rows in %.1f s", name, len(result), time.perf_counter() - t0)
     print(f"trex bench ({'quick' if quick else 'full'}), {machine()['cpu']}, "

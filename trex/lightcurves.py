@@ -91,6 +91,10 @@ class PartitionWriter:
 
     def add(self, rows: np.ndarray) -> None:
         part = rows["star"] // self.stars_per_part
+        if part.min() == part.max():  # the usual case: the frame fits one partition
+            with open(self.folder / f"p{int(part[0]):07d}.r{self.rank:05d}.bin", "ab") as fh:
+                rows.tofile(fh)
+            return
         order = np.argsort(part, kind="stable")
         part, rows = part[order], rows[order]
         starts = np.flatnonzero(np.diff(part, prepend=-1))
@@ -106,14 +110,11 @@ def partitions(folder: Path) -> list[str]:
 
 
 def read_partition(folder: Path, name: str, dtype: np.dtype) -> np.ndarray:
-    """Every shard of a partition, sorted by star, then time, with each (star,
-    frame) once: rows written later (a re-run) replace earlier ones."""
+    """Every shard of a partition, grouped by star (a stable sort: each star's rows
+    stay in the order they were written; :func:`merge_star` orders them by time
+    and keeps the last row written of a frame)."""
     rows = np.concatenate([np.fromfile(p, dtype=dtype) for p in sorted(folder.glob(f"{name}.*"))])
-    order = np.lexsort((np.arange(len(rows)), rows["framekey"], rows["rjd"], rows["star"]))
-    star, framekey = rows["star"][order], rows["framekey"][order]
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = (star[1:] != star[:-1]) | (framekey[1:] != framekey[:-1])
-    return rows[order[last]]
+    return rows[np.argsort(rows["star"], kind="stable")]
 
 
 def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:
@@ -150,6 +151,9 @@ def merge_star(path: Path, new_rows: np.ndarray, info: dict, config: Config) -> 
     """Merge a star's new rows (partition dtype) into its light-curve file; returns all rows."""
     napertures = len(config.photometry.apertures)
     fields = list(lcformat.lc_dtype(napertures).names)
+    # the last row written of a frame wins (a frame merged twice in one run)
+    _, last = np.unique(new_rows["framekey"][::-1], return_index=True)
+    new_rows = new_rows[len(new_rows) - 1 - last]
     fresh = np.zeros(len(new_rows), dtype=lcformat.lc_dtype(napertures))
     fresh[fields] = new_rows[fields]
     old_header = None

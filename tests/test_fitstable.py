@@ -44,3 +44,12 @@ def test_cards_are_80_characters_in_fixed_format(value, text):
     assert len(line) == 80 and line.startswith("KEY     = ")
     field = line[10:30] if not isinstance(value, str) else line[10:20]
     assert field.strip() == text
+
+
+def test_unicode_text_columns_are_written_as_ascii(tmp_path):
+    rows = np.zeros(2, dtype=[("frame", "U12"), ("x", "f8")])
+    rows["frame"] = ["a.fits", "frame-2.fits"]
+    write_lightcurve(tmp_path / "u.fits", rows, [])
+    back, _ = read_rows(tmp_path / "u.fits")
+    assert [str(v.decode() if isinstance(v, bytes) else v) for v in back["frame"]] == \
+        ["a.fits", "frame-2.fits"]

@@ -68,6 +68,9 @@ def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[di
     """Write ``rows`` (structured array of float, integer and bytes fields) as the first
     extension of a new FITS file at ``path``; ``cards`` are extra header cards
     ({"name", "value", "comment"})."""
+    if any(rows.dtype[name].kind == "U" for name in rows.dtype.names):  # text as ASCII bytes
+        rows = rows.astype([(n, f"S{rows.dtype[n].itemsize // 4}" if rows.dtype[n].kind == "U"
+                             else rows.dtype[n]) for n in rows.dtype.names])
     descr = tuple((name, rows.dtype[name].str[1:]) for name in rows.dtype.names)
     columns, width = _columns(descr)
     header = [card("XTENSION", "BINTABLE", "binary table extension"), card("BITPIX", 8),

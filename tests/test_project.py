@@ -71,3 +71,12 @@ def test_cli_help_lists_every_stage():
                     "photometry", "subtract", "lightcurves", "detrend", "status", "report",
                     "bench"):
         assert command in out
+
+
+def test_run_jobs_relaunches_under_mpiexec(tmp_path):
+    root = tmp_path / "proj"
+    assert main(["init", str(root)]) == 0
+    out = subprocess.run([sys.executable, "-m", "trex", "run", str(root), "--jobs", "2",
+                          "--stages", "calibrate"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "trex run on 2 rank(s)" in out.stderr

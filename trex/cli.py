@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from trex import __version__
 from trex.config import ConfigError, tomllib
@@ -104,6 +105,9 @@ def cmd_simulate(args) -> int:
 def cmd_stages(args) -> int:
     from trex.pipeline import AVAILABLE, run_project
 
+    if getattr(args, "jobs", 1) > 1:
+        _relaunch_under_mpiexec(args.jobs)
+
     if args.command != "run" and args.command not in AVAILABLE:
         raise NotAvailable(args.command)
     stages = STAGES if args.command == "run" else (args.command,)
@@ -117,6 +121,31 @@ def cmd_stages(args) -> int:
     config = project.load_config(_overrides(args))
     return run_project(project, config, stages,
                        rebuild_references=getattr(args, "rebuild_references", False))
+
+
+def _relaunch_under_mpiexec(nranks: int) -> None:
+    """``trex run --jobs N``: replace this process by ``mpiexec -n N trex run ...``."""
+    import shutil
+    import sys
+
+    from trex.parallel import launched_under_mpi
+
+    if launched_under_mpi():
+        return  # already one of the ranks
+    here = Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(here) if here.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        raise ConfigError("--jobs needs mpiexec (make install brings the mpich wheel)")
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--jobs="):
+            skip = False
+            continue
+        if arg == "--jobs":
+            skip = True
+            continue
+        argv.append(arg)
+    os.execv(mpiexec, [mpiexec, "-n", str(nranks), sys.executable, "-m", "trex", *argv])
 
 
 def cmd_report(args) -> int:
@@ -174,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = project_command("run", "process the whole project (serial, or under mpiexec)", cmd_stages)
     p.add_argument("--stages", help=f"comma-separated subset of: {', '.join(STAGES)}")
-    p.add_argument("--jobs", type=int, default=1, help="(reserved) local worker count")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run on N local MPI ranks (re-runs itself under mpiexec)")
     p.add_argument("--rebuild-references", action="store_true",
                    help="rebuild the astrometric and photometric references")
     for stage in STAGES:

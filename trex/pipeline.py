@@ -74,6 +74,8 @@ def run_project(project: Project, config: Config, stages: tuple[str, ...],
     """Run ``stages`` over the project on every rank of the job; returns the exit status."""
     comm = parallel.world()
     setup_logging(logging.getLogger("trex").level or "INFO", rank=comm.rank)
+    if comm.rank == 0:
+        log.info("trex run on %d rank(s): %s", comm.size, ", ".join(stages))
     missing = [s for s in stages if s not in AVAILABLE]
     if missing and comm.rank == 0:
         log.warning("stage(s) %s not available in this version: skipped", ", ".join(missing))

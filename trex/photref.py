@@ -125,7 +125,7 @@ def load_reference(path: str, phot: str) -> tuple[np.ndarray, np.ndarray, object
     """(image float32, mask uint8, header, WCS, photometry) of a reference; cached per rank."""
     image, header = read_image(path)
     mask, _ = read_image(path, hdu="MASK")
-    return (image, mask.astype(np.uint8), header, WCS(header),
+    return (image, mask.astype(np.uint8), header, WCS(header, fix=False),
             np.load(phot, allow_pickle=False))
 
 
@@ -182,7 +182,7 @@ def _match_one(plan: dict, i: int, target, ref_wcs, shape, config: Config, scrat
     from trex.subtract import subtract  # trex.subtract imports this module for its stage
 
     image, mask, header, meta = _load(plan["paths"][i], config)
-    reg, bad, _ = register(image, mask, WCS(header), ref_wcs, shape, config, meta.saturate)
+    reg, bad, _ = register(image, mask, WCS(header, fix=False), ref_wcs, shape, config, meta.saturate)
     if i != plan["target"]:
         t_img, t_bad, t_meta = target
         sub = config.subtract
@@ -245,7 +245,7 @@ def reference_photometry(image: np.ndarray, mask: np.ndarray, header, catalog,
                          config: Config) -> np.ndarray:
     """F_ref of the catalog stars on the reference (see the module doc)."""
     meta = SimpleNamespace(jd=header["JD"])
-    frame = SimpleNamespace(image=image, meta=meta, wcs=WCS(header))
+    frame = SimpleNamespace(image=image, meta=meta, wcs=WCS(header, fix=False))
     star, x, y, _, _ = photometry._stars_on_frame(frame, catalog, config)
     radii, annuli = photometry.apertures(config)
     fields = [("star", "i8"), ("x", "f8"), ("y", "f8")]
@@ -302,7 +302,7 @@ def build_group(comm, plan: dict, context: Context, target_path: Path) -> None:
     ref_image, ref_header = read_image(plan["astromref"])
     ref_wcs, shape = WCS(ref_header), ref_image.shape
     image, mask, header, t_meta = _load(plan["paths"][plan["target"]], config)
-    t_img, t_bad, _ = register(image, mask, WCS(header), ref_wcs, shape, config, t_meta.saturate)
+    t_img, t_bad, _ = register(image, mask, WCS(header, fix=False), ref_wcs, shape, config, t_meta.saturate)
     target = (t_img, t_bad, t_meta)
     for i in parallel.split(len(plan["paths"]), comm.size, comm.rank):
         _match_one(plan, i, target, ref_wcs, shape, config, scratch)

@@ -106,7 +106,8 @@ def _run(comm, db: Database | None, project: Project, config: Config, stages: tu
 
     chain = tuple(s for s in FIRST_PASS if s in stages)
     if chain:
-        tasks = records.pending(db, chain) if comm.rank == 0 else []
+        requires = tuple(FIRST_PASS)[:tuple(FIRST_PASS).index(chain[0])]
+        tasks = records.pending(db, chain, requires=requires) if comm.rank == 0 else []
         if comm.rank == 0:
             log.info("first pass (%s): %d frames pending", "+".join(chain), len(tasks))
         runner.run_frames(comm, db, context, tasks, FIRST_PASS, config, finish=finish_frame)

@@ -69,23 +69,27 @@ class Task:
     redpath: str | None = None  # relative to the project root, once calibrated
 
 
-def pending(db: Database, chain: tuple[str, ...], nights: list[str] | None = None) -> list[Task]:
+def pending(db: Database, chain: tuple[str, ...], nights: list[str] | None = None,
+            requires: tuple[str, ...] = ()) -> list[Task]:
     """Object frames with work left in ``chain``, in time order.
 
     A frame is skipped when a stage of the chain failed on it (it is bad,
-    with its reason recorded) or when every stage is done; once a stage must
+    with its reason recorded), when every stage is done, or when a stage of
+    ``requires`` (those before the chain) is not done yet; once a stage must
     run, every later stage of the chain runs too.
     """
     rows = db.query("SELECT f.framekey, f.rawpath, f.night, c.redpath FROM frameinfo f "
                     "LEFT JOIN calibratedframes c ON c.framekey = f.framekey "
                     "WHERE f.imagetyp = 'object' AND f.isok ORDER BY f.jd, f.framekey")
-    states = stage_status(db, chain)
+    states = stage_status(db, requires + chain)
     out = []
     for framekey, rawpath, night, redpath in rows:
         if nights is not None and night not in nights:
             continue
         state = states.get(int(framekey), {})
         if any(state.get(s) == "failed" for s in chain):
+            continue
+        if any(state.get(s) != "done" for s in requires):
             continue
         todo = [s for s in chain if state.get(s) != "done"]
         if todo:

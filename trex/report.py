@@ -268,7 +268,7 @@ def _wcs_section(rep: Report, project: Project, db, projid: str) -> None:
         return
     image, header = read_image(project.root / redpath)
     ra, dec = propagate(catalog, 2000.0 + (jd - 2451545.0) / 365.25)
-    cx, cy = WCS(header).all_world2pix(ra, dec, 0, quiet=True)
+    cx, cy = WCS(header, fix=False).all_world2pix(ra, dec, 0, quiet=True)
     dist, near = cKDTree(np.column_stack([cx, cy])).query(
         np.column_stack([sources["x"], sources["y"]]), distance_upper_bound=1.0)
     hit = np.isfinite(dist) & (sources["flag"] == 0) & (sources["snr"] > 20)

@@ -34,7 +34,8 @@ class _NoteCollector(logging.Handler):
         self.name, self.notes = name, notes
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.notes.append(f"{self.name}: {record.getMessage()}")
+        text = record.getMessage()
+        self.notes.append(text if text.startswith(f"{self.name}:") else f"{self.name}: {text}")
 
 
 def machine() -> dict:

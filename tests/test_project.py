@@ -80,3 +80,12 @@ def test_run_jobs_relaunches_under_mpiexec(tmp_path):
                           "--stages", "calibrate"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "trex run on 2 rank(s)" in out.stderr
+
+
+def test_flags_are_distinct_bits_and_decode():
+    from trex.flags import MASK, PHOT, SOURCE, describe
+
+    for registry in (MASK, PHOT, SOURCE):
+        bits = [f.bit for f in registry.values()]
+        assert len(set(bits)) == len(bits) and all(b & (b - 1) == 0 for b in bits)
+    assert describe(PHOT, PHOT["MASKED"].bit | PHOT["NOT_FITTED"].bit) == ["MASKED", "NOT_FITTED"]

@@ -56,6 +56,3 @@ def describe(registry: dict[str, Flag], value: int) -> list[str]:
     """Names of the bits set in ``value``."""
     return [f.name for f in registry.values() if value & f.bit]
 
-
-def bit(registry: dict[str, Flag], name: str) -> int:
-    return registry[name].bit

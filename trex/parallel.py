@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,6 @@ class SerialComm:
 
     def barrier(self) -> None:
         pass
-
-    def allreduce(self, value, op=None):
-        return value
 
     def gather(self, obj, root=0):
         return [obj]
@@ -63,9 +60,6 @@ class MPIComm:
 
     def barrier(self) -> None:
         self.comm.barrier()
-
-    def allreduce(self, value, op=None):
-        return self.comm.allreduce(value, op=op or self.MPI.SUM)
 
     def gather(self, obj, root=0):
         return self.comm.gather(obj, root=root)
@@ -169,10 +163,3 @@ def _work(comm: MPIComm, work) -> None:
         if status.Get_tag() == _STOP:
             return
         results = work(batch)
-
-
-def scatter_loop(comm, items: Iterable, work: Callable) -> None:
-    """Run ``work(item)`` for this rank's share of ``items`` (static split)."""
-    items = list(items)
-    for i in split(len(items), comm.size, comm.rank):
-        work(items[i])

@@ -145,10 +145,6 @@ class Database:
             self.conn.commit()
         return rows
 
-    def insert_returning(self, sql: str, params: Sequence = ()):
-        """Run an ``INSERT ... RETURNING key`` and return the key."""
-        return self.query(sql, params)[0][0]
-
     def query_columns(self, sql: str, params: Sequence = ()) -> dict[str, np.ndarray]:
         """A query's result as numpy columns; NULL is NaN in numeric columns."""
         cur = self.conn.cursor()

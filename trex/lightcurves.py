@@ -19,6 +19,7 @@ night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import zlib
@@ -52,9 +53,25 @@ class FrameEntry:
     field: str
 
 
+@functools.lru_cache(maxsize=8)
 def part_dtype(napertures: int) -> np.dtype:
-    """Partition row: the star's catalog index, then the light-curve row."""
-    return np.dtype([("star", "i8"), ("night", "S16")] + lcformat.lc_dtype(napertures).descr)
+    """Partition row: the star's catalog index, the frame, and the light-curve
+    columns that come from the per-frame products (the frame name, the night and
+    the detrended columns are added when the star's file is written)."""
+    lc = lcformat.lc_dtype(napertures)
+    later = {"framekey", "frame"} | {n for n in lc.names if n[:3] in ("aep", "atf", "iep", "itf")}
+    return np.dtype([("star", "i8"), ("framekey", "i8")]
+                    + [(n, lc[n]) for n in lc.names if n not in later])
+
+
+@functools.lru_cache(maxsize=8)
+def _blank(napertures: int) -> np.ndarray:
+    """One partition row with every value missing (NaN, flag MISSING)."""
+    blank = np.zeros(1, dtype=part_dtype(napertures))
+    empty = lcformat.empty_rows(1, napertures)
+    for name in blank.dtype.names[2:]:
+        blank[name] = empty[name]
+    return blank
 
 
 def frame_rows(root: Path, entry: FrameEntry, napertures: int) -> np.ndarray | None:
@@ -66,12 +83,10 @@ def frame_rows(root: Path, entry: FrameEntry, napertures: int) -> np.ndarray | N
         return None
     stars = np.union1d(aphot["star"] if aphot is not None else [],
                        iphot["star"] if iphot is not None else []).astype(np.int64)
-    rows = np.zeros(len(stars), dtype=part_dtype(napertures))
-    rows[list(lcformat.lc_dtype(napertures).names)] = lcformat.empty_rows(len(stars), napertures)
+    rows = np.empty(len(stars), dtype=part_dtype(napertures))
+    rows[:] = _blank(napertures)
     rows["star"] = stars
-    rows["night"] = entry.night
     rows["framekey"] = entry.framekey
-    rows["frame"] = Path(entry.redpath).name
     for product in (aphot, iphot):
         if product is None:
             continue
@@ -125,7 +140,8 @@ def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Pat
     return folder / name
 
 
-def _night_cards(old_header, new_rows: np.ndarray, added: np.ndarray, config: Config) -> list[dict]:
+def _night_cards(old_header, nights_of_rows: np.ndarray, added: np.ndarray,
+                 config: Config) -> list[dict]:
     """NIGHTnnn cards: per contributing night its row count, trex version and config hash.
 
     ``added`` marks the new rows whose frame was not in the file before.
@@ -136,8 +152,8 @@ def _night_cards(old_header, new_rows: np.ndarray, added: np.ndarray, config: Co
             if rec["name"].startswith("NIGHT") and rec["name"][5:].isdigit():
                 night, count, text = str(rec["value"]).split(" ", 2)
                 nights[night] = (int(count.split("=")[1]), text)
-    names, counts = np.unique(new_rows["night"][added], return_counts=True)
-    touched = set(np.unique(new_rows["night"]).astype(str))
+    names, counts = np.unique(nights_of_rows[added], return_counts=True)
+    touched = set(np.unique(nights_of_rows).astype(str))
     for night in touched:
         before = nights.get(night, (0, ""))[0]
         extra = int(counts[names.astype(str) == night].sum())
@@ -147,15 +163,21 @@ def _night_cards(old_header, new_rows: np.ndarray, added: np.ndarray, config: Co
             for i, (night, (n, text)) in enumerate(sorted(nights.items()))]
 
 
-def merge_star(path: Path, new_rows: np.ndarray, info: dict, config: Config) -> np.ndarray:
-    """Merge a star's new rows (partition dtype) into its light-curve file; returns all rows."""
+def merge_star(path: Path, new_rows: np.ndarray, frames: np.ndarray, nights: np.ndarray,
+               info: dict, config: Config) -> np.ndarray:
+    """Merge a star's new rows (partition dtype) into its light-curve file; returns all rows.
+
+    ``frames`` and ``nights`` are the calibrated-frame name and night of each new row.
+    """
     napertures = len(config.photometry.apertures)
-    fields = list(lcformat.lc_dtype(napertures).names)
     # the last row written of a frame wins (a frame merged twice in one run)
     _, last = np.unique(new_rows["framekey"][::-1], return_index=True)
-    new_rows = new_rows[len(new_rows) - 1 - last]
-    fresh = np.zeros(len(new_rows), dtype=lcformat.lc_dtype(napertures))
-    fresh[fields] = new_rows[fields]
+    keep_new = len(new_rows) - 1 - last
+    new_rows, frames, nights = new_rows[keep_new], frames[keep_new], nights[keep_new]
+    fresh = lcformat.empty_rows(len(new_rows), napertures)
+    for name in new_rows.dtype.names[1:]:
+        fresh[name] = new_rows[name]
+    fresh["frame"] = frames
     old_header = None
     added = np.ones(len(new_rows), dtype=bool)
     if path.exists():
@@ -164,7 +186,7 @@ def merge_star(path: Path, new_rows: np.ndarray, info: dict, config: Config) -> 
         added = ~np.isin(fresh["framekey"], old["framekey"])
         fresh = np.concatenate([old[keep].astype(fresh.dtype), fresh])
     rows = fresh[np.lexsort((fresh["framekey"], fresh["rjd"]))]
-    header = _header(info, rows, config) + _night_cards(old_header, new_rows, added, config)
+    header = _header(info, rows, config) + _night_cards(old_header, nights, added, config)
     lcformat.write_lightcurve(path, rows, header)
     return rows
 
@@ -236,17 +258,23 @@ def _scatter(comm, project: Project, config: Config, entries: list[FrameEntry]) 
 
 
 def _merge_partition(project: Project, config: Config, projid: str, field: str, name: str,
-                     catalog) -> list[dict]:
-    """Step 2 for one partition: sort, then merge each star into its file."""
+                     catalog, frames: dict[int, tuple[str, str]]) -> list[dict]:
+    """Step 2 for one partition: sort, then merge each star into its file.
+
+    ``frames`` maps a framekey to (calibrated-frame name, night)."""
     napertures = len(config.photometry.apertures)
     folder = project.redtemp / "lc" / safe_name(projid) / safe_name(field)
     rows = read_partition(folder, name, part_dtype(napertures))
+    keys = np.array(sorted(frames), dtype=np.int64)
+    at = np.searchsorted(keys, rows["framekey"])
+    names = np.array([frames[k][0] for k in keys.tolist()], dtype="S40")[at]
+    nights = np.array([frames[k][1] for k in keys.tolist()])[at]
     starts = np.flatnonzero(np.diff(rows["star"], prepend=-1))
     out = []
-    for chunk in np.split(rows, starts[1:]):
-        info = _star_info(catalog, int(chunk["star"][0]), projid, field)
+    for lo, hi in zip(starts, [*starts[1:], len(rows)]):
+        info = _star_info(catalog, int(rows["star"][lo]), projid, field)
         path = lc_path(project, config, projid, info["objectid"])
-        merged = merge_star(path, chunk, info, config)
+        merged = merge_star(path, rows[lo:hi], names[lo:hi], nights[lo:hi], info, config)
         out.append({"projid": projid, "objectid": info["objectid"],
                     "path": str(path.relative_to(project.root)), **lc_stats(merged)})
     return out
@@ -272,10 +300,11 @@ def transpose(comm, project: Project, config: Config, entries: list[FrameEntry],
         tasks = [(p, f, name) for p, f in groups
                  for name in partitions(scratch / safe_name(p) / safe_name(f))]
     tasks = comm.bcast(tasks)
+    frames = {e.framekey: (Path(e.redpath).name, e.night) for e in entries}
     info = []
     for i in split(len(tasks), comm.size, comm.rank):
         projid, field, name = tasks[i]
-        info += _merge_partition(project, config, projid, field, name, catalogs[field])
+        info += _merge_partition(project, config, projid, field, name, catalogs[field], frames)
     gathered = comm.gather(info)
     comm.barrier()
     if comm.rank == 0:

@@ -361,14 +361,14 @@ def run(frame: Frame, context: Context) -> Frame:
     return frame
 
 
-def choose_reference(quality: dict) -> int:
-    """Framekey of the best astrometric reference among the good frames.
+def rank_frames(quality: dict) -> np.ndarray:
+    """Framekeys of the good frames, best first.
 
     ``quality`` maps framekey, meds (median S, 1/px^2), medd (median D),
     medsky (ADU), nsources and frameisok to equal-length arrays.  Good frames
     (frameisok true, all numbers finite) are ranked by S (high is sharp),
     |D| (low is round), sky (low) and detections (high); the lowest sum of
-    ranks wins.  Ties go to the sharper frame, then the rounder, darker,
+    ranks comes first.  Ties go to the sharper frame, then the rounder, darker,
     richer one, and only then to the lower framekey.
     """
     keys = np.asarray(quality["framekey"])
@@ -376,9 +376,15 @@ def choose_reference(quality: dict) -> int:
     sky, nsrc = np.asarray(quality["medsky"], float), np.asarray(quality["nsources"], float)
     good = np.asarray(quality["frameisok"]).astype(bool)
     good &= np.isfinite(meds) & np.isfinite(medd) & np.isfinite(sky) & np.isfinite(nsrc)
-    if not good.any():
-        raise ValueError("no good frame to choose an astrometric reference from")
     crits = [-meds[good], medd[good], sky[good], -nsrc[good]]
     total = sum(rankdata(c) for c in crits)
-    order = np.lexsort((keys[good], *reversed(crits), total))
-    return keys[good][order[0]].item()
+    return keys[good][np.lexsort((keys[good], *reversed(crits), total))]
+
+
+def choose_reference(quality: dict) -> int:
+    """Framekey of the best astrometric reference among the good frames
+    (the first of :func:`rank_frames`)."""
+    ranked = rank_frames(quality)
+    if not len(ranked):
+        raise ValueError("no good frame to choose an astrometric reference from")
+    return ranked[0].item()

@@ -22,7 +22,6 @@ cameras).  :func:`write_calibrated` writes it atomically, the mask as HDU
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits as afits
 
-from trex import __version__
+from trex import __version__, records
 from trex._stats import calibrate_pixels, clipped_stats
 from trex.config import Config
 from trex.db import Database
@@ -200,17 +199,12 @@ def calibratedframes_row(frame: Frame, reason: str | None = None) -> dict:
 
 def record_calibration(db: Database, row: dict, configsha: str) -> None:
     """Replace the frame's ``calibratedframes`` row and its ``framestatus``."""
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     status = "done" if row["frameisok"] else "failed"
     with db.transaction():
         db.execute("DELETE FROM calibratedframes WHERE framekey = ?", (row["framekey"],))
         db.execute(f"INSERT INTO calibratedframes ({', '.join(row)}) "
                    f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
-        db.execute("INSERT INTO framestatus (framekey, stage, status, reason, configsha, updated) "
-                   "VALUES (?, 'calibrate', ?, ?, ?, ?) ON CONFLICT (framekey, stage) DO UPDATE "
-                   "SET status = excluded.status, reason = excluded.reason, "
-                   "configsha = excluded.configsha, updated = excluded.updated",
-                   (row["framekey"], status, row["reason"], configsha, now))
+        records.set_status(db, row["framekey"], "calibrate", status, row["reason"], configsha)
 
 
 def stale_frames(context: Context, db: Database) -> list[Frame]:

@@ -258,11 +258,7 @@ def _frames(db: Database, projid: str, field: str, only_pending: bool) -> list[t
 
 
 def _reference_frame(db: Database, projid: str, field: str) -> tuple[int, str]:
-    quality = db.query_columns(
-        "SELECT c.framekey, c.meds, c.medd, c.medsky, c.nsources, c.frameisok, c.redpath "
-        "FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey JOIN framestatus s "
-        "ON s.framekey = c.framekey AND s.stage = 'photometry' AND s.status = 'done' "
-        "WHERE c.projid = ? AND f.field = ?", (projid, field))
+    quality = records.quality_of_done_frames(db, "photometry", projid, field)
     best = choose_reference(quality)
     return best, quality["redpath"][list(quality["framekey"]).index(best)]
 

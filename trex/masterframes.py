@@ -28,6 +28,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from trex import records
 from trex.config import Config
 from trex.db import Database
 from trex.fits import FrameError
@@ -191,7 +192,7 @@ class _Builder:
         master.header["INHASH"] = (digest[:32], "hash of the inputs and settings")
         write_master(path, master)
         rel = str(path.relative_to(self.project.root))
-        created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        created = records.now()
         with self.db.transaction():
             self.db.execute("DELETE FROM masterframes WHERE kind = ? AND night = ? AND ccd = ? "
                             "AND filter = ?", key)

@@ -48,9 +48,9 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.ndimage import maximum_filter, median_filter
 from scipy.spatial import cKDTree
-from scipy.stats import rankdata
 
 from trex import _stats, parallel, photometry, records
+from trex.astrometry import rank_frames
 from trex.config import Config
 from trex.db import Database
 from trex.fits import read_header, read_image, write_image
@@ -75,19 +75,6 @@ class Reference:
     path: str       # absolute path of the FITS image
     phot: str       # absolute path of the reference photometry (.npy)
     framekeys: tuple[int, ...] = ()  # the frames in the stack
-
-
-def rank_frames(quality: dict) -> np.ndarray:
-    """Framekeys of the good frames, best first, ranked as
-    :func:`trex.astrometry.choose_reference` ranks them (its pick comes first)."""
-    keys = np.asarray(quality["framekey"])
-    meds, medd = np.asarray(quality["meds"], float), np.abs(np.asarray(quality["medd"], float))
-    sky, nsrc = np.asarray(quality["medsky"], float), np.asarray(quality["nsources"], float)
-    good = np.asarray(quality["frameisok"]).astype(bool)
-    good &= np.isfinite(meds) & np.isfinite(medd) & np.isfinite(sky) & np.isfinite(nsrc)
-    crits = [-meds[good], medd[good], sky[good], -nsrc[good]]
-    total = sum(rankdata(c) for c in crits)
-    return keys[good][np.lexsort((keys[good], *reversed(crits), total))]
 
 
 def register(image: np.ndarray, mask: np.ndarray | None, frame_wcs, ref_wcs,
@@ -150,12 +137,7 @@ def _plan(db: Database, context: Context, projid: str, field: str, ccd: str) -> 
     """What every rank needs to build one reference (rank 0 asks the database)."""
     astrom = db.query("SELECT path FROM astromrefs WHERE projid = ? AND field = ? AND ccd = ? "
                       "AND isactive", (projid, field, ccd))
-    quality = db.query_columns(
-        "SELECT c.framekey, c.meds, c.medd, c.medsky, c.nsources, c.frameisok, c.redpath, "
-        "c.fwhm FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey "
-        "JOIN framestatus s ON s.framekey = c.framekey AND s.stage = 'photometry' "
-        "AND s.status = 'done' WHERE c.projid = ? AND f.field = ? AND f.ccd = ? AND c.frameisok",
-        (projid, field, ccd))
+    quality = records.quality_of_done_frames(db, "photometry", projid, field, ccd)
     if not astrom or not len(quality.get("framekey", [])):
         log.warning("photref %s/%s/%s: no astrometric reference or no good frame", projid,
                     field, ccd)

@@ -186,12 +186,7 @@ def choose_astrometric_references(project: Project, db: Database, rebuild: bool)
                           "AND ccd = ? AND isactive", (projid, field, ccd))
         if active and not rebuild:
             continue
-        quality = db.query_columns(
-            "SELECT c.framekey, c.meds, c.medd, c.medsky, c.nsources, c.frameisok, c.redpath "
-            "FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey "
-            "JOIN framestatus s ON s.framekey = c.framekey AND s.stage = 'astrometry' "
-            "AND s.status = 'done' WHERE c.projid = ? AND f.field = ? AND f.ccd = ?",
-            (projid, field, ccd))
+        quality = records.quality_of_done_frames(db, "astrometry", projid, field, ccd)
         if not len(quality.get("framekey", [])):
             continue
         best = astrometry.choose_reference(quality)

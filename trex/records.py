@@ -97,6 +97,22 @@ def pending(db: Database, chain: tuple[str, ...], nights: list[str] | None = Non
     return out
 
 
+def quality_of_done_frames(db: Database, stage: str, projid: str, field: str,
+                           ccd: str | None = None) -> dict[str, np.ndarray]:
+    """Quality columns (``calibratedframes``) of the frames of a group whose ``stage``
+    is done: framekey, meds, medd, medsky, nsources, frameisok, redpath, fwhm
+    (what reference frames are ranked by)."""
+    sql = ("SELECT c.framekey, c.meds, c.medd, c.medsky, c.nsources, c.frameisok, c.redpath, "
+           "c.fwhm FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey "
+           "JOIN framestatus s ON s.framekey = c.framekey AND s.stage = ? AND s.status = 'done' "
+           "WHERE c.projid = ? AND f.field = ?")
+    params = [stage, projid, field]
+    if ccd is not None:
+        sql += " AND f.ccd = ?"
+        params.append(ccd)
+    return db.query_columns(sql, params)
+
+
 def record_frame(db: Database, result, config) -> None:
     """Write one frame's result (``trex.runner.FrameResult``), in the caller's transaction."""
     first_pass = {"calibrate", "extract", "astrometry", "photometry"}

@@ -110,15 +110,16 @@ class Database:
         if self.engine == "sqlite":
             self.conn.execute("BEGIN")
         self._depth = 1
+        done = False
         try:
             yield
-        except BaseException:
-            self.conn.rollback()
-            raise
-        else:
-            self.conn.commit()
+            done = True
         finally:
             self._depth = 0
+            if done:
+                self.conn.commit()
+            else:  # an exception (or an interrupt) left the block: nothing of it stays
+                self.conn.rollback()
 
     def execute(self, sql: str, params: Sequence = ()) -> None:
         """Run one statement (committed at once outside a transaction)."""

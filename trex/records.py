@@ -15,10 +15,6 @@ import numpy as np
 
 from trex.db import Database
 
-#: calibratedframes columns a frame result may carry in its ``quality``.
-QUALITY_COLUMNS = ("medsky", "skyrms", "nsources", "meds", "medd", "medk", "fwhm",
-                   "ellipticity", "wcs_nmatch", "wcs_median", "wcs_p90", "wcs_std")
-
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -118,12 +114,11 @@ def record_frame(db: Database, result, config) -> None:
     first_pass = {"calibrate", "extract", "astrometry", "photometry"}
     stages = set(result.done) | ({result.failed[0]} if result.failed else set())
     if stages & first_pass:  # the second pass (subtract) never marks the frame bad
-        row = {"framekey": result.framekey, "projid": result.projid, "redpath": result.redpath,
-               "frameisok": result.failed is None,
-               "reason": f"{result.failed[0]}: {result.failed[1]}" if result.failed else None,
-               "configsha": config.sha}
-        row.update({k: v for k, v in result.quality.items() if k in QUALITY_COLUMNS
-                    or k in ("masterbias", "masterdark", "masterflat")})
+        columns = db.columns("calibratedframes")  # quality numbers with a column of their own
+        row = {k: v for k, v in result.quality.items() if k in columns}
+        row.update(framekey=result.framekey, projid=result.projid, redpath=result.redpath,
+                   frameisok=result.failed is None, configsha=config.sha,
+                   reason=f"{result.failed[0]}: {result.failed[1]}" if result.failed else None)
         upsert(db, "calibratedframes", row, key=("framekey",))
     for table, columns in result.rows.items():
         db.write_columns(table, columns, replace=("framekey", [result.framekey]))

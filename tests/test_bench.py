@@ -117,18 +117,16 @@ def test_transpose_matches_numpy(tmp_path):
 
     project = init_project(tmp_path / "p")
     catalog, entries = transpose.make_products(project.root, 6, 12)
-    frames = [transpose.lightcurves.frame_rows(project.root, e, transpose.NAPER) for e in entries]
-    peer = transpose.numpy_sort(frames)
-    mine = transpose.scatter_sort(project, Config(), entries)
+    peer = transpose.numpy_sort(transpose.load_frames(project, entries))
+    mine = transpose.scatter_sort(project, Config(), entries, collect=True)
     assert transpose.order_check(mine, peer) == "72 rows, same order and values as numpy"
-    swapped = mine.copy()
+    swapped = mine[0].copy()
     swapped[[0, 1]] = swapped[[1, 0]]
-    assert "DIFFERENT" in transpose.order_check(swapped, peer)
-    info = transpose.lightcurves.transpose(transpose.SerialComm(), project, Config(), entries,
-                                           {transpose.FIELD: catalog})
-    assert transpose.lc_check(project, info, peer) == "12 LC files, 72 rows; 5 stars identical to numpy"
-    peer["aim_001"][peer["star"] == 0] += 1.0
-    assert "DIFFER from numpy" in transpose.lc_check(project, info, peer)
+    assert "DIFFERENT" in transpose.order_check((swapped, mine[1]), peer)
+    nobs = transpose.transpose_nobs(project, Config(), entries, catalog)
+    assert transpose.lc_check(project, nobs, peer) == "12 LC files, 72 rows; 5 stars identical to numpy"
+    peer[0]["aim_001"][peer[0]["star"] == 0] += 1.0
+    assert "DIFFER from numpy" in transpose.lc_check(project, nobs, peer)
 
 
 def test_endtoend_rss_wrapper_and_lc_comparison(tmp_path):

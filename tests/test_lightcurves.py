@@ -63,8 +63,14 @@ def lc_files(project):
 def test_values_order_and_header(setup):
     project, catalog, entries, truth = setup
     config = Config()
-    info = lightcurves.transpose(SerialComm(), project, config, entries, {"F1": catalog})
-    assert len(info) == len(truth) == len(lc_files(project))
+    batches = []
+    written = lightcurves.transpose(SerialComm(), project, config, entries, {"F1": catalog},
+                                    batches.append)
+    assert written == len(truth) == len(lc_files(project))
+    info = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}  # lcinfo columns
+    assert sorted(info["objectid"]) == [f"TRX-{star:05d}" for star in sorted(truth)]
+    for objectid, nobs, path in zip(info["objectid"], info["nobs"], info["path"]):
+        assert nobs == len(truth[int(objectid[4:])]) and path == f"LC/7/{objectid}.fits"
     for star, measured in truth.items():
         table = read_lightcurve(project.root / "LC" / "7" / f"TRX-{star:05d}.fits")
         assert table.colnames == column_names(NAPER)
@@ -124,15 +130,17 @@ def test_mpi_two_ranks_match_serial(setup, tmp_path):
         catalog, entries, _ = make_products(project.root)
         comm = parallel.world()
         assert comm.size == 2, comm.size
-        info = lightcurves.transpose(comm, project, Config(), entries, {{"F1": catalog}})
+        consumed = []
+        written = lightcurves.transpose(comm, project, Config(), entries, {{"F1": catalog}},
+                                        lambda columns: consumed.extend(columns["objectid"]))
         if comm.rank == 0:
-            print("stars", len(info))
+            print("stars", written, len(set(consumed)))
     """)
     mpiexec = Path(sys.executable).parent / "mpiexec"
     out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"stars {len(truth)}" in out.stdout
+    assert f"stars {len(truth)} {len(truth)}" in out.stdout
     for path in lc_files(other):
         table = read_lightcurve(path)
         for name in table.colnames:

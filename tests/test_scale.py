@@ -15,25 +15,27 @@ memory (``ru_maxrss``) is its own.  The subprocess does what a serial
    of at most ``PARTITION_ROWS`` rows and merges each partition into the
    light-curve files.
 
-The bound (documented, asserted): with ``B`` = bytes of one partition row
-(``lightcurves.part_dtype(1).itemsize``, 180 B for one aperture),
+The bound (documented, asserted): with ``B`` = bytes of one measurement in a
+partition (``lightcurves.row_bytes(1)``: an aphot and an iphot row and a
+framekey, 156 B for one aperture),
 
     peak RSS <= baseline + budget,  budget = 4 x PARTITION_ROWS x B + FIXED_MB
 
 where ``baseline`` is the RSS after imports, before any frame; the factor 4
-covers the copies of one partition while it is read, de-duplicated and
-sorted (``read_partition``); ``FIXED_MB`` (64 MiB) covers one ingest batch as
-Python objects, SQLite's page cache, one light curve being written and the
-per-frame and per-star bookkeeping (``FrameEntry`` list, the ``lcinfo`` rows
-``transpose`` returns: about 1 KiB per star, the one term that grows with the
-star count).  The budget does not grow with the number of frames (as long as
-a partition's minimum of one star, i.e. one row per frame, stays below
-``PARTITION_ROWS``), and the test asserts it is below 0.3 x the memory of all
-4x10^6 measurements held at once (``NFRAMES x NSTARS x B``, 687 MiB): a
-pipeline that held the backfill would fail.  ``PARTITION_ROWS`` is lowered to
-10^5 in the subprocess (default 2x10^6 gives a bound of ~1.4 GiB, still
-independent of the archive size) so that the bound is visibly set by it; the
-ingest alone must stay within ``FIXED_MB``.
+covers the copies of one partition while it is read and grouped by star
+(``PartitionReader``) and the scatter's staging buffer (at most one
+partition's bytes); ``FIXED_MB`` (64 MiB) covers one ingest batch as Python
+objects, SQLite's page cache, one light curve being written and the per-frame
+bookkeeping (``FrameEntry`` list; ``lcinfo`` rows leave with their partition,
+so nothing grows with the star count but the catalog). The budget does not
+grow with the number of frames (as long as a partition's minimum of one star,
+i.e. one row per frame, stays below ``PARTITION_ROWS``), and the test asserts
+it is below 0.3 x the memory of all 4x10^6 measurements held at once
+(``NFRAMES x NSTARS x B``, 595 MiB): a pipeline that held the backfill would
+fail. ``PARTITION_ROWS`` is lowered to 10^5 in the subprocess (the default
+5x10^5 gives a bound of ~360 MiB, still independent of the archive size) so
+that the bound is visibly set by it; the ingest alone must stay within
+``FIXED_MB``.
 
 Measured (2 loaded cores, 2026-11-29), MiB: baseline 72, after ingest 104,
 peak 141, i.e. 69 above baseline against a budget of 133 and 687 for all rows;
@@ -145,8 +147,8 @@ def backfill(root: str) -> None:
     out.update(ingest_s=time.perf_counter() - start, after_ingest_mb=_peak_mb())
     db.close()
     start = time.perf_counter()
-    info = lightcurves.transpose(SerialComm(), project, config, entries, {FIELD: catalog})
-    out.update(transpose_s=time.perf_counter() - start, peak_mb=_peak_mb(), nlc=len(info))
+    written = lightcurves.transpose(SerialComm(), project, config, entries, {FIELD: catalog})
+    out.update(transpose_s=time.perf_counter() - start, peak_mb=_peak_mb(), nlc=written)
     (project.root / "scale.json").write_text(json.dumps(out))
 
 
@@ -165,7 +167,7 @@ def test_backfill_memory_is_bounded_by_the_partition(tmp_path):
 
     root = tmp_path / "scale"
     result = _run_backfill(root)
-    row_bytes = lightcurves.part_dtype(len(APERTURES)).itemsize
+    row_bytes = lightcurves.row_bytes(len(APERTURES))
     all_rows_mb = NFRAMES * NSTARS * row_bytes / 2**20
     budget_mb = 4 * PARTITION_ROWS * row_bytes / 2**20 + FIXED_MB
     log.info("scale: %s; budget %.0f MB, all rows %.0f MB", result, budget_mb, all_rows_mb)

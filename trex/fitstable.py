@@ -46,18 +46,19 @@ def _pad(data: bytes, fill: bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _columns(descr: tuple) -> tuple[str, int]:
-    """(TTYPE/TFORM cards, row width in bytes) of a dtype description."""
-    cards, width = [], 0
-    for i, (name, kind) in enumerate(descr, start=1):
-        dtype = np.dtype(kind)
-        if dtype.kind == "S":
-            form = f"{dtype.itemsize}A"
+def _layout(dtype: np.dtype) -> tuple[str, int, np.dtype]:
+    """(TTYPE/TFORM cards, row width in bytes, big-endian dtype) of a row dtype."""
+    cards, width, big = [], 0, []
+    for i, name in enumerate(dtype.names, start=1):
+        field = dtype[name]
+        if field.kind == "S":
+            form = f"{field.itemsize}A"
         else:
-            form = _TFORM[f"{dtype.kind}{dtype.itemsize}"]
+            form = _TFORM[f"{field.kind}{field.itemsize}"]
         cards += [card(f"TTYPE{i}", name), card(f"TFORM{i}", form)]
-        width += dtype.itemsize
-    return "".join(cards), width
+        width += field.itemsize
+        big.append((name, field.newbyteorder(">") if field.kind != "S" else field))
+    return "".join(cards), width, np.dtype(big)
 
 
 PRIMARY = _pad("".join([card("SIMPLE", True, "conforms to FITS standard"), card("BITPIX", 8),
@@ -71,16 +72,16 @@ def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[di
     if any(rows.dtype[name].kind == "U" for name in rows.dtype.names):  # text as ASCII bytes
         rows = rows.astype([(n, f"S{rows.dtype[n].itemsize // 4}" if rows.dtype[n].kind == "U"
                              else rows.dtype[n]) for n in rows.dtype.names])
-    descr = tuple((name, rows.dtype[name].str[1:]) for name in rows.dtype.names)
-    columns, width = _columns(descr)
+    columns, width, big = _layout(rows.dtype)
     header = [card("XTENSION", "BINTABLE", "binary table extension"), card("BITPIX", 8),
               card("NAXIS", 2), card("NAXIS1", width, "bytes per row"),
               card("NAXIS2", len(rows), "rows"), card("PCOUNT", 0), card("GCOUNT", 1),
-              card("TFIELDS", len(descr)), columns, card("EXTNAME", extname)]
+              card("TFIELDS", len(rows.dtype.names)), columns, card("EXTNAME", extname)]
     header += [card(c["name"], c["value"], c.get("comment", "")) for c in cards]
     header.append(f"{'END':<80}")
-    big = rows.astype(np.dtype([(n, ">" + k if k[0] != "S" else k) for n, k in descr]))
+    data = rows.astype(big, copy=False)  # rows already big-endian are written as they are
     with open(path, "wb") as fh:
         fh.write(PRIMARY)
         fh.write(_pad("".join(header).encode("ascii", errors="replace"), b" "))
-        fh.write(_pad(big.tobytes(), b"\0"))
+        fh.write(data.data)
+        fh.write(b"\0" * (-data.nbytes % BLOCK))

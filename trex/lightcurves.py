@@ -1,14 +1,20 @@
 """Transposition of per-frame measurements into per-star light curves.
 
-Memory is bounded by one frame plus one partition, never by the archive:
+Memory is bounded by one partition (``PARTITION_ROWS`` measurements, see
+:func:`row_bytes`), never by the archive:
 
 1. every rank takes a share of the new frames, reads each frame's ``aphot``
-   (and ``iphot``) product once and appends its rows to star-range partition
-   files in ``REDTEMP/lc/<projid>/<field>/`` (one shard per rank);
-2. every rank takes a share of the partitions, sorts each one by (star,
-   time) with numpy and merges each star's rows into its light-curve file
-   (appending to the existing file; rows of a frame seen before replace the
-   old ones, so a re-run never duplicates rows).
+   (and ``iphot``) product once and appends its rows, as they are, to
+   star-range partition streams in ``REDTEMP/lc/<projid>/<field>/`` (one
+   shard per rank and product kind, staged in a 64 MiB buffer);
+2. rank 0 hands the partitions out as ranks finish (:func:`trex.parallel.farm`);
+   a rank groups a partition by star (a stable numpy sort of whole rows,
+   into arrays reused from partition to partition) and merges each star's
+   rows into its light-curve file (appending to the existing file; rows of a
+   frame seen before replace the old ones, so a re-run never duplicates
+   rows).  Columns are picked from the products and joined (aperture and
+   subtraction rows of the same frame) per star, on rows already in cache;
+   each partition's ``lcinfo`` columns go to rank 0 as soon as it is done.
 
 Only frames not yet marked ``lightcurves`` done are collected, so adding a
 night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
@@ -20,9 +26,12 @@ night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import os
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +39,18 @@ import numpy as np
 
 from trex import __version__, lcformat
 from trex.config import Config
+from trex.flags import PHOT
 from trex.lcformat import read_lightcurve
-from trex.products import load_product
+from trex.products import product_name, read_product
 from trex.project import Project, safe_name
+from trex.records import columns_of
 
 log = logging.getLogger(__name__)
 
 __all__ = ["read_lightcurve", "transpose", "FrameEntry", "lc_path"]
 
 #: rows per partition (bounds the memory of the sort step)
-PARTITION_ROWS = 2_000_000
+PARTITION_ROWS = 500_000
 
 
 @dataclass(frozen=True)
@@ -51,72 +62,115 @@ class FrameEntry:
     night: str
     projid: str
     field: str
+    rjd: float = float("nan")  # JD - 2400000 of the frame (for rows without aphot)
+
+
+@dataclass(frozen=True)
+class FrameTable:
+    """Name, night and rjd of the frames being merged, looked up by framekey."""
+
+    keys: np.ndarray  # framekeys, sorted
+    names: np.ndarray  # calibrated-frame file names, S40
+    nights: np.ndarray  # index into night_names
+    night_names: tuple[str, ...]
+    rjd: np.ndarray
+
+    @classmethod
+    def of(cls, entries: list[FrameEntry]) -> FrameTable:
+        entries = sorted(entries, key=lambda e: e.framekey)
+        night_names = tuple(sorted({e.night for e in entries}))
+        return cls(np.array([e.framekey for e in entries], dtype=np.int64),
+                   np.array([Path(e.redpath).name for e in entries], dtype="S40"),
+                   np.searchsorted(night_names, [e.night for e in entries]),
+                   night_names, np.array([e.rjd for e in entries], dtype=np.float64))
+
+
+#: framekey and row count of each block of rows appended to a partition stream
+INDEX = np.dtype([("framekey", "i8"), ("nrows", "i8")])
 
 
 @functools.lru_cache(maxsize=8)
-def part_dtype(napertures: int) -> np.dtype:
-    """Partition row: the star's catalog index, the frame, and the light-curve
-    columns that come from the per-frame products (the frame name, the night and
-    the detrended columns are added when the star's file is written)."""
-    lc = lcformat.lc_dtype(napertures)
-    later = {"framekey", "frame"} | {n for n in lc.names if n[:3] in ("aep", "atf", "iep", "itf")}
-    return np.dtype([("star", "i8"), ("framekey", "i8")]
-                    + [(n, lc[n]) for n in lc.names if n not in later])
+def product_dtypes(napertures: int) -> dict[str, np.dtype]:
+    """Row dtype of each per-frame product kind the light curves are made of."""
+    from trex.diffphot import iphot_dtype
+    from trex.photometry import aphot_dtype
+
+    return {"aphot": aphot_dtype(napertures), "iphot": iphot_dtype(napertures)}
 
 
-@functools.lru_cache(maxsize=8)
-def _blank(napertures: int) -> np.ndarray:
-    """One partition row with every value missing (NaN, flag MISSING)."""
-    blank = np.zeros(1, dtype=part_dtype(napertures))
-    empty = lcformat.empty_rows(1, napertures)
-    for name in blank.dtype.names[2:]:
-        blank[name] = empty[name]
-    return blank
+def row_bytes(napertures: int) -> int:
+    """Bytes of one measurement in a partition: a row of every product kind and its
+    framekey (the unit of the memory bound: a partition holds ``PARTITION_ROWS``)."""
+    return sum(d.itemsize for d in product_dtypes(napertures).values()) + INDEX["framekey"].itemsize
 
 
-def frame_rows(root: Path, entry: FrameEntry, napertures: int) -> np.ndarray | None:
-    """Partition rows of one frame (aperture and subtraction photometry joined)."""
-    redpath = root / entry.redpath
-    aphot = load_product(redpath, "aphot")
-    iphot = load_product(redpath, "iphot")
-    if aphot is None and iphot is None:
-        return None
-    stars = np.union1d(aphot["star"] if aphot is not None else [],
-                       iphot["star"] if iphot is not None else []).astype(np.int64)
-    rows = np.empty(len(stars), dtype=part_dtype(napertures))
-    rows[:] = _blank(napertures)
-    rows["star"] = stars
-    rows["framekey"] = entry.framekey
-    for product in (aphot, iphot):
-        if product is None:
-            continue
-        at = np.searchsorted(stars, product["star"])
-        for name in product.dtype.names:
-            if name in rows.dtype.names and name not in ("star", "framekey"):
-                rows[name][at] = product[name]
-    return rows
+def conform(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``rows`` in ``dtype``: the same array when it already is, else a copy with the
+    common fields (an older or partial product; missing values NaN, flag MISSING)."""
+    if rows.dtype == dtype:
+        return rows
+    out = np.zeros(len(rows), dtype=dtype)
+    for name in dtype.names:
+        if name in rows.dtype.names:
+            out[name] = rows[name]
+        elif dtype[name].kind == "f":
+            out[name] = np.nan
+        elif name[:3] in ("aiq", "irq"):
+            out[name] = PHOT["MISSING"].bit
+    return out
 
 
 class PartitionWriter:
-    """Appends rows to star-range partition shards of one (projid, field)."""
+    """Appends the rows of per-frame products to star-range partition streams.
 
-    def __init__(self, folder: Path, stars_per_part: int, rank: int):
+    A stream ``p<part>.r<rank>.<kind>.bin`` holds the product rows verbatim
+    (no per-row conversion), its ``.idx`` file the framekey and row count of
+    each block.  Rows are copied into one staging array of ``limit`` bytes,
+    reused from flush to flush (its memory is touched once, not once per
+    frame), and appended partition by partition when it is full, so a frame
+    costs one copy and no file operation of its own.
+    """
+
+    def __init__(self, folder: Path, stars_per_part: int, rank: int, limit: int = 64 << 20):
         self.folder, self.stars_per_part, self.rank = folder, stars_per_part, rank
+        self.staging = np.empty(limit, dtype=np.uint8)  # pages are touched as they fill
+        self.used = 0
+        # part, kind, framekey, first byte, last byte + 1, rows
+        self.blocks: list[tuple[int, str, int, int, int, int]] = []
         folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, rows: np.ndarray) -> None:
-        part = rows["star"] // self.stars_per_part
-        if part.min() == part.max():  # the usual case: the frame fits one partition
-            with open(self.folder / f"p{int(part[0]):07d}.r{self.rank:05d}.bin", "ab") as fh:
-                rows.tofile(fh)
+    def add(self, kind: str, framekey: int, rows: np.ndarray) -> None:
+        """Queue one frame's product rows (any star order)."""
+        if not len(rows):
             return
-        order = np.argsort(part, kind="stable")
-        part, rows = part[order], rows[order]
-        starts = np.flatnonzero(np.diff(part, prepend=-1))
-        for chunk in np.split(np.arange(len(rows)), starts[1:]):
-            p = int(part[chunk[0]])
-            with open(self.folder / f"p{p:07d}.r{self.rank:05d}.bin", "ab") as fh:
-                rows[chunk].tofile(fh)
+        star = rows["star"]
+        if np.any(star[1:] < star[:-1]):
+            rows = np.take(rows, np.argsort(star, kind="stable"))
+            star = rows["star"]
+        if self.used + rows.nbytes > len(self.staging):
+            self.flush()
+            if rows.nbytes > len(self.staging):
+                self.staging = np.empty(rows.nbytes, dtype=np.uint8)
+        start, width = self.used, rows.dtype.itemsize
+        self.staging[start:start + rows.nbytes] = np.ascontiguousarray(rows).view(np.uint8)
+        self.used += rows.nbytes
+        part = star // self.stars_per_part
+        cuts = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), len(rows)]
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            self.blocks.append((int(part[lo]), kind, framekey, start + lo * width,
+                                start + hi * width, hi - lo))
+
+    def flush(self) -> None:
+        self.blocks.sort(key=lambda block: block[:2])  # stable: frames stay in order
+        for (part, kind), blocks in itertools.groupby(self.blocks, key=lambda b: b[:2]):
+            blocks = list(blocks)
+            stem = self.folder / f"p{part:07d}.r{self.rank:05d}.{kind}"
+            with open(f"{stem}.bin", "ab") as fh:
+                fh.writelines(self.staging[block[3]:block[4]].data for block in blocks)
+            index = np.array([(block[2], block[5]) for block in blocks], dtype=INDEX)
+            with open(f"{stem}.idx", "ab") as fh:
+                fh.write(index.data)
+        self.blocks, self.used = [], 0
 
 
 def partitions(folder: Path) -> list[str]:
@@ -124,14 +178,47 @@ def partitions(folder: Path) -> list[str]:
     return sorted({p.name.split(".")[0] for p in folder.glob("p*.bin")})
 
 
-def read_partition(folder: Path, name: str, dtype: np.dtype) -> np.ndarray:
-    """Every shard of a partition, grouped by star (a stable sort: each star's rows
-    stay in the order they were written; :func:`merge_star` orders them by time
-    and keeps the last row written of a frame)."""
-    raw = np.dtype((np.void, dtype.itemsize))  # whole rows as opaque bytes: fast to gather
-    rows = np.concatenate([np.fromfile(p, dtype=raw) for p in sorted(folder.glob(f"{name}.*"))])
-    order = np.argsort(rows.view(dtype)["star"], kind="stable")
-    return rows[order].view(dtype)
+class PartitionReader:
+    """Reads partition streams, one partition at a time.
+
+    Rows are read into arrays kept from one partition to the next (a
+    partition's arrays are views, valid until the next :meth:`read` of the
+    same kind), so their memory is touched once per run, not once per
+    partition: on the virtual machines measured, first-touch page faults cost
+    as much as the sort itself.
+    """
+
+    def __init__(self):
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def _buffer(self, name: str, nbytes: int) -> np.ndarray:
+        buffer = self.buffers.get(name)
+        if buffer is None or len(buffer) < nbytes:
+            buffer = self.buffers[name] = np.empty(nbytes, dtype=np.uint8)
+        return buffer[:nbytes]
+
+    def read(self, folder: Path, name: str, kind: str,
+             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, framekey of each row) of one product kind of partition ``name``,
+        every rank's shard, grouped by star.  The sort is stable: each star's rows
+        stay in the order they were written (:func:`merge_star` orders them by
+        time and keeps the last row written of a frame)."""
+        shards = sorted(folder.glob(f"{name}.r*.{kind}.bin"))
+        sizes = [p.stat().st_size for p in shards]
+        raw = self._buffer(f"{kind}.raw", sum(sizes))
+        at, keys = 0, []
+        for path, size in zip(shards, sizes):
+            with open(path, "rb") as fh:
+                fh.readinto(raw[at:at + size].data)
+            at += size
+            index = np.fromfile(path.with_suffix(".idx"), dtype=INDEX)
+            keys.append(np.repeat(index["framekey"], index["nrows"]))
+        rows = raw.view(np.dtype((np.void, dtype.itemsize)))  # opaque rows: fast to gather
+        keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+        order = np.argsort(rows.view(dtype)["star"], kind="stable")
+        grouped = self._buffer(f"{kind}.grouped", raw.nbytes).view(rows.dtype)
+        np.take(rows, order, out=grouped)
+        return grouped.view(dtype), keys[order]
 
 
 def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:
@@ -142,11 +229,12 @@ def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Pat
     return folder / name
 
 
-def _night_cards(old_header, nights_of_rows: np.ndarray, added: np.ndarray,
-                 config: Config) -> list[dict]:
+def _night_cards(old_header, night_rows: np.ndarray, night_added: np.ndarray,
+                 night_names: tuple[str, ...], config: Config) -> list[dict]:
     """NIGHTnnn cards: per contributing night its row count, trex version and config hash.
 
-    ``added`` marks the new rows whose frame was not in the file before.
+    ``night_rows`` and ``night_added`` count, per night of ``night_names``, the new
+    rows and those of them whose frame was not in the file before.
     """
     nights: dict[str, tuple[int, str]] = {}
     if old_header is not None:
@@ -154,41 +242,76 @@ def _night_cards(old_header, nights_of_rows: np.ndarray, added: np.ndarray,
             if rec["name"].startswith("NIGHT") and rec["name"][5:].isdigit():
                 night, count, text = str(rec["value"]).split(" ", 2)
                 nights[night] = (int(count.split("=")[1]), text)
-    names, counts = np.unique(nights_of_rows[added], return_counts=True)
-    touched = set(np.unique(nights_of_rows).astype(str))
-    for night in touched:
-        before = nights.get(night, (0, ""))[0]
-        extra = int(counts[names.astype(str) == night].sum())
-        nights[night] = (before + extra, f"trex={__version__} config={config.sha}")
+    for night, touched, extra in zip(night_names, night_rows.tolist(), night_added.tolist()):
+        if touched:
+            before = nights.get(night, (0, ""))[0]
+            nights[night] = (before + extra, f"trex={__version__} config={config.sha}")
     return [{"name": f"NIGHT{i:03d}", "value": f"{night} rows={n} {text}",
              "comment": "night: rows, trex version, config hash"}
             for i, (night, (n, text)) in enumerate(sorted(nights.items()))]
 
 
-def merge_star(path: Path, new_rows: np.ndarray, frames: np.ndarray, nights: np.ndarray,
-               info: dict, config: Config) -> np.ndarray:
-    """Merge a star's new rows (partition dtype) into its light-curve file; returns all rows.
+@functools.lru_cache(maxsize=16)
+def _shared(product: np.dtype, lc: np.dtype) -> tuple[str, ...]:
+    """Light-curve columns a product supplies."""
+    return tuple(n for n in product.names if n in lc.names and n != "framekey")
 
-    ``frames`` and ``nights`` are the calibrated-frame name and night of each new row.
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """Sorted unique values (by sorting: numpy's hash-based ``np.unique`` is slower here)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+@functools.lru_cache(maxsize=8)
+def _blank(napertures: int) -> np.ndarray:
+    """One missing light-curve row, big-endian: the rows are built in the byte order
+    of the FITS file, so writing them needs no further copy."""
+    blank = lcformat.empty_rows(1, napertures)
+    return blank.astype(blank.dtype.newbyteorder(">"))
+
+
+def merge_star(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray]],
+               frames: FrameTable, info: dict, config: Config) -> np.ndarray:
+    """Merge a star's new measurements into its light-curve file; returns all its rows.
+
+    ``products`` maps a product kind to (rows, framekey of each row): this star's
+    rows in the order they were written.  The last row written of a frame wins
+    (a frame merged twice in one run), as does a new row over the file's row of
+    the same frame.
     """
-    napertures = len(config.photometry.apertures)
-    # the last row written of a frame wins (a frame merged twice in one run)
-    _, last = np.unique(new_rows["framekey"][::-1], return_index=True)
-    keep_new = len(new_rows) - 1 - last
-    new_rows, frames, nights = new_rows[keep_new], frames[keep_new], nights[keep_new]
-    fresh = lcformat.empty_rows(len(new_rows), napertures)
-    for name in new_rows.dtype.names[1:]:
-        fresh[name] = new_rows[name]
-    fresh["frame"] = frames
+    keys = _unique(np.concatenate([k for _, k in products.values()]))
+    fresh = np.repeat(_blank(len(config.photometry.apertures)), len(keys))
+    fresh["framekey"] = keys
+    for rows, rowkeys in products.values():
+        if not len(rows):
+            continue
+        _, last = np.unique(rowkeys[::-1], return_index=True)
+        if len(last) == len(keys):  # the usual case: every frame once
+            rows = np.take(rows, len(rows) - 1 - last)
+            at = slice(None)
+        else:
+            pick = len(rows) - 1 - last
+            rows, at = np.take(rows, pick), np.searchsorted(keys, rowkeys[pick])
+        for name in _shared(rows.dtype, fresh.dtype):
+            fresh[name][at] = rows[name]
+    where = np.searchsorted(frames.keys, keys)
+    fresh["frame"] = frames.names[where]
+    missing = np.isnan(fresh["rjd"])  # a star measured on the difference image only
+    fresh["rjd"][missing] = frames.rjd[where][missing]
     old_header = None
-    added = np.ones(len(new_rows), dtype=bool)
+    added = np.ones(len(fresh), dtype=bool)
     if path.exists():
         old, old_header = lcformat.read_rows(path)
-        keep = ~np.isin(old["framekey"], fresh["framekey"])
-        added = ~np.isin(fresh["framekey"], old["framekey"])
+        keep = ~np.isin(old["framekey"], keys)
+        added = ~np.isin(keys, old["framekey"])
         fresh = np.concatenate([old[keep].astype(fresh.dtype), fresh])
-    rows = fresh[np.lexsort((fresh["framekey"], fresh["rjd"]))]
-    header = _header(info, rows, config) + _night_cards(old_header, nights, added, config)
+    order = np.lexsort((fresh["framekey"], fresh["rjd"]))
+    rows = fresh if np.all(order[1:] > order[:-1]) else np.take(fresh, order)
+    night_rows = np.bincount(frames.nights[where], minlength=len(frames.night_names))
+    night_added = np.bincount(frames.nights[where][added], minlength=len(frames.night_names))
+    header = _header(info, rows, config) + _night_cards(old_header, night_rows, night_added,
+                                                        frames.night_names, config)
     lcformat.write_lightcurve(path, rows, header)
     return rows
 
@@ -238,57 +361,73 @@ def _star_info(catalog, star: int, projid: str, field: str) -> dict:
 
 
 def _scatter(comm, project: Project, config: Config, entries: list[FrameEntry]) -> None:
-    """Step 1: each rank appends its frames' rows to the partition shards."""
+    """Step 1: each rank appends its frames' product rows to the partition streams."""
     from trex.parallel import split
 
-    napertures = len(config.photometry.apertures)
+    dtypes = product_dtypes(len(config.photometry.apertures))
+    limit = min(64 << 20, PARTITION_ROWS * row_bytes(len(config.photometry.apertures)))
+    listings: dict[str, set[str]] = {}  # folder -> its file names (a listing, not a stat each)
     per_group: dict[tuple[str, str], int] = {}
     for e in entries:
         per_group[(e.projid, e.field)] = per_group.get((e.projid, e.field), 0) + 1
     writers = {}
     for i in split(len(entries), comm.size, comm.rank):
         entry = entries[i]
-        rows = frame_rows(project.root, entry, napertures)
-        if rows is None:
-            continue
         key = (entry.projid, entry.field)
         if key not in writers:
             folder = project.redtemp / "lc" / safe_name(entry.projid) / safe_name(entry.field)
             writers[key] = PartitionWriter(folder, max(1, PARTITION_ROWS // per_group[key]),
-                                           comm.rank)
-        writers[key].add(rows)
+                                           comm.rank, limit)
+        folder, redname = os.path.split(os.path.join(project.root, entry.redpath))
+        if folder not in listings:
+            listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        for kind, dtype in dtypes.items():
+            name = product_name(redname, kind)
+            if name in listings[folder]:
+                rows = read_product(os.path.join(folder, name))
+                writers[key].add(kind, entry.framekey, conform(rows, dtype))
+    for writer in writers.values():
+        writer.flush()
 
 
-def _merge_partition(project: Project, config: Config, projid: str, field: str, name: str,
-                     catalog, frames: dict[int, tuple[str, str]]) -> list[dict]:
-    """Step 2 for one partition: sort, then merge each star into its file.
-
-    ``frames`` maps a framekey to (calibrated-frame name, night)."""
-    napertures = len(config.photometry.apertures)
+def _merge_partition(project: Project, config: Config, reader: PartitionReader,
+                     task: tuple[str, str, str], catalog,
+                     frames: FrameTable) -> dict[str, np.ndarray]:
+    """Step 2 for one partition ``task`` = (projid, field, name): read its streams
+    grouped by star, merge each star; returns the stars' ``lcinfo`` columns."""
+    projid, field, name = task
     folder = project.redtemp / "lc" / safe_name(projid) / safe_name(field)
-    rows = read_partition(folder, name, part_dtype(napertures))
-    keys = np.array(sorted(frames), dtype=np.int64)
-    at = np.searchsorted(keys, rows["framekey"])
-    names = np.array([frames[k][0] for k in keys.tolist()], dtype="S40")[at]
-    nights = np.array([frames[k][1] for k in keys.tolist()])[at]
-    starts = np.flatnonzero(np.diff(rows["star"], prepend=-1))
+    streams = {kind: reader.read(folder, name, kind, dtype)
+               for kind, dtype in product_dtypes(len(config.photometry.apertures)).items()}
+    stars = _unique(np.concatenate([rows["star"] for rows, _ in streams.values()]))
+    spans = {kind: (np.searchsorted(rows["star"], stars, "left"),
+                    np.searchsorted(rows["star"], stars, "right"))
+             for kind, (rows, _) in streams.items()}
     out = []
-    for lo, hi in zip(starts, [*starts[1:], len(rows)]):
-        info = _star_info(catalog, int(rows["star"][lo]), projid, field)
+    for k, star in enumerate(stars.tolist()):
+        info = _star_info(catalog, star, projid, field)
         path = lc_path(project, config, projid, info["objectid"])
-        merged = merge_star(path, rows[lo:hi], names[lo:hi], nights[lo:hi], info, config)
+        products = {kind: (rows[spans[kind][0][k]:spans[kind][1][k]],
+                           keys[spans[kind][0][k]:spans[kind][1][k]])
+                    for kind, (rows, keys) in streams.items()}
+        merged = merge_star(path, products, frames, info, config)
         out.append({"projid": projid, "objectid": info["objectid"],
                     "path": str(path.relative_to(project.root)), **lc_stats(merged)})
-    return out
+    return columns_of(out)
 
 
 def transpose(comm, project: Project, config: Config, entries: list[FrameEntry],
-              catalogs: dict) -> list[dict]:
+              catalogs: dict, consume: Callable[[dict[str, np.ndarray]], None] | None = None
+              ) -> int:
     """Merge the frames ``entries`` into the light curves (every rank calls this).
 
-    Returns the ``lcinfo`` rows of the stars written, on rank 0 (empty elsewhere).
+    Partitions are handed out to the ranks as they finish (:func:`trex.parallel.farm`);
+    rank 0 passes each partition's ``lcinfo`` columns (projid, objectid, path,
+    nobs, rjd_min, rjd_max, median_mag, mad, rms) to ``consume`` as they arrive,
+    so no rank holds a row per star of the whole project.  Returns the number
+    of light curves written, on rank 0 (0 elsewhere).
     """
-    from trex.parallel import split
+    from trex.parallel import farm
 
     scratch = project.redtemp / "lc"
     if comm.rank == 0 and scratch.exists():
@@ -296,22 +435,27 @@ def transpose(comm, project: Project, config: Config, entries: list[FrameEntry],
     comm.barrier()
     _scatter(comm, project, config, entries)
     comm.barrier()
-    tasks = None
+    tasks = []
     if comm.rank == 0:
         groups = sorted({(e.projid, e.field) for e in entries})
         tasks = [(p, f, name) for p, f in groups
                  for name in partitions(scratch / safe_name(p) / safe_name(f))]
-    tasks = comm.bcast(tasks)
-    frames = {e.framekey: (Path(e.redpath).name, e.night) for e in entries}
-    info = []
-    for i in split(len(tasks), comm.size, comm.rank):
-        projid, field, name = tasks[i]
-        info += _merge_partition(project, config, projid, field, name, catalogs[field], frames)
-    gathered = comm.gather(info)
-    comm.barrier()
+    frames, reader = FrameTable.of(entries), PartitionReader()
+    written = 0
+
+    def work(batch: list) -> list[dict[str, np.ndarray]]:
+        return [_merge_partition(project, config, reader, task, catalogs[task[1]], frames)
+                for task in batch]
+
+    def collect(results: list[dict[str, np.ndarray]]) -> None:
+        nonlocal written
+        for columns in results:
+            written += len(columns.get("objectid", ()))
+            if consume is not None:
+                consume(columns)
+
+    farm(comm, tasks, work, collect, batch_size=1)
     if comm.rank == 0:
         shutil.rmtree(scratch, ignore_errors=True)
-        info = [row for part in gathered for row in part]
-        log.info("light curves: %d stars updated from %d frames", len(info), len(entries))
-        return info
-    return []
+        log.info("light curves: %d stars updated from %d frames", written, len(entries))
+    return written

@@ -2,9 +2,11 @@
 
 The same code runs serially (no mpi4py, or one rank) and under
 ``mpiexec -n N`` / ``srun``.  The work split is a task farm: rank 0 holds the
-queue and hands out small batches on request; the workers return each batch's
-results with their next request; rank 0 consumes results (it alone writes the
-database) and also processes batches itself whenever no message is waiting.
+queue and hands out small batches on request; each worker keeps
+``PREFETCH`` requests outstanding, so it has its next batch in hand while rank
+0 is busy; results go back as separate messages; rank 0 consumes results (it
+alone writes the database) and also processes batches itself whenever no
+message is waiting.
 An uncaught error on any rank aborts the whole job (``MPI.Abort``) so that a
 SLURM allocation never hangs on a dead rank.
 """
@@ -21,7 +23,9 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 _MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK", "SLURM_STEP_ID")
-_REQUEST, _WORK, _STOP = 1, 2, 3
+_REQUEST, _WORK, _STOP, _RESULT = 1, 2, 3, 4
+#: batches a worker holds or has asked for (one being worked on, one waiting)
+PREFETCH = 2
 
 
 class SerialComm:
@@ -120,46 +124,59 @@ def farm(comm, tasks: Sequence, work: Callable[[list], list], consume: Callable[
     ``work(batch) -> results`` runs on any rank (it must not touch the
     database); ``consume`` runs on rank 0 for every batch's results, in the
     order they arrive.  Rank 0 passes ``tasks``; the other ranks' ``tasks``
-    are ignored.
+    are ignored.  Batches hold at most ``batch_size`` tasks, fewer when there
+    are few tasks (about four batches per rank, so that the ranks finish
+    together).
     """
+    size = max(1, min(int(batch_size), len(tasks) // (4 * comm.size)))
     if comm.size == 1:
-        for batch in batches(tasks, batch_size):
+        for batch in batches(tasks, size):
             consume(work(batch))
         return
     if comm.rank == 0:
-        _serve(comm, batches(tasks, batch_size), work, consume)
+        _serve(comm, batches(tasks, size), work, consume)
     else:
         _work(comm, work)
     comm.barrier()
 
 
 def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
+    """Rank 0: answer every request (a batch, or stop when the queue is empty),
+    consume every result, work while nothing is waiting.  Each worker gets
+    exactly ``PREFETCH`` stops; every batch sent comes back as one result."""
     MPI = comm.MPI
     status = MPI.Status()
-    active = comm.size - 1
+    stops, out = PREFETCH * (comm.size - 1), 0
     queue = list(reversed(queue))
-    while active:
-        if comm.comm.iprobe(source=MPI.ANY_SOURCE, tag=_REQUEST, status=status) or not queue:
-            results = comm.comm.recv(source=MPI.ANY_SOURCE, tag=_REQUEST, status=status)
+    while stops or out:
+        if comm.comm.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status) or not queue:
+            message = comm.comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
             source = status.Get_source()
-            if results:
-                consume(results)
-            if queue:
+            if status.Get_tag() == _RESULT:
+                out -= 1
+                consume(message)
+            elif queue:
                 comm.comm.send(queue.pop(), dest=source, tag=_WORK)
+                out += 1
             else:
                 comm.comm.send(None, dest=source, tag=_STOP)
-                active -= 1
+                stops -= 1
         else:
             consume(work(queue.pop()))
 
 
 def _work(comm: MPIComm, work) -> None:
+    """A worker: keep ``PREFETCH`` requests outstanding, return each batch's results."""
     MPI = comm.MPI
     status = MPI.Status()
-    results: list = []
-    while True:
-        comm.comm.send(results, dest=0, tag=_REQUEST)
+    for _ in range(PREFETCH):
+        comm.comm.send(None, dest=0, tag=_REQUEST)
+    outstanding = PREFETCH
+    while outstanding:
         batch = comm.comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
-        if status.Get_tag() == _STOP:
-            return
-        results = work(batch)
+        outstanding -= 1
+        if status.Get_tag() == _STOP:  # the queue is empty: later answers are stops too
+            continue
+        comm.comm.send(work(batch), dest=0, tag=_RESULT)
+        comm.comm.send(None, dest=0, tag=_REQUEST)  # the next batch is already here
+        outstanding += 1

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import shutil
 
+import numpy as np
+
 from trex import (
     astrometry,
     calibrate,
@@ -212,31 +214,43 @@ def build_lightcurves(comm, db: Database | None, context: Context) -> dict[str, 
     entries = None
     if comm.rank == 0:
         rows = db.query(
-            "SELECT c.framekey, c.redpath, f.night, c.projid, f.field FROM calibratedframes c "
+            "SELECT c.framekey, c.redpath, f.night, c.projid, f.field, f.jd FROM calibratedframes c "
             "JOIN frameinfo f ON f.framekey = c.framekey "
             "JOIN framestatus p ON p.framekey = c.framekey AND p.stage = 'photometry' "
             "AND p.status = 'done' LEFT JOIN framestatus l ON l.framekey = c.framekey "
             "AND l.stage = 'lightcurves' WHERE l.status IS NULL ORDER BY f.jd")
-        entries = [lightcurves.FrameEntry(int(k), r, n, p, f) for k, r, n, p, f in rows]
+        entries = [lightcurves.FrameEntry(int(k), r, n, p, f,
+                                          float("nan") if jd is None else jd - 2400000.0)
+                   for k, r, n, p, f, jd in rows]
     entries = comm.bcast(entries)
     if not entries:
         return {}
-    info = lightcurves.transpose(comm, context.project, config, entries, context.catalogs)
     changed: dict[str, list[str]] = {}
+
+    def consume(columns: dict[str, np.ndarray]) -> None:  # rank 0, one partition of stars
+        record_lcinfo(db, columns, config)
+        for projid, objectid in zip(columns["projid"].tolist(), columns["objectid"].tolist()):
+            changed.setdefault(projid, []).append(objectid)
+
+    lightcurves.transpose(comm, context.project, config, entries, context.catalogs, consume)
     if comm.rank == 0:
         with db.transaction():
-            record_lcinfo(db, info, config)
             for entry in entries:
                 records.set_status(db, entry.framekey, "lightcurves", "done", None, config.sha)
-        for row in info:
-            changed.setdefault(row["projid"], []).append(row["objectid"])
     return comm.bcast(changed)
 
 
-def record_lcinfo(db: Database, rows: list[dict], config: Config) -> None:
-    for row in rows:
-        records.upsert(db, "lcinfo", {**row, "configsha": config.sha, "updated": records.now()},
-                       key=("projid", "objectid"))
+def record_lcinfo(db: Database, columns: dict[str, np.ndarray], config: Config) -> None:
+    """Replace the ``lcinfo`` rows of a batch of stars (numpy columns), in one transaction."""
+    n = len(columns.get("objectid", ()))
+    if not n:
+        return
+    with db.transaction():
+        for projid in np.unique(columns["projid"]).tolist():
+            db.delete_in("lcinfo", "objectid", columns["objectid"][columns["projid"] == projid],
+                         projid=projid)
+        db.write_columns("lcinfo", {**columns, "configsha": np.full(n, config.sha),
+                                    "updated": np.full(n, records.now())})
 
 
 def detrend_lightcurves(comm, db: Database | None, context: Context,
@@ -250,6 +264,5 @@ def detrend_lightcurves(comm, db: Database | None, context: Context,
     for projid, objectids in changed.items():
         info = detrend.detrend_project(context.project, context.config, projid, objectids, comm)
         if comm.rank == 0:
-            with db.transaction():
-                record_lcinfo(db, info, context.config)
+            record_lcinfo(db, records.columns_of(info), context.config)
 

@@ -29,6 +29,22 @@ def upsert(db: Database, table: str, row: dict, key: tuple[str, ...]) -> None:
     db.execute(sql, [_plain(row[n]) for n in names])
 
 
+def columns_of(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Equally long numpy columns of dicts with the same keys: text, int64 (integers
+    only) or float64 (None -> NaN)."""
+    columns = {}
+    for name in rows[0] if rows else ():
+        values = [row[name] for row in rows]
+        if all(isinstance(v, str) for v in values):
+            columns[name] = np.array(values)
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            columns[name] = np.array(values, dtype=np.int64)
+        else:
+            columns[name] = np.array([np.nan if v is None else v for v in values],
+                                     dtype=np.float64)
+    return columns
+
+
 def _plain(value):
     if isinstance(value, np.generic):
         value = value.item()

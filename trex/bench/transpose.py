@@ -11,6 +11,8 @@ serially (:class:`trex.parallel.SerialComm`):
   (one file per star);
 * numpy: the same light-curve rows already in memory, concatenated, lexsorted by
   (star, time) and gathered (the in-memory floor, no I/O at all);
+* trex total under ``mpiexec -n 2`` (timed inside the ranks), against the
+  serial total: the speed-up of the partition farm;
 * fitsh ``grcollect`` when installed (pipe-trex's transposer): the whole
   process on the same measurements as text files, one per frame, writing one
   text file per star.
@@ -23,9 +25,11 @@ gathered rows; grcollect wrote one file per star with every line.
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,17 +42,14 @@ from trex.bench.common import Row
 from trex.config import Config
 from trex.lcformat import read_rows
 from trex.parallel import SerialComm
-from trex.products import save_product
+from trex.photometry import aphot_dtype
+from trex.products import load_product, save_product
 from trex.project import Project, init_project
 
 log = logging.getLogger(__name__)
 
 NAME = "transpose"
 NAPER, PROJID, FIELD = 3, "7", "F1"
-PRODUCT = ([("star", "i8"), ("rjd", "f8"), ("bjd", "f8"), ("xcc", "f8"), ("ycc", "f8"),
-            ("bgv", "f4"), ("bge", "f4"), ("fsv", "f4"), ("fdv", "f4"), ("fkv", "f4")]
-           + [(f"{c}_{a:03d}", t) for c, t in (("aim", "f4"), ("aie", "f4"), ("aiq", "i2"))
-              for a in range(NAPER)])
 
 
 def timed(func: Callable, reset: Callable | None = None, repeats: int = 3) -> tuple[float, object]:
@@ -73,7 +74,7 @@ def make_products(root: Path, nframes: int, nstars: int, seed: int = 0):
     keys = rng.permutation(nframes) + 1  # framekeys not in time order
     entries = []
     for i in range(nframes):
-        rows = np.zeros(nstars, dtype=PRODUCT)
+        rows = np.zeros(nstars, dtype=aphot_dtype(NAPER))
         rows["star"] = np.arange(nstars)
         rows["rjd"], rows["bjd"] = times[i], times[i] + 2400000.0
         for name in rows.dtype.names[3:]:
@@ -82,51 +83,81 @@ def make_products(root: Path, nframes: int, nstars: int, seed: int = 0):
         redpath = Path("RED") / PROJID / f"frame-{keys[i]:05d}.fits"
         save_product(root / redpath, "aphot", rows)
         entries.append(lightcurves.FrameEntry(int(keys[i]), str(redpath), "2026-11-29",
-                                              PROJID, FIELD))
+                                              PROJID, FIELD, times[i]))
     return catalog, entries
 
 
-def scatter_sort(project: Project, config: Config, entries: list) -> np.ndarray:
-    """trex steps 1 and 2 without the light-curve writes: every partition, sorted."""
+def scatter_sort(project: Project, config: Config, entries: list,
+                 collect: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """trex steps 1 and 2 without the light-curve writes; with ``collect``, (rows,
+    framekeys) of every partition, grouped by star (copied out of the reader,
+    which reuses its arrays: not part of the timed runs)."""
     lightcurves._scatter(SerialComm(), project, config, entries)
     folder = project.redtemp / "lc" / PROJID / FIELD
-    dtype = lightcurves.part_dtype(NAPER)
-    return np.concatenate([lightcurves.read_partition(folder, name, dtype)
-                           for name in lightcurves.partitions(folder)])
+    dtype = lightcurves.product_dtypes(NAPER)["aphot"]
+    reader, rows, keys = lightcurves.PartitionReader(), [], []
+    for name in lightcurves.partitions(folder):
+        part_rows, part_keys = reader.read(folder, name, "aphot", dtype)
+        if collect:
+            rows.append(part_rows.copy())
+            keys.append(part_keys)
+    return (np.concatenate(rows), np.concatenate(keys)) if collect else None
 
 
-def numpy_sort(frames: list[np.ndarray]) -> np.ndarray:
-    """The in-memory peer: concatenate, lexsort by (star, time), gather."""
-    rows = np.concatenate(frames)
-    return rows[np.lexsort((rows["framekey"], rows["rjd"], rows["star"]))]
+def load_frames(project: Project, entries: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame's aphot rows in memory, concatenated, and the framekey of each row."""
+    frames = [load_product(project.root / e.redpath, "aphot") for e in entries]
+    keys = np.repeat([e.framekey for e in entries], [len(f) for f in frames])
+    return np.concatenate(frames), keys
 
 
-def order_check(trex_rows: np.ndarray, peer_rows: np.ndarray) -> str:
+def numpy_sort(frames: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The in-memory peer: lexsort (rows, framekeys) by (star, time, frame), gather."""
+    rows, keys = frames
+    order = np.lexsort((keys, rows["rjd"], rows["star"]))
+    return np.take(rows, order), keys[order]  # take: structured fancy indexing is slower
+
+
+def order_check(trex_rows: tuple[np.ndarray, np.ndarray],
+                peer_rows: tuple[np.ndarray, np.ndarray]) -> str:
     """Whether both hold the same (star, framekey) sequence and the same magnitudes."""
-    same = (len(trex_rows) == len(peer_rows)
-            and np.array_equal(trex_rows["star"], peer_rows["star"])
-            and np.array_equal(trex_rows["framekey"], peer_rows["framekey"])
-            and np.array_equal(trex_rows["aim_001"], peer_rows["aim_001"]))
-    return f"{len(trex_rows)} rows, {'same' if same else 'DIFFERENT'} order and values as numpy"
+    (rows, keys), (peer, peer_keys) = trex_rows, peer_rows
+    same = (len(rows) == len(peer)
+            and np.array_equal(rows["star"], peer["star"])
+            and np.array_equal(keys, peer_keys)
+            and np.array_equal(rows["aim_001"], peer["aim_001"]))
+    return f"{len(rows)} rows, {'same' if same else 'DIFFERENT'} order and values as numpy"
 
 
-def lc_check(project: Project, info: list[dict], peer_rows: np.ndarray, sample: int = 5) -> str:
+def transpose_nobs(project: Project, config: Config, entries: list, catalog) -> np.ndarray:
+    """``lightcurves.transpose`` (serial); the ``nobs`` of every light curve written."""
+    batches = []
+    lightcurves.transpose(SerialComm(), project, config, entries, {FIELD: catalog},
+                          batches.append)
+    return np.concatenate([b["nobs"] for b in batches])
+
+
+def lc_check(project: Project, nobs: np.ndarray, peer_rows: tuple[np.ndarray, np.ndarray],
+             sample: int = 5) -> str:
     """Light-curve files: count, rows, and ``sample`` stars compared with numpy's rows."""
-    nrows = sum(row["nobs"] for row in info)
+    nrows = int(nobs.sum())
+    peer, peer_keys = peer_rows
     same = True
-    for star in np.linspace(0, len(info) - 1, sample).astype(int):
+    for star in np.linspace(0, len(nobs) - 1, sample).astype(int):
         rows, _ = read_rows(project.root / "LC" / PROJID / f"TRX-{star:05d}.fits")
-        mine = peer_rows[peer_rows["star"] == star]
-        same &= np.array_equal(rows["framekey"], mine["framekey"]) and \
-            np.array_equal(rows["aim_001"], mine["aim_001"])
-    return (f"{len(info)} LC files, {nrows} rows; {sample} stars "
+        mine = peer["star"] == star
+        same &= np.array_equal(rows["framekey"], peer_keys[mine]) and \
+            np.array_equal(rows["aim_001"], peer["aim_001"][mine])
+    return (f"{len(nobs)} LC files, {nrows} rows; {sample} stars "
             f"{'identical to' if same else 'DIFFER from'} numpy")
 
 
-def grcollect_runner(frames: list[np.ndarray], folder: Path) -> tuple[list[str], Path]:
+def grcollect_runner(project: Project, entries: list,
+                     folder: Path) -> tuple[list[str], Path]:
     """Text photometry files (objectid first) and the grcollect command line (pipe-trex's)."""
     inputs = []
-    for i, rows in enumerate(frames):
+    for i, entry in enumerate(entries):
+        rows = load_product(project.root / entry.redpath, "aphot")
         path = folder / f"f{i:05d}.phot"
         np.savetxt(path, np.column_stack([rows["star"], rows["rjd"], rows["xcc"], rows["ycc"]]
                                          + [rows[f"{c}_{a:03d}"] for a in range(NAPER)
@@ -147,31 +178,80 @@ def run(quick: bool = False) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="trex-bench-lc-") as tmp:
         project = init_project(Path(tmp) / "p")
         catalog, entries = make_products(project.root, nframes, nstars)
-        frames = [lightcurves.frame_rows(project.root, e, NAPER) for e in entries]
-        t_np, peer = timed(lambda: numpy_sort(frames))
+        in_memory = load_frames(project, entries)
+        t_np, peer = timed(lambda: numpy_sort(in_memory))
         scratch, lcdir = project.redtemp / "lc", project.root / "LC"
-        t_sort, mine = timed(lambda: scatter_sort(project, config, entries),
-                             lambda: shutil.rmtree(scratch, ignore_errors=True))
+        t_sort, _ = timed(lambda: scatter_sort(project, config, entries),
+                          lambda: shutil.rmtree(scratch, ignore_errors=True))
         shutil.rmtree(scratch, ignore_errors=True)
-        t_all, info = timed(lambda: lightcurves.transpose(SerialComm(), project, config, entries,
-                                                          {FIELD: catalog}),
+        mine = scatter_sort(project, config, entries, collect=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        t_all, nobs = timed(lambda: transpose_nobs(project, config, entries, catalog),
                             lambda: shutil.rmtree(lcdir, ignore_errors=True))
         rows = [Row("transpose: scatter + sort (trex, serial)", size, t_sort,
                     "numpy lexsort + gather in memory", t_np,
                     f"{order_check(mine, peer)}; trex {nmeas / t_sort / 1e6:.2f} M meas/s"),
                 Row("transpose: total incl. LC FITS writes (trex)", size, t_all,
                     "numpy lexsort + gather in memory", t_np,
-                    f"{lc_check(project, info, peer)}; trex {nmeas / t_all / 1e6:.2f} M meas/s")]
-        rows += _grcollect_rows(frames, Path(tmp), size, t_all, nmeas)
+                    f"{lc_check(project, nobs, peer)}; trex {nmeas / t_all / 1e6:.2f} M meas/s")]
+        rows += _mpi_rows(project, entries, catalog, size, t_all, nmeas)
+        rows += _grcollect_rows(project, entries, Path(tmp), size, t_all, nmeas)
     return rows
 
 
-def _grcollect_rows(frames: list[np.ndarray], folder: Path, size: str, t_all: float,
+def _mpi_rows(project: Project, entries: list, catalog: dict, size: str, t_serial: float,
+              nmeas: int) -> list[Row]:
+    """The whole transposition under ``mpiexec -n 2``, timed inside the ranks (between
+    barriers, so interpreter start-up is left out), median of 3."""
+    from trex.bench.endtoend import single_thread_env
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        log.warning("transpose: no mpiexec beside %s, the MPI row is left out", sys.executable)
+        return []
+    with open(project.root / "bench.pickle", "wb") as fh:
+        pickle.dump((entries, catalog), fh)
+    times = []
+    for _ in range(3):
+        shutil.rmtree(project.root / "LC", ignore_errors=True)
+        done = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", __name__,
+                               str(project.root)], capture_output=True, text=True,
+                              env=single_thread_env(), check=True)
+        times.append(float(done.stdout.split()[-1]))
+    t_mpi = statistics.median(times)
+    nlc = len(list((project.root / "LC" / PROJID).glob("*.fits")))
+    return [Row("transpose: total incl. LC FITS writes, mpiexec -n 2", size, t_mpi,
+                "trex, serial (1 rank)", t_serial,
+                f"{nlc} LC files; trex {nmeas / t_mpi / 1e6:.2f} M meas/s on 2 ranks, "
+                f"efficiency {t_serial / (2 * t_mpi):.2f}")]
+
+
+def _mpi_child(root: str) -> None:
+    """One rank of :func:`_mpi_rows`: prints the transposition's wall time on rank 0."""
+    from trex.parallel import world
+
+    project = Project(Path(root))
+    with open(project.root / "bench.pickle", "rb") as fh:
+        entries, catalog = pickle.load(fh)
+    comm = world()
+    comm.barrier()
+    start = time.perf_counter()
+    lightcurves.transpose(comm, project, Config(), entries, {FIELD: catalog})
+    comm.barrier()
+    if comm.rank == 0:
+        print(f"{time.perf_counter() - start:.6f}")
+
+
+if __name__ == "__main__":
+    _mpi_child(sys.argv[1])
+
+
+def _grcollect_rows(project: Project, entries: list, folder: Path, size: str, t_all: float,
                     nmeas: int) -> list[Row]:
     if not shutil.which("grcollect"):
         log.warning("transpose: fitsh grcollect not installed, its row is left out")
         return []
-    command, out = grcollect_runner(frames, folder)
+    command, out = grcollect_runner(project, entries, folder)
 
     def reset():
         shutil.rmtree(out, ignore_errors=True)

@@ -212,18 +212,29 @@ class Database:
             raise ValueError("columns must have the same length")
         with self.transaction():
             if replace is not None:
-                key, keys = replace
-                keys = [_python(k) for k in np.unique(np.asarray(keys))]
-                if self.engine == "postgresql":
-                    self.execute(f"DELETE FROM {table} WHERE {key} = ANY(?)", (keys,))
-                else:
-                    self.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in keys])
+                self.delete_in(table, *replace)
             if nrows:
                 if self.engine == "postgresql":
                     self._copy(table, names, arrays, [known[n] for n in names])
                 else:
                     self._executemany_insert(table, names, arrays)
         return nrows
+
+    def delete_in(self, table: str, column: str, keys: Sequence, **equal) -> None:
+        """Delete the rows whose ``column`` is one of ``keys`` (and whose columns named
+        in ``equal`` hold those values): one statement on PostgreSQL."""
+        known = self.columns(table)
+        for name in (column, *equal):
+            if name not in known:
+                raise DatabaseError(f"table {table} has no column {name!r}")
+        extra = "".join(f" AND {name} = ?" for name in equal)
+        values = [_python(v) for v in equal.values()]
+        keys = [_python(k) for k in np.unique(np.asarray(keys))]
+        if self.engine == "postgresql":
+            self.execute(f"DELETE FROM {table} WHERE {column} = ANY(?){extra}", (keys, *values))
+        else:
+            self.executemany(f"DELETE FROM {table} WHERE {column} = ?{extra}",
+                             [(k, *values) for k in keys])
 
     def _copy(self, table, names, arrays, types) -> None:
         payload = pgcopy.encode(arrays, types)

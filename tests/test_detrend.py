@@ -268,3 +268,21 @@ def test_mpi_run_equals_serial_run(tmp_path):
         b, _ = lcformat.read_rows(other.lc("7") / f"{oid}.fits")
         for name in a.dtype.names:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{oid} {name}")
+
+
+def test_nanmedian_equals_numpy():
+    import warnings
+
+    from trex.lcstats import nanmedian
+
+    rng = np.random.default_rng(3)
+    for shape in [(7, 12), (3, 1), (4, 2001), (13,)]:
+        values = rng.normal(size=shape)
+        values[rng.random(shape) < 0.3] = np.nan
+        if len(shape) == 2:
+            values[0] = np.nan  # a light curve with no point
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(values, axis=-1)
+        np.testing.assert_array_equal(nanmedian(values), expected)
+    assert nanmedian(np.zeros((2, 0))).shape == (2,)

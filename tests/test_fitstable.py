@@ -53,3 +53,37 @@ def test_unicode_text_columns_are_written_as_ascii(tmp_path):
     back, _ = read_rows(tmp_path / "u.fits")
     assert [str(v.decode() if isinstance(v, bytes) else v) for v in back["frame"]] == \
         ["a.fits", "frame-2.fits"]
+
+
+def test_reader_equals_fitsio_on_our_files_and_falls_back_on_others(tmp_path):
+    import fitsio
+
+    from trex.fitstable import read_table
+
+    rows = empty_rows(5, 2)
+    rows["rjd"] = 61000.5 + np.arange(5)
+    rows["aiq_001"] = [0, 1, 64, -3, 7]
+    rows["frame"] = b"f.fits"
+    cards = [{"name": "OBJECTID", "value": "it's / here", "comment": "id"},
+             {"name": "MAG", "value": 11.25}, {"name": "NROWS", "value": 5},
+             {"name": "NIGHT000", "value": "2026-11-29 rows=5 trex=0.1 config=ab12"}]
+    path = tmp_path / "ours.fits"
+    write_lightcurve(path, rows, cards)
+    mine, header = read_table(path, "LIGHTCURVE")
+    with fitsio.FITS(str(path)) as fits:
+        peer, peer_header = fits["LIGHTCURVE"].read(), fits["LIGHTCURVE"].read_header()
+    for name in rows.dtype.names:
+        got = np.char.decode(mine[name]) if mine[name].dtype.kind == "S" else mine[name]
+        np.testing.assert_array_equal(got, peer[name], err_msg=name)
+    assert mine.dtype["rjd"].isnative
+    for rec in peer_header.records():
+        assert header.get(rec["name"]) == rec["value"], rec["name"]
+    assert header["OBJECTID"] == "it's / here" and header.get("MISSING", 7) == 7
+
+    other = tmp_path / "other.fits"  # a vector column and an image first: fitsio reads it
+    with fitsio.FITS(str(other), "rw", clobber=True) as fits:
+        fits.write(np.zeros((4, 4), dtype=np.float32))
+        fits.write(np.zeros(3, dtype=[("v", "f4", (2,)), ("x", "f8")]), extname="LIGHTCURVE",
+                   header={"OBJECTID": "B"})
+    back, header = read_table(other, "LIGHTCURVE")
+    assert back["v"].shape == (3, 2) and header["OBJECTID"] == "B"

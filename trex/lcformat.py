@@ -13,12 +13,11 @@ import functools
 import os
 from pathlib import Path
 
-import fitsio
 import numpy as np
 from astropy.table import Table
 
 from trex.fits import atomic_path
-from trex.fitstable import write_table
+from trex.fitstable import Header, read_table, write_table
 
 #: (name, description, numpy dtype, per aperture)
 COLUMNS = (
@@ -102,11 +101,9 @@ def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> 
     return final
 
 
-def read_rows(path: Path | str) -> tuple[np.ndarray, fitsio.FITSHDR]:
+def read_rows(path: Path | str) -> tuple[np.ndarray, Header]:
     """Raw rows (numpy structured array) and header of a light-curve file."""
-    with fitsio.FITS(str(path)) as fits:
-        ext = fits["LIGHTCURVE"]
-        return ext.read(), ext.read_header()
+    return read_table(path, "LIGHTCURVE")
 
 
 def read_lightcurve(path: Path | str) -> Table:

@@ -59,13 +59,25 @@ def robust_stats(mags: np.ndarray, clip: float = 3.0) -> dict[str, np.ndarray]:
     n = good.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN
-        median = np.nanmedian(mags, axis=-1)
+        median = nanmedian(mags)
         dev = np.abs(mags - median[..., None])
-        mad = np.nanmedian(dev, axis=-1)
+        mad = nanmedian(dev)
         rms = np.nanstd(mags, axis=-1, ddof=1)
         keep = dev <= clip * 1.4826 * np.maximum(mad, 1e-12)[..., None]
         crms = np.nanstd(np.where(keep, mags, np.nan), axis=-1, ddof=1)
     return {"median": median, "mad": mad, "rms": rms, "crms": crms, "n": n}
+
+
+def nanmedian(values: np.ndarray) -> np.ndarray:
+    """``np.nanmedian`` along the last axis, by one sort (NaN sorts last): numpy's
+    own goes through masked arrays for short axes, ~0.5 ms a light curve."""
+    if not values.shape[-1]:
+        return np.full(values.shape[:-1], np.nan)
+    count = (~np.isnan(values)).sum(axis=-1)[..., None]
+    ordered = np.sort(values, axis=-1)
+    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0), axis=-1)
+    high = np.take_along_axis(ordered, np.maximum(count // 2, 0), axis=-1)
+    return np.where(count > 0, 0.5 * (low + high), np.nan)[..., 0]
 
 
 def aperture_radii(apertures) -> list[tuple[float, float, float]]:

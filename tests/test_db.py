@@ -117,3 +117,27 @@ def test_credentials_never_shown():
     with pytest.raises(DatabaseError) as err:
         connect("postgresql://me:secret@127.0.0.1:1/db")
     assert "secret" not in str(err.value)
+
+
+def test_lcinfo_batches_replace_rows_of_their_project_only(db_url):
+    from trex.config import Config
+    from trex.pipeline import record_lcinfo
+
+    def batch(projid, ids, nobs):
+        n = len(ids)
+        return {"projid": np.full(n, projid), "objectid": np.array(ids),
+                "path": np.array([f"LC/{projid}/{i}.fits" for i in ids]),
+                "nobs": np.full(n, nobs), "rjd_min": np.zeros(n), "rjd_max": np.ones(n),
+                "median_mag": np.full(n, np.nan), "mad": np.full(n, 0.01),
+                "rms": np.full(n, 0.02)}
+
+    with connect(db_url) as db:
+        db.create_schema()
+        record_lcinfo(db, batch("7", ["A", "B", "it's"], 10), Config())
+        record_lcinfo(db, batch("8", ["A"], 5), Config())
+        record_lcinfo(db, batch("7", ["B", "it's"], 12), Config())  # a later night
+        record_lcinfo(db, {}, Config())
+        rows = db.query("SELECT projid, objectid, nobs, median_mag FROM lcinfo "
+                        "ORDER BY projid, objectid")
+    assert rows == [("7", "A", 10, None), ("7", "B", 12, None), ("7", "it's", 12, None),
+                    ("8", "A", 5, None)]

@@ -25,11 +25,16 @@ def test_mpi_farm_each_task_once_on_both_ranks():
         import time
         from trex import parallel
         comm = parallel.world()
-        for ntasks in (0, 1, 3, 40):
+        comm.barrier()
+        for ntasks in (0, 1, 2, 3, 40):
             seen = []
             def work(batch):
-                time.sleep(0.01 * len(batch))  # rank 0 busy working leaves requests waiting
+                time.sleep(0.1 * len(batch))  # rank 0 busy working leaves requests waiting
                 return [(comm.rank, task) for task in batch]
+            if comm.rank == 0:  # the worker's requests are waiting when rank 0 starts
+                while not comm.comm.iprobe(source=1, tag=comm.MPI.ANY_TAG):
+                    time.sleep(0.01)
+                time.sleep(0.1)
             parallel.farm(comm, list(range(ntasks)), work, seen.extend, batch_size=2)
             if comm.rank == 0:
                 tasks = sorted(task for _, task in seen)
@@ -42,4 +47,57 @@ def test_mpi_farm_each_task_once_on_both_ranks():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "0 ranks" and lines[3] == "40 ranks 0 1", lines
+    assert lines[0] == "0 ranks" and lines[4] == "40 ranks 0 1", lines
+    assert lines[2] == "2 ranks 0 1", lines  # two tasks: one each, not both to the worker
+
+
+class _FakeWorld:
+    """Rank 0's view of a world of one scripted worker (rank 1): its requests are
+    already waiting, and it finishes a batch only when rank 0 waits for it."""
+
+    class MPI:
+        ANY_SOURCE = ANY_TAG = -1
+
+        class Status:
+            def Get_source(self):  # noqa: N802 (mpi4py spelling)
+                return self.source
+
+            def Get_tag(self):  # noqa: N802
+                return self.tag
+
+    def __init__(self, requests: int):
+        self.size, self.rank, self.comm = 2, 0, self
+        self.inbox = [(parallel._REQUEST, None)] * requests
+        self.held, self.done = [], []
+
+    def iprobe(self, source, tag, status):
+        if self.inbox:
+            status.source, status.tag = 1, self.inbox[0][0]
+        return bool(self.inbox)
+
+    def recv(self, source, tag, status):
+        if not self.inbox:  # rank 0 waits: the worker finishes its oldest batch
+            batch = self.held.pop(0)
+            self.done += batch
+            self.inbox += [(parallel._RESULT, [("worker", t) for t in batch]),
+                           (parallel._REQUEST, None)]
+        status.source, (status.tag, message) = 1, self.inbox.pop(0)
+        return message
+
+    def send(self, message, dest, tag):
+        if tag == parallel._WORK:
+            self.held.append(message)
+
+    def barrier(self):
+        pass
+
+
+def test_last_batches_are_shared_not_prefetched():
+    world, seen = _FakeWorld(requests=parallel.PREFETCH), []
+    parallel.farm(world, ["a", "b"], lambda batch: [("rank0", t) for t in batch], seen.extend)
+    assert sorted(seen) == [("rank0", "b"), ("worker", "a")]  # one each, not both queued
+    world, seen = _FakeWorld(requests=parallel.PREFETCH), []
+    parallel.farm(world, list(range(12)), lambda batch: [("rank0", t) for t in batch],
+                  seen.extend, batch_size=1)
+    assert sorted(t for _, t in seen) == list(range(12))
+    assert {who for who, _ in seen} == {"rank0", "worker"}

@@ -143,24 +143,44 @@ def farm(comm, tasks: Sequence, work: Callable[[list], list], consume: Callable[
 def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     """Rank 0: answer every request (a batch, or stop when the queue is empty),
     consume every result, work while nothing is waiting.  Each worker gets
-    exactly ``PREFETCH`` stops; every batch sent comes back as one result."""
+    exactly ``PREFETCH`` stops; every batch sent comes back as one result.
+    When fewer batches are left than ranks, a worker that still holds one gets
+    no second (its request waits for its result), so that the last batches
+    are shared out rather than queued behind each other."""
     MPI = comm.MPI
     status = MPI.Status()
     stops, out = PREFETCH * (comm.size - 1), 0
+    held = [0] * comm.size  # batches a worker has and has not returned
+    waiting: list[int] = []  # workers whose request for a second batch waits
     queue = list(reversed(queue))
+
+    def answer(source: int) -> None:
+        nonlocal stops, out
+        if queue:
+            comm.comm.send(queue.pop(), dest=source, tag=_WORK)
+            held[source] += 1
+            out += 1
+        else:
+            comm.comm.send(None, dest=source, tag=_STOP)
+            stops -= 1
+
     while stops or out:
+        while waiting and not queue:
+            answer(waiting.pop())
         if comm.comm.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status) or not queue:
             message = comm.comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
             source = status.Get_source()
             if status.Get_tag() == _RESULT:
                 out -= 1
+                held[source] -= 1
                 consume(message)
-            elif queue:
-                comm.comm.send(queue.pop(), dest=source, tag=_WORK)
-                out += 1
+                if source in waiting:
+                    waiting.remove(source)
+                    answer(source)
+            elif held[source] and len(queue) < comm.size:
+                waiting.append(source)
             else:
-                comm.comm.send(None, dest=source, tag=_STOP)
-                stops -= 1
+                answer(source)
         else:
             consume(work(queue.pop()))
 

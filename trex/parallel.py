@@ -167,7 +167,7 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     while stops or out:
         while waiting and not queue:
             answer(waiting.pop())
-        if comm.comm.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status) or not queue:
+        if _incoming(comm, status) or not queue:
             message = comm.comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
             source = status.Get_source()
             if status.Get_tag() == _RESULT:
@@ -183,6 +183,15 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
                 answer(source)
         else:
             consume(work(queue.pop()))
+
+
+def _incoming(comm: MPIComm, status) -> bool:
+    """Whether a message waits.  MPICH's first ``MPI_Iprobe`` after a busy spell
+    returns false even for a message that arrived long before (it polls progress
+    first), so probe twice: otherwise rank 0 would keep working while requests wait."""
+    probe = comm.comm.iprobe
+    return (probe(source=comm.MPI.ANY_SOURCE, tag=comm.MPI.ANY_TAG, status=status)
+            or probe(source=comm.MPI.ANY_SOURCE, tag=comm.MPI.ANY_TAG, status=status))
 
 
 def _work(comm: MPIComm, work) -> None:

@@ -8,9 +8,10 @@ Memory is bounded by one partition (``PARTITION_ROWS`` measurements, see
    star-range partition streams in ``REDTEMP/lc/<projid>/<field>/`` (one
    shard per rank and product kind, staged in a 64 MiB buffer);
 2. rank 0 hands the partitions out as ranks finish (:func:`trex.parallel.farm`);
-   a rank groups a partition by star (a stable numpy sort of whole rows,
-   into arrays reused from partition to partition) and merges each star's
-   rows into its light-curve file (appending to the existing file; rows of a
+   a rank reads a partition (into arrays reused from partition to partition),
+   groups it by star (a stable numpy sort of the star column; each star's
+   rows are gathered once, when it is merged) and merges each star's rows
+   into its light-curve file (appending to the existing file; rows of a
    frame seen before replace the old ones, so a re-run never duplicates
    rows).  Columns are picked from the products and joined (aperture and
    subtraction rows of the same frame) per star, on rows already in cache;
@@ -181,11 +182,11 @@ def partitions(folder: Path) -> list[str]:
 class PartitionReader:
     """Reads partition streams, one partition at a time.
 
-    Rows are read into arrays kept from one partition to the next (a
-    partition's arrays are views, valid until the next :meth:`read` of the
-    same kind), so their memory is touched once per run, not once per
-    partition: on the virtual machines measured, first-touch page faults cost
-    as much as the sort itself.
+    Rows are read into an array kept from one partition to the next (a
+    partition's rows are a view, valid until the next :meth:`read` of the same
+    kind), so its memory is touched once per run, not once per partition: on
+    the virtual machines measured, first-touch page faults cost as much as the
+    sort itself.
     """
 
     def __init__(self):
@@ -198,14 +199,16 @@ class PartitionReader:
         return buffer[:nbytes]
 
     def read(self, folder: Path, name: str, kind: str,
-             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, framekey of each row) of one product kind of partition ``name``,
-        every rank's shard, grouped by star.  The sort is stable: each star's rows
-        stay in the order they were written (:func:`merge_star` orders them by
-        time and keeps the last row written of a frame)."""
+             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, framekey of each row, order) of one product kind of partition
+        ``name``, every rank's shard, rows as written; ``order`` is the stable
+        permutation that groups them by star (each star's rows stay in the order
+        they were written; :func:`merge_star` orders them by time and keeps the
+        last row written of a frame).  Rows are not moved here: each star's are
+        gathered once, when it is merged."""
         shards = sorted(folder.glob(f"{name}.r*.{kind}.bin"))
         sizes = [p.stat().st_size for p in shards]
-        raw = self._buffer(f"{kind}.raw", sum(sizes))
+        raw = self._buffer(kind, sum(sizes))
         at, keys = 0, []
         for path, size in zip(shards, sizes):
             with open(path, "rb") as fh:
@@ -213,12 +216,9 @@ class PartitionReader:
             at += size
             index = np.fromfile(path.with_suffix(".idx"), dtype=INDEX)
             keys.append(np.repeat(index["framekey"], index["nrows"]))
-        rows = raw.view(np.dtype((np.void, dtype.itemsize)))  # opaque rows: fast to gather
+        rows = raw.view(dtype)
         keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        order = _group_order(rows.view(dtype)["star"])
-        grouped = self._buffer(f"{kind}.grouped", raw.nbytes).view(rows.dtype)
-        np.take(rows, order, out=grouped)
-        return grouped.view(dtype), keys[order]
+        return rows, keys, _group_order(rows["star"])
 
 
 def _group_order(star: np.ndarray) -> np.ndarray:
@@ -279,30 +279,27 @@ def _blank(napertures: int) -> np.ndarray:
     return blank.astype(blank.dtype.newbyteorder(">"))
 
 
-def merge_star(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray]],
+def merge_star(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                frames: FrameTable, info: dict, config: Config) -> np.ndarray:
     """Merge a star's new measurements into its light-curve file; returns all its rows.
 
-    ``products`` maps a product kind to (rows, framekey of each row): this star's
-    rows in the order they were written.  The last row written of a frame wins
-    (a frame merged twice in one run), as does a new row over the file's row of
-    the same frame.
+    ``products`` maps a product kind to (rows, framekey of each row, index):
+    ``rows[index]`` are this star's rows in the order they were written.  The
+    last row written of a frame wins (a frame merged twice in one run), as
+    does a new row over the file's row of the same frame.
     """
-    keys = _unique(np.concatenate([k for _, k in products.values()]))
+    keys = _unique(np.concatenate([k[index] for _, k, index in products.values()]))
     fresh = np.repeat(_blank(len(config.photometry.apertures)), len(keys))
     fresh["framekey"] = keys
-    for rows, rowkeys in products.values():
-        if not len(rows):
+    for rows, rowkeys, index in products.values():
+        if not len(index):
             continue
-        _, last = np.unique(rowkeys[::-1], return_index=True)
-        if len(last) == len(keys):  # the usual case: every frame once
-            rows = np.take(rows, len(rows) - 1 - last)
-            at = slice(None)
-        else:
-            pick = len(rows) - 1 - last
-            rows, at = np.take(rows, pick), np.searchsorted(keys, rowkeys[pick])
+        _, last = np.unique(rowkeys[index[::-1]], return_index=True)
+        pick = index[len(index) - 1 - last]  # by framekey, the last written of each
+        mine = np.take(rows, pick)
+        at = slice(None) if len(pick) == len(keys) else np.searchsorted(keys, rowkeys[pick])
         for name in _shared(rows.dtype, fresh.dtype):
-            fresh[name][at] = rows[name]
+            fresh[name][at] = mine[name]
     where = np.searchsorted(frames.keys, keys)
     fresh["frame"] = frames.names[where]
     missing = np.isnan(fresh["rjd"])  # a star measured on the difference image only
@@ -407,17 +404,16 @@ def _merge_partition(project: Project, config: Config, reader: PartitionReader,
     folder = project.redtemp / "lc" / safe_name(projid) / safe_name(field)
     streams = {kind: reader.read(folder, name, kind, dtype)
                for kind, dtype in product_dtypes(len(config.photometry.apertures)).items()}
-    stars = _unique(np.concatenate([rows["star"] for rows, _ in streams.values()]))
-    spans = {kind: (np.searchsorted(rows["star"], stars, "left"),
-                    np.searchsorted(rows["star"], stars, "right"))
-             for kind, (rows, _) in streams.items()}
+    grouped = {kind: rows["star"][order] for kind, (rows, _, order) in streams.items()}
+    stars = _unique(np.concatenate(list(grouped.values())))
+    spans = {kind: (np.searchsorted(star, stars, "left"), np.searchsorted(star, stars, "right"))
+             for kind, star in grouped.items()}
     out = []
     for k, star in enumerate(stars.tolist()):
         info = _star_info(catalog, star, projid, field)
         path = lc_path(project, config, projid, info["objectid"])
-        products = {kind: (rows[spans[kind][0][k]:spans[kind][1][k]],
-                           keys[spans[kind][0][k]:spans[kind][1][k]])
-                    for kind, (rows, keys) in streams.items()}
+        products = {kind: (rows, keys, order[spans[kind][0][k]:spans[kind][1][k]])
+                    for kind, (rows, keys, order) in streams.items()}
         merged = merge_star(path, products, frames, info, config)
         out.append({"projid": projid, "objectid": info["objectid"],
                     "path": str(path.relative_to(project.root)), **lc_stats(merged)})

@@ -37,10 +37,9 @@ fail. ``PARTITION_ROWS`` is lowered to 10^5 in the subprocess (the default
 that the bound is visibly set by it; the ingest alone must stay within
 ``FIXED_MB``.
 
-Measured (2 loaded cores, 2026-11-29), MiB: baseline 72, after ingest 104,
-peak 141, i.e. 69 above baseline against a budget of 133 and 687 for all rows;
-ingest 33-39 s (4x10^6 rows), transposition 26-57 s (2000 files); the whole
-test 60-100 s.
+Measured (2 cores, 2026-11-30), MiB: baseline 78, after ingest 107, peak 122,
+i.e. 44 above baseline against a budget of 124 and 595 for all rows; ingest
+44 s (4x10^6 rows), transposition 7.9 s (2000 files); the whole test 55 s.
 
 Correctness, cheaply: the database holds exactly NFRAMES x NSTARS rows, every
 star has a light curve, and a few random light curves have NFRAMES rows in

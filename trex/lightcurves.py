@@ -4,8 +4,8 @@ Memory is bounded by one partition (``PARTITION_ROWS`` measurements, see
 :func:`row_bytes`), never by the archive:
 
 1. every rank takes a share of the new frames, reads each frame's ``aphot``
-   (and ``iphot``) product once and appends its rows, as they are, to
-   star-range partition streams in ``REDTEMP/lc/<projid>/<field>/`` (one
+   (and ``iphot``) product once and appends the light-curve columns of its
+   rows (a few byte runs per row) to star-range partition streams in ``REDTEMP/lc/<projid>/<field>/`` (one
    shard per rank and product kind, staged in a 64 MiB buffer);
 2. rank 0 hands the partitions out as ranks finish (:func:`trex.parallel.farm`);
    a rank reads a partition (into arrays reused from partition to partition),
@@ -99,10 +99,34 @@ def product_dtypes(napertures: int) -> dict[str, np.dtype]:
     return {"aphot": aphot_dtype(napertures), "iphot": iphot_dtype(napertures)}
 
 
+@functools.lru_cache(maxsize=8)
+def stream_dtypes(napertures: int) -> dict[str, np.dtype]:
+    """Row dtype of each kind in the partition streams: the star and the product's
+    light-curve columns, in the product's order (so they copy as a few byte runs)."""
+    columns = set(lcformat.lc_dtype(napertures).names) | {"star"}
+    return {kind: np.dtype([(n, dtype[n]) for n in dtype.names if n in columns])
+            for kind, dtype in product_dtypes(napertures).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _runs(product: np.dtype, stream: np.dtype) -> tuple[tuple[int, int, int], ...]:
+    """(product offset, stream offset, length) of the byte runs that copy a product
+    row's stream fields (adjacent fields merged: two runs for aphot and iphot)."""
+    runs: list[list[int]] = []
+    for name in stream.names:
+        src, dst, size = product.fields[name][1], stream.fields[name][1], stream[name].itemsize
+        if runs and runs[-1][0] + runs[-1][2] == src and runs[-1][1] + runs[-1][2] == dst:
+            runs[-1][2] += size
+        else:
+            runs.append([src, dst, size])
+    return tuple(tuple(run) for run in runs)
+
+
 def row_bytes(napertures: int) -> int:
-    """Bytes of one measurement in a partition: a row of every product kind and its
-    framekey (the unit of the memory bound: a partition holds ``PARTITION_ROWS``)."""
-    return sum(d.itemsize for d in product_dtypes(napertures).values()) + INDEX["framekey"].itemsize
+    """Bytes of one measurement in a partition: a stream row of every product kind
+    and its framekey (the unit of the memory bound: a partition holds
+    ``PARTITION_ROWS``)."""
+    return sum(d.itemsize for d in stream_dtypes(napertures).values()) + INDEX["framekey"].itemsize
 
 
 def conform(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -124,16 +148,19 @@ def conform(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
 class PartitionWriter:
     """Appends the rows of per-frame products to star-range partition streams.
 
-    A stream ``p<part>.r<rank>.<kind>.bin`` holds the product rows verbatim
-    (no per-row conversion), its ``.idx`` file the framekey and row count of
-    each block.  Rows are copied into one staging array of ``limit`` bytes,
-    reused from flush to flush (its memory is touched once, not once per
-    frame), and appended partition by partition when it is full, so a frame
-    costs one copy and no file operation of its own.
+    A stream ``p<part>.r<rank>.<kind>.bin`` holds rows of
+    :func:`stream_dtypes` (the product's light-curve columns, copied as a few
+    byte runs, no per-value conversion), its ``.idx`` file the framekey and row
+    count of each block.  Rows are copied into one staging array of ``limit``
+    bytes, reused from flush to flush (its memory is touched once, not once
+    per frame), and appended partition by partition when it is full, so a
+    frame costs one copy and no file operation of its own.
     """
 
-    def __init__(self, folder: Path, stars_per_part: int, rank: int, limit: int = 64 << 20):
+    def __init__(self, folder: Path, stars_per_part: int, rank: int, napertures: int,
+                 limit: int = 64 << 20):
         self.folder, self.stars_per_part, self.rank = folder, stars_per_part, rank
+        self.dtypes = stream_dtypes(napertures)
         self.staging = np.empty(limit, dtype=np.uint8)  # pages are touched as they fill
         self.used = 0
         # part, kind, framekey, first byte, last byte + 1, rows
@@ -141,25 +168,34 @@ class PartitionWriter:
         folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, kind: str, framekey: int, rows: np.ndarray) -> None:
-        """Queue one frame's product rows (any star order)."""
+        """Queue one frame's product rows (``product_dtypes``, any star order)."""
         if not len(rows):
             return
         star = rows["star"]
-        if np.any(star[1:] < star[:-1]):
-            rows = np.take(rows, np.argsort(star, kind="stable"))
-            star = rows["star"]
-        if self.used + rows.nbytes > len(self.staging):
+        first, last = int(star.min()) // self.stars_per_part, int(star.max()) // self.stars_per_part
+        if first == last:  # the usual case: one block (its order does not matter)
+            cuts = [0, len(rows)]
+        else:
+            if (star[1:] < star[:-1]).any():
+                rows = np.take(rows, np.argsort(star, kind="stable"))
+                star = rows["star"]
+            part = star // self.stars_per_part
+            cuts = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), len(rows)]
+        width = self.dtypes[kind].itemsize
+        nbytes = len(rows) * width
+        if self.used + nbytes > len(self.staging):
             self.flush()
-            if rows.nbytes > len(self.staging):
-                self.staging = np.empty(rows.nbytes, dtype=np.uint8)
-        start, width = self.used, rows.dtype.itemsize
-        self.staging[start:start + rows.nbytes] = np.ascontiguousarray(rows).view(np.uint8)
-        self.used += rows.nbytes
-        part = star // self.stars_per_part
-        cuts = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), len(rows)]
+            if nbytes > len(self.staging):
+                self.staging = np.empty(nbytes, dtype=np.uint8)
+        start = self.used
+        source = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
+        target = self.staging[start:start + nbytes].reshape(len(rows), width)
+        for src, dst, size in _runs(rows.dtype, self.dtypes[kind]):
+            target[:, dst:dst + size] = source[:, src:src + size]
+        self.used += nbytes
         for lo, hi in zip(cuts[:-1], cuts[1:]):
-            self.blocks.append((int(part[lo]), kind, framekey, start + lo * width,
-                                start + hi * width, hi - lo))
+            self.blocks.append((int(star[lo]) // self.stars_per_part, kind, framekey,
+                                start + lo * width, start + hi * width, hi - lo))
 
     def flush(self) -> None:
         self.blocks.sort(key=lambda block: block[:2])  # stable: frames stay in order
@@ -369,8 +405,9 @@ def _scatter(comm, project: Project, config: Config, entries: list[FrameEntry]) 
     """Step 1: each rank appends its frames' product rows to the partition streams."""
     from trex.parallel import split
 
-    dtypes = product_dtypes(len(config.photometry.apertures))
-    limit = min(64 << 20, PARTITION_ROWS * row_bytes(len(config.photometry.apertures)))
+    napertures = len(config.photometry.apertures)
+    dtypes = product_dtypes(napertures)
+    limit = min(64 << 20, PARTITION_ROWS * row_bytes(napertures))
     listings: dict[str, set[str]] = {}  # folder -> its file names (a listing, not a stat each)
     per_group: dict[tuple[str, str], int] = {}
     for e in entries:
@@ -382,7 +419,7 @@ def _scatter(comm, project: Project, config: Config, entries: list[FrameEntry]) 
         if key not in writers:
             folder = project.redtemp / "lc" / safe_name(entry.projid) / safe_name(entry.field)
             writers[key] = PartitionWriter(folder, max(1, PARTITION_ROWS // per_group[key]),
-                                           comm.rank, limit)
+                                           comm.rank, napertures, limit)
         folder, redname = os.path.split(os.path.join(project.root, entry.redpath))
         if folder not in listings:
             listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
@@ -403,7 +440,7 @@ def _merge_partition(project: Project, config: Config, reader: PartitionReader,
     projid, field, name = task
     folder = project.redtemp / "lc" / safe_name(projid) / safe_name(field)
     streams = {kind: reader.read(folder, name, kind, dtype)
-               for kind, dtype in product_dtypes(len(config.photometry.apertures)).items()}
+               for kind, dtype in stream_dtypes(len(config.photometry.apertures)).items()}
     grouped = {kind: rows["star"][order] for kind, (rows, _, order) in streams.items()}
     stars = _unique(np.concatenate(list(grouped.values())))
     spans = {kind: (np.searchsorted(star, stars, "left"), np.searchsorted(star, stars, "right"))

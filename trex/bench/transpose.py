@@ -95,7 +95,7 @@ def scatter_sort(project: Project, config: Config, entries: list,
     arrays; the pipeline gathers each star's rows when it merges it)."""
     lightcurves._scatter(SerialComm(), project, config, entries)
     folder = project.redtemp / "lc" / PROJID / FIELD
-    dtype = lightcurves.product_dtypes(NAPER)["aphot"]
+    dtype = lightcurves.stream_dtypes(NAPER)["aphot"]
     reader, rows, keys = lightcurves.PartitionReader(), [], []
     for name in lightcurves.partitions(folder):
         part_rows, part_keys, order = reader.read(folder, name, "aphot", dtype)
@@ -243,7 +243,7 @@ def _mpi_child(root: str) -> None:
         entries, catalog = pickle.load(fh)
     comm = world()
     folder = project.redtemp / "lc" / PROJID / FIELD
-    dtype = lightcurves.product_dtypes(NAPER)["aphot"]
+    dtype = lightcurves.stream_dtypes(NAPER)["aphot"]
     comm.barrier()
     start = time.perf_counter()
     lightcurves._scatter(comm, project, config, entries)

@@ -170,3 +170,20 @@ def test_fiphot_peer_reads_back_its_fluxes(small_frame, tmp_path):
     stars = photometry.bright_isolated(x, y, flux, fraction=0.2)
     check = photometry.flux_check(photometry.run_trex(image, x, y)[:, 1], peer[:, 1], stars)
     assert abs(float(check.split()[2]) - 1.0) < 0.01, check
+
+
+def test_nights_run_times_the_transposition_inside_trex_run(tmp_path):
+    from trex.bench import nights
+    from trex.db import connect
+    from trex.project import init_project
+    from trex.simulate import simulate_project
+
+    root = tmp_path / "night"
+    init_project(root)
+    simulate_project(root, frames=3, size=256, stars=150, seed=2, ncal=3)
+    run = nights.trex_run(root, tmp_path)
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        nlc = db.query("SELECT count(*) FROM lcinfo")[0][0]
+    assert run["files"] == nlc > 0  # light curves the timed transposition reported
+    assert 0 < run["lc_seconds"] < run["seconds"]
+    assert nights.counts(root)[0] == 3

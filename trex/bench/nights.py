@@ -58,10 +58,10 @@ from trex import cli, lightcurves
 inner = lightcurves.transpose
 def timed(*args, **kwargs):
     start, cpu = time.perf_counter(), time.process_time()
-    info = inner(*args, **kwargs)
+    written = inner(*args, **kwargs)
     with open(sys.argv[1], "a") as fh:
-        fh.write(f"{time.perf_counter() - start} {time.process_time() - cpu} {len(info)}\\n")
-    return info
+        fh.write(f"{time.perf_counter() - start} {time.process_time() - cpu} {written}\\n")
+    return written
 lightcurves.transpose = timed
 sys.exit(cli.main(sys.argv[2:]))
 """

@@ -154,29 +154,3 @@ def test_object_ids_cannot_escape(tmp_path):
     sub = lightcurves.lc_path(project, Config().replace("lightcurves", subdirs=True), "7", "A/B")
     assert sub.parent.parent == project.root / "LC" / "7"
 
-
-def test_partition_streams_hold_every_row_once_whatever_the_star_order(tmp_path):
-    from trex.photometry import aphot_dtype
-
-    rng = np.random.default_rng(5)
-    writer = lightcurves.PartitionWriter(tmp_path, stars_per_part=10, rank=0, napertures=3,
-                                         limit=4096)  # small: several flushes
-    written = []
-    for framekey in range(1, 31):
-        rows = np.zeros(25, dtype=aphot_dtype(3))
-        rows["star"] = rng.permutation(40)[:25]  # unsorted, across partitions
-        rows["aim_001"] = rng.normal(12, 1, 25)
-        writer.add("aphot", framekey, rows)
-        written += [(framekey, int(s), float(m)) for s, m in zip(rows["star"], rows["aim_001"])]
-    writer.flush()
-    reader, back = lightcurves.PartitionReader(), []
-    dtype = lightcurves.stream_dtypes(3)["aphot"]
-    for name in lightcurves.partitions(tmp_path):
-        rows, keys, order = reader.read(tmp_path, name, "aphot", dtype)
-        star = rows["star"][order]
-        assert np.all(np.diff(star) >= 0) and np.all(star // 10 == int(name[1:]))
-        for s in np.unique(star):  # each star's rows in the order written
-            assert np.all(np.diff(keys[order][star == s]) > 0)
-        back += [(int(k), int(s), float(m)) for k, s, m in
-                 zip(keys[order], star, rows["aim_001"][order])]
-    assert sorted(back) == sorted(written)

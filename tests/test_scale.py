@@ -16,8 +16,8 @@ memory (``ru_maxrss``) is its own.  The subprocess does what a serial
    light-curve files.
 
 The bound (documented, asserted): with ``B`` = bytes of one measurement in a
-partition (``lightcurves.row_bytes(1)``: an aphot and an iphot row and a
-framekey, 156 B for one aperture),
+partition (``partitions.row_bytes(1)``: the stream rows of aphot and iphot and a
+framekey, 116 B for one aperture),
 
     peak RSS <= baseline + budget,  budget = 4 x PARTITION_ROWS x B + FIXED_MB
 
@@ -31,15 +31,15 @@ so nothing grows with the star count but the catalog). The budget does not
 grow with the number of frames (as long as a partition's minimum of one star,
 i.e. one row per frame, stays below ``PARTITION_ROWS``), and the test asserts
 it is below 0.3 x the memory of all 4x10^6 measurements held at once
-(``NFRAMES x NSTARS x B``, 595 MiB): a pipeline that held the backfill would
+(``NFRAMES x NSTARS x B``, 443 MiB): a pipeline that held the backfill would
 fail. ``PARTITION_ROWS`` is lowered to 10^5 in the subprocess (the default
-5x10^5 gives a bound of ~360 MiB, still independent of the archive size) so
+5x10^5 gives a bound of ~290 MiB, still independent of the archive size) so
 that the bound is visibly set by it; the ingest alone must stay within
 ``FIXED_MB``.
 
-Measured (2 cores, 2026-11-30), MiB: baseline 78, after ingest 107, peak 122,
-i.e. 44 above baseline against a budget of 124 and 595 for all rows; ingest
-44 s (4x10^6 rows), transposition 7.9 s (2000 files); the whole test 55 s.
+Measured (2 cores, 2026-11-30), MiB: baseline 74, after ingest 104, peak 115,
+i.e. 41 above baseline against a budget of 108 and 443 for all rows; ingest
+42 s (4x10^6 rows), transposition 6.4 s (2000 files); the whole test 51 s.
 
 Correctness, cheaply: the database holds exactly NFRAMES x NSTARS rows, every
 star has a light curve, and a few random light curves have NFRAMES rows in
@@ -160,13 +160,13 @@ def _run_backfill(root: Path) -> dict:
 
 
 def test_backfill_memory_is_bounded_by_the_partition(tmp_path):
-    from trex import lightcurves
+    from trex import partitions
     from trex.db import connect
     from trex.lcformat import read_lightcurve
 
     root = tmp_path / "scale"
     result = _run_backfill(root)
-    row_bytes = lightcurves.row_bytes(len(APERTURES))
+    row_bytes = partitions.row_bytes(len(APERTURES))
     all_rows_mb = NFRAMES * NSTARS * row_bytes / 2**20
     budget_mb = 4 * PARTITION_ROWS * row_bytes / 2**20 + FIXED_MB
     log.info("scale: %s; budget %.0f MB, all rows %.0f MB", result, budget_mb, all_rows_mb)

@@ -1,21 +1,22 @@
 """Transposition of per-frame measurements into per-star light curves.
 
 Memory is bounded by one partition (``PARTITION_ROWS`` measurements, see
-:func:`row_bytes`), never by the archive:
+:func:`trex.partitions.row_bytes`), never by the archive:
 
 1. every rank takes a share of the new frames, reads each frame's ``aphot``
    (and ``iphot``) product once and appends the light-curve columns of its
-   rows (a few byte runs per row) to star-range partition streams in ``REDTEMP/lc/<projid>/<field>/`` (one
-   shard per rank and product kind, staged in a 64 MiB buffer);
+   rows (a few byte runs per row) to star-range partition streams in
+   ``REDTEMP/lc/<projid>/<field>/`` (:mod:`trex.partitions`: one shard per
+   rank and product kind, staged in a 64 MiB buffer);
 2. rank 0 hands the partitions out as ranks finish (:func:`trex.parallel.farm`);
    a rank reads a partition (into arrays reused from partition to partition),
    groups it by star (a stable numpy sort of the star column; each star's
    rows are gathered once, when it is merged) and merges each star's rows
    into its light-curve file (appending to the existing file; rows of a
    frame seen before replace the old ones, so a re-run never duplicates
-   rows).  Columns are picked from the products and joined (aperture and
-   subtraction rows of the same frame) per star, on rows already in cache;
-   each partition's ``lcinfo`` columns go to rank 0 as soon as it is done.
+   rows).  Aperture and subtraction rows of the same frame are joined per
+   star, on rows already in cache; each partition's ``lcinfo`` columns go to
+   rank 0 as soon as it is done.
 
 Only frames not yet marked ``lightcurves`` done are collected, so adding a
 night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
@@ -27,7 +28,6 @@ night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import shutil
@@ -40,8 +40,16 @@ import numpy as np
 
 from trex import __version__, lcformat
 from trex.config import Config
-from trex.flags import PHOT
 from trex.lcformat import read_lightcurve
+from trex.partitions import (
+    PartitionReader,
+    PartitionWriter,
+    conform,
+    partitions,
+    product_dtypes,
+    row_bytes,
+    stream_dtypes,
+)
 from trex.products import product_name, read_product
 from trex.project import Project, safe_name
 from trex.records import columns_of
@@ -84,185 +92,6 @@ class FrameTable:
                    np.array([Path(e.redpath).name for e in entries], dtype="S40"),
                    np.searchsorted(night_names, [e.night for e in entries]),
                    night_names, np.array([e.rjd for e in entries], dtype=np.float64))
-
-
-#: framekey and row count of each block of rows appended to a partition stream
-INDEX = np.dtype([("framekey", "i8"), ("nrows", "i8")])
-
-
-@functools.lru_cache(maxsize=8)
-def product_dtypes(napertures: int) -> dict[str, np.dtype]:
-    """Row dtype of each per-frame product kind the light curves are made of."""
-    from trex.diffphot import iphot_dtype
-    from trex.photometry import aphot_dtype
-
-    return {"aphot": aphot_dtype(napertures), "iphot": iphot_dtype(napertures)}
-
-
-@functools.lru_cache(maxsize=8)
-def stream_dtypes(napertures: int) -> dict[str, np.dtype]:
-    """Row dtype of each kind in the partition streams: the star and the product's
-    light-curve columns, in the product's order (so they copy as a few byte runs)."""
-    columns = set(lcformat.lc_dtype(napertures).names) | {"star"}
-    return {kind: np.dtype([(n, dtype[n]) for n in dtype.names if n in columns])
-            for kind, dtype in product_dtypes(napertures).items()}
-
-
-@functools.lru_cache(maxsize=16)
-def _runs(product: np.dtype, stream: np.dtype) -> tuple[tuple[int, int, int], ...]:
-    """(product offset, stream offset, length) of the byte runs that copy a product
-    row's stream fields (adjacent fields merged: two runs for aphot and iphot)."""
-    runs: list[list[int]] = []
-    for name in stream.names:
-        src, dst, size = product.fields[name][1], stream.fields[name][1], stream[name].itemsize
-        if runs and runs[-1][0] + runs[-1][2] == src and runs[-1][1] + runs[-1][2] == dst:
-            runs[-1][2] += size
-        else:
-            runs.append([src, dst, size])
-    return tuple(tuple(run) for run in runs)
-
-
-def row_bytes(napertures: int) -> int:
-    """Bytes of one measurement in a partition: a stream row of every product kind
-    and its framekey (the unit of the memory bound: a partition holds
-    ``PARTITION_ROWS``)."""
-    return sum(d.itemsize for d in stream_dtypes(napertures).values()) + INDEX["framekey"].itemsize
-
-
-def conform(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``rows`` in ``dtype``: the same array when it already is, else a copy with the
-    common fields (an older or partial product; missing values NaN, flag MISSING)."""
-    if rows.dtype == dtype:
-        return rows
-    out = np.zeros(len(rows), dtype=dtype)
-    for name in dtype.names:
-        if name in rows.dtype.names:
-            out[name] = rows[name]
-        elif dtype[name].kind == "f":
-            out[name] = np.nan
-        elif name[:3] in ("aiq", "irq"):
-            out[name] = PHOT["MISSING"].bit
-    return out
-
-
-class PartitionWriter:
-    """Appends the rows of per-frame products to star-range partition streams.
-
-    A stream ``p<part>.r<rank>.<kind>.bin`` holds rows of
-    :func:`stream_dtypes` (the product's light-curve columns, copied as a few
-    byte runs, no per-value conversion), its ``.idx`` file the framekey and row
-    count of each block.  Rows are copied into one staging array of ``limit``
-    bytes, reused from flush to flush (its memory is touched once, not once
-    per frame), and appended partition by partition when it is full, so a
-    frame costs one copy and no file operation of its own.
-    """
-
-    def __init__(self, folder: Path, stars_per_part: int, rank: int, napertures: int,
-                 limit: int = 64 << 20):
-        self.folder, self.stars_per_part, self.rank = folder, stars_per_part, rank
-        self.dtypes = stream_dtypes(napertures)
-        self.staging = np.empty(limit, dtype=np.uint8)  # pages are touched as they fill
-        self.used = 0
-        # part, kind, framekey, first byte, last byte + 1, rows
-        self.blocks: list[tuple[int, str, int, int, int, int]] = []
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def add(self, kind: str, framekey: int, rows: np.ndarray) -> None:
-        """Queue one frame's product rows (``product_dtypes``, any star order)."""
-        if not len(rows):
-            return
-        star = rows["star"]
-        first, last = int(star.min()) // self.stars_per_part, int(star.max()) // self.stars_per_part
-        if first == last:  # the usual case: one block (its order does not matter)
-            cuts = [0, len(rows)]
-        else:
-            if (star[1:] < star[:-1]).any():
-                rows = np.take(rows, np.argsort(star, kind="stable"))
-                star = rows["star"]
-            part = star // self.stars_per_part
-            cuts = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), len(rows)]
-        width = self.dtypes[kind].itemsize
-        nbytes = len(rows) * width
-        if self.used + nbytes > len(self.staging):
-            self.flush()
-            if nbytes > len(self.staging):
-                self.staging = np.empty(nbytes, dtype=np.uint8)
-        start = self.used
-        source = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
-        target = self.staging[start:start + nbytes].reshape(len(rows), width)
-        for src, dst, size in _runs(rows.dtype, self.dtypes[kind]):
-            target[:, dst:dst + size] = source[:, src:src + size]
-        self.used += nbytes
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
-            self.blocks.append((int(star[lo]) // self.stars_per_part, kind, framekey,
-                                start + lo * width, start + hi * width, hi - lo))
-
-    def flush(self) -> None:
-        self.blocks.sort(key=lambda block: block[:2])  # stable: frames stay in order
-        for (part, kind), blocks in itertools.groupby(self.blocks, key=lambda b: b[:2]):
-            blocks = list(blocks)
-            stem = self.folder / f"p{part:07d}.r{self.rank:05d}.{kind}"
-            with open(f"{stem}.bin", "ab") as fh:
-                fh.writelines(self.staging[block[3]:block[4]].data for block in blocks)
-            index = np.array([(block[2], block[5]) for block in blocks], dtype=INDEX)
-            with open(f"{stem}.idx", "ab") as fh:
-                fh.write(index.data)
-        self.blocks, self.used = [], 0
-
-
-def partitions(folder: Path) -> list[str]:
-    """Partition names (``p0000012``) present in a folder."""
-    return sorted({p.name.split(".")[0] for p in folder.glob("p*.bin")})
-
-
-class PartitionReader:
-    """Reads partition streams, one partition at a time.
-
-    Rows are read into an array kept from one partition to the next (a
-    partition's rows are a view, valid until the next :meth:`read` of the same
-    kind), so its memory is touched once per run, not once per partition: on
-    the virtual machines measured, first-touch page faults cost as much as the
-    sort itself.
-    """
-
-    def __init__(self):
-        self.buffers: dict[str, np.ndarray] = {}
-
-    def _buffer(self, name: str, nbytes: int) -> np.ndarray:
-        buffer = self.buffers.get(name)
-        if buffer is None or len(buffer) < nbytes:
-            buffer = self.buffers[name] = np.empty(nbytes, dtype=np.uint8)
-        return buffer[:nbytes]
-
-    def read(self, folder: Path, name: str, kind: str,
-             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, framekey of each row, order) of one product kind of partition
-        ``name``, every rank's shard, rows as written; ``order`` is the stable
-        permutation that groups them by star (each star's rows stay in the order
-        they were written; :func:`merge_star` orders them by time and keeps the
-        last row written of a frame).  Rows are not moved here: each star's are
-        gathered once, when it is merged."""
-        shards = sorted(folder.glob(f"{name}.r*.{kind}.bin"))
-        sizes = [p.stat().st_size for p in shards]
-        raw = self._buffer(kind, sum(sizes))
-        at, keys = 0, []
-        for path, size in zip(shards, sizes):
-            with open(path, "rb") as fh:
-                fh.readinto(raw[at:at + size].data)
-            at += size
-            index = np.fromfile(path.with_suffix(".idx"), dtype=INDEX)
-            keys.append(np.repeat(index["framekey"], index["nrows"]))
-        rows = raw.view(dtype)
-        keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        return rows, keys, _group_order(rows["star"])
-
-
-def _group_order(star: np.ndarray) -> np.ndarray:
-    """The stable permutation that groups rows by star: numpy's radix sort when the
-    partition's star range fits 16 bits (3x faster than its merge sort)."""
-    if len(star) and int(star.max()) - int(star.min()) < 1 << 16:
-        return np.argsort((star - star.min()).astype(np.uint16), kind="stable")
-    return np.argsort(star, kind="stable")
 
 
 def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trex import lightcurves
+from trex import lightcurves, partitions
 from trex.bench.common import Row
 from trex.config import Config
 from trex.lcformat import read_rows
@@ -95,9 +95,9 @@ def scatter_sort(project: Project, config: Config, entries: list,
     arrays; the pipeline gathers each star's rows when it merges it)."""
     lightcurves._scatter(SerialComm(), project, config, entries)
     folder = project.redtemp / "lc" / PROJID / FIELD
-    dtype = lightcurves.stream_dtypes(NAPER)["aphot"]
-    reader, rows, keys = lightcurves.PartitionReader(), [], []
-    for name in lightcurves.partitions(folder):
+    dtype = partitions.stream_dtypes(NAPER)["aphot"]
+    reader, rows, keys = partitions.PartitionReader(), [], []
+    for name in partitions.partitions(folder):
         part_rows, part_keys, order = reader.read(folder, name, "aphot", dtype)
         if collect:
             rows.append(np.take(part_rows, order))
@@ -243,12 +243,12 @@ def _mpi_child(root: str) -> None:
         entries, catalog = pickle.load(fh)
     comm = world()
     folder = project.redtemp / "lc" / PROJID / FIELD
-    dtype = lightcurves.stream_dtypes(NAPER)["aphot"]
+    dtype = partitions.stream_dtypes(NAPER)["aphot"]
     comm.barrier()
     start = time.perf_counter()
     lightcurves._scatter(comm, project, config, entries)
     comm.barrier()
-    names, reader = lightcurves.partitions(folder), lightcurves.PartitionReader()
+    names, reader = partitions.partitions(folder), partitions.PartitionReader()
     for i in split(len(names), comm.size, comm.rank):
         reader.read(folder, names[i], "aphot", dtype)
     comm.barrier()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import io
 import os
 from pathlib import Path
 
@@ -83,15 +84,13 @@ def _from_npy(data: bytearray) -> np.ndarray:
     layout and cached.  Anything but the 1-D arrays :func:`save_product`
     writes goes to ``np.load``.
     """
-    if data[:6] != b"\x93NUMPY" or data[6] not in (1, 2, 3):
+    if len(data) < 12 or data[:6] != b"\x93NUMPY" or data[6] not in (1, 2, 3):
         raise ValueError("not an npy product")
     size, start = (2, 10) if data[6] == 1 else (4, 12)
     length = int.from_bytes(data[8:8 + size], "little")
     head, _, tail = bytes(data[start:start + length]).partition(b"'shape': (")
     shape = tail.split(b")")[0].split(b",")
     if len(shape) != 2 or shape[1].strip():  # not 1-D
-        import io
-
         return np.load(io.BytesIO(data), allow_pickle=False)
     return np.frombuffer(data, dtype=_dtype_of(head), count=int(shape[0]),
                          offset=start + length)

@@ -30,7 +30,7 @@ from trex import lcformat
 from trex.config import Config
 from trex.epd import epd, external_parameters, local_sidereal_time, parameter_names, sky_geometry
 from trex.flags import PHOT
-from trex.lcstats import robust_stats, star_stats, stat_columns, write_stats
+from trex.lcstats import lcinfo_stats, robust_stats, star_stats, stat_columns, write_stats
 from trex.parallel import SerialComm, split
 from trex.project import Project
 from trex.tfa import (
@@ -246,16 +246,8 @@ def _detrend_chunk(items: list[dict], config: Config, grid: Grid, columns: list[
 
 def _lcinfo(project: Project, projid: str, path: Path, objectid: str, rows: np.ndarray) -> dict:
     """An ``lcinfo`` row from the best detrended column of aperture 0."""
-    for col in ("atf_000", "aep_000", "arm_000", "aim_000"):
-        if np.isfinite(rows[col]).any():
-            break
-    st = robust_stats(rows[col].astype(np.float64))
-    good = int(st["n"])
     return {"projid": projid, "objectid": objectid, "path": str(path.relative_to(project.root)),
-            "nobs": good, "rjd_min": float(rows["rjd"].min()), "rjd_max": float(rows["rjd"].max()),
-            "median_mag": float(st["median"]) if good else None,
-            "mad": float(st["mad"]) if good else None,
-            "rms": float(st["rms"]) if good > 1 else None}
+            **lcinfo_stats(rows, ("atf_000", "aep_000", "arm_000", "aim_000"))}
 
 
 def detrend_project(project: Project, config: Config, projid: str,

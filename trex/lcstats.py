@@ -68,6 +68,20 @@ def robust_stats(mags: np.ndarray, clip: float = 3.0) -> dict[str, np.ndarray]:
     return {"median": median, "mad": mad, "rms": rms, "crms": crms, "n": n}
 
 
+def lcinfo_stats(rows: np.ndarray, columns: tuple[str, ...]) -> dict:
+    """The ``lcinfo`` statistics of a light curve: points, time span, and median,
+    MAD and RMS (None where undefined) of the first of ``columns`` that has a
+    finite value (the last one otherwise)."""
+    column = next((c for c in columns if np.isfinite(rows[c]).any()), columns[-1])
+    st = robust_stats(rows[column].astype(np.float64))
+    good = int(st["n"])
+    return {"nobs": good, "rjd_min": float(rows["rjd"].min()),
+            "rjd_max": float(rows["rjd"].max()),
+            "median_mag": float(st["median"]) if good else None,
+            "mad": float(st["mad"]) if good else None,
+            "rms": float(st["rms"]) if good > 1 else None}
+
+
 def nanmedian(values: np.ndarray) -> np.ndarray:
     """``np.nanmedian`` along the last axis, by one sort (NaN sorts last): numpy's
     own goes through masked arrays for short axes, ~0.5 ms a light curve."""

@@ -41,6 +41,7 @@ import numpy as np
 from trex import __version__, lcformat
 from trex.config import Config
 from trex.lcformat import read_lightcurve
+from trex.lcstats import lcinfo_stats
 from trex.partitions import (
     PartitionReader,
     PartitionWriter,
@@ -211,19 +212,6 @@ def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
     return cards
 
 
-def lc_stats(rows: np.ndarray) -> dict:
-    """nobs, time span and robust scatter of the best available magnitude column."""
-    mags = rows["arm_000"] if np.isfinite(rows["arm_000"]).any() else rows["aim_000"]
-    good = mags[np.isfinite(mags)]
-    stats = {"nobs": int(len(good)), "rjd_min": float(rows["rjd"].min()),
-             "rjd_max": float(rows["rjd"].max()), "median_mag": None, "mad": None, "rms": None}
-    if len(good):
-        median = float(np.median(good))
-        stats.update(median_mag=median, mad=float(np.median(np.abs(good - median))),
-                     rms=float(np.std(good)))
-    return stats
-
-
 def _star_info(catalog, star: int, projid: str, field: str) -> dict:
     return {"objectid": str(catalog["objectid"][star]), "ra": catalog["ra"][star],
             "dec": catalog["dec"][star], "mag": catalog["mag"][star], "projid": projid,
@@ -282,7 +270,8 @@ def _merge_partition(project: Project, config: Config, reader: PartitionReader,
                     for kind, (rows, keys, order) in streams.items()}
         merged = merge_star(path, products, frames, info, config)
         out.append({"projid": projid, "objectid": info["objectid"],
-                    "path": str(path.relative_to(project.root)), **lc_stats(merged)})
+                    "path": str(path.relative_to(project.root)),
+                    **lcinfo_stats(merged, ("arm_000", "aim_000"))})
     return columns_of(out)
 
 

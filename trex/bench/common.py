@@ -27,10 +27,13 @@ class Row:
         return {**asdict(self), "ratio": self.ratio}
 
 
-def median_time(func, repeats: int = 3) -> tuple[float, object]:
-    """Median wall time of ``func()`` over ``repeats`` calls, and its last result."""
+def median_time(func, repeats: int = 3, reset=None) -> tuple[float, object]:
+    """Median wall time of ``func()`` over ``repeats`` calls (``reset()``, untimed,
+    before each), and its last result."""
     times, result = [], None
     for _ in range(repeats):
+        if reset is not None:
+            reset()
         start = time.perf_counter()
         result = func()
         times.append(time.perf_counter() - start)

@@ -32,13 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from trex import lightcurves, partitions
-from trex.bench.common import Row
+from trex.bench.common import Row, median_time
 from trex.config import Config
 from trex.lcformat import read_rows
 from trex.parallel import SerialComm
@@ -50,18 +49,6 @@ log = logging.getLogger(__name__)
 
 NAME = "transpose"
 NAPER, PROJID, FIELD = 3, "7", "F1"
-
-
-def timed(func: Callable, reset: Callable | None = None, repeats: int = 3) -> tuple[float, object]:
-    """Median wall time of ``func()``, ``reset()`` (untimed) before each call; last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        if reset:
-            reset()
-        start = time.perf_counter()
-        result = func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def make_products(root: Path, nframes: int, nstars: int, seed: int = 0):
@@ -180,15 +167,15 @@ def run(quick: bool = False) -> list[Row]:
         project = init_project(Path(tmp) / "p")
         catalog, entries = make_products(project.root, nframes, nstars)
         in_memory = load_frames(project, entries)
-        t_np, peer = timed(lambda: numpy_sort(in_memory))
+        t_np, peer = median_time(lambda: numpy_sort(in_memory))
         scratch, lcdir = project.redtemp / "lc", project.root / "LC"
-        t_sort, _ = timed(lambda: scatter_sort(project, config, entries),
-                          lambda: shutil.rmtree(scratch, ignore_errors=True))
+        t_sort, _ = median_time(lambda: scatter_sort(project, config, entries),
+                                reset=lambda: shutil.rmtree(scratch, ignore_errors=True))
         shutil.rmtree(scratch, ignore_errors=True)
         mine = scatter_sort(project, config, entries, collect=True)
         shutil.rmtree(scratch, ignore_errors=True)
-        t_all, nobs = timed(lambda: transpose_nobs(project, config, entries, catalog),
-                            lambda: shutil.rmtree(lcdir, ignore_errors=True))
+        t_all, nobs = median_time(lambda: transpose_nobs(project, config, entries, catalog),
+                                  reset=lambda: shutil.rmtree(lcdir, ignore_errors=True))
         rows = [Row("transpose: scatter + sort (trex, serial)", size, t_sort,
                     "numpy lexsort + gather in memory", t_np,
                     f"{order_check(mine, peer)}; trex {nmeas / t_sort / 1e6:.2f} M meas/s"),
@@ -275,7 +262,8 @@ def _grcollect_rows(project: Project, entries: list, folder: Path, size: str, t_
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
 
-    t_gr, _ = timed(lambda: subprocess.run(command, check=True, capture_output=True), reset)
+    t_gr, _ = median_time(lambda: subprocess.run(command, check=True, capture_output=True),
+                          reset=reset)
     files = sorted(out.glob("*.grlc"))
     lines = sum(sum(1 for _ in open(p)) for p in files)
     return [Row("transpose: total incl. LC FITS writes (trex)", size, t_all,

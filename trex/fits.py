@@ -18,6 +18,10 @@ import fitsio
 import numpy as np
 from astropy.io import fits as afits
 
+from trex.errors import FrameError
+
+__all__ = ["FrameError", "read_header", "read_image", "write_image", "atomic_path"]
+
 #: header keywords that describe the stored array, not the data; never copied.
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
                "XTENSION", "PCOUNT", "GCOUNT", "ZIMAGE", "ZBITPIX", "ZNAXIS", "ZNAXIS1",
@@ -27,15 +31,6 @@ _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO
 
 #: the comment cfitsio adds to every primary header; not worth copying along.
 _FITS_BOILERPLATE = ("FITS (Flexible Image Transport System)", "and Astrophysics', volume 376")
-
-
-class FrameError(Exception):
-    """A frame that cannot be used, with the file and the reason."""
-
-    def __init__(self, path: Path | str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 def _image_hdu(fits: fitsio.FITS, path: Path) -> int:

@@ -20,13 +20,20 @@ CREATE TABLE IF NOT EXISTS frameinfo (
     gain DOUBLE PRECISION,                 -- e-/ADU
     rdnoise DOUBLE PRECISION,              -- e-
     saturate DOUBLE PRECISION,             -- ADU
+    pixscale DOUBLE PRECISION,       -- arcsec/px, header guess (NULL: none)
+    sitelat DOUBLE PRECISION,        -- deg
+    sitelong DOUBLE PRECISION,       -- deg east
+    sitealt DOUBLE PRECISION,        -- m
+    biassec TEXT,                          -- IRAF section, 1-based
+    trimsec TEXT,
     naxis1 INTEGER,
     naxis2 INTEGER,
     filesize BIGINT,                       -- bytes, with mtime: detects a changed file
     mtime DOUBLE PRECISION,
     isok BOOLEAN NOT NULL,
     reason TEXT,                           -- why the frame is not ok
-    header TEXT                            -- the header as FITS card text
+    header TEXT,                           -- the header as FITS card text
+    configsha TEXT                         -- hash of the settings the header was parsed with
 );
 
 CREATE TABLE IF NOT EXISTS framestatus (
@@ -34,9 +41,19 @@ CREATE TABLE IF NOT EXISTS framestatus (
     stage TEXT NOT NULL,                   -- calibrate, extract, astrometry, photometry, ...
     status TEXT NOT NULL,                  -- done or failed
     reason TEXT,
-    configsha TEXT,
+    configsha TEXT,                        -- hash of the settings of the stage (trex.stages)
+    inputs TEXT,                           -- what else the result depends on (masters, references)
     updated TEXT NOT NULL,
     PRIMARY KEY (framekey, stage)
+);
+
+CREATE TABLE IF NOT EXISTS phasestatus (
+    phase TEXT NOT NULL,                   -- a project phase: masters, photref, magfit, ...
+    item TEXT NOT NULL,                    -- what it was done for, e.g. projid/field/ccd
+    status TEXT NOT NULL,                  -- done or failed
+    reason TEXT,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (phase, item)
 );
 
 CREATE SEQUENCE IF NOT EXISTS filters_filterkey_seq;
@@ -208,4 +225,51 @@ CREATE TABLE IF NOT EXISTS lcinfo (
     configsha TEXT,
     updated TEXT NOT NULL,
     PRIMARY KEY (projid, objectid)
+);
+
+-- per star and aperture, statistics of every magnitude column of its light curve
+-- (mag; n = finite points), replaced whenever the light curve is written
+CREATE TABLE IF NOT EXISTS lcstats (
+    projid TEXT NOT NULL,
+    objectid TEXT NOT NULL,
+    aperture SMALLINT NOT NULL,
+    mag DOUBLE PRECISION,                            -- catalog magnitude
+    x DOUBLE PRECISION,                              -- median position on the frames, px
+    y DOUBLE PRECISION,
+    aim_median DOUBLE PRECISION,
+    aim_mad DOUBLE PRECISION,
+    aim_rms DOUBLE PRECISION,
+    aim_crms DOUBLE PRECISION,
+    aim_n INTEGER,
+    arm_median DOUBLE PRECISION,
+    arm_mad DOUBLE PRECISION,
+    arm_rms DOUBLE PRECISION,
+    arm_crms DOUBLE PRECISION,
+    arm_n INTEGER,
+    aep_median DOUBLE PRECISION,
+    aep_mad DOUBLE PRECISION,
+    aep_rms DOUBLE PRECISION,
+    aep_crms DOUBLE PRECISION,
+    aep_n INTEGER,
+    atf_median DOUBLE PRECISION,
+    atf_mad DOUBLE PRECISION,
+    atf_rms DOUBLE PRECISION,
+    atf_crms DOUBLE PRECISION,
+    atf_n INTEGER,
+    irm_median DOUBLE PRECISION,
+    irm_mad DOUBLE PRECISION,
+    irm_rms DOUBLE PRECISION,
+    irm_crms DOUBLE PRECISION,
+    irm_n INTEGER,
+    iep_median DOUBLE PRECISION,
+    iep_mad DOUBLE PRECISION,
+    iep_rms DOUBLE PRECISION,
+    iep_crms DOUBLE PRECISION,
+    iep_n INTEGER,
+    itf_median DOUBLE PRECISION,
+    itf_mad DOUBLE PRECISION,
+    itf_rms DOUBLE PRECISION,
+    itf_crms DOUBLE PRECISION,
+    itf_n INTEGER,
+    PRIMARY KEY (projid, objectid, aperture)
 );

@@ -20,13 +20,20 @@ CREATE TABLE IF NOT EXISTS frameinfo (
     gain REAL,                 -- e-/ADU
     rdnoise REAL,              -- e-
     saturate REAL,             -- ADU
+    pixscale REAL,                   -- arcsec/px, header guess (NULL: none)
+    sitelat REAL,                    -- deg
+    sitelong REAL,                   -- deg east
+    sitealt REAL,                    -- m
+    biassec TEXT,                          -- IRAF section, 1-based
+    trimsec TEXT,
     naxis1 INTEGER,
     naxis2 INTEGER,
     filesize INTEGER,                       -- bytes, with mtime: detects a changed file
     mtime REAL,
     isok INTEGER NOT NULL,
     reason TEXT,                           -- why the frame is not ok
-    header TEXT                            -- the header as FITS card text
+    header TEXT,                           -- the header as FITS card text
+    configsha TEXT                         -- hash of the settings the header was parsed with
 );
 
 CREATE TABLE IF NOT EXISTS framestatus (
@@ -34,9 +41,19 @@ CREATE TABLE IF NOT EXISTS framestatus (
     stage TEXT NOT NULL,                   -- calibrate, extract, astrometry, photometry, ...
     status TEXT NOT NULL,                  -- done or failed
     reason TEXT,
-    configsha TEXT,
+    configsha TEXT,                        -- hash of the settings of the stage (trex.stages)
+    inputs TEXT,                           -- what else the result depends on (masters, references)
     updated TEXT NOT NULL,
     PRIMARY KEY (framekey, stage)
+);
+
+CREATE TABLE IF NOT EXISTS phasestatus (
+    phase TEXT NOT NULL,                   -- a project phase: masters, photref, magfit, ...
+    item TEXT NOT NULL,                    -- what it was done for, e.g. projid/field/ccd
+    status TEXT NOT NULL,                  -- done or failed
+    reason TEXT,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (phase, item)
 );
 
 CREATE TABLE IF NOT EXISTS filters (
@@ -203,4 +220,51 @@ CREATE TABLE IF NOT EXISTS lcinfo (
     configsha TEXT,
     updated TEXT NOT NULL,
     PRIMARY KEY (projid, objectid)
+);
+
+-- per star and aperture, statistics of every magnitude column of its light curve
+-- (mag; n = finite points), replaced whenever the light curve is written
+CREATE TABLE IF NOT EXISTS lcstats (
+    projid TEXT NOT NULL,
+    objectid TEXT NOT NULL,
+    aperture INTEGER NOT NULL,
+    mag REAL,                            -- catalog magnitude
+    x REAL,                              -- median position on the frames, px
+    y REAL,
+    aim_median REAL,
+    aim_mad REAL,
+    aim_rms REAL,
+    aim_crms REAL,
+    aim_n INTEGER,
+    arm_median REAL,
+    arm_mad REAL,
+    arm_rms REAL,
+    arm_crms REAL,
+    arm_n INTEGER,
+    aep_median REAL,
+    aep_mad REAL,
+    aep_rms REAL,
+    aep_crms REAL,
+    aep_n INTEGER,
+    atf_median REAL,
+    atf_mad REAL,
+    atf_rms REAL,
+    atf_crms REAL,
+    atf_n INTEGER,
+    irm_median REAL,
+    irm_mad REAL,
+    irm_rms REAL,
+    irm_crms REAL,
+    irm_n INTEGER,
+    iep_median REAL,
+    iep_mad REAL,
+    iep_rms REAL,
+    iep_crms REAL,
+    iep_n INTEGER,
+    itf_median REAL,
+    itf_mad REAL,
+    itf_rms REAL,
+    itf_crms REAL,
+    itf_n INTEGER,
+    PRIMARY KEY (projid, objectid, aperture)
 );

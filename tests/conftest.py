@@ -49,3 +49,40 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'trex.sqlite'}"
     return request.getfixturevalue("pg_url")
+
+
+def run_stages(project, stages, url: str | None = None, config=None, **kwargs) -> dict:
+    """The pipeline's ``stages`` on a project, serially, through the real driver;
+    returns {phase: (items, failed)} of the phases that had work."""
+    from trex.config import Config
+    from trex.pipeline import run_stages as run
+
+    config = config or Config()
+    if url:
+        config = config.replace("database", url=url)
+    return run(project, config, tuple(stages), **kwargs)
+
+
+def calibration_counts(summary: dict) -> dict:
+    """The old ``calibrate_project`` counts of a pipeline summary: raw files recorded,
+    frames calibrated, frames failed."""
+    done, failed = summary.get("calibrate", (0, 0))
+    return {"scanned": summary.get("inventory", (0, 0))[0], "calibrated": done - failed,
+            "failed": failed}
+
+
+def project_context(project, config, db):
+    """The run's context as the pipeline builds it before its reference phases: masters,
+    catalogs and the references kept from earlier runs."""
+    from trex.catalog import Catalogs
+    from trex.frame import Context
+    from trex.ledger import Ledger
+    from trex.masterframes import recorded_masters
+    from trex.parallel import SerialComm
+    from trex.pipeline import KnownReferences, run_phase
+
+    ledger = Ledger(db, config)
+    context = Context(project, config, recorded_masters(project, ledger.read.masters()))
+    for phase in (Catalogs(), KnownReferences()):
+        context = run_phase(SerialComm(), ledger, context, phase, {"signal": False})[0]
+    return context

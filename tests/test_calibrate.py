@@ -17,19 +17,27 @@ from pathlib import Path
 import fitsio
 import numpy as np
 import pytest
+from conftest import calibration_counts, run_stages
 from trex._stats import calibrate_pixels
 
 from trex import masters as masters_module
-from trex.calibrate import calibrate_project, red_name
+from trex.calibrate import red_name
 from trex.config import Config
 from trex.db import connect
 from trex.fits import read_image
 from trex.flags import MASK
+from trex.frame import Context
 from trex.header import parse_header
-from trex.inventory import pending_object_frames, scan
-from trex.masterframes import build_masters, nearest_master
+from trex.ledger import Ledger
+from trex.masterframes import nearest_master, recorded_masters
 from trex.masters import block_rows, build_bias
 from trex.project import init_project
+from trex.stages import per_frame
+
+
+def calibrate_project(project, config, db) -> dict:
+    """The calibrate stage through the pipeline (inventory, masters, frames)."""
+    return calibration_counts(run_stages(project, ["calibrate"], db.url, config))
 
 NY, NX, NOVER = 256, 280, 24
 BIASSEC, TRIMSEC = "[257:280,1:256]", "[3:256,3:256]"
@@ -281,13 +289,14 @@ def test_frame_broken_after_the_scan_is_excluded_from_its_master(tmp_path):
     cam = Camera()
     make_night(tmp_path, cam, "20261129", seed=7, bias=5, dark=0, flat=0, objects=0)
     project, db = open_project(tmp_path)
-    scan(project, Config(), db)
+    run_stages(project, [], db.url)  # the inventory only
     path = project.raw / "20261129" / "bias-002.fits"
     stat = path.stat()
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 2880 * 20])
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    masters = build_masters(project, Config(), db)
+    run_stages(project, ["calibrate"], db.url)
+    masters = recorded_masters(project, Ledger(db, Config()).read.masters())
     assert db.query("SELECT isok FROM frameinfo WHERE rawpath LIKE '%bias-002.fits'") == [(0,)]
     _, header = read_image(masters[("bias", "20261129", "1", "")])
     assert header["NINPUTS"] == 4
@@ -310,7 +319,8 @@ def test_fz_frames_and_a_saturated_frame(tmp_path, db_url):
     status = db.query("SELECT s.status, s.reason FROM framestatus s JOIN frameinfo f "
                       "USING (framekey) WHERE f.rawpath LIKE '%burnt.fits'")
     assert status[0][0] == "failed" and "masked" in status[0][1]
-    assert pending_object_frames(project, Config(), db) == []
+    context = Context(project, Config(), recorded_masters(project, Ledger(db, Config()).read.masters()))
+    assert Ledger(db, Config()).pending(per_frame(("calibrate",)), context) == []
     assert calibrate_project(project, Config(), db) == {"scanned": 0, "calibrated": 0, "failed": 0}
 
 
@@ -371,16 +381,15 @@ def test_inventory_records_each_file_once_and_lists_pending(tmp_path):
     cam = Camera()
     make_night(tmp_path, cam, "20261129", seed=10, bias=2, dark=1, flat=0, objects=2)
     project, db = open_project(tmp_path)
-    first = scan(project, Config(), db)
-    assert len(first) == 5 and first[0] == "RAW/20261129/bias-000.fits"
-    assert scan(project, Config(), db) == []
+    assert run_stages(project, [], db.url)["inventory"] == (5, 0)
+    assert "inventory" not in run_stages(project, [], db.url)  # nothing new
     rows = db.query("SELECT rawpath, night, imagetyp, exptime, naxis1, naxis2, gain, isok "
                     "FROM frameinfo ORDER BY rawpath")
     assert len(rows) == 5
     assert rows[0] == ("RAW/20261129/bias-000.fits", "20261129", "bias", 0.0, NX, NY, GAIN, 1)
     assert [r[2] for r in rows] == ["bias", "bias", "dark", "object", "object"]
-    pending = pending_object_frames(project, Config(), db)
-    assert [p.rawpath.name for p in pending] == ["obj-000.fits", "obj-001.fits"]
+    pending = Ledger(db, Config()).pending(per_frame(("calibrate",)), Context(project, Config()))
+    assert [Path(p.rawpath).name for p in pending] == ["obj-000.fits", "obj-001.fits"]
     assert pending[0].meta.biassec == (slice(0, 256), slice(256, 280))
 
 

@@ -121,7 +121,10 @@ def test_credentials_never_shown():
 
 def test_lcinfo_batches_replace_rows_of_their_project_only(db_url):
     from trex.config import Config
-    from trex.pipeline import record_lcinfo
+    from trex.ledger import Ledger
+
+    def record_lcinfo(db, info, config):
+        Ledger(db, config).record_lightcurves(info, {})
 
     def batch(projid, ids, nobs):
         n = len(ids)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_stages
 
 from trex import lcformat
 from trex.config import Config
-from trex.detrend import STATS_NAME, detrend_project, header_cards
+from trex.db import connect
+from trex.db.queries import Queries
 from trex.epd import epd, local_sidereal_time, parameter_names, sky_geometry
 from trex.flags import PHOT
-from trex.lcstats import read_stats, robust_stats
+from trex.lcformat import header_cards
+from trex.lcstats import robust_stats, wide_table
 from trex.project import init_project
 from trex.tfa import default_template_count, exclusion, select_templates, tfa
 
@@ -195,11 +198,20 @@ def write_project(root, nstars: int = 60, nframes: int = 240, seed: int = 5,
     return project, config, truth
 
 
+def lcinfo(project) -> dict:
+    with connect(f"sqlite:///{project.root / 'trex.sqlite'}") as db:
+        return dict(db.query("SELECT objectid, nobs FROM lcinfo WHERE projid = '7'"))
+
+
+def lcstats(project, config) -> np.ndarray:
+    with connect(f"sqlite:///{project.root / 'trex.sqlite'}") as db:
+        return wide_table(Queries(db).lcstats("7"), len(config.photometry.apertures))
+
+
 def test_detrend_project_fills_columns_keeps_headers_and_writes_stats(tmp_path):
     project, config, truth = write_project(tmp_path / "p")
-    info = detrend_project(project, config, "7")
-    assert len(info) == len(truth)
-    assert {r["objectid"] for r in info} == set(truth)
+    assert run_stages(project, ["detrend"])["detrend"] == (1, 0)
+    assert set(lcinfo(project)) == set(truth)
     ratios = []
     for oid, (sigma, signal) in truth.items():
         rows, header = lcformat.read_rows(project.lc("7") / f"{oid}.fits")
@@ -214,55 +226,40 @@ def test_detrend_project_fills_columns_keeps_headers_and_writes_stats(tmp_path):
             depth = np.median(rows["atf_001"][intr]) - np.median(rows["atf_001"][~intr])
             assert depth >= 0.9 * 0.015
     assert np.median(ratios) < 1.10
-    stats = read_stats(project.lc("7") / STATS_NAME)
+    stats = lcstats(project, config)
     assert len(stats) == len(truth)
     assert np.all(stats["atf_000_n"] == 237) and np.all(stats["arm_001_rms"] > stats["atf_001_rms"])
 
 
-def test_detrend_project_subset_and_unfitted_flag(tmp_path):
+def test_unfitted_rows_are_flagged_in_the_detrending_flag(tmp_path):
     project, config, truth = write_project(tmp_path / "p", nstars=40)
     path = project.lc("7") / "TRX-0003.fits"
     rows, header = lcformat.read_rows(path)
     rows["arm_000"][20:] = np.nan  # too few points left for EPD
     lcformat.write_lightcurve(path, rows, header_cards(header))
-    other = project.lc("7") / "TRX-0004.fits"
-    before = other.read_bytes()
-    info = detrend_project(project, config, "7", objectids=["TRX-0003"])
-    assert [r["objectid"] for r in info] == ["TRX-0003"]
-    assert other.read_bytes() == before  # not rewritten
+    run_stages(project, ["detrend"])
     rows, _ = lcformat.read_rows(path)
     assert np.isnan(rows["aep_000"]).all()
-    assert np.all(rows["aiq_000"][:20] & PHOT["NOT_FITTED"].bit)
-    assert np.isfinite(rows["aep_001"]).all()
+    assert np.all(rows["adq_000"][:20] == PHOT["NOT_FITTED"].bit)
+    assert np.all(rows["adq_000"][20:] == PHOT["MISSING"].bit)
+    assert not np.any(rows["aiq_000"] & PHOT["NOT_FITTED"].bit)  # the photometry flags stay
+    assert np.isfinite(rows["aep_001"]).all() and np.all(rows["adq_001"] == 0)
 
 
 def test_mpi_run_equals_serial_run(tmp_path):
     import subprocess
     import sys
-    import textwrap
     from pathlib import Path
 
     mpiexec = Path(sys.executable).parent / "mpiexec"  # from the mpich wheel (make install)
     serial, config, truth = write_project(tmp_path / "serial", nstars=30)
-    detrend_project(serial, config, "7")
+    run_stages(serial, ["detrend"])
     other, _, _ = write_project(tmp_path / "mpi", nstars=30)
-    script = textwrap.dedent(f"""
-        import pathlib
-        from trex import parallel
-        from trex.config import Config
-        from trex.detrend import detrend_project
-        from trex.project import Project
-        comm = parallel.world()
-        assert comm.size == 2, comm.size
-        info = detrend_project(Project(pathlib.Path({str(other.root)!r})), Config(), "7",
-                               comm=comm)
-        if comm.rank == 0:
-            print("stars", len(info))
-    """)
-    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", script],
+    trex = Path(sys.executable).parent / "trex"
+    out = subprocess.run([str(mpiexec), "-n", "2", str(trex), "detrend", str(other.root)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"stars {len(truth)}" in out.stdout
+    assert "rank 1" in out.stderr and len(lcinfo(other)) == len(truth)
     for oid in truth:
         a, _ = lcformat.read_rows(serial.lc("7") / f"{oid}.fits")
         b, _ = lcformat.read_rows(other.lc("7") / f"{oid}.fits")

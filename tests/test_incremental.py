@@ -15,17 +15,16 @@ import pytest
 
 from trex.cli import main
 from trex.db import connect
-from trex.detrend import STATS_NAME
 from trex.lcformat import read_lightcurve
 from trex.simulate import simulate_project
 
-STAGES = "calibrate,extract,astrometry,photometry,lightcurves"
+STAGES = "calibrate,extract,astrometry,photometry,magfit,lightcurves"
 SIM = dict(frames=6, size=512, stars=800, seed=11)
 
 
 def lightcurves(root: Path) -> dict:
     return {p.name: read_lightcurve(p) for p in sorted((root / "LC").rglob("*.fits"))
-            if p.name != STATS_NAME}
+}
 
 
 def run(root: Path) -> None:
@@ -93,11 +92,12 @@ def test_killed_second_night_resumes_without_duplicates(two_ways, tmp_path):
     run(root)
     simulate_project(root, add_night=True)
     trex = Path(sys.executable).parent / "trex"
-    proc = subprocess.Popen([str(trex), "run", str(root), "--stages", STAGES],
+    proc = subprocess.Popen([str(trex), "run", str(root), "--stages", STAGES,
+                             "--set", "run.progress_seconds=0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     for line in proc.stderr:  # kill -9 once a first batch of the second night is recorded
-        if "progress: 4/" in line or time.time() > deadline:
+        if "photometry: 4/" in line or time.time() > deadline:
             os.kill(proc.pid, signal.SIGKILL)
             break
     assert proc.wait() == -signal.SIGKILL

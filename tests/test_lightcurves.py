@@ -2,16 +2,17 @@
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_stages
 
 from trex import lightcurves
 from trex.config import Config
+from trex.db import connect
 from trex.lcformat import column_names, read_lightcurve
-from trex.parallel import SerialComm
+from trex.ledger import Ledger
 from trex.products import save_product
 from trex.project import init_project
 
@@ -43,10 +44,33 @@ def make_products(root: Path, seed: int = 0):
         redpath = Path("RED") / "7" / f"frame-{framekey:04d}.fits"
         save_product(root / redpath, "aphot", rows)
         night = "2026-11-28" if i < NFRAMES // 2 else "2026-11-29"
-        entries.append(lightcurves.FrameEntry(framekey, str(redpath), night, "7", "F1"))
+        entries.append(lightcurves.FrameEntry(framekey, str(redpath), night, "7", "F1", times[i]))
         for r in rows:
             truth.setdefault(int(r["star"]), []).append((framekey, r))
     return catalog, entries, truth
+
+
+def register(project, catalog, entries) -> None:
+    """The frames as the ledger knows them after photometry, and the field catalog."""
+    (project.cat / "F1.csv").write_text("objectid,ra,dec,mag\n" + "".join(
+        f"{o},{float(r)!r},{float(d)!r},{float(m)!r}\n"
+        for o, r, d, m in zip(catalog["objectid"], catalog["ra"], catalog["dec"], catalog["mag"])))
+    with connect(project.database_url(Config())) as db:
+        db.create_schema()
+        for e in entries:
+            db.execute("INSERT INTO frameinfo (framekey, rawpath, night, imagetyp, projid, field, "
+                       "jd, isok) VALUES (?, ?, ?, 'object', ?, ?, ?, ?)",
+                       (e.framekey, f"RAW/{e.night}/{e.framekey}.fits", e.night, e.projid, e.field,
+                        e.rjd + 2400000.0, True))
+            db.execute("INSERT INTO calibratedframes (framekey, projid, redpath, frameisok) "
+                       "VALUES (?, ?, ?, ?)", (e.framekey, e.projid, e.redpath, True))
+            db.execute("INSERT INTO framestatus (framekey, stage, status, updated) "
+                       "VALUES (?, 'photometry', 'done', 'now')", (e.framekey,))
+
+
+def lcinfo(project) -> dict[str, np.ndarray]:
+    with connect(project.database_url(Config())) as db:
+        return db.query_columns("SELECT objectid, nobs, path FROM lcinfo ORDER BY objectid")
 
 
 @pytest.fixture
@@ -62,13 +86,12 @@ def lc_files(project):
 
 def test_values_order_and_header(setup):
     project, catalog, entries, truth = setup
-    config = Config()
-    batches = []
-    written = lightcurves.transpose(SerialComm(), project, config, entries, {"F1": catalog},
-                                    batches.append)
-    assert written == len(truth) == len(lc_files(project))
-    info = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}  # lcinfo columns
-    assert sorted(info["objectid"]) == [f"TRX-{star:05d}" for star in sorted(truth)]
+    register(project, catalog, entries)
+    summary = run_stages(project, ["lightcurves"])
+    assert summary["light curves: scatter"] == (NFRAMES, 0)
+    assert len(truth) == len(lc_files(project))
+    info = lcinfo(project)
+    assert list(info["objectid"]) == [f"TRX-{star:05d}" for star in sorted(truth)]
     for objectid, nobs, path in zip(info["objectid"], info["nobs"], info["path"]):
         assert nobs == len(truth[int(objectid[4:])]) and path == f"LC/7/{objectid}.fits"
     for star, measured in truth.items():
@@ -88,21 +111,20 @@ def test_values_order_and_header(setup):
 
 def test_rerun_and_increments_give_identical_files(setup, tmp_path):
     project, catalog, entries, truth = setup
-    config = Config()
-    comm = SerialComm()
     half = len(entries) // 2
-    lightcurves.transpose(comm, project, config, entries[:half], {"F1": catalog})
-    lightcurves.transpose(comm, project, config, entries[half:], {"F1": catalog})
-    lightcurves.transpose(comm, project, config, entries[half:], {"F1": catalog})  # re-run
+    register(project, catalog, entries[:half])
+    run_stages(project, ["lightcurves"])
+    register(project, catalog, entries[half:])
+    run_stages(project, ["lightcurves"])
+    with connect(project.database_url(Config())) as db:  # the second half merged again
+        Ledger(db, Config()).forget_stages([e.framekey for e in entries[half:]], ("lightcurves",))
+    assert run_stages(project, ["lightcurves"])["light curves: scatter"] == (NFRAMES - half, 0)
     incremental = {p.name: read_lightcurve(p) for p in lc_files(project)}
 
     other = init_project(tmp_path / "q")
     make_products(other.root)
-    lightcurves.PARTITION_ROWS, saved = 50, lightcurves.PARTITION_ROWS  # many partitions
-    try:
-        lightcurves.transpose(comm, other, config, entries, {"F1": catalog})
-    finally:
-        lightcurves.PARTITION_ROWS = saved
+    register(other, catalog, entries)
+    run_stages(other, ["lightcurves"], config=Config().replace("lightcurves", partition_rows=50))
     for path in lc_files(other):
         once = read_lightcurve(path)
         twice = incremental[path.name]
@@ -114,33 +136,21 @@ def test_rerun_and_increments_give_identical_files(setup, tmp_path):
 
 def test_mpi_two_ranks_match_serial(setup, tmp_path):
     project, catalog, entries, truth = setup
-    lightcurves.transpose(SerialComm(), project, Config(), entries, {"F1": catalog})
+    register(project, catalog, entries)
+    run_stages(project, ["lightcurves"], config=Config().replace("lightcurves", partition_rows=100))
     serial = {p.name: read_lightcurve(p) for p in lc_files(project)}
 
     other = init_project(tmp_path / "m")
     make_products(other.root)
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_lightcurves import make_products
-        from trex import lightcurves, parallel
-        from trex.config import Config
-        from trex.project import Project
-        project = Project(__import__("pathlib").Path({str(other.root)!r}))
-        catalog, entries, _ = make_products(project.root)
-        comm = parallel.world()
-        assert comm.size == 2, comm.size
-        consumed = []
-        written = lightcurves.transpose(comm, project, Config(), entries, {{"F1": catalog}},
-                                        lambda columns: consumed.extend(columns["objectid"]))
-        if comm.rank == 0:
-            print("stars", written, len(set(consumed)))
-    """)
+    register(other, catalog, entries)
+    (other.root / "trex.toml").write_text("[lightcurves]\npartition_rows = 100\n")
+    trex = Path(sys.executable).parent / "trex"
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", script],
+    out = subprocess.run([str(mpiexec), "-n", "2", str(trex), "lightcurves", str(other.root)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"stars {len(truth)} {len(truth)}" in out.stdout
+    assert "rank 1" in out.stderr and len(lcinfo(other)["objectid"]) == len(truth)
+    assert len(lc_files(other)) == len(serial)
     for path in lc_files(other):
         table = read_lightcurve(path)
         for name in table.colnames:

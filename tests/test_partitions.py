@@ -8,7 +8,7 @@ from trex.photometry import aphot_dtype
 
 def test_partition_streams_hold_every_row_once_whatever_the_star_order(tmp_path):
     rng = np.random.default_rng(5)
-    writer = partitions.PartitionWriter(tmp_path, stars_per_part=10, rank=0, napertures=3,
+    writer = partitions.PartitionWriter(tmp_path, stars_per_part=10, shard="0", napertures=3,
                                          limit=4096)  # small: several flushes
     written = []
     for framekey in range(1, 31):

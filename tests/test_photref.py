@@ -8,6 +8,7 @@ from trex import _stats, photref
 from trex.astrometry import choose_reference
 from trex.config import Config
 from trex.flags import MASK
+from trex.register import register_frame
 
 
 def quality(n, seed=0):
@@ -49,8 +50,8 @@ def test_register_identity_keeps_pixels_and_grows_masks():
     image[30, 30] = 70000.0
     mask = np.zeros((n, n), np.uint8)
     mask[10, 12] = MASK["BADPIX"].bit
-    out, bad, transform = photref.register(image, mask, simple_wcs(n), simple_wcs(n), (n, n),
-                                           Config(), saturation=65535.0)
+    out, bad, transform = register_frame(image, mask, simple_wcs(n), simple_wcs(n), (n, n),
+                                         saturation=65535.0)
     np.testing.assert_allclose(out[2:-2, 2:-2], image[2:-2, 2:-2], rtol=1e-4)
     assert bad[10, 12] & MASK["BADPIX"].bit and not bad[20, 20]
     assert bad[30, 30] & MASK["SATURATED"].bit
@@ -62,13 +63,12 @@ def test_register_shift_moves_the_frame_onto_the_reference_grid():
     n = 64
     image = np.zeros((n, n), np.float32)
     image[20, 25] = 100.0      # a frame pointed 3 px further in x, 2 px in y
-    out, bad, _ = photref.register(image, None, simple_wcs(n, (3.0, 2.0)), simple_wcs(n),
-                                   (n, n), Config())
+    out, bad, _ = register_frame(image, None, simple_wcs(n, (3.0, 2.0)), simple_wcs(n), (n, n))
     assert out[18, 22] == pytest.approx(100.0, rel=1e-3)
     assert bad[:, -2:].all()   # off the frame: no data
 
 
-def test_block_combine_equals_one_call(tmp_path, monkeypatch):
+def test_block_combine_equals_one_call(tmp_path):
     rng = np.random.default_rng(2)
     stack = rng.normal(100, 5, (5, 50, 30)).astype(np.float32)
     stack[2, 10, 10] = 1e5                     # an outlier: clipped
@@ -82,8 +82,8 @@ def test_block_combine_equals_one_call(tmp_path, monkeypatch):
         if i == 1:
             m[5, 5] = MASK["SATURATED"].bit
         np.save(masks[-1], m)
-    monkeypatch.setattr(photref, "BLOCK_ROWS", 16)   # 4 blocks, the last one short
-    image, mask = photref.combine(files, masks, (50, 30), Config())
+    config = Config().replace("subtract", stack_block_rows=16)  # 4 blocks, the last one short
+    image, mask = photref.combine(files, masks, (50, 30), config)
     expect = np.empty((50, 30), np.float32)
     _stats.clipped_combine(stack, expect, np.empty((50, 30), np.int16), 3.0, 3, True)
     good = np.isfinite(expect)

@@ -10,17 +10,16 @@ import pytest
 
 from trex.cli import main
 from trex.db import connect
-from trex.detrend import STATS_NAME
 from trex.flags import PHOT
 from trex.lcformat import read_lightcurve
 from trex.simulate import load_truth, simulate_project
 
-STAGES = "calibrate,extract,astrometry,photometry,subtract,lightcurves,detrend"
+STAGES = "calibrate,extract,astrometry,photometry,magfit,subtract,lightcurves,detrend"
 
 
 def lightcurve_tables(root: Path) -> dict:
     return {p.name: read_lightcurve(p) for p in sorted((root / "LC").rglob("*.fits"))
-            if p.name != STATS_NAME}
+}
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_stages
 from test_detrend import write_project
 
 from trex import lcformat
 from trex.db import Database
-from trex.detrend import detrend_project
+from trex.db.queries import Queries
 from trex.fits import write_image
 from trex.lcstats import noise_model, robust_stats
 from trex.report import make_report
@@ -86,9 +87,9 @@ def make_database(project, nframes: int = 240, with_frame: bool = True) -> Datab
 
 def test_report_writes_every_plot(tmp_path):
     project, config, _ = write_project(tmp_path / "p", nstars=30)
-    detrend_project(project, config, "7")
+    run_stages(project, ["detrend"])
     db = make_database(project)
-    index = make_report(project, config, db)
+    index = make_report(project, config, Queries(db))
     assert index == project.root / "PROJ" / "report" / "index.md"
     text = index.read_text()
     for name in ("rms_7.png", "preview_7.png", "lightcurves_7.png", "frames.png"):

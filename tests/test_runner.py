@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trex import records, runner
 from trex.config import Config
 from trex.db import connect
 from trex.fits import FrameError, write_image
 from trex.frame import Context
+from trex.ledger import Ledger
 from trex.parallel import SerialComm
+from trex.pipeline import run_phase
 from trex.project import init_project
+from trex.runner import FramePass
+from trex.stages import Stage
 
 NFRAMES = 12
 
@@ -70,18 +73,27 @@ def save_photometry(frame, context):
         "flux": frame.products["flux"], "flag": np.zeros(n, np.int32)}}
 
 
-CHAIN = {"calibrate": (fake_calibrate, None), "photometry": (fake_photometry, save_photometry)}
+CHAIN = (Stage("calibrate", "fake", (), run=fake_calibrate),
+         Stage("photometry", "fake", (), ("calibrate",), run=fake_photometry, save=save_photometry))
 
 
 def run(root: Path, comm=None) -> int:
+    """The chain over the project's pending frames (on rank 0 of ``comm`` with the
+    database; the other ranks pass None); returns the frames that failed."""
     config = Config().replace("run", batch_frames=1)
     from trex.project import Project
 
     project = Project(root)
+    comm = comm or SerialComm()
+    context, stop = Context(project, config), {"signal": False}
+    if comm.rank:
+        return run_phase(comm, None, context, FramePass(CHAIN), stop)[2]
     with connect(project.database_url(config)) as db:
-        tasks = records.pending(db, tuple(CHAIN))
-        return runner.run_frames(comm or SerialComm(), db, Context(project, config), tasks,
-                                 CHAIN, config)
+        return run_phase(comm, Ledger(db, config), context, FramePass(CHAIN), stop)[2]
+
+
+def pending(db) -> list:
+    return Ledger(db, Config()).pending(CHAIN, Context(None, Config()))
 
 
 def table(root: Path) -> list:
@@ -99,7 +111,7 @@ def test_serial_run_records_everything(tmp_path):
         bad = db.query("SELECT frameisok, reason FROM calibratedframes WHERE NOT frameisok")
         assert bad == [(0, "calibrate: non-finite pixels")]
         assert db.query("SELECT count(*) FROM framestatus WHERE status = 'done'")[0][0] == 22
-        assert records.pending(db, tuple(CHAIN)) == []
+        assert pending(db) == []
     rows = table(tmp_path)
     assert len(rows) == 5 * (NFRAMES - 1)
     assert run(tmp_path) == 0  # nothing left to do
@@ -136,17 +148,7 @@ def test_mpi_matches_serial(tmp_path, nranks):
         from trex import parallel
         comm = parallel.world()
         assert comm.size == {nranks}
-        from trex.config import Config
-        if comm.rank == 0:
-            run(__import__("pathlib").Path({str(tmp_path / "mpi")!r}), comm)
-        else:
-            from trex import runner
-            from trex.frame import Context
-            from trex.project import Project
-            from test_runner import CHAIN
-            config = Config().replace("run", batch_frames=1)
-            project = Project(__import__("pathlib").Path({str(tmp_path / "mpi")!r}))
-            runner.run_frames(comm, None, Context(project, config), [], CHAIN, config)
+        run(__import__("pathlib").Path({str(tmp_path / "mpi")!r}), comm)
     """)
     mpiexec = Path(sys.executable).parent / "mpiexec"
     out = subprocess.run([str(mpiexec), "-n", str(nranks), sys.executable, "-c", script],

@@ -9,11 +9,11 @@ memory (``ru_maxrss``) is its own.  The subprocess does what a serial
    and returns a ``FrameResult`` whose ``ap_photometry`` rows are built by
    ``photometry.ap_photometry_rows``; rank 0 records them in batches of
    ``run.batch_frames`` frames, one transaction per batch, through
-   ``records.record_frame`` -> ``Database.write_columns(..., replace=framekey)``
+   ``Ledger.record_frame`` -> ``Database.write_columns(..., replace=framekey)``
    on SQLite (the last batch is recorded twice, as after a resume);
-2. ``lightcurves.transpose`` streams the products into star-range partitions
-   of at most ``PARTITION_ROWS`` rows and merges each partition into the
-   light-curve files.
+2. ``trex run --stages lightcurves`` (the pipeline's scatter and merge phases)
+   streams the products into star-range partitions of at most
+   ``PARTITION_ROWS`` rows and merges each partition into the light-curve files.
 
 The bound (documented, asserted): with ``B`` = bytes of one measurement in a
 partition (``partitions.row_bytes(1)``: the stream rows of aphot and iphot and a
@@ -32,7 +32,7 @@ grow with the number of frames (as long as a partition's minimum of one star,
 i.e. one row per frame, stays below ``PARTITION_ROWS``), and the test asserts
 it is below 0.3 x the memory of all 4x10^6 measurements held at once
 (``NFRAMES x NSTARS x B``, 443 MiB): a pipeline that held the backfill would
-fail. ``PARTITION_ROWS`` is lowered to 10^5 in the subprocess (the default
+fail. ``[lightcurves] partition_rows`` is lowered to 10^5 in the subprocess (the default
 5x10^5 gives a bound of ~290 MiB, still independent of the archive size) so
 that the bound is visibly set by it; the ingest alone must stay within
 ``FIXED_MB``.
@@ -100,54 +100,66 @@ def _aphot(i: int, rng) -> np.ndarray:
     return table
 
 
-def _ingest(project, db, config, catalog: dict) -> list:
-    """Worker side + rank-0 batched ingest; returns the frame entries to transpose."""
-    from trex import lightcurves, photometry, records
+def _ingest(project, db, config, catalog: dict) -> None:
+    """Worker side + rank-0 batched ingest through the ledger."""
+    from trex import photometry
+    from trex.frame import Context
+    from trex.header import FrameMeta
+    from trex.ledger import Ledger
     from trex.products import save_product
     from trex.runner import FrameResult
 
     rng = np.random.default_rng(2)
     key = photometry.photkey(config)
-    entries, batch = [], []
+    ledger, context = Ledger(db, config), Context(project, config)
+    meta = FrameMeta("object", 30.0, "", 0.0, FIELD, PROJID, "", "", None, None, None, 1.0, 0.0,
+                     65535.0, 0.0, 0.0, 0.0, None, None)
+    batch = []
     for i in range(NFRAMES):
         redpath = f"RED/{PROJID}/frame-{i + 1:05d}.fits"
         table = _aphot(i, rng)
         save_product(project.root / redpath, "aphot", table)
+        db.execute("INSERT INTO frameinfo (framekey, rawpath, night, imagetyp, projid, field, jd, "
+                   "isok) VALUES (?, ?, '2026-11-29', 'object', ?, ?, ?, ?)",
+                   (i + 1, f"RAW/2026-11-29/{i + 1}.fits", PROJID, FIELD,
+                    frame_time(i) + 2400000.0, True))
         rows = photometry.ap_photometry_rows(i + 1, key, table, catalog["objectid"][table["star"]])
-        batch.append(FrameResult(framekey=i + 1, projid=PROJID, redpath=redpath,
+        batch.append(FrameResult(i + 1, PROJID, "2026-11-29", meta, redpath,
                                  done=["photometry"], rows={"ap_photometry": rows}))
-        entries.append(lightcurves.FrameEntry(i + 1, redpath, "2026-11-29", PROJID, FIELD))
         if len(batch) == config.run.batch_frames or i == NFRAMES - 1:
             for _ in range(2 if i == NFRAMES - 1 else 1):  # last batch again: a resume
-                with db.transaction():
+                with ledger.transaction():
                     for result in batch:
-                        records.record_frame(db, result, config)
+                        ledger.record_frame(result, context)
             batch = []
-    return entries
 
 
 def backfill(root: str) -> None:
     """The measured run (in its own process); writes ``ROOT/scale.json``."""
-    from trex import lightcurves
     from trex.config import Config
     from trex.db import connect
-    from trex.parallel import SerialComm
+    from trex.pipeline import run_stages
     from trex.project import init_project
 
-    lightcurves.PARTITION_ROWS = PARTITION_ROWS
-    config = Config().replace("photometry", apertures=APERTURES)
+    config = Config().replace("photometry", apertures=APERTURES).replace(
+        "lightcurves", partition_rows=PARTITION_ROWS)
     project = init_project(root)
     catalog = _catalog()
+    (project.cat / f"{FIELD}.csv").write_text("objectid,ra,dec,mag\n" + "".join(
+        f"{o},{float(r)!r},{float(d)!r},{float(m)!r}\n" for o, r, d, m in
+        zip(catalog["objectid"], catalog["ra"], catalog["dec"], catalog["mag"])))
     db = connect(f"sqlite:///{project.root / 'trex.sqlite'}")
     db.create_schema()
     out = {"baseline_mb": _peak_mb()}
     start = time.perf_counter()
-    entries = _ingest(project, db, config, catalog)
+    _ingest(project, db, config, catalog)
     out.update(ingest_s=time.perf_counter() - start, after_ingest_mb=_peak_mb())
     db.close()
     start = time.perf_counter()
-    written = lightcurves.transpose(SerialComm(), project, config, entries, {FIELD: catalog})
-    out.update(transpose_s=time.perf_counter() - start, peak_mb=_peak_mb(), nlc=written)
+    summary = run_stages(project, config, ("lightcurves",))
+    out.update(transpose_s=time.perf_counter() - start, peak_mb=_peak_mb(),
+               nlc=len(list((project.root / "LC" / PROJID).glob("*.fits"))),
+               merged=summary["light curves: scatter"][0])
     (project.root / "scale.json").write_text(json.dumps(out))
 
 
@@ -178,7 +190,7 @@ def test_backfill_memory_is_bounded_by_the_partition(tmp_path):
         assert db.query("SELECT count(*) FROM ap_photometry")[0][0] == NFRAMES * NSTARS
         assert db.query("SELECT count(*) FROM framestatus WHERE stage = 'photometry' "
                         "AND status = 'done'")[0][0] == NFRAMES
-    assert result["nlc"] == NSTARS
+    assert result["nlc"] == NSTARS and result["merged"] == NFRAMES
     order = sorted(range(NFRAMES), key=frame_time)
     for star in np.random.default_rng(3).choice(NSTARS, 4, replace=False):
         table = read_lightcurve(root / "LC" / PROJID / f"TRX-{star:05d}.fits")

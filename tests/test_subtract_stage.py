@@ -3,27 +3,27 @@ reference, per-frame subtraction and difference photometry, checked against the 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.wcs import WCS
+from conftest import project_context, run_stages
 
-from trex import masterframes, photref, records, runner, subtract
+from trex import runner, subtract
 from trex.cli import main
 from trex.db import connect
 from trex.fits import read_image
-from trex.frame import Context
-from trex.parallel import SerialComm
-from trex.pipeline import load_catalogs
+from trex.ledger import Ledger, Task
 from trex.products import load_product
 from trex.project import Project
 from trex.simulate import load_truth, simulate_project
+from trex.stages import per_frame
 
-CHAIN = {"subtract": (subtract.run, subtract.save)}
 NREF = 4      # half of the 8 frames: the other half are independent of the reference
 APERTURE = 1
+SET = ["--set", f"subtract.nref={NREF}"]
+CHAIN = per_frame(("subtract",))
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,11 @@ def night(tmp_path_factory):
     main(["init", str(root)])
     simulate_project(root, frames=8, size=512, stars=800, seed=3)
     assert main(["run", str(root), "--stages", "calibrate,extract,astrometry,photometry"]) == 0
+    assert main(["subtract", str(root), *SET]) == 0
     project = Project(root)
-    config = project.load_config()
-    config = dataclasses.replace(config, subtract=dataclasses.replace(config.subtract, nref=NREF))
+    config = project.load_config({"subtract": {"nref": NREF}})
     db = connect(project.database_url(config))
-    context = Context(project, config, masters=masterframes.load_masters(project, db),
-                      catalogs=load_catalogs(project, db))
-    context = photref.build_references(SerialComm(), db, context, rebuild=False)
-    failed = runner.run_frames(SerialComm(), db, context, photref.pending_frames(db), CHAIN, config)
-    assert failed == 0
-    yield root, context, db
+    yield root, project_context(project, config, db), db
     db.close()
 
 
@@ -63,21 +58,22 @@ def test_reference_recorded_and_kept(night):
     (group, ref), = context.photref.items()
     row = db.query("SELECT photrefkey, nframes, isactive, framekeys FROM photrefs")
     assert row == [(ref.photrefkey, NREF, 1, ",".join(map(str, ref.framekeys)))]
-    image, header = read_image(ref.path)
-    mask, _ = read_image(ref.path, hdu="MASK")
+    image, header = read_image(root / ref.path)
+    mask, _ = read_image(root / ref.path, hdu="MASK")
     astrom = root / db.query("SELECT path FROM astromrefs WHERE isactive")[0][0]
     ref_image, astrom_header = read_image(astrom)
     assert image.shape == mask.shape == ref_image.shape and np.isfinite(image).all()
     pix = np.array([[10.0, 20.0], [400.0, 300.0]])
     np.testing.assert_allclose(WCS(header).all_pix2world(pix, 0),
                                WCS(astrom_header).all_pix2world(pix, 0), atol=1e-9)
-    phot = np.load(ref.phot)
+    phot = ref.phot
     assert len(phot) > 300 and np.nanmedian(phot["flux_001"]) > 0
     assert np.isfinite(phot["flux_001"][phot["flag_001"] == 0]).all()
-    mtime = Path(ref.path).stat().st_mtime
-    again = photref.build_references(SerialComm(), db, context, rebuild=False)
-    assert again.photref == context.photref and Path(ref.path).stat().st_mtime == mtime
-    assert photref.pending_frames(db) == []
+    mtime = (root / ref.path).stat().st_mtime
+    assert main(["subtract", str(root), *SET]) == 0  # kept, nothing to do
+    assert (root / ref.path).stat().st_mtime == mtime
+    assert db.query("SELECT count(*) FROM photrefs")[0][0] == 1
+    assert Ledger(db, context.config).pending(CHAIN, context) == []
 
 
 def test_database_rows(night):
@@ -95,19 +91,20 @@ def test_difference_image_noise_matches_expectation(night):
     root, context, db = night
     ref = next(iter(context.photref.values()))
     ratios = {}
-    for task in _tasks(db, ref.framekeys):
-        frame = runner.load_frame(task, context)
+    for task in _tasks(db, context, ref.framekeys):
+        frame = runner.load_frame(task, CHAIN, context)
         ratios[task.framekey] = subtract.run(frame, context).products["diff_noise_ratio"]
     print("diff_noise_ratio of the frames outside the stack:", ratios)
     assert len(ratios) == 8 - NREF
     assert all(abs(r - 1) < 0.1 for r in ratios.values()), ratios
 
 
-def _tasks(db, members) -> list[records.Task]:
+def _tasks(db, context, members) -> list[Task]:
     """Subtract tasks of the frames outside the reference stack (already done)."""
     rows = db.query("SELECT f.framekey, f.rawpath, f.night, c.redpath FROM frameinfo f "
                     "JOIN calibratedframes c ON c.framekey = f.framekey ORDER BY f.framekey")
-    return [records.Task(int(k), raw, n, ("subtract",), red) for k, raw, n, red in rows
+    metas = Ledger(db, context.config).frame_metas([int(r[0]) for r in rows])
+    return [Task(int(k), raw, n, metas[int(k)], ("subtract",), red) for k, raw, n, red in rows
             if int(k) not in members]
 
 
@@ -151,13 +148,13 @@ def test_injected_dimming_recovered(night):
     change (the same holds for fitsh; stamps are chosen on the reference)."""
     root, context, db = night
     members = next(iter(context.photref.values())).framekeys
-    task = _tasks(db, members)[0]
+    task = _tasks(db, context, members)[0]
     truth = load_truth(root)
     row = list(truth["frame"]).index(Path(task.rawpath).name)
-    frame = runner.load_frame(task, context)
+    frame = runner.load_frame(task, CHAIN, context)
     before = subtract.run(frame, context).products
     star = _isolated_bright_star(truth, row, frame.image.shape, before["stamps"],
-                                 np.load(next(iter(context.photref.values())).phot))
+                                 next(iter(context.photref.values())).phot)
     before = before["iphot"]
     depth = 0.02
     x, y = (int(round(truth[c][row, star])) for c in ("x", "y"))
@@ -195,13 +192,11 @@ def test_rebuild_makes_a_new_reference_and_redoes_the_frames(night):
     root, context, db = night
     before = db.query("SELECT count(*) FROM ism_photometry")[0][0]
     old = next(iter(context.photref.values())).photrefkey
-    new_context = photref.build_references(SerialComm(), db, context, rebuild=True)
-    new = next(iter(new_context.photref.values())).photrefkey
+    summary = run_stages(Project(root), ["subtract"], config=context.config,
+                         rebuild_references=True)
+    assert summary["photometric reference"] == (1, 0) and summary["subtract"] == (8, 0)
+    (new,), = db.query("SELECT photrefkey FROM photrefs WHERE isactive")
     assert new != old
-    assert db.query("SELECT photrefkey FROM photrefs WHERE isactive") == [(new,)]
-    tasks = photref.pending_frames(db)
-    assert len(tasks) == 8
-    assert runner.run_frames(SerialComm(), db, new_context, tasks, CHAIN, new_context.config) == 0
     assert db.query("SELECT count(*) FROM ism_photometry")[0][0] == before
     assert db.query("SELECT DISTINCT photrefkey FROM ism_photometry") == [(new,)]
     assert db.query("SELECT DISTINCT photrefkey FROM iphotfiles") == [(new,)]

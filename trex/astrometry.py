@@ -11,7 +11,8 @@ the tangent point on the frame centre as it goes.
 
 :func:`run` is the per-frame stage (``trex.frame`` protocol): it sets
 ``frame.wcs``, writes the WCS into ``frame.header`` and fills ``frame.quality``
-(wcs_nmatch, wcs_median, wcs_p90, wcs_std).
+(wcs_nmatch, wcs_median, wcs_p90, wcs_std).  :class:`References` is the
+phase that chooses the astrometric reference frame of each group.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from scipy.stats import rankdata
 
 from trex import asterism
 from trex.catalog import propagate
-from trex.fits import FrameError
+from trex.errors import FrameError, PhaseError
+from trex.fits import copy_file
 from trex.frame import Context, Frame
 from trex.header import FrameMeta
+from trex.phase import Phase
+from trex.project import safe_name
 from trex.wcsfit import PlaneModel, design, gnomonic, lstsq, monomials, recentre, to_wcs
 
 log = logging.getLogger(__name__)
@@ -388,3 +392,46 @@ def choose_reference(quality: dict) -> int:
     if not len(ranked):
         raise ValueError("no good frame to choose an astrometric reference from")
     return ranked[0].item()
+
+
+def inputs(meta: FrameMeta, night: str, context: Context) -> str:
+    """The field catalog a frame is matched and measured against (for the ledger)."""
+    return context.inputs.get(("catalog", meta.field), "none")
+
+
+class References(Phase):
+    """The astrometric reference per (projid, field, ccd): the best frame by
+    :func:`rank_frames`, copied to ``BASE/reference-frames/``; kept for later nights
+    unless the references are rebuilt."""
+
+    name = "astrometric reference"
+    batch = 1
+
+    def plan(self, ledger, context: Context) -> list[tuple]:
+        items = []
+        for group in ledger.read.groups_done("astrometry", ccd=True):
+            if ledger.read.astrometric_reference(*group) and not context.rebuild:
+                continue
+            items.append((group, ledger.read.quality_of_done_frames("astrometry", *group)))
+        return items
+
+    def work(self, item: tuple, context: Context) -> tuple:
+        (projid, field, ccd), quality = item
+        try:
+            best = choose_reference(quality)
+        except ValueError as err:
+            raise PhaseError("/".join(item[0]), str(err)) from None
+        source = context.project.root / quality["redpath"][list(quality["framekey"]).index(best)]
+        target = context.project.reference_frames / (
+            f"astromref-{safe_name(projid)}-{safe_name(field)}-{safe_name(ccd or 'ccd')}.fits")
+        copy_file(source, target)
+        log.info("astrometric reference for %s/%s/%s: frame %d", projid, field, ccd, best)
+        return item[0], best, str(target.relative_to(context.project.root))
+
+    def record(self, ledger, result: tuple, context: Context) -> None:
+        group, framekey, path = result
+        ledger.record_astrometric_reference(group, framekey, path)
+        ledger.record_phase(self.name, "/".join(group))
+
+    def label(self, item: tuple) -> str:
+        return "/".join(item[0])

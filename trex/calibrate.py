@@ -17,7 +17,8 @@ The calibrated frame is ``RED/<projid>/<stem>.fits`` where ``stem`` is the raw
 file name without ``.fits``/``.fz``, prefixed with ``<night>_`` unless it
 already contains the night name (raw names restart every night on many
 cameras).  :func:`write_calibrated` writes it atomically, the mask as HDU
-``MASK``.  :func:`calibrate_project` is the serial project-level driver.
+``MASK``.  :func:`inputs` names the masters a frame uses, so that the ledger
+redoes a frame when they change.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits as afits
 
-from trex import __version__, records
+from trex import __version__
 from trex._stats import calibrate_pixels, clipped_stats
 from trex.config import Config
-from trex.db import Database
-from trex.fits import FrameError, read_image, write_image
+from trex.errors import FrameError
+from trex.fits import read_image, write_image
 from trex.flags import MASK
 from trex.frame import Context, Frame
-from trex.inventory import pending_object_frames, scan, usable_frames
-from trex.masterframes import build_masters, nearest_master
+from trex.header import FrameMeta
+from trex.masterframes import nearest_master
 from trex.masters import correct_frame, read_master
-from trex.project import Project, safe_name
+from trex.project import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,11 @@ def red_name(rawpath: Path | str, night: str) -> str:
     return safe_name(stem) + ".fits"
 
 
-def masters_for(frame: Frame, context: Context) -> dict[str, Path | None]:
-    """{'bias': path or None, 'dark': ..., 'flat': ...} for this frame."""
-    meta = frame.meta
+def masters_for(meta: FrameMeta, night: str, context: Context) -> dict[str, Path | None]:
+    """{'bias': path or None, 'dark': ..., 'flat': ...} for a frame of ``night``."""
     out = {}
     for kind in KINDS:
-        found = nearest_master(context.masters, kind, frame.night, meta.ccd,
+        found = nearest_master(context.masters, kind, night, meta.ccd,
                                meta.filter if kind == "flat" else "")
         out[kind] = found[1] if found else None
     return out
@@ -141,11 +141,8 @@ def run(frame: Frame, context: Context) -> Frame:
     config = context.config
     if not frame.meta.projid:
         raise FrameError(frame.rawpath, "no project id (PROJID header or project.projid)")
-    masters = masters_for(frame, context)
-    frame.products["calibrate"] = {k: _relative(p) for k, p in masters.items()}
-    for kind, path in masters.items():
-        if path is None:
-            log.debug("%s: no master %s, step skipped", frame.rawpath.name, kind)
+    masters = masters_for(frame.meta, frame.night, context)
+    frame.quality.update({f"master{k}": _relative(p) for k, p in masters.items()})
     raw, raw_header = read_image(frame.rawpath)
     image, mask, overscan = calibrate_image(raw, frame, masters, config)
     del raw
@@ -178,86 +175,28 @@ def _relative(path: Path | None) -> str | None:
     return None if path is None else str(Path(*Path(path).parts[-3:]))
 
 
-def calibratedframes_row(frame: Frame, reason: str | None = None) -> dict:
-    """The ``calibratedframes`` row of a calibrated (or, with ``reason``, failed) frame."""
-    used = frame.products.get("calibrate", {})
-    ok = reason is None
-    return {
-        "framekey": frame.framekey,
-        "projid": frame.meta.projid or None,
-        "redpath": _relative(frame.redpath) if ok else None,
-        "frameisok": ok,
-        "reason": reason,
-        "masterbias": used.get("bias"),
-        "masterdark": used.get("dark"),
-        "masterflat": used.get("flat"),
-        "medsky": frame.quality.get("medsky") if ok else None,
-        "skyrms": frame.quality.get("skyrms") if ok else None,
-        "configsha": frame.header.get("TRXCONF") if ok and frame.header is not None else None,
-    }
+def inputs(meta: FrameMeta, night: str, context: Context) -> str:
+    """The masters a frame is calibrated with now (new masters redo the frame)."""
+    used = masters_for(meta, night, context)
+    return ";".join(f"{kind}={_relative(used[kind]) or 'none'}" for kind in KINDS)
 
 
-def record_calibration(db: Database, row: dict, configsha: str) -> None:
-    """Replace the frame's ``calibratedframes`` row and its ``framestatus``."""
-    status = "done" if row["frameisok"] else "failed"
-    with db.transaction():
-        db.execute("DELETE FROM calibratedframes WHERE framekey = ?", (row["framekey"],))
-        db.execute(f"INSERT INTO calibratedframes ({', '.join(row)}) "
-                   f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
-        records.set_status(db, row["framekey"], "calibrate", status, row["reason"], configsha)
-
-
-def stale_frames(context: Context, db: Database) -> list[Frame]:
-    """Object frames whose recorded calibration used other masters than now."""
-    recorded = {r[0]: r[1:] for r in db.query(
-        "SELECT framekey, masterbias, masterdark, masterflat FROM calibratedframes")}
-    out = []
-    for raw in usable_frames(context.project, context.config, db, "object"):
-        if raw.framekey not in recorded:
+def warn_fallbacks(tasks: list, context: Context) -> None:
+    """One warning per (night, ccd, filter) of frames to calibrate that has no master of
+    a kind, or borrows another night's."""
+    seen = set()
+    for task in tasks:
+        meta = task.meta
+        if (task.night, meta.ccd, meta.filter) in seen:
             continue
-        frame = Frame(raw.framekey, raw.rawpath, raw.night, raw.meta)
-        now = tuple(_relative(p) for p in masters_for(frame, context).values())
-        if now != tuple(recorded[raw.framekey]):
-            out.append(frame)
-    return out
-
-
-def calibrate_project(project: Project, config: Config, db: Database) -> dict:
-    """Inventory, masters, then every pending (or stale) object frame, serially."""
-    scanned = scan(project, config, db)
-    context = Context(project, config, build_masters(project, config, db))
-    frames = [Frame(r.framekey, r.rawpath, r.night, r.meta)
-              for r in pending_object_frames(project, config, db)]
-    stale = stale_frames(context, db)
-    if stale:
-        log.info("calibrate: %d calibrated frames have new masters, redone", len(stale))
-    counts = {"scanned": len(scanned), "calibrated": 0, "failed": 0}
-    warned = set()
-    for frame in frames + stale:
-        group = (frame.night, frame.meta.ccd, frame.meta.filter)
-        if group not in warned:
-            warned.add(group)
-            _warn_fallbacks(frame, context)
-        try:
-            write_calibrated(run(frame, context))
-            row = calibratedframes_row(frame)
-        except FrameError as err:
-            log.warning("calibrate: %s: %s", frame.rawpath.name, err.reason)
-            row = calibratedframes_row(frame, err.reason)
-        record_calibration(db, row, config.sha)
-        counts["calibrated" if row["frameisok"] else "failed"] += 1
-        frame.release_pixels()
-    log.info("calibrate: %(calibrated)d frames calibrated, %(failed)d failed", counts)
-    return counts
-
-
-def _warn_fallbacks(frame: Frame, context: Context) -> None:
-    meta = frame.meta
-    for kind in KINDS:
-        filt = meta.filter if kind == "flat" else ""
-        found = nearest_master(context.masters, kind, frame.night, meta.ccd, filt)
-        where = f"night {frame.night} ccd {meta.ccd!r}" + (f" filter {filt!r}" if filt else "")
-        if found is None:
-            log.warning("calibrate: no master %s for %s in any night: step skipped", kind, where)
-        elif found[0][1] != frame.night:
-            log.warning("calibrate: %s uses the master %s of night %s", where, kind, found[0][1])
+        seen.add((task.night, meta.ccd, meta.filter))
+        for kind in KINDS:
+            filt = meta.filter if kind == "flat" else ""
+            found = nearest_master(context.masters, kind, task.night, meta.ccd, filt)
+            where = f"night {task.night} ccd {meta.ccd!r}" + (f" filter {filt!r}" if filt else "")
+            if found is None:
+                log.warning("calibrate: no master %s for %s in any night: step skipped", kind,
+                            where)
+            elif found[0][1] != task.night:
+                log.warning("calibrate: %s uses the master %s of night %s", where, kind,
+                            found[0][1])

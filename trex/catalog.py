@@ -13,16 +13,25 @@ become NaN (color, epoch, mag) or 0 (proper motions); rows whose coordinates
 are missing, non-finite or out of range (RA outside [0, 360], Dec outside
 [-90, 90]), rows without an objectid and repeated objectids are dropped with
 one logged warning per reason.
+
+:class:`Catalogs` is the phase that reads the catalog of every field with
+object frames into the run's context (a missing or unreadable catalog is a
+recorded failure of that field; its frames then fail astrometry with the
+reason, and are tried again once the catalog is there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
 
+from trex.errors import PhaseError
+from trex.frame import Context
+from trex.phase import Phase
 from trex.project import Project, safe_name
 from trex.wcsfit import inverse_gnomonic
 
@@ -148,3 +157,45 @@ def objectinfo_columns(catalog: np.ndarray, field: str) -> dict[str, np.ndarray]
         "pmdec": catalog["pmdec"].copy(),
         "epoch": catalog["epoch"].copy(),
     }
+
+
+def catalog_key(path: Path) -> str:
+    """What identifies a catalog file's content for the ledger (name, size, mtime)."""
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class Catalogs(Phase):
+    """The catalogs of every field with object frames, into the context and ``objectinfo``."""
+
+    name = "catalog"
+    batch = 1
+
+    def __init__(self):
+        self.found: dict[str, tuple[np.ndarray, str]] = {}
+
+    def plan(self, ledger, context: Context) -> list[str]:
+        return ledger.read.object_fields()
+
+    def work(self, field: str, context: Context) -> tuple[str, np.ndarray, str]:
+        try:
+            path = find_catalog(context.project, field)
+        except FileNotFoundError as err:
+            raise PhaseError(field, f"{err}: its frames fail astrometry") from None
+        try:
+            table = read_catalog(path)
+        except ValueError as err:
+            raise PhaseError(field, str(err)) from None
+        log.info("catalog %s: %d stars", path.name, len(table))
+        return field, table, catalog_key(path)
+
+    def record(self, ledger, result: tuple, context: Context) -> None:
+        field, table, key = result
+        ledger.record_objects(objectinfo_columns(table, field))
+        ledger.record_phase(self.name, field)
+        self.found[field] = (table, key)
+
+    def update(self, ledger, context: Context) -> Context:
+        inputs = {**context.inputs, **{("catalog", f): key for f, (_, key) in self.found.items()}}
+        catalogs = {**context.catalogs, **{f: table for f, (table, _) in self.found.items()}}
+        return dataclasses.replace(context, catalogs=catalogs, inputs=inputs)

@@ -23,13 +23,14 @@ from pathlib import Path
 from trex import __version__
 from trex.config import ConfigError, tomllib
 from trex.db import DatabaseError
+from trex.errors import Stopped, WriteFault
 from trex.log import setup_logging
 from trex.project import ProjectError, find_project, init_project
+from trex.stages import NAMES
+from trex.stages import STAGES as STAGE_LIST
 
 log = logging.getLogger("trex.cli")
 
-#: Per-frame and project stages, in pipeline order.
-STAGES = ("calibrate", "extract", "astrometry", "photometry", "subtract", "lightcurves", "detrend")
 
 
 class NotAvailable(RuntimeError):
@@ -80,11 +81,13 @@ def cmd_init(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from trex.db import redact
+    from trex.db.queries import Queries
     from trex.status import format_status, project_status
 
     project, config, db = _open(args)
     with db:
-        status = project_status(project, config, db)
+        status = project_status(project, config, Queries(db), redact(db.url))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
@@ -103,24 +106,22 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_stages(args) -> int:
-    from trex.pipeline import AVAILABLE, run_project
+    from trex.pipeline import run_project
 
     if getattr(args, "jobs", 1) > 1:
         _relaunch_under_mpiexec(args.jobs)
-
-    if args.command != "run" and args.command not in AVAILABLE:
-        raise NotAvailable(args.command)
-    stages = STAGES if args.command == "run" else (args.command,)
+    stages = NAMES if args.command == "run" else (args.command,)
     if getattr(args, "stages", None):
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        unknown = [s for s in stages if s not in STAGES]
+        unknown = [s for s in stages if s not in NAMES]
         if unknown:
             raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; "
-                              f"choose from {', '.join(STAGES)}")
+                              f"choose from {', '.join(NAMES)}")
     project = find_project(args.root)
     config = project.load_config(_overrides(args))
     return run_project(project, config, stages,
-                       rebuild_references=getattr(args, "rebuild_references", False))
+                       rebuild_references=getattr(args, "rebuild_references", False),
+                       retry_failed=getattr(args, "retry_failed", False))
 
 
 def _relaunch_under_mpiexec(nranks: int) -> None:
@@ -153,9 +154,11 @@ def cmd_report(args) -> int:
         from trex.report import make_report
     except ImportError:
         raise NotAvailable("report") from None
+    from trex.db.queries import Queries
+
     project, config, db = _open(args)
     with db:
-        index = make_report(project, config, db, out=args.out)
+        index = make_report(project, config, Queries(db), out=args.out)
     print(f"report: {index}")
     return 0
 
@@ -202,13 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = project_command("run", "process the whole project (serial, or under mpiexec)", cmd_stages)
-    p.add_argument("--stages", help=f"comma-separated subset of: {', '.join(STAGES)}")
+    p.add_argument("--stages", help=f"comma-separated subset of: {', '.join(NAMES)}")
     p.add_argument("--jobs", type=int, default=1,
                    help="run on N local MPI ranks (re-runs itself under mpiexec)")
     p.add_argument("--rebuild-references", action="store_true",
                    help="rebuild the astrometric and photometric references")
-    for stage in STAGES:
-        project_command(stage, f"run the {stage} stage on pending frames", cmd_stages)
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try the frames that failed again, even if nothing they depend on changed")
+    for stage in STAGE_LIST:
+        project_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages)
     p = project_command("status", "what is done, what failed and why", cmd_status)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = project_command("report", "diagnostic plots (PNG) and a summary table", cmd_report)
@@ -233,4 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ProjectError, DatabaseError) as err:
         print(f"trex: error: {err}", file=sys.stderr)
         return 2
+    except WriteFault as err:
+        print(f"trex: error: {err} (nothing half-written is left: remove the cause and run "
+              "the same command again)", file=sys.stderr)
+        return 4
+    except Stopped as err:
+        print(f"trex: {err}; run the same command again to resume", file=sys.stderr)
+        return 5
 

@@ -152,6 +152,8 @@ class MagfitSection:
     order: int = _opt(2, "order of the 2-D polynomial in x, y of the magnitude fit")
     clip_sigma: float = _opt(3.0, "clipping threshold of the magnitude fit")
     clip_iters: int = _opt(3, "clipping iterations of the magnitude fit")
+    min_error: float = _opt(5e-3, "magnitude errors below this are raised to it for the weights, mag "
+                                  "(a systematic floor, so that a few bright stars cannot dominate)")
     bright_mag: float = _opt(8.0, "brightest catalog magnitude used in the fit")
     faint_mag: float = _opt(12.0, "faintest catalog magnitude used in the fit")
 
@@ -166,6 +168,8 @@ class SubtractSection:
     stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky")
     stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median")
     transform_order: int = _opt(3, "polynomial order of the frame-to-reference pixel map")
+    stack_block_rows: int = _opt(128, "rows per block when stacking the photometric reference "
+                                      "(bounds memory to nref x rows x nx floats)")
     replace_crowded: bool = _opt(False, "replace crowded stars' reference flux by the flux "
                                         "predicted from their catalog magnitude (CDIPS)")
 
@@ -173,6 +177,8 @@ class SubtractSection:
 @dataclass(frozen=True)
 class LightcurvesSection:
     subdirs: bool = _opt(False, "spread light curves over LC/<projid>/<nn>/ subfolders")
+    partition_rows: int = _opt(500_000, "measurements per scratch partition of the transposition "
+                                        "(bounds the memory of grouping them by star: ~200 B each)")
 
 
 @dataclass(frozen=True)
@@ -184,11 +190,19 @@ class DetrendSection:
     epd_smooth: int = _opt(21, "median filter width applied before the EPD fit, points")
     tfa_templates: int = _opt(0, "number of TFA templates (0: chosen from the number of frames)")
     tfa_exclusion_radius: float = _opt(20.0, "templates closer than this to the target are excluded, px")
+    template_frames: int = _opt(40, "frames sampled (spread over the archive) to choose the TFA templates")
+    template_pool: int = _opt(100, "TFA template candidates kept per column; a night uses the "
+                                   "tfa_templates (or one per 20 frames) of them spread over the field")
+    night_gap: float = _opt(0.25, "frames further apart than this are on different nights "
+                                  "(detrending is per night), d")
+    chunk_rows: int = _opt(500_000, "light-curve rows detrended together (bounds the memory of "
+                                    "detrending: ~250 B each)")
 
 
 @dataclass(frozen=True)
 class RunSection:
     batch_frames: int = _opt(4, "frames handed to a rank at a time")
+    progress_seconds: float = _opt(30.0, "seconds between progress lines of a phase")
 
 
 @dataclass(frozen=True)
@@ -212,6 +226,13 @@ class Config:
     def sha(self) -> str:
         """SHA-256 (hex, 16 chars) of the effective configuration, for provenance."""
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def section_sha(self, sections: tuple[str, ...]) -> str:
+        """SHA-256 (hex, 16 chars) of some sections of the configuration: what a stage's
+        results depend on (``trex.stages``)."""
+        text = json.dumps({name: dataclasses.asdict(getattr(self, name)) for name in sections},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def replace(self, section: str, **values: Any) -> Config:

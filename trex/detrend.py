@@ -1,26 +1,44 @@
-"""Detrending of a project's light curves: EPD, then TFA, then statistics.
+"""Detrending of light curves, one night at a time: EPD, TFA, and what they need.
 
-``detrend_project`` fills ``aep_NNN``/``atf_NNN`` (from ``arm_NNN``) and
-``iep_NNN``/``itf_NNN`` (from ``irm_NNN``) of ``LC/<projid>/*.fits`` and writes
-``LC/<projid>/lcstats.fits`` (see :mod:`trex.lcstats`).  Three passes, memory
-bounded by the templates plus one chunk of stars:
+A *night* is a run of frames with no gap longer than ``[detrend] night_gap``
+(0.25 d).  Each night of a light curve is detrended from that night's rows
+alone (HAT practice: the systematics change from night to night), for every
+input column (``arm_NNN`` -> ``aep_NNN``, ``atf_NNN``; ``irm_NNN`` ->
+``iep_NNN``, ``itf_NNN``):
 
-1. every rank summarises its share of all light curves (position, catalog
-   magnitude, per column median/scatter/coverage, frame keys and times);
-2. rank 0 builds the common frame grid, picks TFA templates per column
-   (:mod:`trex.tfa`), EPD-corrects them and broadcasts them;
-3. every rank detrends its share of the targets (all stars, or ``objectids``
-   after an incremental night) in chunks and rewrites each file atomically,
-   keeping its header cards.
+1. EPD (:func:`trex.epd.epd`) of the star's magnitudes against the external
+   parameters of its own rows on that night;
+2. TFA (:func:`trex.tfa.tfa`) with the night's template light curves
+   (:class:`NightTrend`: the templates' EPD magnitudes on the night's frames);
+3. one backfitting step: EPD again with the TFA trend taken out first, then
+   TFA again (so a common trend does not bias EPD and EPD's clipping finds
+   transits).
 
-EPD itself is :func:`trex.epd.epd` (re-exported here).  Stars with too few
-points are left NaN in the detrended columns and their rows get the PHOT flag
-``NOT_FITTED`` in ``aiq_NNN``/``irq_NNN``.
+``adq_NNN`` / ``idq_NNN`` say what happened to each row: 0 detrended,
+``NOT_FITTED`` when the input was measured but could not be detrended
+(too few points that night, no template), ``MISSING`` when there was
+nothing to detrend.
+
+TFA templates are chosen once per (projid, field) (:func:`choose_templates`:
+bright, well covered, low scatter, not variable, spread over the field) and
+kept in ``BASE/reference-frames/tfa-<projid>-<field>.npy`` like the other
+references (chosen again with ``--rebuild-references``); a night uses the
+``tfa_templates`` (or one per 20 frames) of them spread over the field.  A
+night's detrended values therefore depend only on the star's rows of that
+night, the templates' rows of that night and the ``[detrend]`` settings:
+adding a night changes no other night.
+
+In ``trex run`` the nights that receive new rows are detrended while the
+light curves are merged (:mod:`trex.lightcurves`), so each file is written
+once.  ``trex detrend`` alone redoes every night of every light curve from
+the files (:class:`Summaries`, :class:`FileTrends`, :class:`DetrendFiles`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +47,14 @@ import numpy as np
 from trex import lcformat
 from trex.config import Config
 from trex.epd import epd, external_parameters, local_sidereal_time, parameter_names, sky_geometry
+from trex.errors import FrameError
+from trex.fits import atomic_write
 from trex.flags import PHOT
-from trex.lcstats import lcinfo_stats, robust_stats, star_stats, stat_columns, write_stats
-from trex.parallel import SerialComm, split
-from trex.project import Project
+from trex.frame import Context
+from trex.lcstats import columns_of, lcinfo_stats, robust_stats, star_rows
+from trex.phase import Phase
+from trex.products import load_product
+from trex.project import Project, safe_name
 from trex.tfa import (
     default_template_count,
     exclusion,
@@ -43,44 +65,15 @@ from trex.tfa import (
     tfa,
 )
 
-__all__ = ["epd", "detrend_project", "detrend_rows", "lightcurve_files"]
+__all__ = ["epd", "input_columns", "night_intervals", "choose_templates", "detrend_nights",
+           "Templates", "NightTrend"]
 
 log = logging.getLogger(__name__)
 
-#: stars detrended (and held in memory) at a time in pass 3
-CHUNK = 1000
-STATS_NAME = "lcstats.fits"
-_STRUCTURAL = ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "EXTNAME",
-               "TTYPE", "TFORM", "TUNIT", "TDIM", "TNULL", "TSCAL", "TZERO", "TDISP")
-
-
-@dataclass
-class Grid:
-    """The common frame grid and the TFA templates of each input column."""
-
-    framekeys: np.ndarray                 # (nframes,), in time order
-    rjd: np.ndarray                       # (nframes,)
-    lst: np.ndarray                       # (nframes,) local sidereal time, rad
-    templates: dict                       # input column -> (lcs (nt, nframes), xy (nt, 2), ids)
-
-    def index(self, framekeys: np.ndarray) -> np.ndarray:
-        """Grid position of each frame key."""
-        order = np.argsort(self.framekeys)
-        return order[np.searchsorted(self.framekeys[order], framekeys)]
-
-
-def lightcurve_files(project: Project, projid: str) -> list[Path]:
-    """Every light-curve file of a project id (sub-folders included), sorted."""
-    folder = project.lc(projid)
-    return sorted(p for p in folder.rglob("*.fits") if p.name != STATS_NAME
-                  and not p.name.startswith("."))
-
-
-def header_cards(header) -> list[dict]:
-    """The user cards of a fitsio header (structural table cards dropped)."""
-    return [{"name": r["name"], "value": r["value"], "comment": r.get("comment", "")}
-            for r in header.records()
-            if r.get("name") and not r["name"].startswith(_STRUCTURAL)]
+#: (EPD, TFA, flag) output column prefixes of an input column's kind
+OUTPUTS = {"a": ("aep", "atf", "adq"), "i": ("iep", "itf", "idq")}
+TEMPLATE_DTYPE = [("column", "U8"), ("star", "i8"), ("objectid", "U256"), ("ra", "f8"),
+                  ("dec", "f8"), ("x", "f8"), ("y", "f8"), ("score", "f8")]
 
 
 def input_columns(napertures: int) -> list[str]:
@@ -88,209 +81,516 @@ def input_columns(napertures: int) -> list[str]:
     return [f"{p}_{i:03d}" for p in ("arm", "irm") for i in range(napertures)]
 
 
-def _summarise(path: Path, columns: list[str]) -> dict:
-    rows, header = lcformat.read_rows(path)
-    stats = robust_stats(np.stack([rows[c].astype(np.float64) for c in columns]))
-    return {"path": path, "objectid": str(header.get("OBJECTID", path.stem)),
-            "mag": float(header.get("MAG", np.nan)),
-            "x": float(np.nanmedian(rows["xcc"])) if np.isfinite(rows["xcc"]).any() else np.nan,
-            "y": float(np.nanmedian(rows["ycc"])) if np.isfinite(rows["ycc"]).any() else np.nan,
-            "median": stats["median"], "scatter": 1.4826 * stats["mad"], "n": stats["n"],
-            "frames": np.unique(np.rec.fromarrays([rows["framekey"], rows["rjd"]],
-                                                  names="framekey,rjd"))}
+def outputs(col: str) -> tuple[str, str, str]:
+    """(EPD, TFA, flag) columns of input column ``col`` (``arm_001`` -> aep_001, atf_001, adq_001)."""
+    return tuple(f"{p}{col[3:]}" for p in OUTPUTS[col[0]])
 
 
-def _summarise_share(files: list[Path], columns: list[str]) -> tuple[list[dict], np.ndarray]:
-    """Summaries of some files and the union of their (framekey, rjd) pairs."""
-    out, frames = [], []
-    for path in files:
-        summary = _summarise(path, columns)
-        frames.append(summary.pop("frames"))
-        if len(frames) > 256:  # keep the union small whatever the number of stars
-            frames = [np.unique(np.concatenate(frames))]
-        out.append(summary)
-    union = np.unique(np.concatenate(frames)) if frames else np.zeros(0, "i8,f8")
-    return out, union
+def night_intervals(rjd: np.ndarray, gap: float) -> np.ndarray:
+    """(start, stop) rjd of each night: runs of times with no gap over ``gap`` days, (k, 2)."""
+    times = np.unique(np.asarray(rjd, dtype=np.float64)[np.isfinite(rjd)])
+    if not len(times):
+        return np.zeros((0, 2))
+    cuts = np.flatnonzero(np.diff(times) > gap)
+    return np.column_stack([times[np.r_[0, cuts + 1]], times[np.r_[cuts, len(times) - 1]]])
 
 
-def detrend_rows(rows: np.ndarray, header, config: Config, grid: Grid,
-                 columns: list[str]) -> np.ndarray:
-    """EPD of every input column of one light curve (``lc_dtype`` rows); fills
-    ``aep``/``iep`` in a copy and returns it (TFA is done per chunk)."""
-    rows = rows.copy()
-    for name in rows.dtype.names:  # NOT_FITTED describes this detrending only: reset it
-        if name[:3] in ("aiq", "irq"):
-            rows[name] &= ~PHOT["NOT_FITTED"].bit
-    det = config.detrend
-    pos = grid.index(rows["framekey"])
-    geometry = sky_geometry(grid.lst[pos], float(header.get("RA", np.nan)),
-                            float(header.get("DEC", np.nan)), config.site.latitude)
-    for col in columns:
-        kind = col[0]
-        names = parameter_names(det.epd_parameters, kind)
-        params = external_parameters(rows, names, geometry)
-        out, _, ok = epd(rows[col], params, smooth=det.epd_smooth)
-        target = ("aep" if kind == "a" else "iep") + col[3:]
-        rows[target] = out
-        _flag_unfitted(rows, col, out)
-    return rows
+# -- templates ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Templates:
+    """The TFA template candidates of a group, per input column (``TEMPLATE_DTYPE`` rows,
+    best first)."""
+
+    table: np.ndarray
+
+    def of(self, col: str) -> np.ndarray:
+        return self.table[self.table["column"] == col]
+
+    def stars(self) -> np.ndarray:
+        """Catalog indices of every template star (what the transposition keeps aside)."""
+        return np.unique(self.table["star"])
 
 
-def _flag_unfitted(rows: np.ndarray, col: str, out: np.ndarray) -> None:
-    flag = ("aiq" if col[0] == "a" else "irq") + col[3:]
-    lost = np.isfinite(rows[col]) & ~np.isfinite(out)
-    rows[flag][lost] |= PHOT["NOT_FITTED"].bit
+def templates_path(project: Project, projid: str, field: str) -> Path:
+    name = "-".join(safe_name(part) for part in (projid, field) if part)
+    return project.reference_frames / f"tfa-{name}.npy"
 
 
-def _on_grid(rows_list: list[np.ndarray], col: str, grid: Grid) -> np.ndarray:
-    out = np.full((len(rows_list), len(grid.framekeys)), np.nan)
-    for i, rows in enumerate(rows_list):
-        out[i, grid.index(rows["framekey"])] = rows[col]
+def load_templates(project: Project, groups: list[tuple[str, str]]) -> dict:
+    """{(projid, field): Templates} of the groups whose template file exists."""
+    out = {}
+    for group in groups:
+        path = templates_path(project, *group)
+        if path.is_file():
+            out[group] = Templates(np.load(path, allow_pickle=False))
     return out
 
 
-def _build_grid(summaries: list[dict], frames: np.ndarray, config: Config,
-                columns: list[str]) -> Grid:
-    """Pass 2 (rank 0): frame grid, sidereal times and templates per column."""
-    keys, rjd = frames["framekey"], frames["rjd"]
-    keys, first = np.unique(keys, return_index=True)
-    order = np.argsort(rjd[first], kind="stable")
-    keys, rjd = keys[order], rjd[first][order]
+def choose_templates(values: dict[str, np.ndarray], rjd: np.ndarray, stars: np.ndarray,
+                     config: Config) -> Templates:
+    """Template candidates from magnitudes of many stars on sample frames.
+
+    ``values`` maps an input column to magnitudes (nstars, nframes), NaN where
+    missing, at times ``rjd`` (nframes,); ``stars`` is a structured array
+    (nstars,) with ``star``, ``objectid``, ``ra``, ``dec``, ``x``, ``y``.  Per column:
+    candidates by coverage, scatter against the scatter-magnitude trend and
+    brightness, spread over the field (:func:`trex.tfa.select_templates`), then
+    those whose periodogram peak stands out are dropped (variables); at most
+    ``template_pool`` kept, scored by scatter (lower is better).
+    """
+    pool = config.detrend.template_pool
+    found = []
+    for col, mags in values.items():
+        if not len(mags):
+            continue
+        st = robust_stats(mags)
+        scatter = 1.4826 * st["mad"]
+        cover = st["n"] / max(mags.shape[1], 1)
+        pick = select_templates(st["median"], scatter, cover, stars["x"], stars["y"], 3 * pool)
+        if len(pick):
+            quiet = reject_variables(peak_power(rjd, mags[pick] - st["median"][pick, None]))
+            pick = pick[quiet][:pool]
+        rows = np.zeros(len(pick), dtype=TEMPLATE_DTYPE)
+        rows["column"] = col
+        for name in ("star", "objectid", "ra", "dec", "x", "y"):
+            rows[name] = stars[name][pick]
+        rows["score"] = scatter[pick]
+        log.info("TFA %s: %d template candidates", col, len(rows))
+        found.append(rows)
+    return Templates(np.concatenate(found) if found else np.zeros(0, TEMPLATE_DTYPE))
+
+
+def save_templates(path: Path, templates: Templates) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, templates.table, allow_pickle=False)
+
+
+# -- night trends ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NightTrend:
+    """A night's frame grid and its template light curves per input column."""
+
+    start: float                  # rjd of the night's first and last frame
+    stop: float
+    framekeys: np.ndarray         # (nf,) in time order
+    lst: np.ndarray               # (nf,) local sidereal time, rad
+    lcs: dict                     # column -> (EPD lcs (nt, nf), xy (nt, 2), objectids (nt,))
+
+    def positions(self, framekeys: np.ndarray) -> np.ndarray:
+        """Grid index of each frame key (-1 where not on the grid)."""
+        order = np.argsort(self.framekeys)
+        at = np.clip(np.searchsorted(self.framekeys[order], framekeys), 0, len(order) - 1)
+        found = self.framekeys[order][at] == framekeys
+        return np.where(found, order[at], -1)
+
+
+def epd_min_points(config: Config, kind: str) -> int:
+    """Fewest points EPD fits a column kind (``a``/``i``) with (:func:`trex.epd.epd`)."""
+    det = config.detrend
+    return max(10, 3 * (len(parameter_names(det.epd_parameters, kind)) + 1), det.epd_smooth)
+
+
+def _epd_values(rows: np.ndarray, col: str, ra: float, dec: float, lst: np.ndarray,
+                config: Config, exclude: np.ndarray | None = None) -> np.ndarray:
+    """EPD magnitudes of one column of one star's rows of one night (NaN: not fitted)."""
+    det = config.detrend
+    if np.count_nonzero(np.isfinite(rows[col])) < epd_min_points(config, col[0]):
+        return np.full(len(rows), np.nan)  # too few points: nothing to compute
+    geometry = sky_geometry(lst, ra, dec, config.site.latitude)
+    params = external_parameters(rows, parameter_names(det.epd_parameters, col[0]), geometry)
+    return epd(rows[col], params, smooth=det.epd_smooth, exclude=exclude)[0]
+
+
+def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.ndarray,
+                templates: Templates, rows_of: dict[str, tuple[np.ndarray, float, float]],
+                config: Config) -> NightTrend:
+    """The trend of one night: grid ``framekeys`` at times ``rjd`` (the night's frames),
+    and the EPD light curves of the templates picked for it.
+
+    ``rows_of`` maps a template's objectid to (its rows of that night, ra, dec).
+    A template is used on a night where it has at least 90 % of the frames.
+    """
+    order = np.argsort(rjd, kind="stable")
+    framekeys, rjd = np.asarray(framekeys)[order], np.asarray(rjd)[order]
     lst = local_sidereal_time(rjd + 2400000.0, config.site.longitude)
-    grid = Grid(keys, rjd, lst, {})
-    n = config.detrend.tfa_templates or default_template_count(len(keys))
-    for j, col in enumerate(columns):
-        grid.templates[col] = _templates_for(summaries, j, col, n, config, grid)
-    return grid
+    trend = NightTrend(float(interval[0]), float(interval[1]), framekeys, lst, {})
+    wanted = config.detrend.tfa_templates or default_template_count(len(framekeys))
+    for col in {str(c) for c in templates.table["column"]}:
+        cands = templates.of(col)
+        ok = np.array([o in rows_of and np.isfinite(rows_of[o][0][col]).sum() >= 0.9 * len(framekeys)
+                       for o in cands["objectid"]], dtype=bool)
+        pick = grid_pick(cands["x"], cands["y"], np.where(ok, cands["score"], np.nan), wanted)
+        lcs = np.full((len(pick), len(framekeys)), np.nan)
+        for j, cand in enumerate(cands[pick]):
+            rows, ra, dec = rows_of[cand["objectid"]]
+            at = trend.positions(rows["framekey"])
+            keep = at >= 0
+            lcs[j, at[keep]] = _epd_values(rows[keep], col, ra, dec, lst[at[keep]], config)
+        good = np.isfinite(lcs).sum(axis=1) >= 0.5 * len(framekeys)
+        trend.lcs[col] = (lcs[good], np.column_stack([cands["x"][pick], cands["y"][pick]])[good],
+                          cands["objectid"][pick][good])
+    return trend
 
 
-def _templates_for(summaries: list[dict], j: int, col: str, n: int, config: Config,
-                   grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Templates of one input column: EPD light curves (nt, nframes), xy, ids."""
-    mag = np.array([s["median"][j] for s in summaries])
-    scatter = np.array([s["scatter"][j] for s in summaries])
-    cover = np.array([s["n"][j] for s in summaries]) / max(len(grid.framekeys), 1)
-    x, y = np.array([s["x"] for s in summaries]), np.array([s["y"] for s in summaries])
-    pool = select_templates(mag, scatter, cover, x, y, 3 * n)
-    kept_rows, kept = [], []
-    for i in pool:
-        rows, header = lcformat.read_rows(summaries[i]["path"])
-        rows = detrend_rows(rows, header, config, grid, [col])
-        kept_rows.append(rows)
-        kept.append(i)
-    target = ("aep" if col[0] == "a" else "iep") + col[3:]
-    lcs = _on_grid(kept_rows, target, grid) if kept else np.zeros((0, len(grid.framekeys)))
-    kept = np.array(kept, dtype=int)
-    if len(kept):
-        quiet = reject_variables(peak_power(grid.rjd, lcs))
-        score = np.where(quiet, scatter[kept], np.nan)
-        pick = grid_pick(x[kept], y[kept], score, n)
-        kept, lcs = kept[pick], lcs[pick]
-    ids = np.array([summaries[i]["objectid"] for i in kept], dtype=object)
-    log.info("TFA %s: %d templates from %d candidates", col, len(kept), len(pool))
-    return lcs, np.column_stack([x[kept], y[kept]]), ids
+# -- detrending --------------------------------------------------------------------------------
+
+def _on_grid(rows_list: list[np.ndarray], col: str, at: list[np.ndarray], nf: int) -> np.ndarray:
+    out = np.full((len(rows_list), nf), np.nan)
+    for i, (rows, pos) in enumerate(zip(rows_list, at, strict=True)):
+        keep = pos >= 0
+        out[i, pos[keep]] = rows[col][keep]
+    return out
 
 
-def _tfa_column(done: list[np.ndarray], col: str, grid: Grid, xy: np.ndarray,
-                ids: np.ndarray, radius: float) -> np.ndarray:
-    """TFA of one column of a chunk: corrected magnitudes on the grid (nstars, nframes)."""
-    source = ("aep" if col[0] == "a" else "iep") + col[3:]
-    lcs, txy, tids = grid.templates[col]
-    mags = _on_grid(done, source, grid)
+def detrend_night(rows_list: list[np.ndarray], infos: list[dict], trend: NightTrend,
+                  config: Config, columns: list[str]) -> None:
+    """EPD and TFA of many stars' rows of one night (``lc_dtype`` arrays, changed in place).
+
+    ``infos`` give each star's ``objectid``, ``ra``, ``dec``, ``x``, ``y``.
+    """
+    at = [trend.positions(rows["framekey"]) for rows in rows_list]
+    lsts = [np.where(pos >= 0, trend.lst[np.maximum(pos, 0)], np.nan) for pos in at]
+    xy = np.array([[i["x"], i["y"]] for i in infos], dtype=np.float64).reshape(-1, 2)
+    ids = np.array([i["objectid"] for i in infos], dtype=object)
+    nf = len(trend.framekeys)
+    for col in columns:
+        ep, tf, flag = outputs(col)
+        if nf < epd_min_points(config, col[0]):  # no star can have enough points tonight
+            for rows in rows_list:
+                rows[ep] = rows[tf] = np.nan
+                rows[flag] = np.where(np.isfinite(rows[col]), PHOT["NOT_FITTED"].bit,
+                                      PHOT["MISSING"].bit)
+            continue
+        lcs, txy, tids = trend.lcs.get(col, (np.zeros((0, nf)), np.zeros((0, 2)), np.zeros(0)))
+        excluded = exclusion(xy, txy, config.detrend.tfa_exclusion_radius, ids, tids)
+        for rows, info, lst in zip(rows_list, infos, lsts, strict=True):
+            rows[ep] = _epd_values(rows, col, info["ra"], info["dec"], lst, config)
+        corrected = _tfa(rows_list, ep, at, lcs, excluded, nf)
+        for i, (rows, info, lst) in enumerate(zip(rows_list, infos, lsts, strict=True)):
+            _backfit(rows, col, corrected[i], at[i], info, lst, config)
+        corrected = _tfa(rows_list, ep, at, lcs, excluded, nf)
+        for i, (rows, pos) in enumerate(zip(rows_list, at, strict=True)):
+            rows[tf] = np.where(pos >= 0, corrected[i][np.maximum(pos, 0)], np.nan)
+            measured = np.isfinite(rows[col])
+            done = np.isfinite(rows[ep]) & np.isfinite(rows[tf])
+            rows[flag] = np.where(~measured, PHOT["MISSING"].bit,
+                                  np.where(done, 0, PHOT["NOT_FITTED"].bit))
+
+
+def _tfa(rows_list, ep: str, at, lcs: np.ndarray, excluded: np.ndarray, nf: int) -> np.ndarray:
+    mags = _on_grid(rows_list, ep, at, nf)
     if not len(lcs):
         return np.full_like(mags, np.nan)
-    return tfa(mags, lcs, exclusion(xy, txy, radius, ids, tids))[0]
+    return tfa(mags, lcs, excluded)[0]
 
 
-def _backfit(raw: np.ndarray, header, done: np.ndarray, corrected: np.ndarray, col: str,
-             config: Config, grid: Grid) -> None:
-    """Second EPD of one star and column with the first TFA trend taken out of
-    the magnitudes first (one backfitting step of EPD + TFA): EPD then sees no
-    common trend, so its clipping finds transits and its coefficients are not
-    driven by the trend.  Updates ``done`` (aep/iep and flags) in place."""
-    source = ("aep" if col[0] == "a" else "iep") + col[3:]
-    trend = done[source] - corrected[grid.index(done["framekey"])]
+def _backfit(rows: np.ndarray, col: str, corrected: np.ndarray, pos: np.ndarray, info: dict,
+             lst: np.ndarray, config: Config) -> None:
+    """EPD of one star and column again with the first TFA trend taken out of the
+    magnitudes first (one backfitting step of EPD + TFA); updates the EPD column."""
+    ep = outputs(col)[0]
+    trend = rows[ep] - np.where(pos >= 0, corrected[np.maximum(pos, 0)], np.nan)
     trend = np.nan_to_num(trend - np.nanmedian(trend), nan=0.0) if np.isfinite(trend).any() \
-        else np.zeros(len(done))
-    shifted = raw.copy()
-    shifted[col] = raw[col] - trend
-    again = detrend_rows(shifted, header, config, grid, [col])
-    done[source] = again[source] + trend
-    flag = ("aiq" if col[0] == "a" else "irq") + col[3:]
-    done[flag] |= again[flag]
+        else np.zeros(len(rows))
+    shifted = rows.copy()
+    shifted[col] = rows[col] - trend
+    rows[ep] = _epd_values(shifted, col, info["ra"], info["dec"], lst, config) + trend
 
 
-def _detrend_chunk(items: list[dict], config: Config, grid: Grid, columns: list[str]) -> list:
-    """Pass 3 for a chunk: EPD each star, TFA the chunk per column, then EPD
-    again without the TFA trend (:func:`_backfit`) and TFA again."""
-    raw, headers, done = [], [], []
-    for s in items:
-        rows, header = lcformat.read_rows(s["path"])
-        raw.append(rows)
-        headers.append(header)
-        done.append(detrend_rows(rows, header, config, grid, columns))
-    xy = np.array([[s["x"], s["y"]] for s in items], dtype=np.float64)
-    ids = np.array([s["objectid"] for s in items], dtype=object)
-    radius = config.detrend.tfa_exclusion_radius
-    for col in columns:
-        corrected = _tfa_column(done, col, grid, xy, ids, radius)
-        for i in range(len(items)):
-            _backfit(raw[i], headers[i], done[i], corrected[i], col, config, grid)
-        corrected = _tfa_column(done, col, grid, xy, ids, radius)
-        target = ("atf" if col[0] == "a" else "itf") + col[3:]
-        for rows, values in zip(done, corrected, strict=True):
-            rows[target] = values[grid.index(rows["framekey"])]
-            _flag_unfitted(rows, col, rows[target])
-    return [(s, rows, header) for s, rows, header in zip(items, done, headers, strict=True)]
+def detrend_nights(stars: list[tuple[np.ndarray, dict]], trends: list[NightTrend],
+                   config: Config) -> None:
+    """Detrend the rows of ``stars`` ((rows, info) pairs; rows changed in place) that
+    fall in the nights of ``trends``; other rows are left as they are."""
+    columns = input_columns(len(config.photometry.apertures))
+    for trend in trends:
+        members = []
+        for s, (rows, _) in enumerate(stars):
+            where = np.flatnonzero((rows["rjd"] >= trend.start) & (rows["rjd"] <= trend.stop))
+            if len(where):
+                members.append((s, where))
+        if not members:
+            continue
+        nights = [stars[s][0][where] for s, where in members]
+        detrend_night(nights, [stars[s][1] for s, _ in members], trend, config, columns)
+        for (s, where), night in zip(members, nights, strict=True):
+            stars[s][0][where] = night
 
 
-def _lcinfo(project: Project, projid: str, path: Path, objectid: str, rows: np.ndarray) -> dict:
-    """An ``lcinfo`` row from the best detrended column of aperture 0."""
-    return {"projid": projid, "objectid": objectid, "path": str(path.relative_to(project.root)),
-            **lcinfo_stats(rows, ("atf_000", "aep_000", "arm_000", "aim_000"))}
+# -- phases --------------------------------------------------------------------------------------
+
+class ChooseTemplates(Phase):
+    """TFA templates of the groups being merged that have none (all of them when the
+    references are rebuilt), from a sample of their frames' products."""
+
+    name = "TFA templates"
+    batch = 1
+
+    def __init__(self):
+        self.found: dict[tuple[str, str], Templates] = {}
+
+    def plan(self, ledger, context: Context) -> list[tuple]:
+        groups = sorted({(r[3], r[4]) for r in ledger.read.frames_to_merge()})
+        items = []
+        for group in groups:
+            if group[1] not in context.catalogs or (group in context.templates
+                                                    and not context.rebuild):
+                continue
+            frames = ledger.read.frames_done("photometry", *group)
+            n = context.config.detrend.template_frames
+            sample = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, n).astype(int))]
+            items.append((group, tuple((k, r) for k, r, _ in sample)))
+        return items
+
+    def work(self, item: tuple, context: Context) -> tuple:
+        group, sample = item
+        catalog = context.catalogs[group[1]]
+        napertures = len(context.config.photometry.apertures)
+        columns = input_columns(napertures)
+        values = {c: np.full((len(catalog), len(sample)), np.nan) for c in columns}
+        xsum, ysum, count = (np.zeros(len(catalog)) for _ in range(3))
+        rjd = np.full(len(sample), np.nan)
+        for j, (_, redpath) in enumerate(sample):
+            aphot = load_product(context.project.root / redpath, "aphot")
+            iphot = load_product(context.project.root / redpath, "iphot")
+            if aphot is None:
+                continue
+            rjd[j] = np.nanmedian(aphot["rjd"])
+            star = aphot["star"]
+            xsum[star] += aphot["xcc"]
+            ysum[star] += aphot["ycc"]
+            count[star] += 1
+            for col in columns:
+                table = aphot if col[0] == "a" else iphot
+                if table is None:
+                    continue
+                good = table[f"{'aiq' if col[0] == 'a' else 'irq'}{col[3:]}"] == 0
+                values[col][table["star"][good], j] = table[col][good]
+        with warnings.catch_warnings():  # stars or frames without a value give NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for mags in values.values():  # frame-to-frame zero points out
+                mags -= np.nanmedian(mags - np.nanmedian(mags, axis=1, keepdims=True), axis=0)
+        seen = np.flatnonzero(count > 0)
+        stars = _star_table(catalog, seen, xsum[seen] / count[seen], ysum[seen] / count[seen])
+        templates = choose_templates({c: v[seen] for c, v in values.items()}, rjd, stars,
+                                     context.config)
+        save_templates(templates_path(context.project, *group), templates)
+        return group, templates
+
+    def record(self, ledger, result: tuple, context: Context) -> None:
+        ledger.record_phase(self.name, "/".join(result[0]))
+        self.found[result[0]] = result[1]
+
+    def update(self, ledger, context: Context) -> Context:
+        return dataclasses.replace(context, templates={**context.templates, **self.found})
+
+    def label(self, item: tuple) -> str:
+        return "/".join(item[0])
 
 
-def detrend_project(project: Project, config: Config, projid: str,
-                    objectids: list[str] | None = None, comm=None) -> list[dict]:
-    """EPD and TFA of the light curves of ``projid`` (every rank calls this).
+def _star_table(catalog: np.ndarray, index: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    stars = np.zeros(len(index), dtype=[("star", "i8"), ("objectid", "U256"), ("ra", "f8"),
+                                        ("dec", "f8"), ("x", "f8"), ("y", "f8")])
+    stars["star"], stars["x"], stars["y"] = index, x, y
+    stars["objectid"] = np.asarray(catalog["objectid"])[index]
+    stars["ra"], stars["dec"] = catalog["ra"][index], catalog["dec"][index]
+    return stars
 
-    ``objectids`` limits the rewritten stars (templates still come from all).
-    Returns the ``lcinfo`` updates on rank 0 (empty list elsewhere).
-    """
-    comm = comm or SerialComm()
-    napertures = len(config.photometry.apertures)
-    columns = input_columns(napertures)
-    files = lightcurve_files(project, projid) if comm.rank == 0 else None
-    files = comm.bcast(files)
-    mine = _summarise_share([files[i] for i in split(len(files), comm.size, comm.rank)], columns)
-    gathered = comm.gather(mine)
-    grid = summaries = None
-    if comm.rank == 0:
-        summaries = [s for part, _ in gathered for s in part]
-        frames = np.unique(np.concatenate([f for _, f in gathered]))
-        grid = _build_grid(summaries, frames, config, columns) if summaries else None
-    grid, summaries = comm.bcast((grid, summaries))
-    if not summaries:
-        log.info("detrend %s: no light curves", projid)
-        return []
-    wanted = set(objectids) if objectids is not None else None
-    targets = [s for s in summaries if wanted is None or s["objectid"] in wanted]
-    stat_cols = stat_columns(napertures)
-    info, stats = [], []
-    share = [targets[i] for i in split(len(targets), comm.size, comm.rank)]
-    for start in range(0, len(share), CHUNK):
-        for s, rows, header in _detrend_chunk(share[start:start + CHUNK], config, grid, columns):
-            lcformat.write_lightcurve(s["path"], rows, header_cards(header))
-            stats.append(star_stats(rows, s["objectid"], s["mag"], stat_cols))
-            info.append(_lcinfo(project, projid, s["path"], s["objectid"], rows))
-    gathered = comm.gather((info, stats))
-    if comm.rank != 0:
-        return []
-    info = [row for part, _ in gathered for row in part]
-    stats = [row for _, part in gathered for row in part]
-    if stats:
-        write_stats(project.lc(projid) / STATS_NAME, np.concatenate(stats),
-                    merge=objectids is not None)
-    log.info("detrend %s: %d light curves detrended with %d frames", projid, len(info),
-             len(grid.framekeys))
-    return info
+
+def lightcurve_files(project: Project, projid: str) -> list[Path]:
+    """Every light-curve file of a project id (sub-folders included), sorted."""
+    folder = project.lc(projid)
+    return sorted(p for p in folder.rglob("*.fits") if not p.name.startswith("."))
+
+
+def file_info(header) -> dict:
+    """What detrending needs of a light curve's header."""
+    return {"objectid": str(header.get("OBJECTID")), "ra": float(header.get("RA", np.nan)),
+            "dec": float(header.get("DEC", np.nan)), "mag": float(header.get("MAG", np.nan)),
+            "projid": str(header.get("PROJID", "")), "field": str(header.get("FIELD", ""))}
+
+
+def position(rows: np.ndarray) -> tuple[float, float]:
+    """Median position of a light curve, px (NaN when never measured)."""
+    if not np.isfinite(rows["xcc"]).any():
+        return float("nan"), float("nan")
+    return float(np.nanmedian(rows["xcc"])), float(np.nanmedian(rows["ycc"]))
+
+
+class Summaries(Phase):
+    """``trex detrend`` alone, pass 1: every light curve's header, position and times."""
+
+    name = "detrend: reading light curves"
+    batch = 1
+
+    def __init__(self):
+        self.summaries: list[dict] = []
+
+    def plan(self, ledger, context: Context) -> list[tuple[str, tuple[str, ...]]]:
+        lc = context.project.root / "LC"
+        projids = sorted(p.name for p in lc.iterdir() if p.is_dir()) if lc.is_dir() else []
+        items = []
+        for projid in projids:
+            files = [str(p.relative_to(context.project.root))
+                     for p in lightcurve_files(context.project, projid)]
+            items += [(projid, tuple(files[i:i + 200])) for i in range(0, len(files), 200)]
+        return items
+
+    def work(self, item: tuple, context: Context) -> list[dict]:
+        columns = input_columns(len(context.config.photometry.apertures))
+        out = []
+        for rel in item[1]:
+            try:
+                rows, header = lcformat.read_rows(context.project.root / rel)
+            except (OSError, ValueError) as err:
+                raise FrameError(rel, f"unreadable light curve: {err}") from None
+            info = {**file_info(header), "projid": item[0]}
+            info["x"], info["y"] = position(rows)
+            st = robust_stats(np.stack([rows[c].astype(np.float64) for c in columns]))
+            out.append({**info, "path": rel, "median": st["median"],
+                        "scatter": 1.4826 * st["mad"], "n": st["n"], "frames": _frames(rows)})
+        return out
+
+    def record(self, ledger, result: list[dict], context: Context) -> None:
+        self.summaries += result
+
+
+class FileTrends(Phase):
+    """``trex detrend`` alone, pass 2: per (projid, field), the templates (those kept, or
+    chosen from the light curves) and the trend of every night."""
+
+    name = "detrend: templates and nights"
+    batch = 1
+
+    def __init__(self, summaries: Summaries):
+        self.summaries, self.found = summaries, {}
+
+    def plan(self, ledger, context: Context) -> list[tuple]:
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for s in self.summaries.summaries:
+            groups.setdefault((s["projid"], s["field"]), []).append(s)
+        items = []
+        for group, members in sorted(groups.items()):
+            frames = np.unique(np.concatenate([s["frames"] for s in members]))
+            kept = context.templates.get(group) if not context.rebuild else None
+            items.append((group, members, kept, frames))
+        return items
+
+    def work(self, item: tuple, context: Context) -> tuple:
+        group, members, templates, frames = item
+        config, root = context.config, context.project.root
+        frame_keys, first = np.unique(frames["framekey"], return_index=True)
+        frame_rjd = frames["rjd"][first]
+        if templates is None:
+            templates = self._choose(members, frame_keys, frame_rjd, config, root)
+            save_templates(templates_path(context.project, *group), templates)
+        paths = {s["objectid"]: s["path"] for s in members}
+        rows_of = {}
+        for oid in np.unique(templates.table["objectid"]):
+            if oid in paths:
+                rows, header = lcformat.read_rows(root / paths[oid])
+                rows_of[oid] = (rows, float(header.get("RA", np.nan)), float(header.get("DEC", np.nan)))
+        trends = []
+        for interval in night_intervals(frame_rjd, config.detrend.night_gap):
+            inside = (frame_rjd >= interval[0]) & (frame_rjd <= interval[1])
+            night_rows = {o: (r[(r["rjd"] >= interval[0]) & (r["rjd"] <= interval[1])], ra, dec)
+                          for o, (r, ra, dec) in rows_of.items()}
+            trends.append(night_trend(interval, frame_keys[inside], frame_rjd[inside], templates,
+                                      night_rows, config))
+        return group, templates, trends
+
+    @staticmethod
+    def _choose(members: list[dict], keys: np.ndarray, rjd: np.ndarray, config: Config,
+                root: Path) -> Templates:
+        """Templates from the light curves: candidates by their statistics, then the
+        periodogram test on their light curves."""
+        columns = input_columns(len(config.photometry.apertures))
+        stars = np.zeros(len(members), dtype=[("star", "i8"), ("objectid", "U256"), ("ra", "f8"),
+                                              ("dec", "f8"), ("x", "f8"), ("y", "f8")])
+        for name in ("objectid", "ra", "dec", "x", "y"):
+            stars[name] = [m[name] for m in members]
+        stars["star"] = np.arange(len(members))
+        pool = config.detrend.template_pool
+        chosen = set()
+        for j in range(len(columns)):
+            median = np.array([m["median"][j] for m in members])
+            scatter = np.array([m["scatter"][j] for m in members])
+            cover = np.array([m["n"][j] for m in members]) / max(len(keys), 1)
+            chosen |= set(select_templates(median, scatter, cover, stars["x"], stars["y"],
+                                           3 * pool).tolist())
+        chosen = np.array(sorted(chosen), dtype=int)
+        lcs = {c: np.full((len(members), len(keys)), np.nan) for c in columns}
+        for i in chosen:
+            rows, _ = lcformat.read_rows(root / members[i]["path"])
+            at = np.searchsorted(keys, rows["framekey"])
+            for col in columns:
+                lcs[col][i, at] = rows[col]
+        return choose_templates(lcs, rjd, stars, config)
+
+    def record(self, ledger, result: tuple, context: Context) -> None:
+        group, templates, trends = result
+        self.found[group] = (templates, trends)
+        ledger.record_phase(self.name, "/".join(group))
+
+    def update(self, ledger, context: Context) -> Context:
+        templates = {**context.templates, **{g: t for g, (t, _) in self.found.items()}}
+        trends = {**context.trends, **{g: tr for g, (_, tr) in self.found.items()}}
+        return dataclasses.replace(context, templates=templates, trends=trends)
+
+    def label(self, item: tuple) -> str:
+        return "/".join(item[0])
+
+
+def _frames(rows: np.ndarray) -> np.ndarray:
+    """The (framekey, rjd) pairs of a light curve."""
+    return np.unique(np.rec.fromarrays([rows["framekey"], rows["rjd"]], names="framekey,rjd"))
+
+
+class DetrendFiles(Phase):
+    """``trex detrend`` alone, pass 3: every night of every light curve, each file
+    written once; ``lcinfo`` and ``lcstats`` rows replaced."""
+
+    name = "detrend"
+    batch = 1
+
+    def __init__(self, summaries: Summaries):
+        self.summaries = summaries
+
+    def plan(self, ledger, context: Context) -> list[tuple]:
+        groups: dict[tuple[str, str], list[str]] = {}
+        for s in self.summaries.summaries:
+            groups.setdefault((s["projid"], s["field"]), []).append(s["path"])
+        return [(group, tuple(paths[i:i + 100])) for group, paths in sorted(groups.items())
+                for i in range(0, len(paths), 100)]
+
+    def work(self, item: tuple, context: Context) -> tuple[dict, dict]:
+        group, paths = item
+        trends = context.trends.get(group, [])
+        info_rows, stat_rows = [], []
+        napertures = len(context.config.photometry.apertures)
+        for rel in paths:
+            path = context.project.root / rel
+            rows, header = lcformat.read_rows(path)
+            rows = rows.astype(lcformat.lc_dtype(napertures).newbyteorder(">"))
+            info = {**file_info(header), "projid": group[0]}
+            info["x"], info["y"] = position(rows)
+            detrend_nights([(rows, info)], trends, context.config)
+            lcformat.write_lightcurve(path, rows, lcformat.header_cards(header))
+            info_rows.append({"projid": group[0], "objectid": info["objectid"], "path": rel,
+                              **lcinfo_stats(rows, ("atf_000", "aep_000", "arm_000", "aim_000"))})
+            stat_rows.append(star_rows(rows, info, napertures))
+        return info_rows, stat_rows
+
+    def record(self, ledger, result: tuple, context: Context) -> None:
+        info, stats = result
+        ledger.record_lightcurves(columns_of(info), _concat(stats))
+
+    def label(self, item: tuple) -> str:
+        return f"{'/'.join(item[0])} ({len(item[1])} light curves)"
+
+
+def _concat(parts: list[dict]) -> dict:
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -48,7 +48,7 @@ import numpy as np
 from trex._stats import clipped_stats
 from trex.config import Config
 from trex.flags import PHOT
-from trex.photometry import MAG_ERR_FACTOR, aperture_photometry, apertures, saturated_near
+from trex.photometry import MAG_ERR_FACTOR, apertures, measure, saturated_near
 from trex.register import Transform, fit_transform, resample
 
 #: stars with F_ref at least this many sigma measure the aperture fraction ratio q
@@ -62,14 +62,6 @@ def iphot_dtype(napertures: int) -> np.dtype:
                         ("irq", "i2"), ("dfl", "f8")):
         fields += [(f"{name}_{i:03d}", dtype) for i in range(napertures)]
     return np.dtype(fields)
-
-
-def _measure(image: np.ndarray, x, y, radii, annulus, mask, config: Config, gain: float) -> dict:
-    ph = config.photometry
-    return aperture_photometry(image, x, y, radii, annulus, gain=gain, mask=mask,
-                               sky_method=ph.sky_method, sky_sigma=ph.sky_sigma,
-                               sky_iters=ph.sky_iters, disjoint_radius=ph.disjoint_radius,
-                               min_sky_pixels=ph.min_sky_pixels)
 
 
 def aperture_ratio(f_model: np.ndarray, f_ref: np.ndarray, ferr_ref: np.ndarray,
@@ -100,29 +92,27 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
     (table, {"q": [q per aperture]}).
     """
     x, y = refphot["x"], refphot["y"]
-    radii, annuli = apertures(config)
+    radii, _ = apertures(config)
     table = np.zeros(len(refphot), dtype=iphot_dtype(len(radii)))
     table["star"], table["xref"], table["yref"] = refphot["star"], x, y
     scale = np.asarray(scale_of(x, y), dtype=np.float64)
     saturated = saturated_near(mask, x, y, float(radii.max()))
+    res_d = measure(diff, x, y, config, gain=gain, mask=mask)
+    res_m = measure(model, x, y, config, gain=gain, mask=mask)
+    v_sky = np.maximum(res_m["bg"], 0.0) / gain + (rdnoise / gain) ** 2
+    nsky = np.maximum(res_d["nsky"], 1)
     qs = []
-    for annulus in sorted(set(annuli)):
-        use = [i for i, a in enumerate(annuli) if a == annulus]
-        res_d = _measure(diff, x, y, radii[use], annulus, mask, config, gain)
-        res_m = _measure(model, x, y, radii[use], annulus, mask, config, gain)
-        v_sky = np.maximum(res_m["bg"], 0.0) / gain + (rdnoise / gain) ** 2
-        nsky = np.maximum(res_d["nsky"], 1)
-        for j, i in enumerate(use):
-            f_ref, ferr_ref = refphot[f"flux_{i:03d}"], refphot[f"fluxerr_{i:03d}"]
-            # D's own NONPOSITIVE means dF <= 0, which is fine: F decides (_fill)
-            flag = (res_d["flag"][:, j] & ~PHOT["NONPOSITIVE"].bit) | refphot[f"flag_{i:03d}"]
-            q = aperture_ratio(res_m["flux"][:, j], f_ref, ferr_ref, scale, flag == 0)
-            area, d_img = res_d["area"][:, j], res_d["flux"][:, j]
-            var = (np.maximum(res_m["flux"][:, j] + d_img, 0.0) / gain
-                   + area * v_sky * (1.0 + area / nsky))
-            _fill(table, i, f_ref, d_img / (scale * q), np.sqrt(var) / np.abs(scale * q),
-                  flag | np.where(saturated, PHOT["SATURATED"].bit, 0), config, exptime)
-            qs.append(q)
+    for i in range(len(radii)):
+        f_ref, ferr_ref = refphot[f"flux_{i:03d}"], refphot[f"fluxerr_{i:03d}"]
+        # D's own NONPOSITIVE means dF <= 0, which is fine: F decides (_fill)
+        flag = (res_d["flag"][:, i] & ~PHOT["NONPOSITIVE"].bit) | refphot[f"flag_{i:03d}"]
+        q = aperture_ratio(res_m["flux"][:, i], f_ref, ferr_ref, scale, flag == 0)
+        area, d_img = res_d["area"][:, i], res_d["flux"][:, i]
+        var = (np.maximum(res_m["flux"][:, i] + d_img, 0.0) / gain
+               + area * v_sky[:, i] * (1.0 + area / nsky[:, i]))
+        _fill(table, i, f_ref, d_img / (scale * q), np.sqrt(var) / np.abs(scale * q),
+              flag | np.where(saturated, PHOT["SATURATED"].bit, 0), config, exptime)
+        qs.append(q)
     return table, {"q": qs}
 
 

@@ -15,6 +15,11 @@ Any other exception is a bug in trex and aborts the whole job with its traceback
 
 from __future__ import annotations
 
+import errno
+import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -43,3 +48,49 @@ class WriteFault(Exception):
         super().__init__(f"cannot write {path}: {cause}")
         self.path = str(path)
         self.cause = cause
+
+
+#: errno values of a write that fails for a cause outside trex, and how to say it
+_CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EFBIG: "file too large (file-size limit)", errno.EACCES: "permission denied",
+           errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system"}
+
+
+def write_cause(path: Path | str, err: OSError) -> str | None:
+    """Why a write to ``path`` failed, when the cause is the machine's (else None).
+
+    Libraries that report a failed write without an errno (cfitsio) are
+    diagnosed from the folder: not writable, no space left, or a file-size
+    limit in force."""
+    if err.errno in _CAUSES:
+        return _CAUSES[err.errno]
+    if err.errno is not None:
+        return None
+    folder = Path(path).parent
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        return _CAUSES[errno.EACCES]
+    try:
+        stat = os.statvfs(folder)
+        if stat.f_bavail * stat.f_frsize < (1 << 20):
+            return _CAUSES[errno.ENOSPC]
+    except OSError:
+        pass
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return _CAUSES[errno.EFBIG]
+    return None
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn an OSError of the machine (see :func:`write_cause`) into a WriteFault."""
+    try:
+        yield
+    except OSError as err:
+        cause = write_cause(path, err)
+        if cause is None:
+            raise
+        raise WriteFault(path, cause) from None
+
+
+class Stopped(Exception):
+    """The run was asked to stop (SIGTERM, SIGUSR1) and stopped cleanly."""

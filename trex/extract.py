@@ -42,9 +42,10 @@ from scipy.spatial import cKDTree
 
 from trex import _extract
 from trex.background import background
-from trex.fits import FrameError
+from trex.errors import FrameError
 from trex.flags import MASK, SOURCE
 from trex.frame import Context, Frame
+from trex.products import save_product
 
 log = logging.getLogger(__name__)
 
@@ -291,3 +292,9 @@ def run(frame: Frame, context: Context) -> Frame:
              len(sources), frame.quality["fwhm"], frame.quality["medsky"],
              frame.quality["skyrms"])
     return frame
+
+
+def save(frame: Frame, context: Context) -> dict:
+    """The extracted sources go next to the calibrated frame (no database rows)."""
+    save_product(frame.redpath, "sources", frame.sources)
+    return {}

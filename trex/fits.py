@@ -11,16 +11,19 @@ half-written frame.
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fitsio
 import numpy as np
 from astropy.io import fits as afits
 
-from trex.errors import FrameError
+from trex.errors import FrameError, writing
 
-__all__ = ["FrameError", "read_header", "read_image", "write_image", "atomic_path"]
+__all__ = ["FrameError", "read_header", "read_image", "write_image", "atomic_write", "atomic_path",
+           "copy_file"]
 
 #: header keywords that describe the stored array, not the data; never copied.
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
@@ -149,33 +152,50 @@ def write_image(path: Path | str, image: np.ndarray, header: afits.Header | dict
     extra named image HDUs atomically.
 
     ``extensions`` is a list of (EXTNAME, array, header).  With ``compress`` the
-    images are Rice tile-compressed (lossless for integer data).
+    images are Rice tile-compressed (lossless for integer data).  A write that
+    fails for a cause of the machine raises :class:`trex.errors.WriteFault`.
     """
+    kwargs = {"compress": "rice"} if compress else {}
+    with atomic_write(path) as tmp, fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+        if compress:
+            fits.write(None)
+        fits.write(np.ascontiguousarray(image), header=_records(header), **kwargs)
+        for name, data, hdr in extensions:
+            fits.write(np.ascontiguousarray(data), header=_records(hdr), extname=name, **kwargs)
+    return Path(path)
+
+
+@contextmanager
+def atomic_write(path: Path | str) -> Iterator[Path]:
+    """A temporary path next to ``path`` to write to; it replaces ``path`` when the block
+    ends without an error and is removed otherwise, so a reader (or a killed job)
+    never sees a half-written file.  Failures of the machine (disk full,
+    permission, file-size limit) become :class:`trex.errors.WriteFault`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.unlink(tmp)  # fitsio refuses to write over an existing file without clobber
-        kwargs = {"compress": "rice"} if compress else {}
-        with fitsio.FITS(tmp, "rw", clobber=True) as fits:
-            if compress:
-                fits.write(None)
-            fits.write(np.ascontiguousarray(image), header=_records(header), **kwargs)
-            for name, data, hdr in extensions:
-                fits.write(np.ascontiguousarray(data), header=_records(hdr), extname=name, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
 
 
 def atomic_path(path: Path | str) -> tuple[Path, Path]:
     """(temporary path, final path) for writers that are not FITS images.
 
-    Write to the temporary path, then ``os.replace(tmp, final)``.
+    Write to the temporary path, then ``os.replace(tmp, final)``
+    (:func:`atomic_write` does both and cleans up).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp"), path
+
+
+def copy_file(source: Path | str, target: Path | str) -> Path:
+    """Copy ``source`` to ``target`` atomically."""
+    with atomic_write(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)

@@ -70,13 +70,25 @@ class Context:
     """Read-only inputs shared by every rank for one run.
 
     ``masters`` maps (kind, night, ccd, filter) to master-frame paths;
-    ``catalogs`` maps a field name to its catalog table; ``astromref`` and
-    ``photref`` map (projid, field, ccd) to the reference products.
+    ``catalogs`` maps a field name to its catalog table; ``magfit`` maps
+    (projid, field) to the magnitude-fit master (ncatalog, napertures);
+    ``photref`` maps (projid, field, ccd) to the photometric reference
+    (:class:`trex.photref.Reference`); ``templates`` maps (projid, field) to the
+    TFA templates and ``trends`` to the night trends of this run
+    (:mod:`trex.detrend`); ``frames`` the frames being merged into the light
+    curves (:class:`trex.lightcurves.FrameTable`); ``inputs`` holds what identifies each of them for the
+    ledger (e.g. ``("catalog", field) -> "F1.csv:2048:..."``); ``rebuild`` asks
+    the reference phases to make their references again.
     """
 
     project: Project
     config: Config
     masters: dict = field(default_factory=dict)
     catalogs: dict = field(default_factory=dict)
-    astromref: dict = field(default_factory=dict)
+    magfit: dict = field(default_factory=dict)
     photref: dict = field(default_factory=dict)
+    templates: dict = field(default_factory=dict)
+    trends: dict = field(default_factory=dict)
+    frames: Any = None
+    inputs: dict = field(default_factory=dict)
+    rebuild: bool = False

@@ -8,7 +8,7 @@ configuration, camera values from ``[camera]`` override the header.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from astropy.coordinates import Angle
@@ -40,6 +40,14 @@ def parse_section(text: str) -> tuple[slice, slice]:
     if x1 < 1 or y1 < 1:
         raise ValueError(f"IRAF sections are 1-based: {text!r}")
     return slice(y1 - 1, y2), slice(x1 - 1, x2)
+
+
+def format_section(section: tuple[slice, slice] | None) -> str | None:
+    """Inverse of :func:`parse_section`: numpy slices as ``[x1:x2,y1:y2]`` (1-based, inclusive)."""
+    if section is None:
+        return None
+    rows, cols = section
+    return f"[{cols.start + 1}:{cols.stop},{rows.start + 1}:{rows.stop}]"
 
 
 def parse_ra(value) -> float:
@@ -192,3 +200,28 @@ def parse_header(header: afits.Header, config: Config, path="<header>") -> Frame
         biassec=sections["biassec"],
         trimsec=sections["trimsec"],
     )
+
+
+#: ``frameinfo`` columns of a FrameMeta field where the names differ
+_COLUMN = {"dec": "decl", "latitude": "sitelat", "longitude": "sitelong", "altitude": "sitealt"}
+HEADER_SECTIONS = ("project", "header", "camera", "site")
+
+
+def meta_row(meta: FrameMeta) -> dict:
+    """The ``frameinfo`` columns of a parsed header (so that it is parsed once per frame)."""
+    row = {_COLUMN.get(f.name, f.name): getattr(meta, f.name) for f in fields(FrameMeta)}
+    row["biassec"], row["trimsec"] = format_section(meta.biassec), format_section(meta.trimsec)
+    return row
+
+
+def meta_from_row(row: dict) -> FrameMeta:
+    """The FrameMeta of a ``frameinfo`` row written from :func:`meta_row`."""
+    values = {f.name: row[_COLUMN.get(f.name, f.name)] for f in fields(FrameMeta)}
+    for name in ("biassec", "trimsec"):
+        values[name] = parse_section(values[name]) if values[name] else None
+    for name in ("ra", "dec", "pixscale"):
+        if values[name] is not None and values[name] != values[name]:  # NULL read back as NaN
+            values[name] = None
+    for name in ("field", "projid", "ccd", "filter", "dateobs", "imagetyp"):
+        values[name] = values[name] or ""
+    return FrameMeta(**values)

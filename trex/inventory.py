@@ -1,16 +1,16 @@
 """Frame inventory: every raw file under ``RAW/<night>/`` recorded in ``frameinfo``.
 
-:func:`scan` walks the night folders for ``*.fits``, ``*.fits.fz`` and ``*.fz``
-(hidden files are ignored), parses each header with
-:func:`trex.header.parse_header` and inserts or updates one ``frameinfo`` row per
-file (``rawpath`` relative to the project root).  A file whose size and mtime
-are unchanged since it was recorded is not opened again; a changed file is
-re-read, and its calibration rows (``calibratedframes``, ``framestatus``) are
-dropped so that it is calibrated again.  A file that cannot be read, is
-truncated, or has an unknown IMAGETYP is recorded with ``isok`` false and the
-reason, with a WARNING; it never stops the scan.
-
-:func:`pending_object_frames` lists the object frames still to calibrate.
+A phase: :meth:`Inventory.plan` walks the night folders for ``*.fits``,
+``*.fits.fz`` and ``*.fz`` (hidden files are ignored) and lists the files not
+recorded yet or changed on disk (size or mtime), and the recorded headers
+to parse again because the header settings changed; :meth:`Inventory.work`
+reads a header (any rank) and parses it with :func:`trex.header.parse_header`;
+:meth:`Inventory.record` inserts or updates one ``frameinfo`` row per file
+(``rawpath`` relative to the project root), with the parsed values in their
+columns, so that no later step parses the header again.  A changed file's
+state is dropped (it is calibrated again).  A file that cannot be read, is
+truncated, or has an unknown IMAGETYP is recorded with ``isok`` false and
+the reason, with a WARNING; it never stops the run.
 """
 
 from __future__ import annotations
@@ -21,32 +21,26 @@ from pathlib import Path
 
 from astropy.io import fits as afits
 
-from trex.config import Config
-from trex.db import Database
-from trex.fits import FrameError, _image_hdu, _open, _to_header
-from trex.header import FrameMeta, parse_header
+from trex.errors import FrameError
+from trex.fits import _image_hdu, _open, _to_header
+from trex.frame import Context
+from trex.header import HEADER_SECTIONS, meta_row, parse_header
+from trex.phase import Phase
 from trex.project import Project
 
 log = logging.getLogger(__name__)
 
 PATTERNS = ("*.fits", "*.fits.fz", "*.fz")
 
-COLUMNS = ("rawpath", "night", "imagetyp", "projid", "field", "ccd", "filter", "exptime",
-           "dateobs", "jd", "ra", "decl", "gain", "rdnoise", "saturate", "naxis1", "naxis2",
-           "filesize", "mtime", "isok", "reason", "header")
-
 
 @dataclass(frozen=True)
-class RawFrame:
-    """One usable raw frame as recorded in ``frameinfo``."""
+class RawItem:
+    """A raw file to record: new, changed on disk, or only to parse again."""
 
-    framekey: int
-    rawpath: Path          # absolute
     night: str
-    meta: FrameMeta
-    shape: tuple[int, int]  # (naxis2, naxis1)
-    filesize: int
-    mtime: float
+    rawpath: str                 # relative to the project root
+    framekey: int                # its frameinfo row (reserved for a new file)
+    header: str | None = None    # the recorded header text (parse again, no file read)
 
 
 def raw_files(project: Project) -> list[tuple[str, Path]]:
@@ -78,96 +72,65 @@ def read_raw_header(path: Path) -> tuple[afits.Header, tuple[int, int]]:
     return header, (int(ny), int(nx))
 
 
-def _record(project: Project, config: Config, night: str, path: Path) -> dict:
-    """The ``frameinfo`` values of one file (isok 0 with the reason when unusable)."""
-    stat = path.stat()
-    row = dict.fromkeys(COLUMNS)
-    row.update(rawpath=str(path.relative_to(project.root)), night=night,
-               filesize=int(stat.st_size), mtime=float(stat.st_mtime), isok=True)
-    try:
-        header, (ny, nx) = read_raw_header(path)
-        row.update(naxis1=nx, naxis2=ny, header=header.tostring(sep="\n", padding=False))
-        meta = parse_header(header, config, path)
-    except FrameError as err:
-        log.warning("inventory: %s: %s (recorded, skipped)", row["rawpath"], err.reason)
-        row.update(isok=False, reason=err.reason)
-        return row
-    row.update(imagetyp=meta.imagetyp, projid=meta.projid, field=meta.field, ccd=meta.ccd,
-               filter=meta.filter, exptime=meta.exptime, dateobs=meta.dateobs, jd=meta.jd,
-               ra=meta.ra, decl=meta.dec, gain=meta.gain, rdnoise=meta.rdnoise,
-               saturate=meta.saturate)
-    if meta.imagetyp == "object" and not meta.projid:
-        row.update(isok=False, reason="no PROJID in the header and no project.projid configured")
-        log.warning("inventory: %s: %s (recorded, skipped)", row["rawpath"], row["reason"])
-    return row
+class Inventory(Phase):
+    """Record new and changed raw files (see the module doc)."""
 
+    name = "inventory"
+    batch = 32
 
-def scan(project: Project, config: Config, db: Database) -> list[str]:
-    """Record new and changed raw files in ``frameinfo``; returns their rawpaths."""
-    known = {r[1]: (r[0], r[2], r[3]) for r in
-             db.query("SELECT framekey, rawpath, filesize, mtime FROM frameinfo")}
-    changed = []
-    insert = (f"INSERT INTO frameinfo ({', '.join(COLUMNS)}) "
-              f"VALUES ({', '.join('?' * len(COLUMNS))})")
-    update = f"UPDATE frameinfo SET {', '.join(c + ' = ?' for c in COLUMNS)} WHERE framekey = ?"
-    for night, path in raw_files(project):
-        rel = str(path.relative_to(project.root))
-        stat = path.stat()
-        old = known.get(rel)
-        if old is not None and old[1] == stat.st_size and old[2] == float(stat.st_mtime):
-            continue
-        row = _record(project, config, night, path)
-        values = [row[c] for c in COLUMNS]
-        with db.transaction():
+    def plan(self, ledger, context: Context) -> list[RawItem]:
+        project = context.project
+        known = ledger.read.raw_files()
+        sha = context.config.section_sha(HEADER_SECTIONS)
+        items, new = [], []
+        for night, path in raw_files(project):
+            rel = str(path.relative_to(project.root))
+            stat = path.stat()
+            old = known.get(rel)
             if old is None:
-                db.execute(insert, values)
-            else:
-                log.info("inventory: %s changed on disk, re-read", rel)
-                db.execute(update, values + [old[0]])
-                db.execute("DELETE FROM calibratedframes WHERE framekey = ?", (old[0],))
-                db.execute("DELETE FROM framestatus WHERE framekey = ?", (old[0],))
-        changed.append(rel)
-    if changed:
-        log.info("inventory: %d new or changed raw files recorded", len(changed))
-    return changed
+                new.append((night, rel))
+            elif old[1] != stat.st_size or old[2] != float(stat.st_mtime):
+                log.info("inventory: %s changed on disk, read again", rel)
+                items.append(RawItem(night, rel, old[0]))
+        # keys in file order whatever the order the headers are read in
+        keys = ledger.reserve_raw(new)
+        items = [RawItem(night, rel, key) for (night, rel), key in zip(new, keys)] + items
+        stale = {k for k, _, _, s in known.values() if s != sha}
+        items += [RawItem(night, rel, key, text) for key, rel, night, text in ledger.read.raw_headers()
+                  if key in stale and (project.root / rel).is_file()
+                  and not any(i.rawpath == rel for i in items)]
+        return items
 
-
-def meta_from_text(text: str, config: Config, path: Path | str) -> FrameMeta:
-    """FrameMeta from the header text stored in ``frameinfo.header``."""
-    return parse_header(afits.Header.fromstring(text, sep="\n"), config, path)
-
-
-def usable_frames(project: Project, config: Config, db: Database,
-                  imagetyp: str | None = None) -> list[RawFrame]:
-    """The frames with ``isok`` true (of one type when given), by night and time."""
-    sql = ("SELECT framekey, rawpath, night, header, naxis2, naxis1, filesize, mtime "
-           "FROM frameinfo WHERE isok")
-    params: tuple = ()
-    if imagetyp:
-        sql += " AND imagetyp = ?"
-        params = (imagetyp,)
-    out = []
-    for key, rel, night, text, ny, nx, size, mtime in db.query(sql + " ORDER BY night, jd, rawpath",
-                                                                params):
-        path = project.root / rel
+    def work(self, item: RawItem, context: Context) -> dict:
+        """The ``frameinfo`` values of one file (isok false with the reason when unusable)."""
+        project, config = context.project, context.config
+        path = project.root / item.rawpath
+        row = {"rawpath": item.rawpath, "night": item.night, "isok": True, "reason": None,
+               "configsha": config.section_sha(HEADER_SECTIONS)}
         try:
-            meta = meta_from_text(text, config, path)
-        except FrameError as err:  # configuration changed since the scan
-            log.warning("inventory: %s: %s (skipped)", rel, err.reason)
-            continue
-        out.append(RawFrame(int(key), path, night, meta, (int(ny), int(nx)), int(size),
-                            float(mtime)))
-    return out
+            if item.header is None:
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    raise FrameError(path, "file not found (removed during the run?)") from None
+                row.update(filesize=int(stat.st_size), mtime=float(stat.st_mtime))
+                header, (ny, nx) = read_raw_header(path)
+                row.update(naxis1=nx, naxis2=ny, header=header.tostring(sep="\n", padding=False))
+            else:
+                header = afits.Header.fromstring(item.header, sep="\n")
+            meta = parse_header(header, config, path)
+        except FrameError as err:
+            log.warning("inventory: %s: %s (recorded, skipped)", item.rawpath, err.reason)
+            row.update(isok=False, reason=err.reason)
+            return {"item": item, "row": row}
+        row.update(meta_row(meta))
+        if meta.imagetyp == "object" and not meta.projid:
+            row.update(isok=False, reason="no PROJID in the header and no project.projid configured")
+            log.warning("inventory: %s: %s (recorded, skipped)", item.rawpath, row["reason"])
+        return {"item": item, "row": row}
 
+    def record(self, ledger, result: dict, context: Context) -> None:
+        ledger.record_raw(result["row"], result["item"].framekey)
 
-def pending_object_frames(project: Project, config: Config, db: Database,
-                          stage: str = "calibrate") -> list[RawFrame]:
-    """Usable object frames with no ``framestatus`` row for ``stage`` yet."""
-    done = {r[0] for r in db.query("SELECT framekey FROM framestatus WHERE stage = ?", (stage,))}
-    return [f for f in usable_frames(project, config, db, "object") if f.framekey not in done]
-
-
-def mark_bad(db: Database, framekey: int, reason: str) -> None:
-    """Record that a frame recorded as ok turned out unusable."""
-    db.execute("UPDATE frameinfo SET isok = ?, reason = ? WHERE framekey = ?",
-               (False, reason, framekey))
+    def label(self, item: RawItem) -> str:
+        return item.rawpath

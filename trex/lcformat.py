@@ -10,13 +10,12 @@ configured apertures.  Missing measurements are NaN with a non-zero flag
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
 
-from trex.fits import atomic_path
+from trex.fits import atomic_write
 from trex.fitstable import Header, read_table, write_table
 
 #: (name, description, numpy dtype, per aperture)
@@ -38,6 +37,7 @@ COLUMNS = (
     ("arm", "magnitude after magnitude fitting", "f4", True),
     ("aep", "magnitude after EPD", "f4", True),
     ("atf", "magnitude after TFA", "f4", True),
+    ("adq", "detrending flag of aep/atf (trex.flags.PHOT NOT_FITTED: not detrended)", "i2", True),
     ("ifl", "image-subtraction flux, ADU (reference scale)", "f8", True),
     ("ife", "image-subtraction flux error, ADU", "f8", True),
     ("irm", "image-subtraction magnitude", "f4", True),
@@ -45,6 +45,7 @@ COLUMNS = (
     ("irq", "image-subtraction quality flag (trex.flags.PHOT)", "i2", True),
     ("iep", "image-subtraction magnitude after EPD", "f4", True),
     ("itf", "image-subtraction magnitude after TFA", "f4", True),
+    ("idq", "detrending flag of iep/itf (trex.flags.PHOT NOT_FITTED: not detrended)", "i2", True),
 )
 
 
@@ -79,6 +80,8 @@ def empty_rows(n: int, napertures: int) -> np.ndarray:
             rows[name] = np.nan
         elif name[:3] in ("aiq", "irq"):
             rows[name] = PHOT["MISSING"].bit
+        elif name[:3] in ("adq", "idq"):
+            rows[name] = PHOT["NOT_FITTED"].bit
     return rows
 
 
@@ -95,10 +98,21 @@ def describe_columns(napertures: int) -> dict[str, str]:
 
 def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> Path:
     """Write ``rows`` (``lc_dtype``) as the LIGHTCURVE table of ``path``, atomically."""
-    tmp, final = atomic_path(path)
-    write_table(tmp, rows, "LIGHTCURVE", header)
-    os.replace(tmp, final)
-    return final
+    with atomic_write(path) as tmp:
+        write_table(tmp, rows, "LIGHTCURVE", header)
+    return Path(path)
+
+
+_STRUCTURAL = ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "EXTNAME",
+               "TTYPE", "TFORM", "TUNIT", "TDIM", "TNULL", "TSCAL", "TZERO", "TDISP")
+
+
+def header_cards(header: Header) -> list[dict]:
+    """The user cards of a light curve's table header (structural table cards dropped),
+    to write them again."""
+    return [{"name": r["name"], "value": r["value"], "comment": r.get("comment", "")}
+            for r in header.records()
+            if r.get("name") and not r["name"].startswith(_STRUCTURAL)]
 
 
 def read_rows(path: Path | str) -> tuple[np.ndarray, Header]:

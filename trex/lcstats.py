@@ -1,6 +1,6 @@
 """Light-curve statistics and the theoretical noise of aperture photometry.
 
-Pure numpy, no I/O except the stats table of :func:`write_stats`.
+Pure numpy, no I/O.
 
 * :func:`robust_stats` gives, for many light curves at once (a 2-D array with
   NaN for missing points), the median, the MAD, the RMS, the RMS after a
@@ -10,23 +10,20 @@ Pure numpy, no I/O except the stats table of :func:`write_stats`.
   error of the sky level estimated in the annulus), for the magnitude scale of
   trex (``mag = ZP - 2.5 log10(flux_ADU / exptime_s)``).  Scintillation and
   flat-field errors are not included: the curve is a floor, not a prediction.
-* The stats table ``LC/<projid>/lcstats.fits`` has one row per star:
-  ``objectid``, catalog ``mag``, median position ``x``, ``y`` and for every
-  magnitude column ``c`` (``aim_000``, ``arm_000``, ``aep_000`` ...) the
-  fields ``c_median``, ``c_mad``, ``c_rms``, ``c_crms`` (clipped) and ``c_n``.
+* The ``lcstats`` table of the database has one row per star and aperture:
+  ``projid``, ``objectid``, ``aperture``, catalog ``mag``, median position
+  ``x``, ``y`` and for every magnitude prefix ``p`` (``aim``, ``arm``,
+  ``aep``, ``atf``, ``irm``, ``iep``, ``itf``) the fields ``p_median``,
+  ``p_mad``, ``p_rms``, ``p_crms`` (clipped) and ``p_n`` (:func:`star_rows`);
+  :func:`wide_table` turns a project's rows into one row per star.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from pathlib import Path
 
-import fitsio
 import numpy as np
-
-from trex.fits import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +140,8 @@ def noise_model(mag, *, zeropoint: float, exptime: float, gain: float, rdnoise: 
 
 
 def stats_dtype(columns: list[str]) -> np.dtype:
-    """Row dtype of the stats table for the magnitude ``columns``."""
-    fields = [("objectid", "S64"), ("mag", "f8"), ("x", "f8"), ("y", "f8")]
+    """Row dtype of the wide stats table (one row per star) for the magnitude ``columns``."""
+    fields = [("objectid", "U256"), ("mag", "f8"), ("x", "f8"), ("y", "f8")]
     for col in columns:
         fields += [(f"{col}_{f}", "i4" if f == "n" else "f8") for f in STAT_FIELDS]
     return np.dtype(fields)
@@ -155,43 +152,53 @@ def stat_columns(napertures: int) -> list[str]:
     return [f"{p}_{i:03d}" for p in STAT_PREFIXES for i in range(napertures)]
 
 
-def star_stats(rows: np.ndarray, objectid: str, mag: float, columns: list[str]) -> np.ndarray:
-    """One stats-table row (``stats_dtype``) of a light curve's rows (``lc_dtype``)."""
-    out = np.zeros(1, dtype=stats_dtype(columns))
-    out["objectid"] = objectid
-    out["mag"] = mag
-    with np.errstate(invalid="ignore"):
-        out["x"] = np.nanmedian(rows["xcc"]) if np.isfinite(rows["xcc"]).any() else np.nan
-        out["y"] = np.nanmedian(rows["ycc"]) if np.isfinite(rows["ycc"]).any() else np.nan
-    mags = np.stack([rows[c].astype(np.float64) for c in columns])
-    stats = robust_stats(mags)
-    for j, col in enumerate(columns):
+def star_rows(rows: np.ndarray, info: dict, napertures: int) -> dict[str, np.ndarray]:
+    """The ``lcstats`` rows (one per aperture, numpy columns) of a light curve's rows:
+    for every magnitude prefix its median, MAD, RMS, clipped RMS and points."""
+    n = napertures
+    out = {"projid": np.full(n, info["projid"]), "objectid": np.full(n, info["objectid"]),
+           "aperture": np.arange(n, dtype=np.int16), "mag": np.full(n, info["mag"], float),
+           "x": np.full(n, info["x"], float), "y": np.full(n, info["y"], float)}
+    columns = stat_columns(napertures)
+    stats = robust_stats(np.stack([rows[c].astype(np.float64) for c in columns]))
+    for prefix_index, prefix in enumerate(STAT_PREFIXES):
+        at = slice(prefix_index * n, (prefix_index + 1) * n)
         for f in STAT_FIELDS:
-            out[f"{col}_{f}"] = stats[f][j]
+            out[f"{prefix}_{f}"] = stats[f][at].astype(np.int64 if f == "n" else np.float64)
     return out
 
 
-def write_stats(path: Path, table: np.ndarray, merge: bool = False) -> Path:
-    """Write the stats table atomically; with ``merge`` keep the stars of an
-    existing table that ``table`` does not replace."""
-    if merge and path.exists():
-        old = read_stats(path)
-        if old.dtype == table.dtype:
-            keep = ~np.isin(old["objectid"], table["objectid"])
-            table = np.concatenate([old[keep], table])
-    table = table[np.argsort(table["objectid"], kind="stable")]
-    tmp, final = atomic_path(path)
-    if tmp.exists():
-        tmp.unlink()
-    with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
-        fits.write(None)
-        fits.write(table, extname="LCSTATS")
-    os.replace(tmp, final)
-    log.info("light-curve statistics of %d stars in %s", len(table), final)
-    return final
+def wide_table(columns: dict[str, np.ndarray], napertures: int) -> np.ndarray:
+    """The ``lcstats`` rows of a project (``Queries.lcstats``) as one row per star
+    (``stats_dtype``: ``aim_000_median`` ...), the layout the report plots."""
+    ids = np.asarray(columns.get("objectid", []))
+    stars, first = np.unique(ids, return_index=True) if len(ids) else (ids, ids)
+    table = np.zeros(len(stars), dtype=stats_dtype(stat_columns(napertures)))
+    table["objectid"] = stars
+    for name in ("mag", "x", "y"):
+        table[name] = columns[name][first] if len(stars) else []
+    where = np.searchsorted(stars, ids)
+    for a in range(napertures):
+        mine = np.asarray(columns["aperture"]) == a
+        for prefix in STAT_PREFIXES:
+            for f in STAT_FIELDS:
+                values = np.asarray(columns[f"{prefix}_{f}"])[mine]
+                table[f"{prefix}_{a:03d}_{f}"][where[mine]] = np.nan_to_num(values) if f == "n" \
+                    else values
+    return table
 
 
-def read_stats(path: Path) -> np.ndarray:
-    """The stats table (``stats_dtype``) of a ``lcstats.fits`` file."""
-    with fitsio.FITS(str(path)) as fits:
-        return fits["LCSTATS"].read()
+def columns_of(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Equally long numpy columns of dicts with the same keys: text, int64 (integers
+    only) or float64 (None -> NaN)."""
+    columns = {}
+    for name in rows[0] if rows else ():
+        values = [row[name] for row in rows]
+        if all(isinstance(v, str) for v in values):
+            columns[name] = np.array(values)
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            columns[name] = np.array(values, dtype=np.int64)
+        else:
+            columns[name] = np.array([np.nan if v is None else v for v in values],
+                                     dtype=np.float64)
+    return columns

@@ -1,22 +1,26 @@
-"""Transposition of per-frame measurements into per-star light curves.
+"""Transposition of per-frame measurements into per-star light curves (three phases).
 
-Memory is bounded by one partition (``PARTITION_ROWS`` measurements, see
-:func:`trex.partitions.row_bytes`), never by the archive:
+Memory is bounded by one partition (``[lightcurves] partition_rows``
+measurements, see :func:`trex.partitions.row_bytes`) and one chunk of light
+curves being detrended (``[detrend] chunk_rows``), never by the archive:
 
-1. every rank takes a share of the new frames, reads each frame's ``aphot``
-   (and ``iphot``) product once and appends the light-curve columns of its
-   rows (a few byte runs per row) to star-range partition streams in
-   ``REDTEMP/lc/<projid>/<field>/`` (:mod:`trex.partitions`: one shard per
-   rank and product kind, staged in a 64 MiB buffer);
-2. rank 0 hands the partitions out as ranks finish (:func:`trex.parallel.farm`);
-   a rank reads a partition (into arrays reused from partition to partition),
-   groups it by star (a stable numpy sort of the star column; each star's
-   rows are gathered once, when it is merged) and merges each star's rows
-   into its light-curve file (appending to the existing file; rows of a
-   frame seen before replace the old ones, so a re-run never duplicates
-   rows).  Aperture and subtraction rows of the same frame are joined per
-   star, on rows already in cache; each partition's ``lcinfo`` columns go to
-   rank 0 as soon as it is done.
+1. :class:`Scatter`: the frames not yet in the light curves are handed out;
+   each rank reads each frame's ``aphot`` (and ``iphot``) product once and
+   appends the light-curve columns of its rows (a few byte runs per row) to
+   star-range partition streams in ``REDTEMP/lc/<projid>/<field>/``
+   (:mod:`trex.partitions`, staged in a 64 MiB buffer per rank; the TFA
+   template stars' rows are copied aside as well);
+2. :class:`Trends` (when detrending): per (projid, field), the template stars'
+   light curves (their files plus their new rows) give the trend of every
+   night that receives new frames (:func:`trex.detrend.night_trend`);
+3. :class:`Merge`: the partitions are handed out; a rank reads one (into
+   arrays reused from partition to partition), groups it by star (a stable
+   numpy sort; each star's rows are gathered once, when merged), merges each
+   star's rows into its light curve (rows of a frame seen before replace the
+   old ones, so a re-run never duplicates rows), detrends the nights that
+   received rows (:func:`trex.detrend.detrend_nights`) and writes each file
+   once.  Each partition's ``lcinfo`` and ``lcstats`` rows go to rank 0 as
+   soon as it is done; the frames are marked merged when every partition is.
 
 Only frames not yet marked ``lightcurves`` done are collected, so adding a
 night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
@@ -27,12 +31,13 @@ night costs what the night costs.  ``LC/<projid>/<objectid>.fits``, or with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import shutil
+import socket
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,27 +45,28 @@ import numpy as np
 
 from trex import __version__, lcformat
 from trex.config import Config
+from trex.detrend import NightTrend, detrend_nights, night_intervals, night_trend
+from trex.frame import Context
 from trex.lcformat import read_lightcurve
-from trex.lcstats import lcinfo_stats
+from trex.lcstats import columns_of, lcinfo_stats, star_rows
 from trex.partitions import (
+    TEMPLATES,
     PartitionReader,
     PartitionWriter,
     conform,
+    partition_name,
     partitions,
     product_dtypes,
     row_bytes,
     stream_dtypes,
 )
+from trex.phase import Phase
 from trex.products import product_name, read_product
 from trex.project import Project, safe_name
-from trex.records import columns_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_lightcurve", "transpose", "FrameEntry", "lc_path"]
-
-#: rows per partition (bounds the memory of the sort step)
-PARTITION_ROWS = 500_000
+__all__ = ["read_lightcurve", "FrameEntry", "lc_path", "Scatter", "Trends", "Merge"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class FrameTable:
     nights: np.ndarray  # index into night_names
     night_names: tuple[str, ...]
     rjd: np.ndarray
+    projids: np.ndarray  # str
+    fields: np.ndarray   # str
 
     @classmethod
     def of(cls, entries: list[FrameEntry]) -> FrameTable:
@@ -91,11 +99,14 @@ class FrameTable:
         night_names = tuple(sorted({e.night for e in entries}))
         return cls(np.array([e.framekey for e in entries], dtype=np.int64),
                    np.array([Path(e.redpath).name for e in entries], dtype="S40"),
-                   np.searchsorted(night_names, [e.night for e in entries]),
-                   night_names, np.array([e.rjd for e in entries], dtype=np.float64))
+                   np.searchsorted(night_names, [e.night for e in entries]).astype(np.int64),
+                   night_names, np.array([e.rjd for e in entries], dtype=np.float64),
+                   np.array([e.projid for e in entries], dtype=str),
+                   np.array([e.field for e in entries], dtype=str))
 
 
 def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:
+    """The light-curve file of ``objectid``: ``LC/<projid>/[<xx>/]<name>.fits``."""
     name = f"{safe_name(objectid)}.fits"
     folder = project.lc(projid)
     if config.lightcurves.subdirs:
@@ -145,17 +156,20 @@ def _blank(napertures: int) -> np.ndarray:
     return blank.astype(blank.dtype.newbyteorder(">"))
 
 
-def merge_star(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-               frames: FrameTable, info: dict, config: Config) -> np.ndarray:
-    """Merge a star's new measurements into its light-curve file; returns all its rows.
+def merged_rows(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                frames: FrameTable, napertures: int) -> tuple[np.ndarray, object, np.ndarray,
+                                                              np.ndarray]:
+    """A star's light curve with its new measurements merged in (nothing written).
 
     ``products`` maps a product kind to (rows, framekey of each row, index):
     ``rows[index]`` are this star's rows in the order they were written.  The
     last row written of a frame wins (a frame merged twice in one run), as
-    does a new row over the file's row of the same frame.
+    does a new row over the file's row of the same frame.  Returns the rows
+    (time order, big-endian), the old file's header (None for a new star), the
+    new rows' frames (sorted) and whether each was not in the file before.
     """
     keys = _unique(np.concatenate([k[index] for _, k, index in products.values()]))
-    fresh = np.repeat(_blank(len(config.photometry.apertures)), len(keys))
+    fresh = np.repeat(_blank(napertures), len(keys))
     fresh["framekey"] = keys
     for rows, rowkeys, index in products.values():
         if not len(index):
@@ -179,12 +193,7 @@ def merge_star(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np.
         fresh = np.concatenate([old[keep].astype(fresh.dtype), fresh])
     order = np.lexsort((fresh["framekey"], fresh["rjd"]))
     rows = fresh if np.all(order[1:] > order[:-1]) else np.take(fresh, order)
-    night_rows = np.bincount(frames.nights[where], minlength=len(frames.night_names))
-    night_added = np.bincount(frames.nights[where][added], minlength=len(frames.night_names))
-    header = _header(info, rows, config) + _night_cards(old_header, night_rows, night_added,
-                                                        frames.night_names, config)
-    lcformat.write_lightcurve(path, rows, header)
-    return rows
+    return rows, old_header, keys, added
 
 
 def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
@@ -212,109 +221,233 @@ def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
     return cards
 
 
-def _star_info(catalog, star: int, projid: str, field: str) -> dict:
-    return {"objectid": str(catalog["objectid"][star]), "ra": catalog["ra"][star],
-            "dec": catalog["dec"][star], "mag": catalog["mag"][star], "projid": projid,
-            "field": field}
+def _star_info(catalog, star: int, projid: str, field: str, rows: np.ndarray | None = None) -> dict:
+    """What the header and detrending need of a star (catalog values, median position)."""
+    info = {"objectid": str(catalog["objectid"][star]), "ra": float(catalog["ra"][star]),
+            "dec": float(catalog["dec"][star]), "mag": float(catalog["mag"][star]),
+            "projid": projid, "field": field, "x": np.nan, "y": np.nan}
+    if rows is not None and np.isfinite(rows["xcc"]).any():
+        info["x"], info["y"] = float(np.nanmedian(rows["xcc"])), float(np.nanmedian(rows["ycc"]))
+    return info
 
 
-def _scatter(comm, project: Project, config: Config, entries: list[FrameEntry]) -> None:
-    """Step 1: each rank appends its frames' product rows to the partition streams."""
-    from trex.parallel import split
+def _scratch(project: Project, projid: str, field: str) -> Path:
+    return project.redtemp / "lc" / safe_name(projid) / safe_name(field)
 
-    napertures = len(config.photometry.apertures)
-    dtypes = product_dtypes(napertures)
-    limit = min(64 << 20, PARTITION_ROWS * row_bytes(napertures))
-    listings: dict[str, set[str]] = {}  # folder -> its file names (a listing, not a stat each)
-    per_group: dict[tuple[str, str], int] = {}
-    for e in entries:
-        per_group[(e.projid, e.field)] = per_group.get((e.projid, e.field), 0) + 1
-    writers = {}
-    for i in split(len(entries), comm.size, comm.rank):
-        entry = entries[i]
+
+class Scatter(Phase):
+    """Step 1: the new frames' product rows into the partition streams (one item per frame)."""
+
+    name = "light curves: scatter"
+
+    def __init__(self):
+        self.entries: list[FrameEntry] = []      # rank 0: the frames being merged
+        self.writers: dict[tuple[str, str], PartitionWriter] = {}  # every rank
+        self.listings: dict[str, set[str]] = {}  # folder -> its file names
+        self.shard = safe_name(f"{socket.gethostname()}-{os.getpid()}")
+
+    def plan(self, ledger, context: Context) -> list[tuple[FrameEntry, int]]:
+        self.entries = [FrameEntry(int(k), r, n, p, f, float("nan") if jd is None else jd - 2400000.0)
+                        for k, r, n, p, f, jd in ledger.read.frames_to_merge()
+                        if f in context.catalogs]
+        scratch = context.project.redtemp / "lc"
+        if scratch.exists():
+            shutil.rmtree(scratch)  # leftovers of a killed run
+        per_group: dict[tuple[str, str], int] = {}
+        for e in self.entries:
+            per_group[(e.projid, e.field)] = per_group.get((e.projid, e.field), 0) + 1
+        rows = context.config.lightcurves.partition_rows
+        return [(e, max(1, rows // per_group[(e.projid, e.field)])) for e in self.entries]
+
+    def work(self, item: tuple[FrameEntry, int], context: Context) -> int:
+        entry, stars_per_part = item
+        napertures = len(context.config.photometry.apertures)
         key = (entry.projid, entry.field)
-        if key not in writers:
-            folder = project.redtemp / "lc" / safe_name(entry.projid) / safe_name(entry.field)
-            writers[key] = PartitionWriter(folder, max(1, PARTITION_ROWS // per_group[key]),
-                                           comm.rank, napertures, limit)
-        folder, redname = os.path.split(os.path.join(project.root, entry.redpath))
-        if folder not in listings:
-            listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-        for kind, dtype in dtypes.items():
+        if key not in self.writers:
+            limit = min(64 << 20, context.config.lightcurves.partition_rows * row_bytes(napertures))
+            templates = context.templates.get(key)
+            self.writers[key] = PartitionWriter(
+                _scratch(context.project, *key), stars_per_part, self.shard, napertures, limit,
+                extra=templates.stars() if templates is not None else None)
+        folder, redname = os.path.split(os.path.join(context.project.root, entry.redpath))
+        if folder not in self.listings:
+            self.listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        for kind, dtype in product_dtypes(napertures).items():
             name = product_name(redname, kind)
-            if name in listings[folder]:
+            if name in self.listings[folder]:
                 rows = read_product(os.path.join(folder, name))
-                writers[key].add(kind, entry.framekey, conform(rows, dtype))
-    for writer in writers.values():
-        writer.flush()
+                self.writers[key].add(kind, entry.framekey, conform(rows, dtype))
+        return entry.framekey
+
+    def close(self, context: Context) -> None:
+        for writer in self.writers.values():
+            writer.flush()
+        self.writers, self.listings = {}, {}
+
+    def update(self, ledger, context: Context) -> Context:
+        return dataclasses.replace(context, frames=FrameTable.of(self.entries))
+
+    def label(self, item: tuple[FrameEntry, int]) -> str:
+        return item[0].redpath
 
 
-def _merge_partition(project: Project, config: Config, reader: PartitionReader,
-                     task: tuple[str, str, str], catalog,
-                     frames: FrameTable) -> dict[str, np.ndarray]:
-    """Step 2 for one partition ``task`` = (projid, field, name): read its streams
-    grouped by star, merge each star; returns the stars' ``lcinfo`` columns."""
-    projid, field, name = task
-    folder = project.redtemp / "lc" / safe_name(projid) / safe_name(field)
+def _read_stars(reader: PartitionReader, folder: Path, name: str, napertures: int):
+    """A partition's streams and, per star, the span of its rows in each kind's order."""
     streams = {kind: reader.read(folder, name, kind, dtype)
-               for kind, dtype in stream_dtypes(len(config.photometry.apertures)).items()}
+               for kind, dtype in stream_dtypes(napertures).items()}
     grouped = {kind: rows["star"][order] for kind, (rows, _, order) in streams.items()}
     stars = _unique(np.concatenate(list(grouped.values())))
     spans = {kind: (np.searchsorted(star, stars, "left"), np.searchsorted(star, stars, "right"))
              for kind, star in grouped.items()}
-    out = []
-    for k, star in enumerate(stars.tolist()):
-        info = _star_info(catalog, star, projid, field)
-        path = lc_path(project, config, projid, info["objectid"])
-        products = {kind: (rows, keys, order[spans[kind][0][k]:spans[kind][1][k]])
-                    for kind, (rows, keys, order) in streams.items()}
-        merged = merge_star(path, products, frames, info, config)
-        out.append({"projid": projid, "objectid": info["objectid"],
-                    "path": str(path.relative_to(project.root)),
-                    **lcinfo_stats(merged, ("arm_000", "aim_000"))})
-    return columns_of(out)
+    return streams, stars, spans
 
 
-def transpose(comm, project: Project, config: Config, entries: list[FrameEntry],
-              catalogs: dict, consume: Callable[[dict[str, np.ndarray]], None] | None = None
-              ) -> int:
-    """Merge the frames ``entries`` into the light curves (every rank calls this).
+def _products_of(streams, spans, k: int) -> dict:
+    return {kind: (rows, keys, order[spans[kind][0][k]:spans[kind][1][k]])
+            for kind, (rows, keys, order) in streams.items()}
 
-    Partitions are handed out to the ranks as they finish (:func:`trex.parallel.farm`);
-    rank 0 passes each partition's ``lcinfo`` columns (projid, objectid, path,
-    nobs, rjd_min, rjd_max, median_mag, mad, rms) to ``consume`` as they arrive,
-    so no rank holds a row per star of the whole project.  Returns the number
-    of light curves written, on rank 0 (0 elsewhere).
-    """
-    from trex.parallel import farm
 
-    scratch = project.redtemp / "lc"
-    if comm.rank == 0 and scratch.exists():
-        shutil.rmtree(scratch)  # leftovers of a killed run
-    comm.barrier()
-    _scatter(comm, project, config, entries)
-    comm.barrier()
-    tasks = []
-    if comm.rank == 0:
-        groups = sorted({(e.projid, e.field) for e in entries})
-        tasks = [(p, f, name) for p, f in groups
-                 for name in partitions(scratch / safe_name(p) / safe_name(f))]
-    frames, reader = FrameTable.of(entries), PartitionReader()
-    written = 0
+class Trends(Phase):
+    """Step 2: per (projid, field) with templates, the trend of every night that receives
+    new frames, from the templates' light curves and their new rows."""
 
-    def work(batch: list) -> list[dict[str, np.ndarray]]:
-        return [_merge_partition(project, config, reader, task, catalogs[task[1]], frames)
-                for task in batch]
+    name = "light curves: night trends"
+    batch = 1
 
-    def collect(results: list[dict[str, np.ndarray]]) -> None:
-        nonlocal written
-        for columns in results:
-            written += len(columns.get("objectid", ()))
-            if consume is not None:
-                consume(columns)
+    def __init__(self):
+        self.found: dict[tuple[str, str], list[NightTrend]] = {}
 
-    farm(comm, tasks, work, collect, batch_size=1)
-    if comm.rank == 0:
-        shutil.rmtree(scratch, ignore_errors=True)
-        log.info("light curves: %d stars updated from %d frames", written, len(entries))
-    return written
+    def plan(self, ledger, context: Context) -> list[tuple]:
+        frames = context.frames
+        if frames is None or not len(frames.keys):
+            return []
+        groups = sorted(set(zip(frames.projids.tolist(), frames.fields.tolist())))
+        return [g for g in groups if g in context.templates]
+
+    def work(self, group: tuple[str, str], context: Context) -> tuple:
+        projid, field = group
+        config, project, frames = context.config, context.project, context.frames
+        napertures = len(config.photometry.apertures)
+        catalog = context.catalogs[field]
+        folder = _scratch(project, projid, field)
+        streams, stars, spans = _read_stars(PartitionReader(), folder,
+                                            partition_name(TEMPLATES), napertures)
+        rows_of = {}
+        for k, star in enumerate(stars.tolist()):
+            info = _star_info(catalog, star, projid, field)
+            path = lc_path(project, config, projid, info["objectid"])
+            rows = merged_rows(path, _products_of(streams, spans, k), frames, napertures)[0]
+            rows_of[info["objectid"]] = (rows, info["ra"], info["dec"])
+        mine = (frames.projids == projid) & (frames.fields == field)
+        old = [r["rjd"] for r, _, _ in rows_of.values()]
+        times = np.concatenate(old + [frames.rjd[mine]])
+        keys = np.concatenate([r["framekey"] for r, _, _ in rows_of.values()] + [frames.keys[mine]])
+        keys, first = np.unique(keys, return_index=True)
+        times = times[first]
+        trends = []
+        for interval in night_intervals(times, config.detrend.night_gap):
+            new = frames.rjd[mine]
+            if not np.any((new >= interval[0]) & (new <= interval[1])):
+                continue  # a night this run adds nothing to
+            inside = (times >= interval[0]) & (times <= interval[1])
+            night = {o: (r[(r["rjd"] >= interval[0]) & (r["rjd"] <= interval[1])], ra, dec)
+                     for o, (r, ra, dec) in rows_of.items()}
+            trends.append(night_trend(interval, keys[inside], times[inside],
+                                      context.templates[group], night, config))
+        return group, trends
+
+    def record(self, ledger, result: tuple, context: Context) -> None:
+        self.found[result[0]] = result[1]
+
+    def update(self, ledger, context: Context) -> Context:
+        return dataclasses.replace(context, trends={**context.trends, **self.found})
+
+    def label(self, group: tuple[str, str]) -> str:
+        return "/".join(group)
+
+
+class Merge(Phase):
+    """Step 3: each partition's stars merged into their files, detrended, written once."""
+
+    name = "light curves: merge"
+    batch = 1
+
+    def __init__(self, detrend: bool):
+        self.detrend = detrend
+        self.reader = PartitionReader()
+        self.files = 0
+
+    def plan(self, ledger, context: Context) -> list[tuple[str, str, str]]:
+        frames = context.frames
+        if frames is None:
+            return []
+        groups = sorted(set(zip(frames.projids.tolist(), frames.fields.tolist())))
+        return [(p, f, name) for p, f in groups for name in partitions(_scratch(context.project, p, f))]
+
+    def work(self, task: tuple[str, str, str], context: Context) -> tuple[dict, dict]:
+        projid, field, name = task
+        config, project, frames = context.config, context.project, context.frames
+        napertures = len(config.photometry.apertures)
+        catalog = context.catalogs[field]
+        streams, stars, spans = _read_stars(self.reader, _scratch(project, projid, field), name,
+                                            napertures)
+        trends = context.trends.get((projid, field), []) if self.detrend else []
+        chunk, size, info_rows, stat_rows = [], 0, [], []
+        for k, star in enumerate(stars.tolist()):
+            objectid = str(catalog["objectid"][star])
+            path = lc_path(project, config, projid, objectid)
+            rows, old_header, keys, added = merged_rows(path, _products_of(streams, spans, k),
+                                                        frames, napertures)
+            info = _star_info(catalog, star, projid, field, rows)
+            chunk.append((path, rows, info, _night_counts(frames, keys, added), old_header))
+            size += len(rows)
+            if size >= config.detrend.chunk_rows:
+                self._write(chunk, trends, config, project, info_rows, stat_rows)
+                chunk, size = [], 0
+        self._write(chunk, trends, config, project, info_rows, stat_rows)
+        return columns_of(info_rows), _concat(stat_rows)
+
+    @staticmethod
+    def _write(chunk: list, trends: list, config: Config, project: Project, info_rows: list,
+               stat_rows: list) -> None:
+        """Detrend a chunk of merged light curves and write each file (once)."""
+        if trends:
+            detrend_nights([(rows, info) for _, rows, info, _, _ in chunk], trends, config)
+        napertures = len(config.photometry.apertures)
+        for path, rows, info, counts, old_header in chunk:
+            header = _header(info, rows, config) + _night_cards(old_header, *counts, config)
+            lcformat.write_lightcurve(path, rows, header)
+            info_rows.append({"projid": info["projid"], "objectid": info["objectid"],
+                              "path": str(path.relative_to(project.root)),
+                              **lcinfo_stats(rows, ("atf_000", "aep_000", "arm_000", "aim_000"))})
+            stat_rows.append(star_rows(rows, info, napertures))
+
+    def record(self, ledger, result: tuple[dict, dict], context: Context) -> None:
+        info, stats = result
+        ledger.record_lightcurves(info, stats)
+        self.files += len(info.get("objectid", ()))
+
+    def update(self, ledger, context: Context) -> Context:
+        if context.frames is not None and len(context.frames.keys):
+            ledger.mark_merged(context.frames.keys.tolist())
+            shutil.rmtree(context.project.redtemp / "lc", ignore_errors=True)
+            log.info("light curves: %d stars updated from %d frames", self.files,
+                     len(context.frames.keys))
+        return dataclasses.replace(context, frames=None, trends={})
+
+    def label(self, task: tuple[str, str, str]) -> str:
+        return "/".join(task)
+
+
+def _night_counts(frames: FrameTable, keys: np.ndarray, added: np.ndarray):
+    """Per night of the frames being merged: the star's new rows (frames ``keys``), and
+    those whose frame was not in its file before (for the NIGHTnnn cards)."""
+    nights = frames.nights[np.searchsorted(frames.keys, keys)]
+    return (np.bincount(nights, minlength=len(frames.night_names)),
+            np.bincount(nights[added], minlength=len(frames.night_names)), frames.night_names)
+
+
+def _concat(parts: list[dict]) -> dict:
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -31,3 +31,11 @@ def setup_logging(level: str | int = "INFO", rank: int = 0, stream=None) -> None
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+
+
+def set_rank(rank: int) -> None:
+    """Put ``rank`` on the log lines of the handlers :func:`setup_logging` installed."""
+    for handler in logging.getLogger("trex").handlers:
+        for f in handler.filters:
+            if isinstance(f, _RankFilter):
+                f.rank = rank

@@ -16,45 +16,55 @@ The fits are pure array code (numpy, no I/O).  The recipe, as in HATpipe:
 Coordinates are scaled to [-1, 1] over ``extent`` (default: the range of the
 stars used) so that the polynomial coefficients are well conditioned.
 
-The project phase (:func:`magfit_project`, after photometry of the frames)
-runs it per (projid, field):
+In the pipeline, per (projid, field), after photometry of the frames:
 
-1. single-reference pass (all ranks): every frame is fitted to the best frame
-   (the astrometric reference ranking) and its fitted magnitudes cached in
-   ``REDTEMP/magfit/``;
-2. master reference (rank 0): each star's clipped mean over the cached
-   frames, streamed; saved as ``BASE/reference-frames/magfit-<projid>-<field>.npy``;
-3. master pass (all ranks): every frame not yet fitted is fitted to the
-   master; the result is the ``arm_NNN`` column of its ``aphot`` product and
-   of its ``ap_photometry`` rows.
+1. :class:`SingleFits` (a phase, frames farmed out): every frame is fitted to
+   the best frame (the astrometric reference ranking) and its fitted
+   magnitudes cached in ``REDTEMP/magfit/``;
+2. :class:`Masters` (a phase, groups farmed out): each star's clipped mean
+   over the cached frames, streamed; saved as
+   ``BASE/reference-frames/magfit-<projid>-<field>.npy``;
+3. :func:`run` / :func:`save`, the per-frame ``magfit`` stage: every frame not
+   yet fitted is fitted to the master; the result is the ``arm_NNN`` column of
+   its ``aphot`` product and of its ``ap_photometry`` rows.  A frame whose fit
+   fails is recorded failed at ``magfit`` with the reason (its light-curve
+   rows keep ``arm`` NaN).
 
 The master is built once and then kept (new nights are fitted to it) unless
-the references are rebuilt.  Steps 1 and 3 are deterministic per frame and
-step 2 runs on one rank, so the result does not depend on the number of ranks.
+the references are rebuilt; a new master redoes the fits (the ledger sees
+its key change).  Each step is deterministic per item, so the result does
+not depend on the number of ranks.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from trex import parallel, photometry, records
+from trex import photometry
 from trex.astrometry import choose_reference
-from trex.config import Config
-from trex.db import Database
-from trex.frame import Context
-from trex.products import load_product, save_product
-from trex.project import safe_name
+from trex.config import Config, MagfitSection
+from trex.errors import FrameError, PhaseError
+from trex.fits import atomic_write
+from trex.frame import Context, Frame
+from trex.header import FrameMeta
+from trex.phase import Phase
+from trex.products import load_product
+from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
 
-#: magnitude errors below this are raised to it for the weights: a systematic floor
-#: (flat field, PSF) so that a few bright stars cannot dominate the fit
-MIN_ERROR = 5e-3
+#: default floor of the magnitude errors in the weights (``[magfit] min_error``)
+MIN_ERROR = MagfitSection().min_error
 
 
 class MagfitError(ValueError):
@@ -102,7 +112,8 @@ def _scaling(x, y, catmag, color, order, extent) -> dict:
 def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag: np.ndarray,
               x: np.ndarray, y: np.ndarray, catmag: np.ndarray | None = None,
               color: np.ndarray | None = None, order: int = 2, clip_sigma: float = 3.0,
-              clip_iters: int = 3, extent: tuple | None = None) -> FrameFit:
+              clip_iters: int = 3, extent: tuple | None = None,
+              min_error: float = MIN_ERROR) -> FrameFit:
     """Fit ``mag - ref_mag`` over one frame (all arrays (nstars,), same star order).
 
     Parameters
@@ -118,6 +129,7 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
         repeated, up to clip_iters times.
     extent : (xmin, xmax, ymin, ymax) px for the coordinate scaling
         (default: the stars used).
+    min_error : errors below it are raised to it in the weights, mag.
 
     Returns
     -------
@@ -136,7 +148,7 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
                       None if color is None else np.asarray(color)[use], order, extent)
     design = design_matrix(x, y, catmag, color, params)
     diff = mag - ref_mag
-    weight = 1.0 / np.maximum(magerr, MIN_ERROR)
+    weight = 1.0 / np.maximum(magerr, min_error)
     for iteration in range(clip_iters + 1):
         coef = np.linalg.lstsq(design[use] * weight[use, None], diff[use] * weight[use],
                                rcond=None)[0]
@@ -213,23 +225,24 @@ def _usable(table: np.ndarray, catalog, aperture: int, config: Config) -> np.nda
 
 
 def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> np.ndarray:
-    """Fitted magnitudes (nstars, napertures) of one frame against ``ref_mag``
-    (ncatalog, napertures); NaN where the fit failed."""
+    """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
+    ``ref_mag`` (ncatalog, napertures).  Raises :class:`MagfitError` naming the
+    aperture when a fit has too few usable stars."""
     napertures = ref_mag.shape[1]
     out = np.full((len(table), napertures), np.nan)
     catmag = np.asarray(catalog["mag"], float)[table["star"]]
     color = np.asarray(catalog["color"], float)[table["star"]]
     color = color if np.isfinite(color).sum() > 0.5 * len(color) else None
+    mc = config.magfit
     for a in range(napertures):
         mag = table[f"aim_{a:03d}"].astype(float)
         try:
             fit = fit_frame(mag, table[f"aie_{a:03d}"], _usable(table, catalog, a, config),
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,
-                            color, order=config.magfit.order,
-                            clip_sigma=config.magfit.clip_sigma, clip_iters=config.magfit.clip_iters)
+                            color, order=mc.order, clip_sigma=mc.clip_sigma,
+                            clip_iters=mc.clip_iters, min_error=mc.min_error)
         except MagfitError as err:
-            log.debug("magfit: aperture %d: %s", a, err)
-            continue
+            raise MagfitError(f"aperture {a}: {err}") from None
         out[:, a] = mag - fit.correction
     return out
 
@@ -240,111 +253,163 @@ def _expand(table: np.ndarray, values: np.ndarray, ncatalog: int) -> np.ndarray:
     return full
 
 
-def _groups(db: Database) -> list[tuple]:
-    return db.query("SELECT DISTINCT c.projid, f.field FROM calibratedframes c "
-                    "JOIN frameinfo f ON f.framekey = c.framekey JOIN framestatus s "
-                    "ON s.framekey = c.framekey AND s.stage = 'photometry' AND s.status = 'done'")
+def master_path(project: Project, projid: str, field: str) -> Path:
+    return project.reference_frames / f"magfit-{safe_name(projid)}-{safe_name(field)}.npy"
 
 
-def _frames(db: Database, projid: str, field: str, only_pending: bool) -> list[tuple]:
-    sql = ("SELECT c.framekey, c.redpath FROM calibratedframes c "
-           "JOIN frameinfo f ON f.framekey = c.framekey JOIN framestatus s "
-           "ON s.framekey = c.framekey AND s.stage = 'photometry' AND s.status = 'done' "
-           "LEFT JOIN framestatus m ON m.framekey = c.framekey AND m.stage = 'magfit' "
-           "WHERE c.projid = ? AND f.field = ?")
-    if only_pending:
-        sql += " AND m.status IS NULL"
-    return [(int(k), r) for k, r in db.query(sql + " ORDER BY f.jd, c.framekey", (projid, field))]
+def _scratch(project: Project, projid: str, field: str) -> Path:
+    return project.redtemp / "magfit" / safe_name(projid) / safe_name(field)
 
 
-def _reference_frame(db: Database, projid: str, field: str) -> tuple[int, str]:
-    quality = records.quality_of_done_frames(db, "photometry", projid, field)
-    best = choose_reference(quality)
-    return best, quality["redpath"][list(quality["framekey"]).index(best)]
+def master_key(master: np.ndarray) -> str:
+    """What identifies a master's values for the ledger (a short hash)."""
+    return hashlib.sha256(np.ascontiguousarray(master).tobytes()).hexdigest()[:16]
 
 
-def build_master(comm, db, context: Context, projid: str, field: str) -> np.ndarray:
-    """Steps 1 and 2: the master reference magnitudes (ncatalog, napertures)."""
-    project, config = context.project, context.config
-    catalog = context.catalogs[field]
-    scratch = project.redtemp / "magfit" / safe_name(projid) / safe_name(field)
-    plan = None
-    if comm.rank == 0:
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        plan = (_reference_frame(db, projid, field), _frames(db, projid, field, False))
-    (ref_key, ref_path), frames = comm.bcast(plan)
-    ref = load_product(project.root / ref_path, "aphot")
-    napertures = len(config.photometry.apertures)
-    ref_mag = _expand(ref, np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, ref[f"aim_{a:03d}"],
-                                                     np.nan) for a in range(napertures)]),
-                      len(catalog))
-    for i in parallel.split(len(frames), comm.size, comm.rank):
-        framekey, redpath = frames[i]
-        table = load_product(project.root / redpath, "aphot")
-        np.save(scratch / f"{framekey}.npy", _expand(table, fit_to(table, ref_mag, catalog, config),
-                                                     len(catalog)))
-    comm.barrier()
-    master = None
-    if comm.rank == 0:
+def load_masters(project: Project, groups: list[tuple[str, str]]) -> dict:
+    """{(projid, field): master} of the groups whose master file exists."""
+    out = {}
+    for group in groups:
+        path = master_path(project, *group)
+        if path.is_file():
+            out[group] = np.load(path)
+    return out
+
+
+@dataclass(frozen=True)
+class SingleFit:
+    """Step 1 for one frame: fit it to the group's reference frame into the scratch folder."""
+
+    group: tuple[str, str]
+    framekey: int
+    redpath: str
+    reference: str  # the reference frame's redpath
+
+
+@functools.lru_cache(maxsize=2)
+def _reference_mags(path: str, napertures: int, ncatalog: int) -> np.ndarray:
+    """Good magnitudes (ncatalog, napertures) of the reference frame (cached per rank)."""
+    ref = load_product(path, "aphot")
+    good = np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, ref[f"aim_{a:03d}"], np.nan)
+                            for a in range(napertures)])
+    return _expand(ref, good, ncatalog)
+
+
+class SingleFits(Phase):
+    """Step 1 for the groups without a master (or all, when the references are rebuilt)."""
+
+    name = "magfit single-reference fits"
+
+    def plan(self, ledger, context: Context) -> list[SingleFit]:
+        items = []
+        for group in ledger.read.groups_done("photometry"):
+            if group[1] not in context.catalogs or (group in context.magfit and not context.rebuild):
+                continue
+            quality = ledger.read.quality_of_done_frames("photometry", *group)
+            best = choose_reference(quality)
+            reference = quality["redpath"][list(quality["framekey"]).index(best)]
+            scratch = _scratch(context.project, *group)
+            shutil.rmtree(scratch, ignore_errors=True)  # leftovers of a killed run
+            items += [SingleFit(group, key, redpath, reference)
+                      for key, redpath, _ in ledger.read.frames_done("photometry", *group)]
+        return items
+
+    def work(self, item: SingleFit, context: Context) -> None:
+        catalog = context.catalogs[item.group[1]]
+        root = context.project.root
+        ref_mag = _reference_mags(str(root / item.reference), len(context.config.photometry.apertures),
+                                  len(catalog))
+        table = load_product(root / item.redpath, "aphot")
+        try:
+            fitted = _expand(table, fit_to(table, ref_mag, catalog, context.config), len(catalog))
+        except MagfitError as err:  # this frame is left out of the master
+            log.info("magfit: frame %d left out of the master: %s", item.framekey, err)
+            return None
+        scratch = _scratch(context.project, *item.group)
+        with atomic_write(scratch / f"{item.framekey}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, fitted)
+        return None
+
+    def label(self, item: SingleFit) -> str:
+        return f"frame {item.framekey}"
+
+
+class Masters(Phase):
+    """Step 2: each star's clipped mean over the single-fitted frames of a group."""
+
+    name = "magfit master"
+    batch = 1
+
+    def __init__(self):
+        self.found: dict[tuple[str, str], np.ndarray] = {}
+
+    def plan(self, ledger, context: Context) -> list[tuple[str, str]]:
+        return [group for group in ledger.read.groups_done("photometry")
+                if _scratch(context.project, *group).is_dir()]
+
+    def work(self, group: tuple[str, str], context: Context) -> tuple:
+        config, project = context.config, context.project
+        catalog = context.catalogs[group[1]]
+        scratch = _scratch(project, *group)
+        files = sorted(scratch.glob("*.npy"))
+        if not files:
+            raise PhaseError("/".join(group), "no frame could be fitted to the reference frame")
+        napertures = len(config.photometry.apertures)
         master = np.full((len(catalog), napertures), np.nan)
         for a in range(napertures):
             def passes(a=a):
                 return ((m[:, a], np.isfinite(m[:, a])) for m in
-                        (np.load(scratch / f"{k}.npy", mmap_mode="r") for k, _ in frames))
+                        (np.load(f, mmap_mode="r") for f in files))
             master[:, a] = master_reference(passes, len(catalog), config.magfit.clip_sigma,
                                             config.magfit.clip_iters)[0]
+        with atomic_write(master_path(project, *group)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, master)
         shutil.rmtree(scratch, ignore_errors=True)
-        log.info("magfit %s/%s: master reference from %d frames (reference frame %d), "
-                 "%d stars", projid, field, len(frames), ref_key,
+        log.info("magfit %s/%s: master reference from %d frames, %d stars", *group, len(files),
                  int(np.isfinite(master[:, 0]).sum()))
-    return comm.bcast(master)
+        return group, master
+
+    def record(self, ledger, result: tuple, context: Context) -> None:
+        group, master = result
+        ledger.record_phase(self.name, "/".join(group))
+        self.found[group] = master
+
+    def update(self, ledger, context: Context) -> Context:
+        return with_masters(context, self.found)
+
+    def label(self, group: tuple[str, str]) -> str:
+        return "/".join(group)
 
 
-def magfit_project(comm, db: Database | None, context: Context, rebuild: bool) -> None:
-    """Fit every frame with photometry and no magfit yet (see module doc)."""
-    project, config = context.project, context.config
-    groups = comm.bcast(_groups(db) if comm.rank == 0 else None)
-    for projid, field in groups:
-        if field not in context.catalogs:
-            continue
-        path = project.reference_frames / f"magfit-{safe_name(projid)}-{safe_name(field)}.npy"
-        exists = comm.bcast(path.exists())
-        if rebuild or not exists:
-            master = build_master(comm, db, context, projid, field)
-            if comm.rank == 0:
-                np.save(path, master)
-                if rebuild:  # every frame is fitted again, and its light-curve rows replaced
-                    db.execute("DELETE FROM framestatus WHERE stage IN ('magfit', 'lightcurves') "
-                               "AND framekey IN (SELECT c.framekey FROM calibratedframes c "
-                               "JOIN frameinfo f ON f.framekey = c.framekey "
-                               "WHERE c.projid = ? AND f.field = ?)", (projid, field))
-        else:
-            master = np.load(path)
-        tasks = _frames(db, projid, field, True) if comm.rank == 0 else []
-
-        def work(batch, master=master, field=field):
-            return [_apply(context, framekey, redpath, master, field) for framekey, redpath in batch]
-
-        def consume(results):
-            with db.transaction():
-                for framekey, rows in results:
-                    db.write_columns("ap_photometry", rows, replace=("framekey", [framekey]))
-                    records.set_status(db, framekey, "magfit", "done", None, config.sha)
-
-        parallel.farm(comm, tasks, work, consume, batch_size=config.run.batch_frames)
+def with_masters(context: Context, masters: dict) -> Context:
+    """``context`` with these magnitude-fit masters (and their ledger keys)."""
+    inputs = {**context.inputs, **{("magfit", *g): master_key(m) for g, m in masters.items()}}
+    return dataclasses.replace(context, magfit={**context.magfit, **masters}, inputs=inputs)
 
 
-def _apply(context: Context, framekey: int, redpath: str, master: np.ndarray,
-           field: str) -> tuple[int, dict]:
-    """Step 3 for one frame: arm_NNN into its product; returns its ap_photometry rows."""
-    catalog = context.catalogs[field]
-    path = context.project.root / redpath
-    table = load_product(path, "aphot")
-    arm = fit_to(table, master, catalog, context.config)
+def inputs(meta: FrameMeta, night: str, context: Context) -> str:
+    """The master a frame is fitted to (a new master redoes the fit)."""
+    return context.inputs.get(("magfit", meta.projid, meta.field), "none")
+
+
+def run(frame: Frame, context: Context) -> Frame:
+    """Step 3, the per-frame stage: ``arm_NNN`` of the frame's ``aphot`` product."""
+    meta = frame.meta
+    master = context.magfit.get((meta.projid, meta.field))
+    if master is None:
+        raise FrameError(frame.rawpath, f"magfit: no master reference for {meta.projid}/{meta.field}")
+    table = frame.products.get("aphot")
+    if table is None:
+        raise FrameError(frame.rawpath, "magfit: no aperture photometry (photometry not done)")
+    try:
+        arm = fit_to(table, master, context.catalogs[meta.field], context.config)
+    except MagfitError as err:
+        raise FrameError(frame.rawpath, f"magfit: {err}") from None
     for a in range(arm.shape[1]):
         table[f"arm_{a:03d}"] = arm[:, a]
-    save_product(path, "aphot", table)
-    objectids = np.asarray(catalog["objectid"])[table["star"]]
-    return framekey, photometry.ap_photometry_rows(framekey, photometry.photkey(context.config), table,
-                                               objectids)
+    return frame
+
+
+def save(frame: Frame, context: Context) -> dict:
+    """Write the ``aphot`` product with ``arm``; returns its ``ap_photometry`` rows."""
+    return photometry.save(frame, context)

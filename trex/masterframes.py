@@ -1,10 +1,10 @@
-"""Masters of a project: which to build, reuse or borrow, recorded in ``masterframes``.
+"""Masters of a project: which to build, reuse or borrow (a phase per kind).
 
-The thin, database-facing side of :mod:`trex.masters`.  Calibration frames are
-grouped by (kind, night, ccd, filter) -- ``filter`` is ``""`` for bias and
-dark frames, darks of every exposure time go together since the master dark is
-per second.  A group needs ``calibrate.min_frames`` usable frames of one
-shape (frames of another shape are marked bad with the reason).
+The phase side of :mod:`trex.masters`.  Calibration frames are grouped by
+(kind, night, ccd, filter) -- ``filter`` is ``""`` for bias and dark frames,
+darks of every exposure time go together since the master dark is per
+second.  A group needs ``calibrate.min_frames`` usable frames of one shape
+(frames of another shape are marked bad with the reason).
 
 A master file is ``BASE/CAL/<kind>-<night>-<ccd>[-<filter>]-<hash>.fits``
 where ``hash`` is the SHA-256 of its inputs (raw paths, sizes, mtimes), the
@@ -15,30 +15,68 @@ file removed.  A frame that turns out unreadable while stacking is marked bad
 
 Masters map ``{(kind, night, ccd, filter): Path}`` (``Context.masters``); a
 night without its own master of a kind borrows the nearest night's
-(:func:`nearest_master`).
+(:func:`nearest_master`).  Bias masters are built first, then darks (which
+use them), then flats (which use both): one :class:`Masters` phase per kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from trex import records
 from trex.config import Config
-from trex.db import Database
-from trex.fits import FrameError
-from trex.inventory import RawFrame, mark_bad, usable_frames
+from trex.errors import FrameError
+from trex.frame import Context
+from trex.header import FrameMeta, meta_from_row
 from trex.masters import build_bias, build_dark, build_flat, read_master, write_master
+from trex.phase import Phase
 from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
 
 MasterKey = tuple[str, str, str, str]   # (kind, night, ccd, filter)
+KINDS = ("bias", "dark", "flat")
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    """One usable calibration frame as recorded in ``frameinfo``."""
+
+    framekey: int
+    rawpath: Path          # absolute
+    night: str
+    meta: FrameMeta
+    shape: tuple[int, int]  # (naxis2, naxis1)
+    filesize: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class MasterItem:
+    """A master to build: its key, inputs, the masters it uses, the hash and the old file."""
+
+    key: MasterKey
+    frames: tuple[RawFrame, ...]
+    bias: Path | None
+    dark: Path | None
+    deps: dict
+    old: str | None
+
+
+@dataclass(frozen=True)
+class MasterResult:
+    key: MasterKey
+    path: str | None          # relative to the root; None: too few usable frames, no master
+    digest: str
+    ninputs: int
+    bad: tuple[tuple[int, str], ...]  # (framekey, reason) of inputs found unusable
 
 
 def _night_ordinal(night: str) -> int | None:
@@ -74,18 +112,13 @@ def nearest_master(masters: dict, kind: str, night: str, ccd: str,
     return candidates[best]
 
 
-def load_masters(project: Project, db: Database) -> dict[MasterKey, Path]:
-    """The recorded masters whose files exist."""
-    out = {}
-    for kind, night, ccd, filt, path in db.query(
-            "SELECT kind, night, ccd, filter, path FROM masterframes"):
-        full = project.root / path
-        if full.is_file():
-            out[(kind, night, ccd, filt)] = full
-    return out
+def recorded_masters(project: Project, recorded: dict) -> dict[MasterKey, Path]:
+    """The recorded masters (``Queries.masters``) whose files exist."""
+    return {key: project.root / path for key, (path, _) in recorded.items()
+            if (project.root / path).is_file()}
 
 
-def _inputs_hash(frames: list[RawFrame], config: Config, deps: dict[str, str]) -> str:
+def _inputs_hash(frames, config: Config, deps: dict[str, str]) -> str:
     cal = config.calibrate
     payload = {
         "inputs": sorted((str(f.rawpath.name), f.night, f.filesize, f.mtime) for f in frames),
@@ -96,124 +129,127 @@ def _inputs_hash(frames: list[RawFrame], config: Config, deps: dict[str, str]) -
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _same_shape(frames: list[RawFrame], db: Database) -> list[RawFrame]:
-    shape = Counter(f.shape for f in frames).most_common(1)[0][0]
-    for f in frames:
-        if f.shape != shape:
-            reason = (f"shape {f.shape[1]}x{f.shape[0]} differs from its group's "
-                      f"{shape[1]}x{shape[0]}")
-            log.warning("masters: %s: %s (excluded)", f.rawpath.name, reason)
-            mark_bad(db, f.framekey, reason)
-    return [f for f in frames if f.shape == shape]
+def _raw_frame(project: Project, row: dict) -> RawFrame:
+    return RawFrame(int(row["framekey"]), project.root / row["rawpath"], row["night"],
+                    meta_from_row(row), (int(row["naxis2"]), int(row["naxis1"])),
+                    int(row["filesize"]), float(row["mtime"]))
 
 
-class _Builder:
-    """Builds or reuses the masters of one project run."""
+class Masters(Phase):
+    """Build (or reuse) every master of one kind (see the module doc)."""
 
-    def __init__(self, project: Project, config: Config, db: Database):
-        self.project, self.config, self.db = project, config, db
-        self.masters = load_masters(project, db)
-        self.recorded = {(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in db.query(
-            "SELECT kind, night, ccd, filter, path, inputs FROM masterframes")}
-        self.built = 0
+    def __init__(self, kind: str):
+        self.kind, self.name = kind, f"master {kind}"
+        self.batch = 1
+        self.built: dict[MasterKey, Path | None] = {}
 
-    def dependency(self, kind: str, key: MasterKey) -> tuple[Path | None, dict[str, str]]:
-        found = nearest_master(self.masters, kind, key[1], key[2])
-        if found is None:
-            log.warning("masters: no %s master for ccd %r: %s %s built without it",
-                        kind, key[2], key[0], key[1])
-            return None, {}
-        if found[0][1] != key[1]:
-            log.warning("masters: %s %s uses the %s of night %s", key[0], key[1], kind, found[0][1])
-        return found[1], {kind.upper() + "USED": found[1].name}
-
-    def ensure(self, key: MasterKey, frames: list[RawFrame]) -> None:
-        frames = _same_shape(frames, self.db)
-        deps: dict[str, str] = {}
-        bias = dark = None
-        if key[0] in ("dark", "flat"):
-            bias, used = self.dependency("bias", key)
-            deps.update(used)
-        if key[0] == "flat":
-            dark, used = self.dependency("dark", key)
-            deps.update(used)
-        while len(frames) >= self.config.calibrate.min_frames:
-            digest = _inputs_hash(frames, self.config, deps)
-            old = self.recorded.get(key)
-            if old and old[1] == digest and (self.project.root / old[0]).is_file():
-                self.masters[key] = self.project.root / old[0]
-                return
-            try:
-                master = self._build(key, frames, bias, dark, deps)
-            except FrameError as err:
-                bad = [f for f in frames if str(f.rawpath) == err.path]
-                if not bad:  # a master it depends on is unreadable
-                    log.warning("masters: %s night %s not built: %s", key[0], key[1], err)
-                    return
-                log.warning("masters: %s: %s (excluded)", bad[0].rawpath.name, err.reason)
-                mark_bad(self.db, bad[0].framekey, err.reason)
-                frames = [f for f in frames if f is not bad[0]]
-                continue
-            self._record(key, master, digest, len(frames), old)
-            return
-        log.warning("masters: %s night %s ccd %r filter %r: %d usable frames, fewer than %d: "
-                    "no master", key[0], key[1], key[2], key[3], len(frames),
-                    self.config.calibrate.min_frames)
-        self._forget(key)
-
-    def _forget(self, key: MasterKey) -> None:
-        """Drop a master whose group no longer has enough usable frames."""
-        old = self.recorded.pop(key, None)
-        self.masters.pop(key, None)
-        if old is None:
-            return
-        self.db.execute("DELETE FROM masterframes WHERE kind = ? AND night = ? AND ccd = ? "
-                        "AND filter = ?", key)
-        (self.project.root / old[0]).unlink(missing_ok=True)
-
-    def _build(self, key, frames, bias_path, dark_path, deps):
-        inputs = [(f.rawpath, f.meta) for f in frames]
-        cal = self.config.calibrate
-        log.info("masters: building %s night %s ccd %r filter %r from %d frames",
-                 key[0], key[1], key[2], key[3], len(frames))
-        bias = read_master(bias_path)[0] if bias_path else None
-        if key[0] == "bias":
-            return build_bias(inputs, cal)
-        if key[0] == "dark":
-            return build_dark(inputs, bias, cal, deps)
-        dark = read_master(dark_path)[0] if dark_path else None
-        return build_flat(inputs, bias, dark, cal, deps)
-
-    def _record(self, key, master, digest, ninputs, old) -> None:
-        kind, night, ccd, filt = key
-        name = "-".join(p for p in (kind, night, ccd or "all", filt) if p)
-        path = self.project.cal / f"{safe_name(name)}-{digest[:12]}.fits"
-        master.header["NIGHT"] = night
-        master.header["INHASH"] = (digest[:32], "hash of the inputs and settings")
-        write_master(path, master)
-        rel = str(path.relative_to(self.project.root))
-        created = records.now()
-        with self.db.transaction():
-            self.db.execute("DELETE FROM masterframes WHERE kind = ? AND night = ? AND ccd = ? "
-                            "AND filter = ?", key)
-            self.db.execute("INSERT INTO masterframes (kind, night, ccd, filter, path, inputs, "
-                            "ninputs, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (*key, rel, digest, ninputs, created))
-        if old and old[0] != rel and (self.project.root / old[0]).is_file():
-            (self.project.root / old[0]).unlink()
-        self.masters[key] = path
-        self.recorded[key] = (rel, digest)
-        self.built += 1
-
-
-def build_masters(project: Project, config: Config, db: Database) -> dict[MasterKey, Path]:
-    """Build (or reuse) every master of the project; returns the masters map."""
-    builder = _Builder(project, config, db)
-    for kind in ("bias", "dark", "flat"):
+    def plan(self, ledger, context: Context) -> list[MasterItem]:
         groups: dict[MasterKey, list[RawFrame]] = defaultdict(list)
-        for f in usable_frames(project, config, db, kind):
-            groups[(kind, f.night, f.meta.ccd, f.meta.filter if kind == "flat" else "")].append(f)
+        for row in ledger.read.raw_file_rows(self.kind):
+            frame = _raw_frame(context.project, row)
+            groups[(self.kind, frame.night, frame.meta.ccd,
+                    frame.meta.filter if self.kind == "flat" else "")].append(frame)
+        recorded = ledger.read.masters()
+        items = []
         for key in sorted(groups):
-            builder.ensure(key, groups[key])
-    log.info("masters: %d built, %d available", builder.built, len(builder.masters))
-    return builder.masters
+            frames = self._same_shape(groups[key], ledger)
+            bias, dark, deps = self._dependencies(key, context)
+            digest = _inputs_hash(frames, context.config, deps)
+            old = recorded.get(key)
+            if old and old[1] == digest and (context.project.root / old[0]).is_file():
+                continue  # unchanged: context.masters has it already
+            items.append(MasterItem(key, tuple(frames), bias, dark, deps, old[0] if old else None))
+        return items
+
+    @staticmethod
+    def _same_shape(frames: list[RawFrame], ledger) -> list[RawFrame]:
+        shape = Counter(f.shape for f in frames).most_common(1)[0][0]
+        for f in frames:
+            if f.shape != shape:
+                reason = (f"shape {f.shape[1]}x{f.shape[0]} differs from its group's "
+                          f"{shape[1]}x{shape[0]}")
+                log.warning("masters: %s: %s (excluded)", f.rawpath.name, reason)
+                ledger.mark_bad(f.framekey, reason)
+        return [f for f in frames if f.shape == shape]
+
+    def _dependencies(self, key: MasterKey, context: Context) -> tuple[Path | None, Path | None, dict]:
+        found = {}
+        for kind in KINDS[:KINDS.index(self.kind)]:
+            near = nearest_master(context.masters, kind, key[1], key[2])
+            if near is None:
+                log.warning("masters: no %s master for ccd %r: %s %s built without it",
+                            kind, key[2], key[0], key[1])
+            elif near[0][1] != key[1]:
+                log.warning("masters: %s %s uses the %s of night %s", key[0], key[1], kind,
+                            near[0][1])
+            found[kind] = near[1] if near else None
+        deps = {kind.upper() + "USED": path.name for kind, path in found.items() if path}
+        return found.get("bias"), found.get("dark"), deps
+
+    def work(self, item: MasterItem, context: Context) -> MasterResult:
+        frames, bad = list(item.frames), []
+        config, project = context.config, context.project
+        while len(frames) >= config.calibrate.min_frames:
+            digest = _inputs_hash(frames, config, item.deps)
+            try:
+                master = self._build(item, frames, config)
+            except FrameError as err:
+                culprit = [f for f in frames if str(f.rawpath) == err.path]
+                if not culprit:  # a master it depends on is unreadable
+                    raise
+                log.warning("masters: %s: %s (excluded)", culprit[0].rawpath.name, err.reason)
+                bad.append((culprit[0].framekey, err.reason))
+                frames.remove(culprit[0])
+                continue
+            kind, night, ccd, filt = item.key
+            name = "-".join(p for p in (kind, night, ccd or "all", filt) if p)
+            path = project.cal / f"{safe_name(name)}-{digest[:12]}.fits"
+            master.header["NIGHT"] = night
+            master.header["INHASH"] = (digest[:32], "hash of the inputs and settings")
+            write_master(path, master)
+            if item.old and (project.root / item.old) != path:
+                (project.root / item.old).unlink(missing_ok=True)
+            return MasterResult(item.key, str(path.relative_to(project.root)), digest,
+                                len(frames), tuple(bad))
+        log.warning("masters: %s night %s ccd %r filter %r: %d usable frames, fewer than %d: "
+                    "no master", *item.key, len(frames), config.calibrate.min_frames)
+        if item.old:
+            (project.root / item.old).unlink(missing_ok=True)
+        return MasterResult(item.key, None, "", len(frames), tuple(bad))
+
+    @staticmethod
+    def _build(item: MasterItem, frames: list[RawFrame], config: Config):
+        inputs = [(f.rawpath, f.meta) for f in frames]
+        cal = config.calibrate
+        log.info("masters: building %s night %s ccd %r filter %r from %d frames", *item.key,
+                 len(frames))
+        bias = read_master(item.bias)[0] if item.bias else None
+        if item.key[0] == "bias":
+            return build_bias(inputs, cal)
+        if item.key[0] == "dark":
+            return build_dark(inputs, bias, cal, item.deps)
+        dark = read_master(item.dark)[0] if item.dark else None
+        return build_flat(inputs, bias, dark, cal, item.deps)
+
+    def record(self, ledger, result: MasterResult, context: Context) -> None:
+        for framekey, reason in result.bad:
+            ledger.mark_bad(framekey, reason)
+        if result.path is None:
+            ledger.forget_master(result.key)
+            self.built[result.key] = None
+        else:
+            ledger.record_master(result.key, result.path, result.digest, result.ninputs)
+            self.built[result.key] = context.project.root / result.path
+        ledger.record_phase("masters", "/".join(result.key))
+
+    def update(self, ledger, context: Context) -> Context:
+        masters = dict(context.masters)
+        for key, path in self.built.items():
+            if path is None:
+                masters.pop(key, None)
+            else:
+                masters[key] = path
+        return dataclasses.replace(context, masters=masters)
+
+    def label(self, item: MasterItem) -> str:
+        return "/".join(item.key)

@@ -43,6 +43,9 @@ class SerialComm:
     def gather(self, obj, root=0):
         return [obj]
 
+    def allreduce_max(self, value: int) -> int:
+        return value
+
     def Abort(self, code: int = 1) -> None:  # noqa: N802 (MPI spelling)
         os._exit(code)
 
@@ -67,6 +70,10 @@ class MPIComm:
 
     def gather(self, obj, root=0):
         return self.comm.gather(obj, root=root)
+
+    def allreduce_max(self, value: int) -> int:
+        """The largest ``value`` over the ranks (every rank gets it)."""
+        return self.comm.allreduce(value, op=self.MPI.MAX)
 
     def Abort(self, code: int = 1) -> None:  # noqa: N802
         self.MPI.COMM_WORLD.Abort(code)
@@ -97,8 +104,9 @@ def abort_on_error(comm):
         yield
     except BaseException as err:
         if comm.size > 1 and not isinstance(err, SystemExit):
-            sys.stderr.write(f"rank {comm.rank}: uncaught error, aborting the job\n")
-            traceback.print_exc()
+            # one write: the process manager forwards it whole before the abort kills us
+            sys.stderr.write(f"rank {comm.rank}: uncaught error, aborting the job\n"
+                             + traceback.format_exc())
             sys.stderr.flush()
             comm.Abort(1)
         raise
@@ -117,21 +125,23 @@ def split(n: int, nranks: int, rank: int) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
-def farm(comm, tasks: Sequence, work: Callable[[list], list], consume: Callable[[list], None],
-         batch_size: int = 4) -> None:
+def farm(comm, tasks: Sequence, work: Callable[[list], list],
+         consume: Callable[[list], bool | None], batch_size: int = 4) -> None:
     """Process ``tasks`` on every rank; call ``consume(results)`` on rank 0 only.
 
     ``work(batch) -> results`` runs on any rank (it must not touch the
     database); ``consume`` runs on rank 0 for every batch's results, in the
-    order they arrive.  Rank 0 passes ``tasks``; the other ranks' ``tasks``
-    are ignored.  Batches hold at most ``batch_size`` tasks, fewer when there
-    are few tasks (about four batches per rank, so that the ranks finish
-    together).
+    order they arrive; when it returns False no further batch is started (the
+    batches already handed out are finished and consumed: a clean stop).
+    Rank 0 passes ``tasks``; the other ranks' ``tasks`` are ignored.  Batches
+    hold at most ``batch_size`` tasks, fewer when there are few tasks (about
+    four batches per rank, so that the ranks finish together).
     """
     size = max(1, min(int(batch_size), len(tasks) // (4 * comm.size)))
     if comm.size == 1:
         for batch in batches(tasks, size):
-            consume(work(batch))
+            if consume(work(batch)) is False:
+                break
         return
     if comm.rank == 0:
         _serve(comm, batches(tasks, size), work, consume)
@@ -173,7 +183,8 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
             if status.Get_tag() == _RESULT:
                 out -= 1
                 held[source] -= 1
-                consume(message)
+                if consume(message) is False:
+                    queue.clear()
                 if source in waiting:
                     waiting.remove(source)
                     answer(source)
@@ -181,8 +192,8 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
                 waiting.append(source)
             else:
                 answer(source)
-        else:
-            consume(work(queue.pop()))
+        elif consume(work(queue.pop())) is False:
+            queue.clear()
 
 
 def _incoming(comm: MPIComm, status) -> bool:

@@ -1,10 +1,13 @@
 """Star-range partition streams: the scratch files the light-curve step goes through.
 
 Every rank appends the light-curve columns of its frames' ``aphot`` and
-``iphot`` rows to ``p<part>.r<rank>.<kind>.bin`` (part = star // stars per
-partition), with the framekey and row count of each block in a ``.idx``
-file beside it (:class:`PartitionWriter`); a partition is then read back
-whole, every rank's shard, and grouped by star (:class:`PartitionReader`).
+``iphot`` rows to ``p<part>.s<shard>.<kind>.bin`` (part = star // stars per
+partition, shard = the writing process), with the framekey and row count of
+each block in a ``.idx`` file beside it (:class:`PartitionWriter`); a
+partition is then read back whole, every shard, and grouped by star
+(:class:`PartitionReader`).  The rows of a few chosen stars (the TFA
+templates) are also copied to the partition ``templates``, so that their
+light curves can be built before the others.
 Rows keep the byte layout of :func:`stream_dtypes` (native byte order;
 scratch only, never kept).
 """
@@ -18,10 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from trex import lcformat
+from trex.errors import writing
 from trex.flags import PHOT
 
 #: framekey and row count of each block of rows appended to a partition stream
 INDEX = np.dtype([("framekey", "i8"), ("nrows", "i8")])
+#: the partition number of the template stars' copies
+TEMPLATES = -1
 
 
 @functools.lru_cache(maxsize=8)
@@ -91,9 +97,10 @@ class PartitionWriter:
     frame costs one copy and no file operation of its own.
     """
 
-    def __init__(self, folder: Path, stars_per_part: int, rank: int, napertures: int,
-                 limit: int = 64 << 20):
-        self.folder, self.stars_per_part, self.rank = folder, stars_per_part, rank
+    def __init__(self, folder: Path, stars_per_part: int, shard: str, napertures: int,
+                 limit: int = 64 << 20, extra: np.ndarray | None = None):
+        self.folder, self.stars_per_part, self.shard = folder, stars_per_part, shard
+        self.extra = None if extra is None or not len(extra) else np.asarray(extra)
         self.dtypes = stream_dtypes(napertures)
         self.staging = np.empty(limit, dtype=np.uint8)  # pages are touched as they fill
         self.used = 0
@@ -105,6 +112,10 @@ class PartitionWriter:
         """Queue one frame's product rows (``product_dtypes``, any star order)."""
         if not len(rows):
             return
+        if self.extra is not None:
+            chosen = np.isin(rows["star"], self.extra)
+            if chosen.any():
+                self._append(TEMPLATES, kind, framekey, rows[chosen], [0, int(chosen.sum())])
         star = rows["star"]
         first, last = int(star.min()) // self.stars_per_part, int(star.max()) // self.stars_per_part
         if first == last:  # the usual case: one block (its order does not matter)
@@ -115,6 +126,12 @@ class PartitionWriter:
                 star = rows["star"]
             part = star // self.stars_per_part
             cuts = [0, *(np.flatnonzero(part[1:] != part[:-1]) + 1).tolist(), len(rows)]
+        self._append(None, kind, framekey, rows, cuts)
+
+    def _append(self, part: int | None, kind: str, framekey: int, rows: np.ndarray,
+                cuts: list[int]) -> None:
+        """Stage ``rows`` cut at ``cuts``, each piece to its star's partition (or ``part``)."""
+        star = rows["star"]
         width = self.dtypes[kind].itemsize
         nbytes = len(rows) * width
         if self.used + nbytes > len(self.staging):
@@ -128,24 +145,28 @@ class PartitionWriter:
             target[:, dst:dst + size] = source[:, src:src + size]
         self.used += nbytes
         for lo, hi in zip(cuts[:-1], cuts[1:]):
-            self.blocks.append((int(star[lo]) // self.stars_per_part, kind, framekey,
-                                start + lo * width, start + hi * width, hi - lo))
+            self.blocks.append((int(star[lo]) // self.stars_per_part if part is None else part,
+                                kind, framekey, start + lo * width, start + hi * width, hi - lo))
 
     def flush(self) -> None:
         self.blocks.sort(key=lambda block: block[:2])  # stable: frames stay in order
         for (part, kind), blocks in itertools.groupby(self.blocks, key=lambda b: b[:2]):
             blocks = list(blocks)
-            stem = self.folder / f"p{part:07d}.r{self.rank:05d}.{kind}"
-            with open(f"{stem}.bin", "ab") as fh:
-                fh.writelines(self.staging[block[3]:block[4]].data for block in blocks)
+            stem = self.folder / f"{partition_name(part)}.s{self.shard}.{kind}"
             index = np.array([(block[2], block[5]) for block in blocks], dtype=INDEX)
-            with open(f"{stem}.idx", "ab") as fh:
+            with writing(stem), open(f"{stem}.bin", "ab") as fh:
+                fh.writelines(self.staging[block[3]:block[4]].data for block in blocks)
+            with writing(stem), open(f"{stem}.idx", "ab") as fh:
                 fh.write(index.data)
         self.blocks, self.used = [], 0
 
 
+def partition_name(part: int) -> str:
+    return "templates" if part == TEMPLATES else f"p{part:07d}"
+
+
 def partitions(folder: Path) -> list[str]:
-    """Partition names (``p0000012``) present in a folder."""
+    """Partition names (``p0000012``) present in a folder (not the templates')."""
     return sorted({p.name.split(".")[0] for p in folder.glob("p*.bin")})
 
 
@@ -176,7 +197,7 @@ class PartitionReader:
         they were written; :func:`merge_star` orders them by time and keeps the
         last row written of a frame).  Rows are not moved here: each star's are
         gathered once, when it is merged."""
-        shards = sorted(folder.glob(f"{name}.r*.{kind}.bin"))
+        shards = sorted(folder.glob(f"{name}.s*.{kind}.bin"))
         sizes = [p.stat().st_size for p in shards]
         raw = self._buffer(kind, sum(sizes))
         at, keys = 0, []

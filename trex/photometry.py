@@ -54,8 +54,8 @@ from scipy.spatial import cKDTree
 from trex import _photometry
 from trex.catalog import propagate
 from trex.config import Config
+from trex.errors import FrameError
 from trex.extract import shape_map
-from trex.fits import FrameError
 from trex.flags import MASK, PHOT
 from trex.frame import Context, Frame
 from trex.products import save_product
@@ -257,22 +257,57 @@ def aphot_dtype(napertures: int) -> np.dtype:
     return np.dtype(fields)
 
 
-def _stars_on_frame(frame: Frame, catalog, config: Config) -> tuple[np.ndarray, ...]:
-    """Catalog index and pixel position of the stars inside the frame minus the border."""
-    ny, nx = frame.image.shape
-    jyear = 2000.0 + (frame.meta.jd - 2451545.0) / 365.25
+def catalog_positions(catalog: np.ndarray, wcs, shape: tuple[int, int], jd: float,
+                      config: Config) -> tuple[np.ndarray, ...]:
+    """The catalog stars inside a frame of ``shape`` (ny, nx) minus ``photometry.border``.
+
+    Proper motions are applied to the epoch of ``jd`` (UTC); the positions go
+    through ``wcs`` (astropy WCS with SIP).  Returns (catalog index, x, y, ra,
+    dec) of those stars: px, 0-based, and deg.
+    """
+    ny, nx = shape
+    jyear = 2000.0 + (jd - 2451545.0) / 365.25
     ra, dec = propagate(catalog, jyear)
     # a cone around the frame first: the SIP inverse is only meaningful near the frame
-    ra0, dec0 = frame.wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
-    corner = frame.wcs.all_pix2world([[0, 0], [nx - 1, ny - 1], [0, ny - 1], [nx - 1, 0]], 0)
+    ra0, dec0 = wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
+    corner = wcs.all_pix2world([[0, 0], [nx - 1, ny - 1], [0, ny - 1], [nx - 1, 0]], 0)
     radius = np.max(_separation(corner[:, 0], corner[:, 1], ra0, dec0)) * 1.05
     near = _separation(ra, dec, ra0, dec0) < radius
     near &= np.asarray(catalog["mag"], float) <= config.photometry.mag_limit
     index = np.flatnonzero(near)
-    x, y = frame.wcs.all_world2pix(ra[index], dec[index], 0, quiet=True)
+    x, y = wcs.all_world2pix(ra[index], dec[index], 0, quiet=True)
     border = config.photometry.border
     inside = (x >= border) & (x <= nx - 1 - border) & (y >= border) & (y <= ny - 1 - border)
     return index[inside], x[inside], y[inside], ra[index][inside], dec[index][inside]
+
+
+def measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, config: Config, *, gain: float,
+            mask: np.ndarray | None = None, saturation: float | None = None) -> dict[str, np.ndarray]:
+    """Every configured aperture (``photometry.apertures``) at (x, y), with the
+    configured sky estimator and neighbour exclusion: the one annulus-photometry
+    routine of the frames, the photometric reference and the difference images.
+
+    Returns dict of arrays of shape (nstars, napertures): ``flux``, ``fluxerr``,
+    ``area`` (ADU, px^2), ``flag`` (int32, ``trex.flags.PHOT``) and the sky of each
+    aperture's annulus: ``bg``, ``bgerr`` (ADU per pixel), ``nsky`` (pixels kept).
+    """
+    radii, annuli = apertures(config)
+    ph = config.photometry
+    n, napertures = len(x), len(radii)
+    out = {name: np.empty((n, napertures)) for name in ("flux", "fluxerr", "area", "bg", "bgerr")}
+    out["flag"] = np.empty((n, napertures), dtype=np.int32)
+    out["nsky"] = np.empty((n, napertures), dtype=np.int32)
+    for annulus in sorted(set(annuli)):
+        use = [i for i, a in enumerate(annuli) if a == annulus]
+        res = aperture_photometry(
+            image, x, y, radii[use], annulus, gain=gain, mask=mask, sky_method=ph.sky_method,
+            sky_sigma=ph.sky_sigma, sky_iters=ph.sky_iters, disjoint_radius=ph.disjoint_radius,
+            min_sky_pixels=ph.min_sky_pixels, saturation=saturation)
+        for name in ("flux", "fluxerr", "area", "flag"):
+            out[name][:, use] = res[name]
+        for name in ("bg", "bgerr", "nsky"):
+            out[name][:, use] = res[name][:, None]
+    return out
 
 
 def _separation(ra, dec, ra0, dec0) -> np.ndarray:
@@ -300,40 +335,40 @@ def run(frame: Frame, context: Context) -> Frame:
         raise FrameError(frame.rawpath, f"photometry: no catalog for field {meta.field!r}")
     if frame.wcs is None or frame.image is None:
         raise FrameError(frame.rawpath, "photometry: no WCS or image (astrometry not done)")
-    star, x, y, ra, dec = _stars_on_frame(frame, catalog, config)
+    star, x, y, ra, dec = catalog_positions(catalog, frame.wcs, frame.image.shape, meta.jd, config)
     if not len(star):
         raise FrameError(frame.rawpath, "photometry: no catalog star on the frame")
-    radii, annuli = apertures(config)
-    table = np.zeros(len(star), dtype=aphot_dtype(len(radii)))
-    ph = config.photometry
-    for annulus in sorted(set(annuli)):
-        use = [i for i, a in enumerate(annuli) if a == annulus]
-        res = aperture_photometry(
-            frame.image, x, y, radii[use], annulus, gain=meta.gain, mask=frame.mask,
-            sky_method=ph.sky_method, sky_sigma=ph.sky_sigma, sky_iters=ph.sky_iters,
-            disjoint_radius=ph.disjoint_radius, min_sky_pixels=ph.min_sky_pixels,
-            exptime=meta.exptime or 1.0, zeropoint=config.camera.zeropoint)
-        for j, i in enumerate(use):
-            table[f"aim_{i:03d}"], table[f"aie_{i:03d}"] = res["mag"][:, j], res["magerr"][:, j]
-            table[f"flux_{i:03d}"], table[f"fluxerr_{i:03d}"] = res["flux"][:, j], res["fluxerr"][:, j]
-            table[f"aiq_{i:03d}"] = res["flag"][:, j]
-        table["bgv"], table["bge"] = res["bg"], res["bgerr"]
-    saturated = saturated_near(frame.mask, x, y, float(radii.max()))
-    for i in range(len(radii)):
-        table[f"aiq_{i:03d}"][saturated] |= PHOT["SATURATED"].bit
+    res = add_magnitudes(measure(frame.image, x, y, config, gain=meta.gain, mask=frame.mask),
+                         config.camera.zeropoint, meta.exptime or 1.0)
+    napertures = res["flux"].shape[1]
+    table = np.zeros(len(star), dtype=aphot_dtype(napertures))
+    res["flag"][saturated_near(frame.mask, x, y, float(apertures(config)[0].max()))] |= \
+        PHOT["SATURATED"].bit
+    for i in range(napertures):
+        for column, name in (("aim", "mag"), ("aie", "magerr"), ("flux", "flux"),
+                             ("fluxerr", "fluxerr"), ("aiq", "flag")):
+            table[f"{column}_{i:03d}"] = res[name][:, i]
         table[f"arm_{i:03d}"] = np.nan
+    table["bgv"], table["bge"] = res["bg"][:, -1], res["bgerr"][:, -1]
     table["star"], table["xcc"], table["ycc"] = star, x, y
-    if frame.sources is not None and len(frame.sources) >= 10:
-        table["fsv"], table["fdv"], table["fkv"] = shape_map(frame.sources)(x, y)
-    else:
-        table["fsv"] = table["fdv"] = table["fkv"] = np.nan
+    table["fsv"], table["fdv"], table["fkv"] = _shapes(frame.sources, x, y)
     table["rjd"] = meta.jd - 2400000.0
     table["bjd"] = bjd_tdb(meta.jd, ra, dec, site(meta.latitude, meta.longitude,
                                                    meta.altitude))[0]
     frame.products["aphot"] = table
-    frame.products["photkey"] = photkey(config)
     frame.quality["nphot"] = len(table)
     return frame
+
+
+def _shapes(sources: np.ndarray | None, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """PSF S, D, K at (x, y) from the frame's extracted sources (NaN with too few)."""
+    nan = np.full(len(x), np.nan)
+    if sources is None or len(sources) < 10:
+        return nan, nan, nan
+    try:
+        return shape_map(sources)(x, y)
+    except ValueError:  # too few well-measured sources for the shape map: no S, D, K
+        return nan, nan, nan
 
 
 def ap_photometry_rows(framekey: int, key: str, table: np.ndarray, objectids: np.ndarray) -> dict:
@@ -358,5 +393,5 @@ def save(frame: Frame, context: Context) -> dict:
     table = frame.products["aphot"]
     save_product(frame.redpath, "aphot", table)
     objectids = np.asarray(context.catalogs[frame.meta.field]["objectid"])[table["star"]]
-    return {"ap_photometry": ap_photometry_rows(frame.framekey, frame.products["photkey"],
+    return {"ap_photometry": ap_photometry_rows(frame.framekey, photkey(context.config),
                                                 table, objectids)}

@@ -1,6 +1,7 @@
 """The photometric reference of image subtraction, per (projid, field, ccd).
 
-Recipe (:func:`build_references`, after magnitude fitting):
+Recipe (three phases after photometry, per group without an active reference,
+or every group when the references are rebuilt):
 
 1. Candidates: frames with photometry done and ``frameisok``, ranked as the
    astrometric reference is (:func:`trex.astrometry.choose_reference`: high
@@ -8,12 +9,14 @@ Recipe (:func:`build_references`, after magnitude fitting):
    ``subtract.nref`` best are taken (all of them on a shorter night).
 2. Each is registered onto the astrometric reference grid (the active
    ``astromrefs`` frame) with :func:`trex.register.transform_from_wcs` and
-   :func:`trex.register.resample` (``subtract.resample``), then matched to
-   the broadest-PSF candidate (lowest S) with the kernel fit of
-   :func:`trex.subtract.subtract`: the matched frame is ``R_i conv K + B``,
-   i.e. it takes the PSF, the sky and the transparency of that target frame.
-   Ranks share the candidates; each writes its matched frames to REDTEMP.
-3. Rank 0 combines them with a clipped median in row blocks
+   :func:`trex.register.resample` (``subtract.resample``; phase
+   :class:`Registrations`), then matched to the broadest-PSF candidate
+   (lowest S) with the kernel fit of :func:`trex.subtract.subtract` (phase
+   :class:`Matches`): the matched frame is ``R_i conv K + B``, i.e. it takes
+   the PSF, the sky and the transparency of that target frame.  Each item is
+   one candidate, on any rank, through ``REDTEMP/photref/``; a candidate that
+   cannot be matched (no usable stamp) is left out with the reason.
+3. :class:`Stacks` (one item per group) combines them with a clipped median in row blocks
    (``trex._stats.clipped_combine``), writes
    ``BASE/reference-frames/photref-<projid>-<field>-<ccd>.fits`` (image, MASK
    HDU with BADPIX grown by the kernel half-size where no frame had data, the
@@ -30,93 +33,75 @@ Recipe (:func:`build_references`, after magnitude fitting):
    ``2 max(radius)`` get F_ref predicted from a fit of log F vs catalog
    magnitude over the uncrowded stars (CDIPS).
 
-A reference is built once and kept for later nights unless ``rebuild``.
-Every rank gets the paths in ``context.photref[(projid, field, ccd)]`` and
-loads the image once (:func:`load_reference`, cached).
+A reference is built once and kept for later nights unless ``rebuild``.  It
+is data -- :class:`Reference`: image, mask, header, WCS, the stars' F_ref --
+that the subtract stage receives in ``context.photref[(projid, field, ccd)]``:
+read once at the start of a run (:func:`load_references`) or handed on from
+the phase that made it, never read back after writing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
+from astropy.io import fits as afits
 from astropy.wcs import WCS
 from scipy.ndimage import maximum_filter, median_filter
 from scipy.spatial import cKDTree
 
-from trex import _stats, parallel, photometry, records
+from trex import _stats, photometry
 from trex.astrometry import rank_frames
 from trex.config import Config
-from trex.db import Database
-from trex.fits import read_header, read_image, write_image
+from trex.errors import PhaseError
+from trex.fits import FrameError, atomic_write, read_image, write_image
 from trex.flags import MASK
 from trex.frame import Context
-from trex.header import parse_header
+from trex.header import FrameMeta
 from trex.kernelspec import parse_kernel
+from trex.phase import Phase
 from trex.project import Project, safe_name
-from trex.register import Transform, resample, transform_from_wcs
+from trex.register import register_frame
+from trex.subtract import subtract
 
 log = logging.getLogger(__name__)
 
-#: rows per block when combining (bounds memory to n x BLOCK_ROWS x nx floats)
-BLOCK_ROWS = 128
+Group = tuple[str, str, str]  # (projid, field, ccd)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Reference:
-    """What the per-frame stage needs of a photometric reference (paths, not arrays)."""
+    """A photometric reference, as the subtract stage needs it."""
 
     photrefkey: int
-    path: str       # absolute path of the FITS image
-    phot: str       # absolute path of the reference photometry (.npy)
-    framekeys: tuple[int, ...] = ()  # the frames in the stack
+    path: str                    # relative to the project root
+    image: np.ndarray            # float32 (ny, nx), ADU
+    mask: np.ndarray             # uint8 (ny, nx), trex.flags.MASK bits
+    header: afits.Header         # EXPTIME, GAIN, SATURATE, NOISEFAC, NEFF, ... and the WCS
+    wcs: WCS
+    phot: np.ndarray             # F_ref of the stars (reference_photometry)
+    framekeys: tuple[int, ...]   # the frames in the stack
 
 
-def register(image: np.ndarray, mask: np.ndarray | None, frame_wcs, ref_wcs,
-             shape: tuple[int, int], config: Config,
-             saturation: float | None = None) -> tuple[np.ndarray, np.ndarray, Transform]:
-    """A frame and its mask on the reference grid: (float32 image, uint8 MASK bits, the
-    reference-to-frame pixel map).
+@dataclass(frozen=True)
+class GroupPlan:
+    """A reference to build: its group, grid, candidate frames and target."""
 
-    Reference pixels within 1 px of a masked frame pixel's mapped position (the
-    interpolation footprint) and off the frame get BADPIX; resampled values at
-    or above ``0.95 saturation`` get SATURATED.
-    """
-    order = config.subtract.transform_order
-    transform = transform_from_wcs(ref_wcs, frame_wcs, shape, order=order)
-    out = resample(image, transform, shape, method=config.subtract.resample)
-    bad = np.zeros(shape, dtype=np.uint8)
-    bad[~np.isfinite(out)] |= MASK["BADPIX"].bit
-    if mask is not None and np.any(mask):
-        fy, fx = np.nonzero(mask)
-        x, y = transform_from_wcs(frame_wcs, ref_wcs, np.shape(mask), order=order)(fx, fy)
-        ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                inside = ((ix + dx >= 0) & (ix + dx < shape[1]) & (iy + dy >= 0)
-                          & (iy + dy < shape[0]))
-                bad[iy[inside] + dy, ix[inside] + dx] |= MASK["BADPIX"].bit
-    if saturation is not None:
-        with np.errstate(invalid="ignore"):
-            bad[out >= 0.95 * saturation] |= MASK["SATURATED"].bit
-    return out, bad, transform
+    group: Group
+    astromref: str               # the astrometric reference frame (its grid), absolute
+    framekeys: tuple[int, ...]
+    paths: tuple[str, ...]       # calibrated candidate frames, absolute
+    metas: tuple[FrameMeta, ...]
+    target: int                  # index of the broadest-PSF candidate
+    fwhm: float | None
 
 
-@functools.lru_cache(maxsize=4)
-def load_reference(path: str, phot: str) -> tuple[np.ndarray, np.ndarray, object, WCS, np.ndarray]:
-    """(image float32, mask uint8, header, WCS, photometry) of a reference; cached per rank."""
-    image, header = read_image(path)
-    mask, _ = read_image(path, hdu="MASK")
-    return (image, mask.astype(np.uint8), header, WCS(header, fix=False),
-            np.load(phot, allow_pickle=False))
-
-
-def reference_path(project: Project, projid: str, field: str, ccd: str) -> Path:
+def reference_path(project: Project, group: Group) -> Path:
+    projid, field, ccd = group
     stem = f"photref-{safe_name(projid)}-{safe_name(field)}-{safe_name(ccd or 'ccd')}"
     return project.reference_frames / f"{stem}.fits"
 
@@ -126,62 +111,202 @@ def phot_path(path: Path | str) -> Path:
     return path.with_name(path.stem + "-phot.npy")
 
 
-def _groups(db: Database) -> list[tuple]:
-    return db.query("SELECT DISTINCT c.projid, f.field, f.ccd FROM calibratedframes c "
-                    "JOIN frameinfo f ON f.framekey = c.framekey JOIN framestatus s "
-                    "ON s.framekey = c.framekey AND s.stage = 'photometry' AND s.status = 'done' "
-                    "WHERE c.frameisok")
+def _scratch(project: Project, group: Group) -> Path:
+    return project.redtemp / "photref" / reference_path(project, group).stem
 
 
-def _plan(db: Database, context: Context, projid: str, field: str, ccd: str) -> dict | None:
-    """What every rank needs to build one reference (rank 0 asks the database)."""
-    astrom = db.query("SELECT path FROM astromrefs WHERE projid = ? AND field = ? AND ccd = ? "
-                      "AND isactive", (projid, field, ccd))
-    quality = records.quality_of_done_frames(db, "photometry", projid, field, ccd)
-    if not astrom or not len(quality.get("framekey", [])):
-        log.warning("photref %s/%s/%s: no astrometric reference or no good frame", projid,
-                    field, ccd)
-        return None
-    chosen = rank_frames(quality)[:context.config.subtract.nref]
-    index = [list(quality["framekey"]).index(k) for k in chosen]
-    meds = np.asarray(quality["meds"], float)[index]
-    target = int(np.argmin(meds))
-    fwhm = np.asarray(quality["fwhm"], float)[index][target]
-    return {"astromref": str(context.project.root / astrom[0][0]),
-            "framekeys": [int(k) for k in chosen],
-            "paths": [str(context.project.root / quality["redpath"][i]) for i in index],
-            "target": target, "fwhm": float(fwhm) if np.isfinite(fwhm) else None}
+def group_plans(ledger, context: Context) -> list[GroupPlan]:
+    """The references to build (rank 0): groups of frames with photometry done and no
+    active reference (all of them with ``context.rebuild``), in a fixed order."""
+    out = []
+    for group in ledger.read.groups_done("photometry", ccd=True):
+        if group[1] not in context.catalogs or (group in context.photref and not context.rebuild):
+            continue
+        astrom = ledger.read.astrometric_reference(*group)
+        quality = ledger.read.quality_of_done_frames("photometry", *group)
+        chosen = rank_frames(quality)[:context.config.subtract.nref] if quality else []
+        if not astrom or not len(chosen):
+            log.warning("photref %s: no astrometric reference or no good frame", "/".join(group))
+            continue
+        index = [list(quality["framekey"]).index(k) for k in chosen]
+        target = int(np.argmin(np.asarray(quality["meds"], float)[index]))
+        fwhm = float(np.asarray(quality["fwhm"], float)[index][target])
+        root = context.project.root
+        metas = ledger.frame_metas([int(k) for k in chosen])
+        out.append(GroupPlan(group, str(root / astrom[1]), tuple(int(k) for k in chosen),
+                             tuple(str(root / quality["redpath"][i]) for i in index),
+                             tuple(metas[int(k)] for k in chosen), target,
+                             fwhm if np.isfinite(fwhm) else None))
+    return out
 
 
-def _load(path: str, config: Config) -> tuple:
-    image, header = read_image(path)
-    mask, _ = read_image(path, hdu="MASK")
-    return image, mask, header, parse_header(header, config, path)
+def _grid(plan: GroupPlan) -> tuple[WCS, tuple[int, int], afits.Header]:
+    image, header = read_image(plan.astromref)
+    return WCS(header, fix=False), image.shape, header
 
 
-def _match_one(plan: dict, i: int, target, ref_wcs, shape, config: Config, scratch: Path) -> None:
-    """Register candidate i, match it to the target, save it (and its mask) in scratch."""
-    from trex.subtract import subtract  # trex.subtract imports this module for its stage
+class Registrations(Phase):
+    """Step 2a: every candidate on the astrometric reference grid (one item each)."""
 
-    image, mask, header, meta = _load(plan["paths"][i], config)
-    reg, bad, _ = register(image, mask, WCS(header, fix=False), ref_wcs, shape, config, meta.saturate)
-    if i != plan["target"]:
-        t_img, t_bad, t_meta = target
-        sub = config.subtract
+    name = "photometric reference: registration"
+    batch = 1
+
+    def plan(self, ledger, context: Context) -> list[tuple[GroupPlan, int]]:
+        items = []
+        for plan in group_plans(ledger, context):
+            scratch = _scratch(context.project, plan.group)
+            shutil.rmtree(scratch, ignore_errors=True)  # leftovers of a killed run
+            items += [(plan, i) for i in range(len(plan.paths))]
+        return items
+
+    def work(self, item: tuple[GroupPlan, int], context: Context) -> None:
+        plan, i = item
+        ref_wcs, shape, _ = _grid(plan)
+        image, header = read_image(plan.paths[i])
+        mask, _ = read_image(plan.paths[i], hdu="MASK")
+        sub = context.config.subtract
+        reg, bad, _ = register_frame(image, mask.astype(np.uint8), WCS(header, fix=False), ref_wcs,
+                                     shape, order=sub.transform_order, method=sub.resample,
+                                     saturation=plan.metas[i].saturate)
+        reg[bad != 0] = np.nan
+        scratch = _scratch(context.project, plan.group)
+        _save(scratch / f"reg-{i}.npy", reg)
+        _save(scratch / f"reg-{i}-mask.npy", bad)
+
+    def fail(self, ledger, item, reason: str, context: Context) -> None:
+        ledger.record_phase(self.name, self.label(item), reason)
+
+    def label(self, item: tuple[GroupPlan, int]) -> str:
+        return f"{'/'.join(item[0].group)} frame {item[0].framekeys[item[1]]}"
+
+
+class Matches(Phase):
+    """Step 2b: every candidate but the target matched to the target (one item each)."""
+
+    name = "photometric reference: matching"
+    batch = 1
+
+    def plan(self, ledger, context: Context) -> list[tuple[GroupPlan, int]]:
+        return [(plan, i) for plan in group_plans(ledger, context)
+                for i in range(len(plan.paths))
+                if i != plan.target and (_scratch(context.project, plan.group) / f"reg-{i}.npy").is_file()
+                and (_scratch(context.project, plan.group) / f"reg-{plan.target}.npy").is_file()]
+
+    def work(self, item: tuple[GroupPlan, int], context: Context) -> None:
+        plan, i = item
+        scratch = _scratch(context.project, plan.group)
+        target, t_bad = np.load(scratch / f"reg-{plan.target}.npy"), np.load(
+            scratch / f"reg-{plan.target}-mask.npy")
+        reg, bad = np.load(scratch / f"reg-{i}.npy"), np.load(scratch / f"reg-{i}-mask.npy")
+        sub, t_meta = context.config.subtract, plan.metas[plan.target]
         reg0 = np.where(bad != 0, 0.0, reg).astype(np.float32)
-        _, sol = subtract(t_img, reg0, kernel=sub.kernel, mask=(bad != 0) | (t_bad != 0),
-                          gain=t_meta.gain, rdnoise=t_meta.rdnoise, saturation=0.95 * meta.saturate,
-                          ngrid=sub.stamp_grid, halfsize=sub.stamp_halfsize,
-                          threshold=sub.stamp_threshold, reject=sub.stamp_reject)
-        reg = sol.model(reg0)
+        try:
+            _, sol = subtract(target, reg0, kernel=sub.kernel, mask=(bad != 0) | (t_bad != 0),
+                              gain=t_meta.gain, rdnoise=t_meta.rdnoise,
+                              saturation=0.95 * plan.metas[i].saturate, ngrid=sub.stamp_grid,
+                              halfsize=sub.stamp_halfsize, threshold=sub.stamp_threshold,
+                              reject=sub.stamp_reject)
+        except ValueError as err:  # no usable stamp: this candidate is left out
+            raise PhaseError(self.label(item), f"not matched to the target: {err}") from None
+        matched = sol.model(reg0)
         # the convolution spreads the zeroed bad pixels over the kernel footprint
         bad[maximum_filter(bad, size=2 * sol.spec.halfsize + 1) != 0] |= MASK["BADPIX"].bit
+        matched[bad != 0] = np.nan
         log.info("photref: frame %d matched to frame %d (flux scale %.3f, %d stamps)",
-                 plan["framekeys"][i], plan["framekeys"][plan["target"]],
-                 float(sol.flux_scale(shape[1] / 2, shape[0] / 2)), len(sol.stamps))
-    reg[bad != 0] = np.nan
-    np.save(scratch / f"{i}.npy", reg.astype(np.float32))
-    np.save(scratch / f"{i}-mask.npy", bad)
+                 plan.framekeys[i], plan.framekeys[plan.target],
+                 float(sol.flux_scale(reg.shape[1] / 2, reg.shape[0] / 2)), len(sol.stamps))
+        _save(scratch / f"matched-{i}.npy", matched)
+        _save(scratch / f"matched-{i}-mask.npy", bad)
+
+    label = Registrations.label
+
+
+class Stacks(Phase):
+    """Steps 3 and 4: the stack, its file, its photometry (one item per group)."""
+
+    name = "photometric reference"
+    batch = 1
+
+    def __init__(self):
+        self.found: dict[Group, dict] = {}
+
+    def plan(self, ledger, context: Context) -> list[GroupPlan]:
+        return [plan for plan in group_plans(ledger, context)
+                if (_scratch(context.project, plan.group) / f"reg-{plan.target}.npy").is_file()]
+
+    def work(self, plan: GroupPlan, context: Context) -> dict:
+        config, project = context.config, context.project
+        scratch = _scratch(project, plan.group)
+        used = [i for i in range(len(plan.paths)) if i == plan.target
+                or (scratch / f"matched-{i}.npy").is_file()]
+        names = [f"reg-{i}" if i == plan.target else f"matched-{i}" for i in used]
+        ref_wcs, shape, ref_header = _grid(plan)
+        image, mask = combine([scratch / f"{n}.npy" for n in names],
+                              [scratch / f"{n}-mask.npy" for n in names], shape, config)
+        header = _header(ref_header, image, mask, plan.metas[plan.target], len(used),
+                         [plan.framekeys[i] for i in used])
+        path = reference_path(project, plan.group)
+        write_image(path, image, header, extensions=[("MASK", mask, None)])
+        phot = reference_photometry(image, mask, header, context.catalogs[plan.group[1]], config)
+        with atomic_write(phot_path(path)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, phot)
+        shutil.rmtree(scratch, ignore_errors=True)
+        log.info("photref %s: %d of %d frames (target %d), %d stars measured", path.name,
+                 len(used), len(plan.paths), plan.framekeys[plan.target], len(phot))
+        return {"plan": plan, "path": str(path.relative_to(project.root)), "image": image,
+                "mask": mask, "header": header, "phot": phot,
+                "framekeys": tuple(plan.framekeys[i] for i in used)}
+
+    def record(self, ledger, result: dict, context: Context) -> None:
+        plan = result["plan"]
+        key = ledger.record_photometric_reference(plan.group, result["path"],
+                                                  list(result["framekeys"]), plan.fwhm,
+                                                  result["header"]["MEDSKY"])
+        ledger.record_phase(self.name, "/".join(plan.group))
+        self.found[plan.group] = Reference(key, result["path"], result["image"], result["mask"],
+                                           result["header"], WCS(result["header"], fix=False),
+                                           result["phot"], result["framekeys"])
+
+    def update(self, ledger, context: Context) -> Context:
+        return with_references(context, self.found)
+
+    def label(self, plan: GroupPlan) -> str:
+        return "/".join(plan.group)
+
+
+def with_references(context: Context, references: dict[Group, Reference]) -> Context:
+    """``context`` with these photometric references (and their ledger keys)."""
+    inputs = {**context.inputs, **{("photref", *g): str(r.photrefkey) for g, r in references.items()}}
+    return dataclasses.replace(context, photref={**context.photref, **references}, inputs=inputs)
+
+
+def load_reference(project: Project, photrefkey: int, path: str, framekeys: str) -> Reference:
+    """An existing reference from its files (``photrefs`` row values)."""
+    full = project.root / path
+    image, header = read_image(full)
+    mask, _ = read_image(full, hdu="MASK")
+    return Reference(photrefkey, path, image, mask.astype(np.uint8), header,
+                     WCS(header, fix=False), np.load(phot_path(full), allow_pickle=False),
+                     tuple(int(k) for k in framekeys.split(",") if k))
+
+
+def load_references(ledger, project: Project) -> dict[Group, Reference]:
+    """The active references of every group whose files exist (start of a run, rank 0)."""
+    out = {}
+    for group in ledger.read.groups_done("photometry", ccd=True):
+        active = ledger.read.photometric_reference(*group)
+        if active is None:
+            continue
+        try:
+            out[group] = load_reference(project, *active)
+        except (FrameError, OSError) as err:
+            log.warning("photref %s: %s: built again", "/".join(group), err)
+    return out
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def combine(files: list[Path], masks: list[Path], shape: tuple[int, int],
@@ -194,8 +319,8 @@ def combine(files: list[Path], masks: list[Path], shape: tuple[int, int],
     saturated = np.zeros(shape, dtype=bool)
     for m in masks:
         saturated |= (np.load(m) & MASK["SATURATED"].bit) != 0
-    for r0 in range(0, ny, BLOCK_ROWS):
-        r1 = min(ny, r0 + BLOCK_ROWS)
+    for r0 in range(0, ny, config.subtract.stack_block_rows):
+        r1 = min(ny, r0 + config.subtract.stack_block_rows)
         block = np.ascontiguousarray(np.stack([s[r0:r1] for s in stacks]), dtype=np.float32)
         _stats.clipped_combine(block, out[r0:r1], nused[r0:r1], config.calibrate.clip_sigma,
                                config.calibrate.clip_iters, True)
@@ -208,9 +333,10 @@ def combine(files: list[Path], masks: list[Path], shape: tuple[int, int],
     return np.where(np.isfinite(out), out, 0.0).astype(np.float32), mask
 
 
-def _write(path: Path, image: np.ndarray, mask: np.ndarray, ref_header, meta, plan: dict) -> None:
-    header = WCS(ref_header).to_header(relax=True)
-    n = len(plan["paths"])
+def _header(ref_header, image: np.ndarray, mask: np.ndarray, meta: FrameMeta, n: int,
+            framekeys: list[int]) -> afits.Header:
+    """The reference's header: the grid's WCS and what subtraction needs of the stack."""
+    header = WCS(ref_header, fix=False).to_header(relax=True)
     header["NOISEFAC"] = (pixel_noise_factor(image, mask, meta.gain, meta.rdnoise),
                           "pixel variance / one frame's sky variance")
     header["MEDSKY"] = (float(np.median(image[mask == 0])), "median of the good pixels, ADU")
@@ -219,34 +345,28 @@ def _write(path: Path, image: np.ndarray, mask: np.ndarray, ref_header, meta, pl
                        ("JD", meta.jd), ("FIELD", meta.field), ("PROJID", meta.projid),
                        ("CCD", meta.ccd)):
         header[key] = value
-    header["PRFRAMES"] = ",".join(str(k) for k in plan["framekeys"])[:68]
-    write_image(path, image, header, extensions=[("MASK", mask, None)])
+    header["PRFRAMES"] = ",".join(str(k) for k in framekeys)[:68]
+    return header
 
 
 def reference_photometry(image: np.ndarray, mask: np.ndarray, header, catalog,
                          config: Config) -> np.ndarray:
     """F_ref of the catalog stars on the reference (see the module doc)."""
-    meta = SimpleNamespace(jd=header["JD"])
-    frame = SimpleNamespace(image=image, meta=meta, wcs=WCS(header, fix=False))
-    star, x, y, _, _ = photometry._stars_on_frame(frame, catalog, config)
-    radii, annuli = photometry.apertures(config)
+    star, x, y, _, _ = photometry.catalog_positions(catalog, WCS(header, fix=False), image.shape,
+                                                    header["JD"], config)
+    res = photometry.measure(image, x, y, config, gain=header["GAIN"] * header["NEFF"], mask=mask,
+                             saturation=header["SATURATE"])
+    napertures = res["flux"].shape[1]
     fields = [("star", "i8"), ("x", "f8"), ("y", "f8")]
     for name, dtype in (("flux", "f8"), ("fluxerr", "f8"), ("flag", "i4")):
-        fields += [(f"{name}_{i:03d}", dtype) for i in range(len(radii))]
+        fields += [(f"{name}_{i:03d}", dtype) for i in range(napertures)]
     table = np.zeros(len(star), dtype=fields)
     table["star"], table["x"], table["y"] = star, x, y
-    ph = config.photometry
-    for annulus in sorted(set(annuli)):
-        use = [i for i, a in enumerate(annuli) if a == annulus]
-        res = photometry.aperture_photometry(
-            image, x, y, radii[use], annulus, gain=header["GAIN"] * header["NEFF"], mask=mask,
-            sky_method=ph.sky_method, sky_sigma=ph.sky_sigma, sky_iters=ph.sky_iters,
-            disjoint_radius=ph.disjoint_radius, min_sky_pixels=ph.min_sky_pixels,
-            saturation=header["SATURATE"])
-        for j, i in enumerate(use):
-            table[f"flux_{i:03d}"], table[f"fluxerr_{i:03d}"] = res["flux"][:, j], res["fluxerr"][:, j]
-            table[f"flag_{i:03d}"] = res["flag"][:, j]
-    if getattr(config.subtract, "replace_crowded", False):
+    for i in range(napertures):
+        for name in ("flux", "fluxerr", "flag"):
+            table[f"{name}_{i:03d}"] = res[name][:, i]
+    if config.subtract.replace_crowded:
+        radii, _ = photometry.apertures(config)
         replace_crowded(table, np.asarray(catalog["mag"], float)[star], 2.0 * radii.max())
     return table
 
@@ -273,55 +393,6 @@ def replace_crowded(table: np.ndarray, catmag: np.ndarray, radius: float) -> np.
     return table
 
 
-def build_group(comm, plan: dict, context: Context, target_path: Path) -> None:
-    """Steps 2-4 for one group on every rank (rank 0 writes the files)."""
-    config, project = context.config, context.project
-    scratch = project.redtemp / "photref" / target_path.stem
-    if comm.rank == 0:
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-    comm.barrier()
-    ref_image, ref_header = read_image(plan["astromref"])
-    ref_wcs, shape = WCS(ref_header), ref_image.shape
-    image, mask, header, t_meta = _load(plan["paths"][plan["target"]], config)
-    t_img, t_bad, _ = register(image, mask, WCS(header, fix=False), ref_wcs, shape, config, t_meta.saturate)
-    target = (t_img, t_bad, t_meta)
-    for i in parallel.split(len(plan["paths"]), comm.size, comm.rank):
-        _match_one(plan, i, target, ref_wcs, shape, config, scratch)
-    comm.barrier()
-    if comm.rank == 0:
-        n = len(plan["paths"])
-        stack, stack_mask = combine([scratch / f"{i}.npy" for i in range(n)],
-                                    [scratch / f"{i}-mask.npy" for i in range(n)], shape, config)
-        _write(target_path, stack, stack_mask, ref_header, t_meta, plan)
-        _, written = read_image(target_path)
-        table = reference_photometry(stack, stack_mask, written, context.catalogs[t_meta.field],
-                                     config)
-        np.save(phot_path(target_path), table)
-        shutil.rmtree(scratch, ignore_errors=True)
-        log.info("photref %s: %d frames (target %d), %d stars measured", target_path.name, n,
-                 plan["framekeys"][plan["target"]], len(table))
-
-
-def _record(db: Database, project: Project, projid: str, field: str, ccd: str, path: Path,
-            plan: dict) -> int:
-    header = read_header(path)
-    with db.transaction():
-        db.execute("UPDATE photrefs SET isactive = ? WHERE projid = ? AND field = ? AND ccd = ?",
-                   (False, projid, field, ccd))
-        db.execute("INSERT INTO photrefs (projid, field, ccd, path, framekeys, nframes, fwhm, "
-                   "medsky, isactive, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (projid, field, ccd, str(path.relative_to(project.root)),
-                    ",".join(str(k) for k in plan["framekeys"]), len(plan["framekeys"]),
-                    plan["fwhm"], header.get("MEDSKY"), True, records.now()))
-        # the frames of the group are subtracted again, against the new reference
-        db.execute("DELETE FROM framestatus WHERE stage = 'subtract' AND framekey IN "
-                   "(SELECT c.framekey FROM calibratedframes c JOIN frameinfo f ON "
-                   "f.framekey = c.framekey WHERE c.projid = ? AND f.field = ? AND f.ccd = ?)",
-                   (projid, field, ccd))
-    return _active(db, projid, field, ccd)[0]
-
-
 def pixel_noise_factor(stack: np.ndarray, mask: np.ndarray, gain: float, rdnoise: float) -> float:
     """Measured sky-pixel variance of a stack over one raw frame's (``sky / gain +
     (rdnoise / gain)^2``): high-pass (minus a 7x7 median), 4-sigma clipped, central
@@ -334,48 +405,3 @@ def pixel_noise_factor(stack: np.ndarray, mask: np.ndarray, gain: float, rdnoise
     _, sky, _, _ = _stats.clipped_stats(cut[good], 3.0, 5)
     _, _, std, _ = _stats.clipped_stats(high[good], 4.0, 5)
     return float(std**2 / (max(sky, 0.0) / gain + (rdnoise / gain) ** 2))
-
-
-def _active(db: Database, projid: str, field: str, ccd: str) -> tuple[int, str, str] | None:
-    rows = db.query("SELECT photrefkey, path, framekeys FROM photrefs WHERE projid = ? AND "
-                    "field = ? AND ccd = ? AND isactive ORDER BY photrefkey DESC",
-                    (projid, field, ccd))
-    return (int(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
-
-
-def build_references(comm, db: Database | None, context: Context, rebuild: bool) -> Context:
-    """Build the missing (or, with ``rebuild``, all) photometric references; returns
-    ``context`` with ``photref`` filled on every rank.  Rank 0 uses the database."""
-    project = context.project
-    groups = comm.bcast(_groups(db) if comm.rank == 0 else None)
-    refs = {}
-    for projid, field, ccd in groups:
-        if field not in context.catalogs:
-            continue
-        path = reference_path(project, projid, field, ccd)
-        active = _active(db, projid, field, ccd) if comm.rank == 0 else None
-        todo = comm.bcast(rebuild or active is None or not (project.root / active[1]).exists()
-                          if comm.rank == 0 else None)
-        if todo:
-            plan = comm.bcast(_plan(db, context, projid, field, ccd) if comm.rank == 0 else None)
-            if plan is None:
-                continue
-            build_group(comm, plan, context, path)
-            load_reference.cache_clear()
-            if comm.rank == 0:
-                _record(db, project, projid, field, ccd, path, plan)
-                active = _active(db, projid, field, ccd)
-        if comm.rank == 0:
-            full = project.root / active[1]
-            members = tuple(int(k) for k in active[2].split(",") if k)
-            refs[(projid, field, ccd)] = Reference(active[0], str(full), str(phot_path(full)),
-                                                   members)
-    refs = comm.bcast(refs if comm.rank == 0 else None)
-    return dataclasses.replace(context, photref=refs)
-
-
-def pending_frames(db: Database) -> list[records.Task]:
-    """Frames still to subtract whose photometry is done (rank 0)."""
-    done = records.stage_status(db, ("photometry",))
-    return [t for t in records.pending(db, ("subtract",))
-            if done.get(t.framekey, {}).get("photometry") == "done"]

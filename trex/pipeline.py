@@ -1,268 +1,259 @@
 """``trex run``: the whole project, phase by phase, on one rank or many.
 
-Read top to bottom, this is the pipeline:
+Read top to bottom (:func:`phases`), this is the pipeline:
 
-1. inventory of RAW/ and the calibration masters (rank 0);
-2. field catalogs into the shared context (rank 0 reads, every rank gets them);
-3. per-frame pass: calibrate -> extract -> astrometry -> photometry (all ranks);
-4. astrometric reference per (projid, field, ccd) (rank 0);
-5. magnitude fitting against the master reference (all ranks);
-6. image subtraction: photometric reference, then per frame register ->
-   subtract -> difference photometry (all ranks);
-7. light curves: transposition of the new frames (all ranks);
-8. detrending (EPD, TFA) of the stars that changed (all ranks).
+1. inventory of RAW/, calibration masters (bias, then dark, then flat), the
+   field catalogs;
+2. per frame: calibrate -> extract -> astrometry -> photometry;
+3. astrometric reference per (projid, field, ccd); magnitude-fit master per
+   (projid, field) (single-reference fits, then the master); photometric
+   reference per (projid, field, ccd) (registration, matching, stack);
+4. per frame: magfit, subtract;
+5. light curves: TFA templates, scatter of the new frames' rows, the nights'
+   trends, merge + detrend + write (``trex detrend`` alone: every light
+   curve detrended again from its file).
 
-Every phase skips what is already done, so a re-run resumes.  Only rank 0
-opens the database; the other ranks get what they need by broadcast.
+Every phase is plan -> work -> record (:mod:`trex.phase`).  This module is
+the one driver: rank 0 plans from the ledger, :func:`trex.parallel.farm`
+hands the items to every rank (rank 0 included), rank 0 records each batch
+in one transaction and hands what a phase adds to the context to every rank.
+A bad item is recorded with its reason and the run goes on; a failed write
+(disk full, permission) or a stop signal ends the run cleanly after the
+items in hand are recorded; any other exception is a bug and aborts the job.
+Every phase skips what is already done, so a re-run resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
+import signal
+import time
 
-import numpy as np
-
-from trex import (
-    astrometry,
-    calibrate,
-    catalog,
-    detrend,
-    extract,
-    inventory,
-    lightcurves,
-    magfit,
-    masterframes,
-    parallel,
-    photometry,
-    photref,
-    records,
-    runner,
-    subtract,
-)
+from trex import astrometry, inventory, magfit, parallel, photref
+from trex.catalog import Catalogs
 from trex.config import Config
-from trex.db import Database, connect
-from trex.frame import Context, Frame
-from trex.log import setup_logging
-from trex.products import save_product
+from trex.db import connect
+from trex.detrend import ChooseTemplates, DetrendFiles, FileTrends, Summaries, load_templates
+from trex.errors import Stopped, WriteFault
+from trex.frame import Context
+from trex.ledger import Ledger
+from trex.lightcurves import Merge, Scatter, Trends
+from trex.log import set_rank
+from trex.masterframes import Masters, recorded_masters
+from trex.phase import Failure, Fault, Phase, attempt
 from trex.project import Project
+from trex.runner import FramePass
+from trex.stages import per_frame
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("trex.progress")
 
-def save_sources(frame: Frame, context: Context) -> dict:
-    """The extracted sources go next to the calibrated frame (no database rows)."""
-    save_product(frame.redpath, "sources", frame.sources)
-    return {}
-
-
-#: the per-frame stages of the first pass, in order: (run, save after run)
-FIRST_PASS = {
-    "calibrate": (calibrate.run, None),
-    "extract": (extract.run, save_sources),
-    "astrometry": (astrometry.run, None),
-    "photometry": (photometry.run, photometry.save),
-}
+FIRST_PASS = ("calibrate", "extract", "astrometry", "photometry")
+SECOND_PASS = ("magfit", "subtract")
 
 
-#: the per-frame stage of the second pass (after the photometric reference)
-SECOND_PASS = {"subtract": (subtract.run, subtract.save)}
+def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
+    """The phases that run ``stages``, in order (see the module doc)."""
+    out: list[Phase] = [inventory.Inventory()]
+    if "calibrate" in stages:
+        out += [Masters("bias"), Masters("dark"), Masters("flat")]
+    out.append(Catalogs())
+    if per_frame(tuple(s for s in stages if s in FIRST_PASS)):
+        out.append(FramePass(per_frame(tuple(s for s in stages if s in FIRST_PASS)), retry_failed))
+    out.append(KnownReferences())
+    if "astrometry" in stages:
+        out.append(astrometry.References())
+    if "magfit" in stages:
+        out += [magfit.SingleFits(), magfit.Masters()]
+    if "subtract" in stages:
+        out += [photref.Registrations(), photref.Matches(), photref.Stacks()]
+    if per_frame(tuple(s for s in stages if s in SECOND_PASS)):
+        out.append(FramePass(per_frame(tuple(s for s in stages if s in SECOND_PASS)), retry_failed))
+    if "lightcurves" in stages:
+        detrend = "detrend" in stages
+        out += ([ChooseTemplates()] if detrend else []) + [Scatter()] + \
+            ([Trends()] if detrend else []) + [Merge(detrend)]
+    elif "detrend" in stages:
+        summaries = Summaries()
+        out += [summaries, FileTrends(summaries), DetrendFiles(summaries)]
+    return out
 
-#: stages this version runs (``trex run`` skips the others with a warning)
-AVAILABLE = (*FIRST_PASS, *SECOND_PASS, "lightcurves", "detrend")
+
+class KnownReferences(Phase):
+    """Not work, only context: the references kept from earlier runs (magnitude-fit
+    masters, photometric references, TFA templates) of the groups known now."""
+
+    name = "references"
+
+    def plan(self, ledger, context: Context) -> list:
+        return []
+
+    def update(self, ledger, context: Context) -> Context:
+        project = context.project
+        groups = [g for g in ledger.read.groups_done("photometry") if g[1] in context.catalogs]
+        found = magfit.load_masters(project, [g for g in groups if g not in context.magfit])
+        context = magfit.with_masters(context, found)
+        refs = {g: r for g, r in photref.load_references(ledger, project).items()
+                if g not in context.photref}
+        context = photref.with_references(context, refs)
+        templates = load_templates(project, [g for g in groups if g not in context.templates])
+        return dataclasses.replace(context, templates={**context.templates, **templates})
 
 
 def run_project(project: Project, config: Config, stages: tuple[str, ...],
-                rebuild_references: bool = False) -> int:
-    """Run ``stages`` over the project on every rank of the job; returns the exit status."""
-    comm = parallel.world()
-    setup_logging(logging.getLogger("trex").level or "INFO", rank=comm.rank)
-    if comm.rank == 0:
-        log.info("trex run on %d rank(s): %s", comm.size, ", ".join(stages))
-    missing = [s for s in stages if s not in AVAILABLE]
-    if missing and comm.rank == 0:
-        log.warning("stage(s) %s not available in this version: skipped", ", ".join(missing))
-    with parallel.abort_on_error(comm):
-        db = connect(project.database_url(config)) if comm.rank == 0 else None
-        try:
-            if db is not None:
-                db.create_schema()
-            _run(comm, db, project, config, stages, rebuild_references)
-        finally:
-            if db is not None:
-                db.close()
+                rebuild_references: bool = False, retry_failed: bool = False) -> int:
+    """Run ``stages`` over the project on every rank of the job; returns the exit status
+    (0: done, every bad input recorded with its reason)."""
+    run_stages(project, config, stages, rebuild_references, retry_failed)
     return 0
 
 
-def _run(comm, db: Database | None, project: Project, config: Config, stages: tuple[str, ...],
-         rebuild: bool) -> None:
+def run_stages(project: Project, config: Config, stages: tuple[str, ...],
+               rebuild_references: bool = False, retry_failed: bool = False) -> dict:
+    """Run ``stages`` over the project on every rank of the job; returns, on rank 0,
+    {phase name: (items, failed)} of the phases that had work."""
+    comm = parallel.world()
+    set_rank(comm.rank)
+    if comm.rank == 0:
+        log.info("trex run on %d rank(s): %s", comm.size, ", ".join(stages))
+    with parallel.abort_on_error(comm), _stop_signals() as stop:
+        db = connect(project.database_url(config)) if comm.rank == 0 else None
+        try:
+            ledger = None
+            if db is not None:
+                db.create_schema()
+                ledger = Ledger(db, config)
+            return _run(comm, ledger, project, config, stages, rebuild_references,
+                        retry_failed, stop)
+        finally:
+            if db is not None:
+                db.close()
+
+
+def _run(comm, ledger: Ledger | None, project: Project, config: Config, stages: tuple[str, ...],
+         rebuild: bool, retry_failed: bool, stop: dict) -> dict:
+    start = time.perf_counter()
     context = None
     if comm.rank == 0:
-        inventory.scan(project, config, db)
-        masters = masterframes.load_masters(project, db)
-        if "calibrate" in stages:
-            before, masters = masters, masterframes.build_masters(project, config, db)
-        context = Context(project, config, masters=masters, catalogs=load_catalogs(project, db))
-        if "calibrate" in stages and masters != before:
-            redo_stale_calibrations(context, db)
+        context = Context(project, config, recorded_masters(project, ledger.read.masters()),
+                          rebuild=rebuild)
     context = comm.bcast(context)
+    summary = {}
+    for phase in phases(stages, retry_failed):
+        context, done, failed = run_phase(comm, ledger, context, phase, stop)
+        if done:
+            summary[phase.name] = (done, failed)
+    if comm.rank == 0:
+        log.info("trex run done in %.0f s: %s", time.perf_counter() - start,
+                 "; ".join(f"{name} {n}" + (f" ({f} failed)" if f else "")
+                           for name, (n, f) in summary.items()) or "nothing to do")
+    return summary
 
-    chain = tuple(s for s in FIRST_PASS if s in stages)
-    if chain:
-        requires = tuple(FIRST_PASS)[:tuple(FIRST_PASS).index(chain[0])]
-        tasks = records.pending(db, chain, requires=requires) if comm.rank == 0 else []
+
+def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
+              stop: dict) -> tuple[Context, int, int]:
+    """Plan on rank 0, farm the items, record on rank 0, hand the context on.
+    Returns the new context, the items done and those that failed."""
+    items = phase.plan(ledger, context) if comm.rank == 0 else []
+    count = comm.bcast(len(items))
+    progress = Progress(phase.name, count, context.config.run.progress_seconds)
+    outcome: dict = {"failed": 0, "fault": None}
+
+    def work(batch: list) -> list:
+        return [attempt(phase, item, context) for item in batch]
+
+    def consume(results: list) -> bool:
+        with ledger.transaction():
+            for result in results:
+                if isinstance(result, Fault):
+                    outcome["fault"] = outcome["fault"] or result
+                elif isinstance(result, Failure):
+                    phase.fail(ledger, result.item, result.reason, context)
+                    outcome["failed"] += 1
+                else:
+                    phase.record(ledger, result, context)
+                    outcome["failed"] += phase.failed(result)
+        progress.update(len(results), outcome["failed"])
+        return outcome["fault"] is None and not stop["signal"]
+
+    if count:
         if comm.rank == 0:
-            log.info("first pass (%s): %d frames pending", "+".join(chain), len(tasks))
-        runner.run_frames(comm, db, context, tasks, FIRST_PASS, config, finish=finish_frame)
-    if "astrometry" in stages and comm.rank == 0:
-        choose_astrometric_references(project, db, rebuild)
-    if "photometry" in stages:
-        magfit.magfit_project(comm, db, context, rebuild)
-    if "subtract" in stages:
-        context = photref.build_references(comm, db, context, rebuild)
-        subtract_frames(comm, db, context)
-    changed = build_lightcurves(comm, db, context) if "lightcurves" in stages else None
-    if "detrend" in stages:
-        detrend_lightcurves(comm, db, context, changed)
-
-
-def subtract_frames(comm, db: Database | None, context: Context) -> None:
-    """Second pass: image subtraction of every frame with photometry and no
-    subtraction yet; their light-curve rows are merged again afterwards."""
-    tasks = photref.pending_frames(db) if comm.rank == 0 else []
+            log.info("%s: %d to do", phase.name, count)
+        parallel.farm(comm, items, work, consume,
+                      batch_size=phase.batch or context.config.run.batch_frames)
+        phase.close(context)
+        comm.barrier()
+    fault = comm.bcast(outcome["fault"])
+    if fault is not None:
+        raise WriteFault(fault.path, fault.cause)
+    if comm.allreduce_max(int(stop["signal"])):
+        raise Stopped(f"stopped by a signal during {phase.name}")
+    new = phase.update(ledger, context) if comm.rank == 0 else None
+    changes = None
     if comm.rank == 0:
-        log.info("second pass (subtract): %d frames pending", len(tasks))
-    runner.run_frames(comm, db, context, tasks, SECOND_PASS, context.config)
-    if comm.rank == 0 and tasks:
-        with db.transaction():
-            for task in tasks:
-                db.execute("DELETE FROM framestatus WHERE framekey = ? AND stage = 'lightcurves'",
-                           (task.framekey,))
+        changes = {f.name: getattr(new, f.name) for f in dataclasses.fields(Context)
+                   if getattr(new, f.name) is not getattr(context, f.name)}
+    context = dataclasses.replace(context, **comm.bcast(changes))
+    if count and comm.rank == 0:
+        progress.finish(outcome["failed"])
+    return context, count, outcome["failed"]
 
 
-def finish_frame(frame: Frame, result) -> None:
-    """After a frame's chain: write the calibrated frame if calibration or
-    astrometry changed it (also when a later stage failed)."""
-    if frame.image is not None and ({"calibrate", "astrometry"} & set(result.done)):
-        calibrate.write_calibrated(frame)
-        frame.quality.update({f"master{k}": v for k, v in
-                              frame.products.get("calibrate", {}).items()})
+class Progress:
+    """Progress lines of a phase at most every ``seconds`` (done/total, percent,
+    rate, elapsed, ETA), on the ``trex.progress`` logger (shown at any log level)."""
+
+    def __init__(self, name: str, total: int, seconds: float):
+        self.name, self.total, self.seconds = name, total, seconds
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def update(self, n: int, failed: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.seconds and self.done < self.total:
+            self.last = now
+            progress_log.info("%s", self._line(now, failed))
+
+    def finish(self, failed: int) -> None:
+        progress_log.info("%s", self._line(time.perf_counter(), failed))
+
+    def _line(self, now: float, failed: int) -> str:
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        return (f"{self.name}: {self.done}/{self.total} ({100.0 * self.done / max(self.total, 1):.0f} %)"
+                + (f", {failed} failed" if failed else "")
+                + f", {rate:.2f}/s, elapsed {_hms(elapsed)}, ETA {_hms(eta)}")
 
 
-def redo_stale_calibrations(context: Context, db: Database) -> None:
-    """Frames calibrated with other masters than the current ones (e.g. a flat
-    that arrived later) are processed again from the start."""
-    stale = calibrate.stale_frames(context, db)
-    if stale:
-        log.info("%d calibrated frames have new masters: processed again", len(stale))
-        with db.transaction():
-            for frame in stale:
-                db.execute("DELETE FROM framestatus WHERE framekey = ?", (frame.framekey,))
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def load_catalogs(project: Project, db: Database) -> dict:
-    """Catalogs of every field with object frames; ``objectinfo`` filled."""
-    catalogs = {}
-    fields = [r[0] for r in db.query(
-        "SELECT DISTINCT field FROM frameinfo WHERE imagetyp = 'object' AND isok")]
-    for field in fields:
-        try:
-            path = catalog.find_catalog(project, field)
-        except FileNotFoundError:
-            log.warning("no catalog for field %r in %s: its frames fail astrometry",
-                        field, project.cat)
-            continue
-        table = catalog.read_catalog(path)
-        catalogs[field] = table
-        columns = catalog.objectinfo_columns(table, field)
-        db.write_columns("objectinfo", columns, replace=("objectid", columns["objectid"]))
-        log.info("catalog %s: %d stars", path.name, len(table))
-    return catalogs
+class _stop_signals:
+    """SIGTERM and SIGUSR1 ask the run to stop cleanly: the items in hand are finished
+    and recorded, then the run ends (:class:`trex.errors.Stopped`)."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-def choose_astrometric_references(project: Project, db: Database, rebuild: bool) -> None:
-    """One active astrometric reference per (projid, field, ccd), copied to BASE."""
-    groups = db.query("SELECT DISTINCT c.projid, f.field, f.ccd FROM calibratedframes c "
-                      "JOIN frameinfo f ON f.framekey = c.framekey WHERE c.frameisok")
-    for projid, field, ccd in groups:
-        active = db.query("SELECT astromrefkey FROM astromrefs WHERE projid = ? AND field = ? "
-                          "AND ccd = ? AND isactive", (projid, field, ccd))
-        if active and not rebuild:
-            continue
-        quality = records.quality_of_done_frames(db, "astrometry", projid, field, ccd)
-        if not len(quality.get("framekey", [])):
-            continue
-        best = astrometry.choose_reference(quality)
-        source = project.root / quality["redpath"][list(quality["framekey"]).index(best)]
-        target = project.reference_frames / f"astromref-{projid}-{field}-{ccd or 'ccd'}.fits"
-        shutil.copyfile(source, target)
-        with db.transaction():
-            db.execute("UPDATE astromrefs SET isactive = ? WHERE projid = ? AND field = ? "
-                       "AND ccd = ?", (False, projid, field, ccd))
-            db.execute("INSERT INTO astromrefs (projid, field, ccd, framekey, path, isactive, "
-                       "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (projid, field, ccd, best, str(target.relative_to(project.root)), True,
-                        records.now()))
-        log.info("astrometric reference for %s/%s/%s: frame %d", projid, field, ccd, best)
+    def __enter__(self) -> dict:
+        self.flag = {"signal": False}
+        self.old = {}
 
+        def handler(signum, _frame):
+            if not self.flag["signal"]:
+                log.warning("%s received: finishing the frames in hand, then stopping",
+                            signal.Signals(signum).name)
+            self.flag["signal"] = True
 
-def build_lightcurves(comm, db: Database | None, context: Context) -> dict[str, list[str]]:
-    """Merge frames with photometry not yet in the light curves; record lcinfo.
+        for sig in self.SIGNALS:
+            self.old[sig] = signal.signal(sig, handler)
+        return self.flag
 
-    Returns {projid: object ids whose light curve changed} (on every rank).
-    """
-    config = context.config
-    entries = None
-    if comm.rank == 0:
-        rows = db.query(
-            "SELECT c.framekey, c.redpath, f.night, c.projid, f.field, f.jd FROM calibratedframes c "
-            "JOIN frameinfo f ON f.framekey = c.framekey "
-            "JOIN framestatus p ON p.framekey = c.framekey AND p.stage = 'photometry' "
-            "AND p.status = 'done' LEFT JOIN framestatus l ON l.framekey = c.framekey "
-            "AND l.stage = 'lightcurves' WHERE l.status IS NULL ORDER BY f.jd")
-        entries = [lightcurves.FrameEntry(int(k), r, n, p, f,
-                                          float("nan") if jd is None else jd - 2400000.0)
-                   for k, r, n, p, f, jd in rows]
-    entries = comm.bcast(entries)
-    if not entries:
-        return {}
-    changed: dict[str, list[str]] = {}
-
-    def consume(columns: dict[str, np.ndarray]) -> None:  # rank 0, one partition of stars
-        record_lcinfo(db, columns, config)
-        for projid, objectid in zip(columns["projid"].tolist(), columns["objectid"].tolist()):
-            changed.setdefault(projid, []).append(objectid)
-
-    lightcurves.transpose(comm, context.project, config, entries, context.catalogs, consume)
-    if comm.rank == 0:
-        with db.transaction():
-            for entry in entries:
-                records.set_status(db, entry.framekey, "lightcurves", "done", None, config.sha)
-    return comm.bcast(changed)
-
-
-def record_lcinfo(db: Database, columns: dict[str, np.ndarray], config: Config) -> None:
-    """Replace the ``lcinfo`` rows of a batch of stars (numpy columns), in one transaction."""
-    n = len(columns.get("objectid", ()))
-    if not n:
-        return
-    with db.transaction():
-        for projid in np.unique(columns["projid"]).tolist():
-            db.delete_in("lcinfo", "objectid", columns["objectid"][columns["projid"] == projid],
-                         projid=projid)
-        db.write_columns("lcinfo", {**columns, "configsha": np.full(n, config.sha),
-                                    "updated": np.full(n, records.now())})
-
-
-def detrend_lightcurves(comm, db: Database | None, context: Context,
-                        changed: dict[str, list[str]] | None) -> None:
-    """EPD and TFA of the light curves that changed in this run (all of them
-    when ``trex detrend`` runs alone); lcinfo updated."""
-    if changed is None:
-        projids = [r[0] for r in db.query("SELECT DISTINCT projid FROM lcinfo")] \
-            if comm.rank == 0 else None
-        changed = {p: None for p in comm.bcast(projids)}
-    for projid, objectids in changed.items():
-        info = detrend.detrend_project(context.project, context.config, projid, objectids, comm)
-        if comm.rank == 0:
-            record_lcinfo(db, records.columns_of(info), context.config)
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
 

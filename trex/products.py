@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trex.fits import atomic_path
+from trex.fits import atomic_write
 
 RAW_SUFFIXES = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fz")
 
@@ -43,10 +43,9 @@ def product_name(redname: str, kind: str) -> str:
 
 def save_product(redpath: Path | str, kind: str, table: np.ndarray) -> Path:
     """Write a structured array atomically; returns its path."""
-    tmp, final = atomic_path(product_path(redpath, kind))
-    with open(tmp, "wb") as fh:
+    final = product_path(redpath, kind)
+    with atomic_write(final) as tmp, open(tmp, "wb") as fh:
         np.save(fh, table, allow_pickle=False)
-    os.replace(tmp, final)
     return final
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trex import _resample
+from trex.flags import MASK
 from trex.kernelspec import dense_coefficients, nterms, poly_terms
 
 log = logging.getLogger(__name__)
@@ -166,3 +167,32 @@ def resample(image: np.ndarray, transform: Transform, shape: tuple[int, int],
         _resample.resample_interp(src, transform.ucoef, transform.vcoef, norm, out,
                                   method == "bicubic", fill)
     return out
+
+
+def register_frame(image: np.ndarray, mask: np.ndarray | None, frame_wcs, ref_wcs,
+                   shape: tuple[int, int], *, order: int = 3, method: str = "flux",
+                   saturation: float | None = None) -> tuple[np.ndarray, np.ndarray, Transform]:
+    """A frame and its mask on the reference grid: (float32 image, uint8 MASK bits, the
+    reference-to-frame pixel map).
+
+    Reference pixels within 1 px of a masked frame pixel's mapped position (the
+    interpolation footprint) and off the frame get BADPIX; resampled values at
+    or above ``0.95 saturation`` get SATURATED.
+    """
+    transform = transform_from_wcs(ref_wcs, frame_wcs, shape, order=order)
+    out = resample(image, transform, shape, method=method)
+    bad = np.zeros(shape, dtype=np.uint8)
+    bad[~np.isfinite(out)] |= MASK["BADPIX"].bit
+    if mask is not None and np.any(mask):
+        fy, fx = np.nonzero(mask)
+        x, y = transform_from_wcs(frame_wcs, ref_wcs, np.shape(mask), order=order)(fx, fy)
+        ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                inside = ((ix + dx >= 0) & (ix + dx < shape[1]) & (iy + dy >= 0)
+                          & (iy + dy < shape[0]))
+                bad[iy[inside] + dy, ix[inside] + dx] |= MASK["BADPIX"].bit
+    if saturation is not None:
+        with np.errstate(invalid="ignore"):
+            bad[out >= 0.95 * saturation] |= MASK["SATURATED"].bit
+    return out, bad, transform

@@ -2,7 +2,7 @@
 
 Written to ``ROOT/PROJ/report/`` (or ``out``): per project id the RMS vs
 magnitude of every stage with the theoretical noise floor (from
-``LC/<projid>/lcstats.fits``), a preview of a calibrated frame with the
+the database's ``lcstats`` table), a preview of a calibrated frame with the
 apertures drawn, the light curves of the most variable and a few random
 stars; for all frames the sky, FWHM, ellipticity, number of sources, WCS
 residuals and magnitude-fit zero point against time.  Whatever input is
@@ -24,8 +24,8 @@ import numpy as np
 
 from trex import lcformat, plots
 from trex.config import Config
-from trex.detrend import STATS_NAME, lightcurve_files
-from trex.lcstats import aperture_radii, noise_model, read_stats
+from trex.detrend import lightcurve_files
+from trex.lcstats import aperture_radii, noise_model, wide_table
 from trex.project import Project
 from trex.tfa import scatter_trend_ratio
 
@@ -37,10 +37,6 @@ SAMPLE = 300
 FRAME_SERIES = (("medsky", "sky, ADU"), ("fwhm", "FWHM, px"), ("ellipticity", "ellipticity"),
                 ("nsources", "sources"), ("wcs_median", "WCS residual median, px"),
                 ("wcs_p90", "WCS residual p90, px"))
-_FRAME_SQL = ("SELECT c.framekey, c.projid, c.redpath, c.frameisok, c.medsky, c.meds, c.fwhm, "
-              "c.ellipticity, c.nsources, c.wcs_median, c.wcs_p90, f.jd, f.exptime, f.gain, "
-              "f.rdnoise FROM calibratedframes c JOIN frameinfo f ON f.framekey = c.framekey "
-              "ORDER BY f.jd")
 
 
 class Report:
@@ -65,11 +61,11 @@ class Report:
         return path
 
 
-def frame_table(db) -> dict[str, np.ndarray]:
+def frame_table(read) -> dict[str, np.ndarray]:
     """calibratedframes joined with frameinfo, in time order (empty dict if none)."""
-    if db is None:
+    if read is None:
         return {}
-    cols = db.query_columns(_FRAME_SQL)
+    cols = read.frame_quality_series()
     if not len(cols.get("framekey", [])):
         return {}
     fwhm_from_s = np.where(cols["meds"] > 0, 2.3548 / np.sqrt(np.abs(cols["meds"])), np.nan)
@@ -148,16 +144,14 @@ def bright_ratios(stats: np.ndarray, noise: dict, napertures: int, fraction: flo
     return rows
 
 
-def _rms_section(rep: Report, project: Project, config: Config, frames: dict,
-                 projid: str) -> None:
-    path = project.lc(projid) / STATS_NAME
+def _rms_section(rep: Report, config: Config, read, frames: dict, projid: str) -> None:
     title = f"RMS vs magnitude, project {projid}"
-    if not path.exists():
-        rep.figure(title, None, f"_Skipped: no `{path.relative_to(project.root)}` "
+    napertures = len(config.photometry.apertures)
+    stats = wide_table(read.lcstats(projid), napertures) if read is not None else None
+    if stats is None or not len(stats):
+        rep.figure(title, None, "_Skipped: no light-curve statistics in the database "
                                 "(run `trex detrend`)._")
         return
-    stats = read_stats(path)
-    napertures = len(config.photometry.apertures)
     noise = noise_curves(config, frames, stats, napertures)
     name = f"rms_{projid}.png"
     plots.rms_vs_mag(rep.out / name, stats, napertures, noise,
@@ -201,14 +195,12 @@ def _frames_section(rep: Report, frames: dict, zp: tuple[np.ndarray, np.ndarray]
     rep.figure(title, name, note)
 
 
-def _preview_frame(project: Project, db, frames: dict, projid: str) -> tuple[int, Path] | None:
+def _preview_frame(project: Project, read, frames: dict, projid: str) -> tuple[int, Path] | None:
     """(framekey, path) of the astrometric reference of ``projid``, else of the first
     good calibrated frame whose file exists."""
     candidates = []
-    if db is not None:
-        refs = db.query("SELECT framekey FROM astromrefs WHERE projid = ? ORDER BY isactive DESC",
-                        (projid,))
-        candidates += [int(r[0]) for r in refs]
+    if read is not None:
+        candidates += read.reference_framekeys(projid)
     if frames:
         mine = (frames["projid"] == projid) & (frames["frameisok"].astype(float) > 0)
         candidates += [int(k) for k in frames["framekey"][mine]]
@@ -220,12 +212,12 @@ def _preview_frame(project: Project, db, frames: dict, projid: str) -> tuple[int
     return None
 
 
-def _preview_section(rep: Report, project: Project, config: Config, db, frames: dict,
+def _preview_section(rep: Report, project: Project, config: Config, read, frames: dict,
                      projid: str, sample: list) -> None:
     from trex.fits import read_image
 
     title = f"Frame preview, project {projid}"
-    found = _preview_frame(project, db, frames, projid)
+    found = _preview_frame(project, read, frames, projid)
     if found is None:
         rep.figure(title, None, "_Skipped: no calibrated frame file found._")
         return
@@ -240,7 +232,7 @@ def _preview_section(rep: Report, project: Project, config: Config, db, frames: 
     rep.figure(title, name)
 
 
-def _wcs_section(rep: Report, project: Project, db, projid: str) -> None:
+def _wcs_section(rep: Report, project: Project, read, projid: str) -> None:
     """Quiver plot of the astrometric residuals of the astrometric reference frame:
     its extracted sources against the catalog projected through its WCS."""
     from astropy.wcs import WCS
@@ -251,9 +243,7 @@ def _wcs_section(rep: Report, project: Project, db, projid: str) -> None:
     from trex.products import load_product
 
     title = f"Astrometric residuals, project {projid}"
-    rows = db.query("SELECT a.field, c.redpath, f.jd FROM astromrefs a JOIN calibratedframes c "
-                    "ON c.framekey = a.framekey JOIN frameinfo f ON f.framekey = a.framekey "
-                    "WHERE a.projid = ? AND a.isactive", (projid,)) if db is not None else []
+    rows = read.astrometric_reference_frames(projid) if read is not None else []
     if not rows or not (project.root / rows[0][1]).is_file():
         rep.figure(title, None, "_Skipped: no astrometric reference frame._")
         return
@@ -282,20 +272,18 @@ def _wcs_section(rep: Report, project: Project, db, projid: str) -> None:
     rep.figure(title, name)
 
 
-def _stamps_section(rep: Report, project: Project, db, projid: str) -> None:
+def _stamps_section(rep: Report, project: Project, read, projid: str) -> None:
     """Difference-image stamps of the last subtracted frame of ``projid``."""
     from trex.products import load_product
 
     title = f"Difference-image stamps, project {projid}"
-    rows = db.query("SELECT c.redpath FROM photindex_iphots p JOIN calibratedframes c "
-                    "ON c.framekey = p.framekey WHERE p.projid = ? ORDER BY p.rjd DESC",
-                    (projid,)) if db is not None else []
-    stamps = load_product(project.root / rows[0][0], "diffstamps") if rows else None
+    redpath = read.last_subtracted_frame(projid) if read is not None else None
+    stamps = load_product(project.root / redpath, "diffstamps") if redpath else None
     if stamps is None or not len(stamps):
         rep.figure(title, None, "_Skipped: no subtracted frame with stamps._")
         return
     name = f"diffstamps_{projid}.png"
-    plots.difference_stamps(rep.out / name, stamps, f"{Path(rows[0][0]).name}: bright stars")
+    plots.difference_stamps(rep.out / name, stamps, f"{Path(redpath).name}: bright stars")
     rep.figure(title, name)
 
 
@@ -328,21 +316,24 @@ def _lightcurve_section(rep: Report, config: Config, projid: str, sample: list,
     rep.figure(title, name)
 
 
-def make_report(project: Project, config: Config, db, out: Path | str | None = None) -> Path:
-    """Write the report's PNGs and ``index.md``; returns the index path."""
+def make_report(project: Project, config: Config, read, out: Path | str | None = None) -> Path:
+    """Write the report's PNGs and ``index.md``; returns the index path.
+
+    ``read`` is the ledger's queries (:class:`trex.db.queries.Queries`), or None
+    without a database (the sections that need it are skipped with a note)."""
     out = Path(out) if out else project.root / "PROJ" / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
-    frames = frame_table(db)
+    frames = frame_table(read)
     lcroot = project.root / "LC"
     projids = sorted(p.name for p in lcroot.iterdir() if p.is_dir()) if lcroot.is_dir() else []
     zp_keys, zp_vals = [], []
     for projid in projids:
         sample = sample_lightcurves(project, projid)
-        _rms_section(rep, project, config, frames, projid)
-        _preview_section(rep, project, config, db, frames, projid, sample)
-        _wcs_section(rep, project, db, projid)
-        _stamps_section(rep, project, db, projid)
+        _rms_section(rep, config, read, frames, projid)
+        _preview_section(rep, project, config, read, frames, projid, sample)
+        _wcs_section(rep, project, read, projid)
+        _stamps_section(rep, project, read, projid)
         _lightcurve_section(rep, config, projid, sample)
         keys, vals = zero_points(sample)
         zp_keys.append(keys)

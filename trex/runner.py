@@ -1,38 +1,35 @@
-"""Running a chain of per-frame stages over many frames, on one rank or many.
+"""A pass of per-frame stages over the pending frames, as one phase.
 
 ``process_frame`` runs on any rank: it loads what earlier runs left on disk,
-runs the stages still to do, saves the frame's products and returns a small
-:class:`FrameResult`.  A bad frame (``FrameError``) stops its chain and is
-reported with the stage and the reason; any other exception is a bug and
-aborts the job.  ``run_frames`` farms the frames out (``trex.parallel``)
-and has rank 0 record each batch in one transaction.
+runs the stages still to do, writes the calibrated frame if a stage changed
+it, saves the frame's products and returns a small :class:`FrameResult`.  A
+bad frame (``FrameError``) stops its chain and is reported with the stage
+and the reason; any other exception is a bug and aborts the job.
+:class:`FramePass` is the phase the driver farms out: it plans from the
+ledger's pending frames and records each result.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.wcs import WCS
 
-from trex import parallel, records
-from trex.config import Config
-from trex.db import Database
-from trex.fits import FrameError, read_header, read_image
+from trex.calibrate import warn_fallbacks, write_calibrated
+from trex.errors import FrameError
+from trex.fits import read_image
 from trex.frame import Context, Frame
-from trex.header import parse_header
+from trex.header import FrameMeta
+from trex.ledger import Task
+from trex.phase import Phase
 from trex.products import load_product
-from trex.records import Task
+from trex.stages import Stage
 
 log = logging.getLogger(__name__)
-
-#: a stage: ``run(frame, context) -> frame`` and ``save(frame, context) -> {table: columns}``
-#: (writes the stage's products; may be None)
-Stage = tuple[Callable[[Frame, Context], Frame], Callable[[Frame, Context], dict] | None]
 
 
 @dataclass
@@ -41,101 +38,96 @@ class FrameResult:
 
     framekey: int
     projid: str
+    night: str
+    meta: FrameMeta
     redpath: str | None
     done: list[str] = field(default_factory=list)
-    failed: tuple[str, str] | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (stage, reason)
     quality: dict = field(default_factory=dict)
     rows: dict = field(default_factory=dict)  # table -> {column: array} for the database
     seconds: float = 0.0
 
 
-def load_frame(task: Task, context: Context) -> Frame:
+def load_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> Frame:
     """The Frame of a pending task, with what finished stages left on disk."""
     root = context.project.root
     path = root / task.rawpath
-    meta = parse_header(read_header(path), context.config, path)
-    frame = Frame(framekey=task.framekey, rawpath=path, night=task.night, meta=meta)
-    if task.stages[0] != "calibrate":
-        if not task.redpath:
-            raise FrameError(path, "not calibrated yet: run the calibrate stage first")
-        frame.redpath = root / task.redpath
+    frame = Frame(framekey=task.framekey, rawpath=path, night=task.night, meta=task.meta)
+    if task.stages[0] == "calibrate":
+        return frame
+    if not task.redpath:
+        raise FrameError(path, "not calibrated yet: run the calibrate stage first")
+    frame.redpath = root / task.redpath
+    if any(s.pixels for s in chain if s.name in task.stages):
         frame.image, frame.header = read_image(frame.redpath)
         mask, _ = read_image(frame.redpath, hdu="MASK")
         frame.mask = mask.astype(np.uint8)
-        frame.sources = load_product(frame.redpath, "sources")
         if frame.header.get("CTYPE1"):
             frame.wcs = WCS(frame.header, fix=False)
+        frame.sources = load_product(frame.redpath, "sources")
+    if any("photometry" in s.needs for s in chain if s.name in task.stages):
+        aphot = load_product(frame.redpath, "aphot")
+        if aphot is not None:
+            frame.products["aphot"] = aphot
     return frame
 
 
-def process_frame(task: Task, context: Context, chain: dict[str, Stage],
-                  finish: Callable[[Frame, FrameResult], None] | None = None) -> FrameResult:
-    """Run the stages still to do on one frame; never raises for a bad frame.
-
-    ``finish(frame, result)`` runs after the chain, also when a stage failed
-    (e.g. to write what the finished stages changed).
-    """
+def process_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> FrameResult:
+    """Run the stages still to do on one frame; never raises for a bad frame."""
     start = time.perf_counter()
-    rawpath, stages = task.rawpath, task.stages
-    result = FrameResult(framekey=task.framekey, projid="", redpath=task.redpath)
+    result = FrameResult(task.framekey, task.meta.projid, task.night, task.meta, task.redpath)
+    stages = [s for s in chain if s.name in task.stages]
     try:
-        frame = load_frame(task, context)
-    except (FrameError, OSError) as err:
-        result.failed = (stages[0], getattr(err, "reason", str(err)))
-        log.warning("frame %s: %s failed: %s", rawpath, stages[0], result.failed[1])
+        frame = load_frame(task, chain, context)
+    except FrameError as err:
+        result.failed.append((stages[0].name, err.reason))
+        log.warning("frame %s: %s failed: %s", task.rawpath, stages[0].name, err.reason)
         return result
-    result.projid = frame.meta.projid
-    for name in stages:
-        run, save = chain[name]
+    for stage in stages:
+        if {name for name, _ in result.failed} & set(stage.needs):
+            continue  # what it needs failed on this frame
         try:
-            frame = run(frame, context)
-            if save is not None:
-                result.rows.update(save(frame, context))
+            frame = stage.run(frame, context)
+            if stage.save is not None:
+                result.rows.update(stage.save(frame, context))
         except FrameError as err:
-            result.failed = (name, err.reason)
-            log.warning("frame %s: %s failed: %s", rawpath, name, err.reason)
-            break
-        result.done.append(name)
-    if finish is not None:
-        finish(frame, result)
+            result.failed.append((stage.name, err.reason))
+            log.warning("frame %s: %s failed: %s", task.rawpath, stage.name, err.reason)
+            continue
+        result.done.append(stage.name)
+    if frame.image is not None and any(s.changes_frame for s in stages if s.name in result.done):
+        write_calibrated(frame)  # once, after every stage that changes it
     if frame.redpath is not None:
         result.redpath = str(Path(frame.redpath).relative_to(context.project.root))
     result.quality = dict(frame.quality)
     result.seconds = time.perf_counter() - start
-    log.info("frame %s: %s in %.2f s", rawpath,
-             "+".join(result.done) + (f", {result.failed[0]} failed" if result.failed else ""),
-             result.seconds)
+    log.debug("frame %s: %s in %.2f s", task.rawpath,
+              "+".join(result.done) + "".join(f", {name} failed" for name, _ in result.failed),
+              result.seconds)
     return result
 
 
-class _Progress:
-    def __init__(self, total: int):
-        self.total, self.done, self.failed, self.start = total, 0, 0, time.perf_counter()
+class FramePass(Phase):
+    """Per-frame stages over every frame with work left in them (one phase)."""
 
-    def update(self, results: list[FrameResult]) -> None:
-        self.done += len(results)
-        self.failed += sum(r.failed is not None for r in results)
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        log.info("progress: %d/%d frames (%d failed), %.2f frames/s, ETA %.0f s",
-                 self.done, self.total, self.failed, rate, eta)
+    def __init__(self, chain: tuple[Stage, ...], retry_failed: bool = False):
+        self.chain, self.retry_failed = chain, retry_failed
+        self.name = "+".join(s.name for s in chain)
 
+    def plan(self, ledger, context: Context) -> list[Task]:
+        tasks = ledger.pending(self.chain, context, self.retry_failed)
+        if any("calibrate" in task.stages for task in tasks):
+            warn_fallbacks([t for t in tasks if "calibrate" in t.stages], context)
+        return tasks
 
-def run_frames(comm, db: Database | None, context: Context, tasks: list[Task],
-               chain: dict[str, Stage], config: Config,
-               finish: Callable[[Frame, FrameResult], None] | None = None) -> int:
-    """Process ``tasks`` over all ranks; rank 0 records them. Returns failures (rank 0)."""
-    progress = _Progress(len(tasks))
+    def work(self, task: Task, context: Context) -> FrameResult:
+        return process_frame(task, self.chain, context)
 
-    def work(batch):
-        return [process_frame(task, context, chain, finish) for task in batch]
+    def record(self, ledger, result: FrameResult, context: Context) -> None:
+        ledger.record_frame(result, context)
 
-    def consume(results):
-        with db.transaction():
-            for result in results:
-                records.record_frame(db, result, config)
-        progress.update(results)
+    def failed(self, result: FrameResult) -> bool:
+        return bool(result.failed)
 
-    parallel.farm(comm, tasks, work, consume, batch_size=config.run.batch_frames)
-    return progress.failed
+    def label(self, task: Task) -> str:
+        return task.rawpath

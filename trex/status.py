@@ -1,41 +1,36 @@
-"""``trex status``: what is done, what failed and why, from the database."""
+"""``trex status``: what is done, what failed and why, from the ledger's queries."""
 
 from __future__ import annotations
 
 from trex.config import Config
-from trex.db import Database, redact
 from trex.project import Project
 
 
-def project_status(project: Project, config: Config, db: Database) -> dict:
-    """A JSON-ready summary of the project's frames, stages and light curves."""
+def project_status(project: Project, config: Config, read, database: str) -> dict:
+    """A JSON-ready summary of the project's frames, stages and light curves.
+
+    ``read`` is the ledger's queries (:class:`trex.db.queries.Queries`),
+    ``database`` the database URL to show (password redacted)."""
     nights = {}
-    for night, imagetyp, isok, n in db.query(
-            "SELECT night, imagetyp, isok, count(*) FROM frameinfo "
-            "GROUP BY night, imagetyp, isok ORDER BY night"):
+    for night, imagetyp, isok, n in read.frame_counts():
         entry = nights.setdefault(night, {"frames": 0, "bad": 0, "types": {}})
         entry["frames"] += n
         entry["bad"] += 0 if isok else n
         kind = imagetyp or "unreadable"
         entry["types"][kind] = entry["types"].get(kind, 0) + n
     stages: dict = {}
-    for night, stage, status, n in db.query(
-            "SELECT f.night, s.stage, s.status, count(*) FROM framestatus s "
-            "JOIN frameinfo f ON f.framekey = s.framekey GROUP BY f.night, s.stage, s.status"):
+    for night, stage, status, n in read.stage_counts():
         stages.setdefault(stage, {}).setdefault(night, {})[status] = n
     failures = [
         {"stage": stage or "inventory", "reason": reason, "frames": n}
-        for stage, reason, n in db.query(
-            "SELECT s.stage, s.reason, count(*) FROM framestatus s WHERE s.status = 'failed' "
-            "GROUP BY s.stage, s.reason "
-            "UNION ALL SELECT NULL, reason, count(*) FROM frameinfo WHERE NOT isok "
-            "GROUP BY reason ORDER BY 3 DESC")
+        for stage, reason, n in read.failure_counts()
     ]
-    lcs = {projid: n for projid, n in db.query(
-        "SELECT projid, count(*) FROM lcinfo GROUP BY projid")}
+    failures += [{"stage": phase, "reason": f"{item}: {reason}", "frames": 0}
+                 for phase, item, reason in read.phase_failures()]
+    lcs = read.lightcurve_counts()
     return {
         "root": str(project.root),
-        "database": redact(project.database_url(config)),
+        "database": database,
         "configsha": config.sha,
         "nights": nights,
         "stages": stages,

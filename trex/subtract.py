@@ -14,8 +14,9 @@ varying kernel applied in Cython (``trex._subtract``).  Pixel coordinates are
 (0.93..., (9, 9))
 
 The per-frame pipeline stage is :func:`run` / :func:`save` at the end: register
-the frame onto the photometric reference (:mod:`trex.photref`), subtract,
-measure the reference's stars on D (:mod:`trex.diffphot`).
+the frame onto the photometric reference it receives in the context (a
+:class:`trex.photref.Reference`), subtract, measure the reference's stars on D
+(:mod:`trex.diffphot`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from trex import _subtract, diffphot, photref, records
+from trex import _subtract, diffphot
 from trex._stats import clipped_stats
-from trex.fits import FrameError
+from trex.errors import FrameError
 from trex.frame import Context, Frame
+from trex.header import FrameMeta
 from trex.kernelspec import (
     DEFAULT_KERNEL,
     Basis,
@@ -40,7 +42,9 @@ from trex.kernelspec import (
     parse_kernel,
     poly_terms,
 )
-from trex.products import load_product, save_product
+from trex.products import save_product
+from trex.register import register_frame
+from trex.times import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +309,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     solution = fit_kernel(img, ref, stamps, spec, weight=~bad, halfsize=halfsize,
                           gain=gain, rdnoise=rdnoise, reject=reject, maxiter=maxiter)
     diff = img - solution.model(np.where(np.isfinite(ref), ref, 0.0))
-    log.info("subtracted with %s: %d stamps kept, %d rejected", spec.text,
+    log.debug("subtracted with %s: %d stamps kept, %d rejected", spec.text,
              len(solution.stamps), len(solution.rejected))
     return diff, solution
 
@@ -326,15 +330,16 @@ def run(frame: Frame, context: Context) -> Frame:
     ref = context.photref.get(key)
     if ref is None:
         raise FrameError(frame.rawpath, "subtract: no photometric reference for " + "/".join(key))
-    aphot = load_product(frame.redpath, "aphot") if frame.redpath is not None else None
+    aphot = frame.products.get("aphot")
     if frame.image is None or frame.wcs is None or aphot is None:
         raise FrameError(frame.rawpath, "subtract: no image, WCS or aphot (photometry not done)")
     start = time.perf_counter()
-    image, refmask, header, ref_wcs, refphot = photref.load_reference(ref.path, ref.phot)
+    image, header, refphot = ref.image, ref.header, ref.phot
     sub = config.subtract
-    reg, regmask, transform = photref.register(frame.image, frame.mask, frame.wcs, ref_wcs,
-                                               image.shape, config, meta.saturate)
-    mask = regmask | refmask
+    reg, regmask, transform = register_frame(frame.image, frame.mask, frame.wcs, ref.wcs,
+                                             image.shape, order=sub.transform_order,
+                                             method=sub.resample, saturation=meta.saturate)
+    mask = regmask | ref.mask
     try:
         diff, sol = subtract(reg, image, kernel=sub.kernel, mask=mask != 0, gain=meta.gain,
                              rdnoise=meta.rdnoise, saturation=0.95 * header["SATURATE"],
@@ -392,5 +397,10 @@ def save(frame: Frame, context: Context) -> dict:
                              "rowindex": np.arange(len(table), dtype=np.int32)}}
     rows.update(diffphot.index_rows(
         frame.framekey, key, str(path.relative_to(context.project.root)), len(table),
-        meta.jd - 2400000.0, (meta.projid, meta.field, meta.ccd), records.now()))
+        meta.jd - 2400000.0, (meta.projid, meta.field, meta.ccd), utcnow()))
     return rows
+
+
+def inputs(meta: FrameMeta, night: str, context: Context) -> str:
+    """The photometric reference a frame is subtracted against (a new one redoes it)."""
+    return context.inputs.get(("photref", meta.projid, meta.field, meta.ccd), "none")

@@ -72,8 +72,9 @@ def peak_power(times: np.ndarray, lcs: np.ndarray, fmin: float | None = None,
     span = np.nanmax(times) - np.nanmin(times)
     step = np.nanmedian(np.diff(np.sort(times)))
     fmin = fmin or 2.0 / max(span, 1e-3)
-    fmax = fmax or 0.25 / max(step, 1e-6)
-    freq = np.linspace(fmin, max(fmax, 2 * fmin), 2000)
+    fmax = max(fmax or 0.25 / max(step, 1e-6), 2 * fmin)
+    # five frequencies per resolution element 1 / span, 100 to 2000 of them
+    freq = np.linspace(fmin, fmax, int(np.clip(5 * span * (fmax - fmin), 100, 2000)))
     out = np.full(len(lcs), np.nan)
     for i, lc in enumerate(lcs):  # one periodogram per candidate (a few hundred)
         ok = np.isfinite(lc) & np.isfinite(times)
@@ -127,13 +128,15 @@ def select_templates(mag: np.ndarray, rms: np.ndarray, coverage: np.ndarray, x: 
 
 def reject_variables(power: np.ndarray, nsigma: float = 5.0) -> np.ndarray:
     """Mask (True: keep) of candidates whose periodogram peak is not an outlier
-    (above the median by ``nsigma`` robust sigmas) among the candidates."""
+    (above the median by ``nsigma`` robust sigmas) among the candidates.  A
+    candidate without a peak (too few points for a periodogram) is kept: there
+    is no evidence against it."""
     ok = np.isfinite(power)
     if ok.sum() < 3:
-        return ok
+        return np.ones(len(power), dtype=bool)
     med = np.median(power[ok])
     sigma = 1.4826 * np.median(np.abs(power[ok] - med))
-    return ok & (power <= med + nsigma * max(sigma, 1e-3))
+    return ~ok | (power <= med + nsigma * max(sigma, 1e-3))
 
 
 def exclusion(target_xy: np.ndarray, template_xy: np.ndarray, radius: float,

@@ -14,6 +14,8 @@ the BJDs of 10^4 stars on a frame cost one dot product.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import EarthLocation, get_body_barycentric
@@ -79,3 +81,8 @@ def bjd_tdb(jd_utc, ra_deg, dec_deg, location: EarthLocation) -> np.ndarray:
     jd_tdb, pos = observer_position(jd_utc, location)
     delay = pos @ unit_vectors(ra_deg, dec_deg).T
     return jd_tdb[:, None] + delay / 86400.0
+
+
+def utcnow() -> str:
+    """The time now, UTC, ISO 8601 to the second (time stamps of records)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

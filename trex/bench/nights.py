@@ -9,7 +9,7 @@ a subprocess, as every morning:
 
     trex run ROOT --stages calibrate,extract,astrometry,photometry,lightcurves
 
-started through a small wrapper that times ``lightcurves.transpose`` inside
+started through a small wrapper that times the light-curve phases inside
 that run (``trex.cli.main`` otherwise unchanged), so the light-curve merge is
 timed on its own.
 
@@ -41,6 +41,7 @@ from pathlib import Path
 from trex.bench.common import Row
 from trex.bench.endtoend import single_thread_env
 from trex.db import connect
+from trex.db.queries import Queries
 from trex.project import init_project
 from trex.simulate import night_names, simulate_project
 
@@ -49,28 +50,30 @@ log = logging.getLogger(__name__)
 NAME = "nights"
 FULL = {"frames": 10, "size": 512, "stars": 800, "archives": (1, 2, 4, 8), "repeats": 3}
 QUICK = {"frames": 4, "size": 256, "stars": 300, "archives": (1, 2), "repeats": 1}
-STAGES = "calibrate,extract,astrometry,photometry,lightcurves"
-#: ``python -c TRANSPOSE_TIMER FILE ARGS...``: ``trex ARGS...`` with the time spent in
-#: ``lightcurves.transpose`` and the light curves it wrote appended to FILE
+STAGES = "calibrate,extract,astrometry,photometry,magfit,lightcurves"
+#: ``python -c TRANSPOSE_TIMER FILE ARGS...``: ``trex ARGS...`` with the time spent in the
+#: light-curve phases and the light curves they wrote appended to FILE
 TRANSPOSE_TIMER = """\
 import sys, time
-from trex import cli, lightcurves
-inner = lightcurves.transpose
-def timed(*args, **kwargs):
+from trex import cli, pipeline
+inner = pipeline.run_phase
+def timed(comm, ledger, context, phase, stop):
     start, cpu = time.perf_counter(), time.process_time()
-    written = inner(*args, **kwargs)
-    with open(sys.argv[1], "a") as fh:
-        fh.write(f"{time.perf_counter() - start} {time.process_time() - cpu} {written}\\n")
-    return written
-lightcurves.transpose = timed
+    out = inner(comm, ledger, context, phase, stop)
+    if phase.name.startswith("light curves"):
+        with open(sys.argv[1], "a") as fh:
+            fh.write(f"{time.perf_counter() - start} {time.process_time() - cpu} "
+                     f"{getattr(phase, 'files', 0)}\\n")
+    return out
+pipeline.run_phase = timed
 sys.exit(cli.main(sys.argv[2:]))
 """
 SEED = 5
 
 
 def trex_run(root: Path, folder: Path) -> dict:
-    """The five-stage ``trex run ROOT`` in a subprocess (one thread): its wall and CPU
-    time, the wall and CPU time of ``lightcurves.transpose`` in it, the files it wrote."""
+    """``trex run ROOT`` up to the light curves in a subprocess (one thread): its wall and
+    CPU time, the wall and CPU time of the light-curve phases in it, the files they wrote."""
     timer = folder / f"transpose-{time.monotonic_ns()}.txt"
     command = [sys.executable, "-c", TRANSPOSE_TIMER, str(timer), "--log-level", "WARNING",
                "run", str(root), "--stages", STAGES]
@@ -91,12 +94,7 @@ def trex_run(root: Path, folder: Path) -> dict:
 def counts(root: Path) -> tuple[int, int]:
     """(frames with photometry done, measurements merged into light curves, aperture 0)."""
     with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
-        frames = db.query("SELECT count(*) FROM framestatus WHERE stage = 'photometry' "
-                          "AND status = 'done'")[0][0]
-        rows = db.query("SELECT count(*) FROM ap_photometry a JOIN framestatus s ON "
-                        "s.framekey = a.framekey AND s.stage = 'lightcurves' AND "
-                        "s.status = 'done' WHERE a.aperture = 0")[0][0]
-    return int(frames), int(rows)
+        return Queries(db).merged_measurements()
 
 
 def run_night(root: Path) -> dict:

@@ -6,9 +6,10 @@ serially (:class:`trex.parallel.SerialComm`):
 
 * trex scatter + sort: read every product, append its rows to the star-range
   partition files, read each partition back and sort it by (star, time) — the
-  part of ``lightcurves.transpose`` that scales with the measurements;
-* trex total: ``lightcurves.transpose`` including the light-curve FITS writes
-  (one file per star);
+  part of the light-curve phases that scales with the measurements;
+* trex total: the scatter and merge phases' work (:class:`trex.lightcurves.Scatter`,
+  :class:`trex.lightcurves.Merge`, without detrending and without the database)
+  including the light-curve FITS writes (one file per star);
 * numpy: the same light-curve rows already in memory, concatenated, lexsorted by
   (star, time) and gathered (the in-memory floor, no I/O at all);
 * trex scatter + sort and total under ``mpiexec -n 2`` (timed inside the
@@ -39,8 +40,9 @@ import numpy as np
 from trex import lightcurves, partitions
 from trex.bench.common import Row, median_time
 from trex.config import Config
+from trex.frame import Context
 from trex.lcformat import read_rows
-from trex.parallel import SerialComm
+from trex.parallel import SerialComm, split
 from trex.photometry import aphot_dtype
 from trex.products import load_product, save_product
 from trex.project import Project, init_project
@@ -74,13 +76,38 @@ def make_products(root: Path, nframes: int, nstars: int, seed: int = 0):
     return catalog, entries
 
 
+def scatter(project: Project, config: Config, entries: list, catalog, comm=None) -> Context:
+    """The scatter phase's work on this rank's share of ``entries``; the context the
+    merge phase gets."""
+    comm = comm or SerialComm()
+    context = Context(project, config, catalogs={FIELD: catalog},
+                      frames=lightcurves.FrameTable.of(entries))
+    phase = lightcurves.Scatter()
+    per_part = max(1, config.lightcurves.partition_rows // len(entries))
+    for i in split(len(entries), comm.size, comm.rank):
+        phase.work((entries[i], per_part), context)
+    phase.close(context)
+    return context
+
+
+def merge(context: Context, comm=None) -> np.ndarray:
+    """The merge phase's work on this rank's share of the partitions (light curves
+    written, no detrending); the ``nobs`` of every light curve written."""
+    comm = comm or SerialComm()
+    phase = lightcurves.Merge(detrend=False)
+    names = partitions.partitions(context.project.redtemp / "lc" / PROJID / FIELD)
+    nobs = [phase.work((PROJID, FIELD, names[i]), context)[0]["nobs"]
+            for i in split(len(names), comm.size, comm.rank)]
+    return np.concatenate(nobs) if nobs else np.zeros(0, np.int64)
+
+
 def scatter_sort(project: Project, config: Config, entries: list,
                  collect: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """trex steps 1 and 2 without the light-curve writes (every partition read and
     its grouping order found); with ``collect``, (rows, framekeys) of every
     partition, grouped by star (gathered out of the reader, which reuses its
     arrays; the pipeline gathers each star's rows when it merges it)."""
-    lightcurves._scatter(SerialComm(), project, config, entries)
+    scatter(project, config, entries, {})
     folder = project.redtemp / "lc" / PROJID / FIELD
     dtype = partitions.stream_dtypes(NAPER)["aphot"]
     reader, rows, keys = partitions.PartitionReader(), [], []
@@ -118,11 +145,10 @@ def order_check(trex_rows: tuple[np.ndarray, np.ndarray],
 
 
 def transpose_nobs(project: Project, config: Config, entries: list, catalog) -> np.ndarray:
-    """``lightcurves.transpose`` (serial); the ``nobs`` of every light curve written."""
-    batches = []
-    lightcurves.transpose(SerialComm(), project, config, entries, {FIELD: catalog},
-                          batches.append)
-    return np.concatenate([b["nobs"] for b in batches])
+    """Scatter and merge (serial); the ``nobs`` of every light curve written."""
+    nobs = merge(scatter(project, config, entries, catalog))
+    shutil.rmtree(project.redtemp / "lc", ignore_errors=True)
+    return nobs
 
 
 def lc_check(project: Project, nobs: np.ndarray, peer_rows: tuple[np.ndarray, np.ndarray],
@@ -223,7 +249,7 @@ def _mpi_child(root: str) -> None:
     """One rank of :func:`_mpi_rows`: prints on rank 0 the wall times of scatter +
     sort (each rank groups a share of the partitions, as the farm would) and of
     the whole transposition."""
-    from trex.parallel import split, world
+    from trex.parallel import world
 
     project, config = Project(Path(root)), Config()
     with open(project.root / "bench.pickle", "rb") as fh:
@@ -233,7 +259,7 @@ def _mpi_child(root: str) -> None:
     dtype = partitions.stream_dtypes(NAPER)["aphot"]
     comm.barrier()
     start = time.perf_counter()
-    lightcurves._scatter(comm, project, config, entries)
+    scatter(project, config, entries, catalog, comm)
     comm.barrier()
     names, reader = partitions.partitions(folder), partitions.PartitionReader()
     for i in split(len(names), comm.size, comm.rank):
@@ -244,8 +270,12 @@ def _mpi_child(root: str) -> None:
         shutil.rmtree(project.redtemp / "lc")
     comm.barrier()
     start = time.perf_counter()
-    lightcurves.transpose(comm, project, config, entries, {FIELD: catalog})
+    context = scatter(project, config, entries, catalog, comm)
     comm.barrier()
+    merge(context, comm)
+    comm.barrier()
+    if comm.rank == 0:
+        shutil.rmtree(project.redtemp / "lc")
     if comm.rank == 0:
         print(f"{t_sort:.6f} {time.perf_counter() - start:.6f}")
 

@@ -146,6 +146,17 @@ class Database:
             self.conn.commit()
         return rows
 
+    def query_dicts(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """Rows of a query as dicts keyed by column name."""
+        cur = self.conn.cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+        cur.close()
+        if not self._depth and self.engine == "postgresql":
+            self.conn.commit()
+        return rows
+
     def query_columns(self, sql: str, params: Sequence = ()) -> dict[str, np.ndarray]:
         """A query's result as numpy columns; NULL is NaN in numeric columns."""
         cur = self.conn.cursor()

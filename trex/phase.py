@@ -1,0 +1,98 @@
+"""The protocol of every unit of project work: plan, work, record.
+
+A phase (the per-frame passes, a reference, the light curves ...) is
+
+* ``plan(ledger, context) -> items``: on rank 0, what is to be done, from the
+  ledger (small, picklable items);
+* ``work(item, context) -> result``: on any rank, pure of MPI and of the
+  database; it may read and write files of the project, and raises
+  :class:`trex.errors.FrameError` or :class:`trex.errors.PhaseError` when
+  the item cannot be done from its data;
+* ``record(ledger, result, context)``: on rank 0, inside one transaction per
+  batch; a failed item goes to ``fail(ledger, item, reason)`` instead;
+* ``update(ledger, context) -> context``: on rank 0 after the last record,
+  what the phase adds for the later ones (a reference, the masters), which
+  the driver hands to every rank;
+* ``close(context)``: on every rank after the last item, to flush what
+  ``work`` kept between items (a staging buffer).
+
+The driver (:mod:`trex.pipeline`) does the planning, farming and recording; a
+phase never imports ``trex.parallel`` or ``trex.db``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from trex.errors import FrameError, PhaseError, WriteFault
+from trex.frame import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item that could not be done from its data, with the reason."""
+
+    item: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A write that failed for a cause outside trex: the run stops cleanly."""
+
+    path: str
+    cause: str
+
+
+class Phase:
+    """Base of the project phases (see the module doc); subclasses set ``name`` and
+    override ``plan``, ``work`` and what else they need."""
+
+    name = "phase"
+    #: items per batch handed to a rank (0: ``[run] batch_frames``)
+    batch = 0
+
+    def plan(self, ledger, context: Context) -> list:
+        raise NotImplementedError(f"{type(self).__name__}.plan")
+
+    def work(self, item, context: Context):
+        raise NotImplementedError(f"{type(self).__name__}.work")
+
+    def record(self, ledger, result, context: Context) -> None:
+        """Write what ``work`` returned (nothing by default)."""
+
+    def fail(self, ledger, item, reason: str, context: Context) -> None:
+        """Record that ``item`` failed (as a phase item, by default)."""
+        ledger.record_phase(self.name, self.label(item), reason)
+
+    def failed(self, result) -> bool:
+        """Whether a recorded result is a failure of its item (e.g. a frame that failed
+        at one of its stages)."""
+        return False
+
+    def update(self, ledger, context: Context) -> Context:
+        """The context for the later phases (unchanged by default)."""
+        return context
+
+    def close(self, context: Context) -> None:
+        """Flush what ``work`` kept on this rank between items (nothing by default)."""
+
+    def label(self, item) -> str:
+        """A short name of ``item`` for the log and the ledger."""
+        return str(item)
+
+
+def attempt(phase: Phase, item, context: Context):
+    """``phase.work(item)``; a bad item becomes a :class:`Failure`, a failed write a
+    :class:`Fault`.  Any other exception is a bug and propagates."""
+    try:
+        return phase.work(item, context)
+    except (FrameError, PhaseError) as err:
+        log.warning("%s: %s: %s", phase.name, phase.label(item), err.reason)
+        return Failure(item, err.reason)
+    except WriteFault as err:
+        return Fault(err.path, err.cause)

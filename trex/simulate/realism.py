@@ -89,8 +89,9 @@ class Realism:
         return out
 
     @property
-    def moffat(self) -> bool:
-        return self.psf_beta > 0
+    def is_simple(self) -> bool:
+        """True when every option is the simple model's (whatever the name)."""
+        return dataclasses.replace(self, name="simple") == Realism()
 
 
 SIMPLE = Realism()

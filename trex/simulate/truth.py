@@ -40,6 +40,7 @@ import numpy as np
 
 from trex.fits import atomic_path
 from trex.project import Project, safe_name
+from trex.simulate.psf import aperture_fraction
 
 #: default apertures (px) and sky annulus (inner, outer radius, px) of the noise estimate
 RADII = (1.95, 2.45, 2.95)
@@ -55,25 +56,30 @@ def truth_dir(root: Path | str) -> Path:
 def expected_noise(flux: np.ndarray, s: np.ndarray, d: np.ndarray, k: np.ndarray,
                    sky: np.ndarray | float, gain: float, rdnoise: float,
                    flat: np.ndarray | float = 1.0, dark: np.ndarray | float = 0.0,
-                   radii: tuple = RADII, annulus: tuple = ANNULUS) -> np.ndarray:
+                   radii: tuple = RADII, annulus: tuple = ANNULUS, beta: float = 0.0,
+                   scintillation: np.ndarray | float = 0.0) -> np.ndarray:
     """Expected 1-sigma error (calibrated ADU) of aperture fluxes, shape (nstars, nradii).
 
     ``flux`` is the star's total flux and ``sky`` the sky per pixel, both in
     calibrated ADU (after flat-fielding); ``flat`` the flat response at the
     star; ``dark`` the dark electrons per pixel; ``rdnoise`` in e-.  The
-    aperture holds the fraction ``1 - exp(-r²/2σ²)`` of a Gaussian with the
-    star's mean σ; the sky error adds the annulus-mean uncertainty.
+    aperture holds the fraction of the star's light given by
+    :func:`trex.simulate.psf.aperture_fraction` (Gaussian, or Moffat for
+    ``beta`` > 0); the sky error adds the annulus-mean uncertainty and
+    ``scintillation`` (relative flux rms, scalar or (nstars,)) adds
+    ``scintillation * fraction * flux`` in quadrature.
     """
     flux = np.asarray(flux, float)
-    sigma2 = 1.0 / np.sqrt((s + d) * (s - d) - k * k)
     pix_var = (np.asarray(sky) * gain * flat + dark + rdnoise**2) / (gain * flat) ** 2
     nsky = np.pi * (annulus[1] ** 2 - annulus[0] ** 2)
     out = np.empty((flux.size, len(radii)))
     for j, r in enumerate(radii):
-        frac = 1.0 - np.exp(-0.5 * r * r / sigma2)
+        frac = aperture_fraction(r, s, d, k, beta)
         npix = np.pi * r * r
-        out[:, j] = np.sqrt(np.maximum(frac * flux, 0.0) / (gain * flat)
-                            + npix * pix_var * (1.0 + npix / nsky))
+        var = np.maximum(frac * flux, 0.0) / (gain * flat) + npix * pix_var * (1.0 + npix / nsky)
+        if np.any(scintillation):
+            var = var + (np.asarray(scintillation) * frac * flux) ** 2
+        out[:, j] = np.sqrt(var)
     return out
 
 

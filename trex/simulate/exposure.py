@@ -16,8 +16,7 @@ from trex._artefacts import add_trail
 from trex.simulate.atmosphere import cloud_extinction, extinction, young_scintillation
 from trex.simulate.detector import expose
 from trex.simulate.field import FRAME_EXTRAS, OBJECT, Field
-from trex.simulate.optics import (FWHM_PER_SIGMA, offset_pointing, psf_shape, wcs_header,
-                                  world_to_pixel)
+from trex.simulate.optics import FWHM_PER_SIGMA, offset_pointing, psf_shape, wcs_header, world_to_pixel
 from trex.simulate.plan import NightPlan, airmass_of, altitude_of
 from trex.simulate.psf import draw_stars
 from trex.simulate.stars import positions_at

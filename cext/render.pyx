@@ -22,6 +22,8 @@ from libc.stdlib cimport malloc, free
 
 #: largest stamp half size, px (a wider star is an error, not a slow call)
 DEF MAX_HALFSIZE = 256
+#: smallest Moffat stamp half size, px (covers the photometric apertures of faint stars)
+DEF MIN_HALFSIZE = 4
 
 
 cdef inline Py_ssize_t _halfsize(double s, double d, double k, double nsigma) noexcept nogil:
@@ -195,12 +197,14 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
     D = K = 0 and S = 1/alpha², FWHM = 2 alpha sqrt(2^(1/beta) - 1).  Pixels are
     integrated with ``order`` x ``order`` Gauss-Legendre nodes where the profile
     is curved (beta (beta + 1) lambda_max / (1 + Q) > 0.5 at the pixel centre,
-    lambda_max the largest eigenvalue of M, or within 1.5 px of the centre) and
-    with 2 x 2 nodes further out: pixels holding > 1e-4 of the flux are within
-    ~1e-3 of their exact integral.  The stamp is the square that holds the
+    lambda_max the largest eigenvalue of M, or within 1.5 px of the centre),
+    with 2 x 2 nodes further out, and at the pixel centre where the profile is
+    below 10 ``min_level``: pixels holding > 1e-4 of the flux and brighter
+    than 10 ``min_level`` are within ~1e-3 of their exact integral, fainter
+    ones within ~0.1 of it.  The stamp is the square that holds the
     ellipse beyond which at most ``wing_cut`` of the flux lies, or, if smaller,
     the one beyond which the surface brightness is below ``min_level`` (image units
-    per pixel; 0 = no floor); it is at least 2 px and at most 256 px in half
+    per pixel; 0 = no floor); it is at least 4 px and at most 256 px in half
     size.  There is no renormalisation: the light beyond the stamp is left out.
 
     Parameters
@@ -222,7 +226,7 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
     cdef Py_ssize_t n = x.shape[0], ny = image.shape[0], nx = image.shape[1]
     cdef Py_ssize_t i, h, ci, cj, sx, sy, ii, jj, bad = -1, added = 0
     cdef double a, c, kk, lmin, lmax, mid, rad, det, norm, q0, qf, qc, ui, vj, b, value
-    cdef double q_fine
+    cdef double q_fine, q_coarse
     if not (y.shape[0] == n and flux.shape[0] == n and s.shape[0] == n
             and d.shape[0] == n and k.shape[0] == n and beta.shape[0] == n):
         raise ValueError("x, y, flux, s, d, k, beta must have the same length")
@@ -263,9 +267,9 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
                 qf = pow(norm / min_level, 1.0 / b) - 1.0
                 if qf < q0:
                     q0 = qf
-            if q0 * lmax < 4.0:             # at least 2 px along the minor axis
-                q0 = 4.0 / lmax
             h = <Py_ssize_t>ceil(sqrt(q0 / lmin))
+            if h < MIN_HALFSIZE:
+                h = MIN_HALFSIZE
             if h > MAX_HALFSIZE:
                 h = MAX_HALFSIZE
             ci = <Py_ssize_t>floor(x[i] + 0.5)
@@ -273,8 +277,12 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
             if ci + h < 0 or cj + h < 0 or ci - h >= nx or cj - h >= ny:
                 continue
             # relative curvature ~ beta (beta + 1) lmax / (1 + Q): full quadrature where it
-            # is > 0.5, 2 x 2 nodes in the smooth wings
+            # is > 0.5, 2 x 2 nodes in the smooth wings, the pixel centre where the wing
+            # is fainter than 10 min_level (error < ~0.1 of the pixel, < min_level)
             q_fine = b * (b + 1.0) * lmax / 0.5 - 1.0
+            q_coarse = 1e300
+            if min_level > 0:
+                q_coarse = pow(norm / (10.0 * min_level), 1.0 / b) - 1.0
             for jj in range(-h, h + 1):
                 sy = cj + jj
                 if sy < 0 or sy >= ny:
@@ -288,8 +296,10 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
                     qc = a * ui * ui + c * vj * vj + 2.0 * kk * ui * vj
                     if qc < q_fine or (ii * ii + jj * jj) <= 2:
                         value = _moffat_pixel(ui, vj, a, c, kk, b, &node[0], &weight[0], order)
-                    else:
+                    elif qc < q_coarse:
                         value = _moffat_pixel(ui, vj, a, c, kk, b, &node2[0], &weight2[0], 2)
+                    else:
+                        value = exp(-b * log1p(qc))
                     image[sy, sx] += <float>(norm * value)
             added += 1
     return int(added)

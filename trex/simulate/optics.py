@@ -88,9 +88,12 @@ def _sip_apply(coeffs: dict[str, float], u: np.ndarray,
     """SIP displacements (A(u, v), B(u, v)), px."""
     du = np.zeros_like(u)
     dv = np.zeros_like(v)
-    for name, value in coeffs.items():
-        axis, p, q = name.split("_")
-        term = value * u ** int(p) * v ** int(q)
+    terms = [name.split("_") for name in coeffs]
+    order = max(max(int(p), int(q)) for _, p, q in terms)
+    upow = [u ** n for n in range(order + 1)]        # the same values as u ** p per term
+    vpow = [v ** n for n in range(order + 1)]
+    for (axis, p, q), value in zip(terms, coeffs.values()):
+        term = value * upow[int(p)] * vpow[int(q)]
         if axis == "A":
             du += term
         else:

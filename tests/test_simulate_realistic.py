@@ -24,7 +24,7 @@ from scipy.optimize import least_squares
 from trex._artefacts import add_trail, bleed_columns
 from trex._render import add_moffat
 
-from trex.config import ConfigError
+from trex.config import ConfigError, build_config
 from trex.fits import read_header, read_image
 from trex.project import init_project
 from trex.simulate import REALISTIC, SIMPLE, default_params, load_truth, simulate_project
@@ -36,7 +36,7 @@ from trex.simulate.realism import resolve
 from trex.times import site
 
 SMALL = dict(frames=12, size=256, stars=600, ncal=3, seed=11)
-YOUNG_D, YOUNG_H = REALISTIC.aperture, 2400.0    # cm; m (Las Campanas, trex default site)
+YOUNG_D = REALISTIC.aperture          # cm, the lens aperture in Young's formula
 
 
 def world(size=256, stars=600, seed=3, cadence=0.0, frames=3, **changes):
@@ -315,7 +315,8 @@ def test_scintillation_scatter_follows_young():
             base = without[box][ap].sum() - ap.sum() * np.median(without[box][ring])
             ratios.append((with_s[box][ap].sum() - without[box][ap].sum()) / base)
             expected.append(0.09 * YOUNG_D ** (-2 / 3) * truth["airmass"][n] ** 1.75
-                            * np.exp(-YOUNG_H / 8000) / np.sqrt(2 * 30.0))
+                            * np.exp(-field.params["site"]["altitude"] / 8000)
+                            / np.sqrt(2 * 30.0))
     ratios, expected = np.array(ratios), np.array(expected)
     assert ratios.size > 700
     # 3.5 sigma of the estimators: std of a std is 1/sqrt(2n), of a mean 1/sqrt(n)
@@ -493,3 +494,30 @@ def test_realism_is_saved_and_add_night_continues_it(tmp_path):
         resolve("fancy")
     with pytest.raises(ConfigError, match="unknown realism options"):
         resolve({"psf_beta": 3.0, "sharpness": 1})
+
+
+def test_noise_truth_in_configured_apertures_includes_scintillation(tmp_path):
+    """One 4 px aperture in trex.toml: truth noise there; its scintillation part is Young's."""
+    config = build_config({"photometry": {"apertures": ["4.0:9.0:5.0"]}})
+    truths = []
+    for name, options in (("on", REALISTIC), ("off", dataclasses.replace(REALISTIC, aperture=0))):
+        root = init_project(tmp_path / name, config).root
+        simulate_project(root, frames=1, size=256, stars=300, ncal=1, seed=6, realism=options)
+        truths.append(load_truth(root))
+    truth, quiet = truths
+    assert truth["noise"].shape == truth["x"].shape + (1,)
+    np.testing.assert_allclose(truth["noise_radii"], [4.0])
+    np.testing.assert_allclose(truth["noise_annuli"], [[9.0, 14.0]])
+    fwhm = 2.3548 * ((truth["s"][0] + truth["d"][0]) * (truth["s"][0] - truth["d"][0])
+                     - truth["k"][0] ** 2) ** -0.25
+    beta = REALISTIC.psf_beta
+    alpha2 = (fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))) ** 2
+    inside = 1 - (1 + 16.0 / alpha2) ** (1 - beta)                 # Moffat encircled energy
+    young = (0.09 * YOUNG_D ** (-2 / 3) * truth["airmass_star"][0] ** 1.75
+             * np.exp(-truth["params"]["site"]["altitude"] / 8000) / np.sqrt(60.0))
+    scint = truth["noise"][0, :, 0] ** 2 - quiet["noise"][0, :, 0] ** 2
+    big = truth["mag"] < 13.0                    # float32 noise: a difference of squares
+    np.testing.assert_allclose(np.sqrt(scint[big]),
+                               (young * inside * truth["flux_adu"][0])[big], rtol=1e-3)
+    bright = truth["mag"] < 9.0                  # scintillation dominates the bright stars
+    assert (np.sqrt(scint[bright]) > 0.5 * truth["noise"][0, bright, 0]).all()

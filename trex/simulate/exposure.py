@@ -20,7 +20,7 @@ from trex.simulate.optics import FWHM_PER_SIGMA, offset_pointing, psf_shape, wcs
 from trex.simulate.plan import NightPlan, airmass_of, altitude_of
 from trex.simulate.psf import draw_stars
 from trex.simulate.stars import positions_at
-from trex.simulate.truth import expected_noise
+from trex.simulate.truth import ANNULUS, RADII, expected_noise
 
 
 def sky_terms(gradient: np.ndarray, ax, ay) -> tuple:
@@ -141,13 +141,15 @@ def frame_photons(field: Field, plan: NightPlan, index: int, i: int,
     return photons, stars
 
 
-def object_frame(field: Field, plan: NightPlan, index: int, i: int,
-                 factor: np.ndarray) -> tuple[np.ndarray, dict]:
+def object_frame(field: Field, plan: NightPlan, index: int, i: int, factor: np.ndarray,
+                 radii: tuple = RADII, annuli: list | None = None) -> tuple[np.ndarray, dict]:
     """Raw frame ``i`` of night ``index`` and its truth (``factor``: variability, (nstars,)).
 
-    Adds to :func:`frame_photons`' truth ``noise`` (nstars, len(RADII)),
-    ``saturated`` (nstars,), ``cosmics`` (count) and ``bleed`` (column runs at
-    full well, (n, 3): x, first y, last y).
+    Adds to :func:`frame_photons`' truth ``noise`` (nstars, len(radii): the
+    expected error in apertures ``radii`` px with sky annuli ``annuli``
+    ((inner, outer) px each; default ``ANNULUS``)), ``saturated`` (nstars,),
+    ``cosmics`` (count) and ``bleed`` (column runs at full well, (n, 3): x,
+    first y, last y).
     """
     p, camera, size = field.params, field.camera, field.optics.size
     photons, stars = frame_photons(field, plan, index, i, factor)
@@ -156,12 +158,15 @@ def object_frame(field: Field, plan: NightPlan, index: int, i: int,
                              realism=field.realism)
     xi = np.clip(np.rint(stars["x"]).astype(int), 0, size - 1)
     yi = np.clip(np.rint(stars["y"]).astype(int), 0, size - 1)
-    stars["noise"] = expected_noise(stars["flux_adu"], stars["s"], stars["d"], stars["k"],
-                                    stars["sky_local"], camera.gain, camera.rdnoise,
-                                    field.patterns.flat[yi, xi],
-                                    field.patterns.dark[yi, xi] * p["exptime"],
-                                    beta=field.realism.psf_beta,
-                                    scintillation=stars["scint_sigma"])
+    annuli = [ANNULUS] * len(radii) if annuli is None else [tuple(a) for a in annuli]
+    groups = [([r], [a]) for r, a in zip(radii, annuli)] if len(set(annuli)) > 1 else [
+        (list(radii), annuli)]
+    stars["noise"] = np.concatenate([
+        expected_noise(stars["flux_adu"], stars["s"], stars["d"], stars["k"],
+                       stars["sky_local"], camera.gain, camera.rdnoise,
+                       field.patterns.flat[yi, xi], field.patterns.dark[yi, xi] * p["exptime"],
+                       radii=tuple(rs), annulus=ann[0], beta=field.realism.psf_beta,
+                       scintillation=stars["scint_sigma"]) for rs, ann in groups], axis=1)
     inside = (stars["x"] > -0.5) & (stars["x"] < size - 0.5) & (stars["y"] > -0.5) & (
         stars["y"] < size - 0.5)
     stars["saturated"] = inside & (raw[yi, xi] >= camera.saturate)

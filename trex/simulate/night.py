@@ -14,12 +14,14 @@ from astropy.io import fits as afits
 from astropy.time import Time
 
 from trex.fits import write_image
+from trex.photometry import apertures
+from trex.project import Project
 from trex.simulate.detector import expose
 from trex.simulate.exposure import object_frame, sky_terms
 from trex.simulate.field import CALIB, FLARES, FLAT_LIGHT, Field, make_field
 from trex.simulate.plan import NightPlan, local_midnight, make_plan
 from trex.simulate.stars import make_flares, variability
-from trex.simulate.truth import save_night
+from trex.simulate.truth import ANNULUS, RADII, save_night
 from trex.times import bjd_tdb, site
 
 __all__ = ["Field", "make_field", "simulate_night", "object_frame", "sky_terms",
@@ -145,9 +147,22 @@ def _events(rows: list[np.ndarray], width: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, width + 1))
 
 
+def configured_apertures(root: Path) -> tuple[tuple, list]:
+    """Radii (px) and sky annuli of ``[photometry] apertures`` in the project's ``trex.toml``.
+
+    ``RADII`` and ``ANNULUS`` (trex's defaults) when the project has no ``trex.toml``.
+    """
+    project = Project(root)
+    if not project.config_path.is_file():
+        return RADII, [ANNULUS] * len(RADII)
+    radii, annuli = apertures(project.load_config())
+    return tuple(float(r) for r in radii), [tuple(a) for a in annuli]
+
+
 def simulate_night(root: Path, field: Field, index: int) -> dict:
     """Write night ``index`` (frames and truth); return {night, objects, calibrations}."""
     p, realism = field.params, field.realism
+    radii, annuli = configured_apertures(Path(root))
     plan = make_plan(p, index, realism)
     add_flares(field, plan, index)
     folder = Path(root) / "RAW" / plan.night
@@ -156,7 +171,7 @@ def simulate_night(root: Path, field: Field, index: int) -> dict:
     rows = {key: [] for key in PER_STAR}
     names, wcs, cosmics, crval, trails, bleed = [], [], [], [], [], []
     for i in range(plan.start.size):
-        raw, stars = object_frame(field, plan, index, i, factor[i])
+        raw, stars = object_frame(field, plan, index, i, factor[i], radii, annuli)
         stars["airmass_star"] = stars["airmass"]
         names.append(_write(field, folder, frameno, raw,
                             _header(field, "object", plan.start[i], p["exptime"], frameno)))
@@ -188,5 +203,6 @@ def simulate_night(root: Path, field: Field, index: int) -> dict:
         psf_beta=np.float64(realism.psf_beta), trails=_events(trails, 6),
         bleed=_events(bleed, 3).astype(np.int32), flat_illumination=flat_light(field, index),
         faint_ra=faint["ra"], faint_dec=faint["dec"], faint_mag=faint["mag"],
-        faint_color=faint["color"]))
+        faint_color=faint["color"], noise_radii=np.array(radii),
+        noise_annuli=np.array(annuli)))
     return {"night": plan.night, "objects": len(names), "calibrations": len(calibrations)}

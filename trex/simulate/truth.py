@@ -38,9 +38,11 @@ per frame and star (nframes, nstars)
     the star, calibrated ADU per pixel), ``s``, ``d``, ``k`` (PSF shape,
     px⁻², fistar convention: the Gaussian of the PSF's FWHM and axis ratio;
     the Moffat profile is in :mod:`trex.simulate.psf`), ``noise``
-    (nframes, nstars, 3: expected 1-sigma error, calibrated ADU, of the flux
-    in apertures ``RADII`` with a sky annulus ``ANNULUS``: photon, sky,
-    dark, read noise and scintillation; with a perfect flat),
+    (nframes, nstars, naper: expected 1-sigma error, calibrated ADU, of the
+    flux in the apertures of the project's ``[photometry] apertures``: radii
+    ``noise_radii`` px with sky annuli ``noise_annuli`` (naper, 2: inner,
+    outer px; trex's defaults are ``RADII`` and ``ANNULUS``); photon, sky,
+    dark, read noise and scintillation, with a perfect flat),
     ``saturated`` (the star's central pixel is at SATURATE),
     ``variability`` (flux factor)
 per night
@@ -139,8 +141,8 @@ def load_truth(root: Path | str, night: str | None = None) -> dict:
     """Truth of one simulated night (default: the first).
 
     Returns a dict of numpy arrays (see the module docstring; per-star-and-frame
-    arrays have shape (nframes, nstars), ``noise`` (nframes, nstars, 3) for
-    ``RADII``), plus ``params`` (the simulation parameters) and ``variables``
+    arrays have shape (nframes, nstars), ``noise`` (nframes, nstars, naper) for
+    ``noise_radii``), plus ``params`` (the simulation parameters) and ``variables``
     (the variable stars and flares, with ``index`` the star's row).
     """
     params = load_params(root)

@@ -17,7 +17,7 @@ the same shape convention (see its docstring).
 """
 import numpy as np
 
-from libc.math cimport exp, sqrt, ceil, floor, fabs, isfinite, log1p, pow, M_PI
+from libc.math cimport exp, sqrt, ceil, floor, fabs, fmin, isfinite, log1p, pow, M_PI
 from libc.stdlib cimport malloc, free
 
 #: largest stamp half size, px (a wider star is an error, not a slow call)
@@ -197,11 +197,11 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
     D = K = 0 and S = 1/alpha², FWHM = 2 alpha sqrt(2^(1/beta) - 1).  Pixels are
     integrated with ``order`` x ``order`` Gauss-Legendre nodes where the profile
     is curved (beta (beta + 1) lambda_max / (1 + Q) > 0.5 at the pixel centre,
-    lambda_max the largest eigenvalue of M, or within 1.5 px of the centre),
-    with 2 x 2 nodes further out, and at the pixel centre where the profile is
-    below 10 ``min_level``: pixels holding > 1e-4 of the flux and brighter
-    than 10 ``min_level`` are within ~1e-3 of their exact integral, fainter
-    ones within ~0.1 of it.  The stamp is the square that holds the
+    lambda_max the largest eigenvalue of M, and brighter than 100 ``min_level``;
+    or within 1.5 px of the centre), with 2 x 2 nodes further out, and at the
+    pixel centre where the profile is below 10 ``min_level``.  Pixels holding
+    > 1e-4 of the flux and brighter than 100 ``min_level`` are within ~1e-3
+    of their exact integral; fainter ones within ~``min_level``.  The stamp is the square that holds the
     ellipse beyond which at most ``wing_cut`` of the flux lies, or, if smaller,
     the one beyond which the surface brightness is below ``min_level`` (image units
     per pixel; 0 = no floor); it is at least 4 px and at most 256 px in half
@@ -283,6 +283,8 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
             q_coarse = 1e300
             if min_level > 0:
                 q_coarse = pow(norm / (10.0 * min_level), 1.0 / b) - 1.0
+                # pixels fainter than 100 min_level need no more than 2 x 2 nodes
+                q_fine = fmin(q_fine, pow(norm / (100.0 * min_level), 1.0 / b) - 1.0)
             for jj in range(-h, h + 1):
                 sy = cj + jj
                 if sy < 0 or sy >= ny:

@@ -84,6 +84,26 @@ def test_moffat_kernel_matches_fine_integration(s, d, k, beta):
                    np.array([d]), np.array([k]), np.array([1.0]))
 
 
+@pytest.mark.parametrize("flux", [300.0, 3.0e4, 3.0e6])
+def test_moffat_kernel_faint_wings_within_min_level(flux):
+    """With min_level: bright pixels to 1e-3, faint ones to ~min_level, none left out above it."""
+    s, d, k, beta, x0, y0, level = 0.18, 0.02, -0.01, 3.0, 40.3, 39.6, 0.1
+    image = np.zeros((80, 80), np.float32)
+    add_moffat(image, np.array([x0]), np.array([y0]), np.array([flux]), np.array([s]),
+               np.array([d]), np.array([k]), np.array([beta]), wing_cut=1e-5, min_level=level)
+    sub = 32
+    g = (np.arange(80 * sub) + 0.5) / sub - 0.5
+    du, dv = g[None, :] - x0, g[:, None] - y0
+    q = s * (du**2 + dv**2) + d * (du**2 - dv**2) + 2 * k * du * dv
+    exact = flux * (beta - 1) * np.sqrt(s * s - d * d - k * k) / np.pi * (
+        (1 + q) ** -beta).reshape(80, sub, 80, sub).mean(axis=(1, 3))
+    drawn = image > 0
+    bright = exact > 100 * level
+    np.testing.assert_allclose(image[bright], exact[bright], rtol=1e-3)
+    assert (np.abs(image - exact)[drawn & ~bright] < 2 * level).all()
+    assert exact[~drawn].max(initial=0.0) < level and (~drawn).sum() > 100
+
+
 def test_trail_kernel_profile_and_bleed_conserves_charge():
     image = np.zeros((60, 60), np.float32)
     add_trail(image, -10.0, 30.0, 80.0, 30.0, 1.5, 100.0)    # horizontal, through row 30

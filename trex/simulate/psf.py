@@ -22,7 +22,7 @@ def moffat_scale(beta: float) -> float:
 
 
 def draw_stars(image: np.ndarray, x, y, flux, s, d, k, beta: float = 0.0,
-               min_level: float = 0.0, wing_cut: float = 1e-3) -> int:
+               min_level: float = 0.0, wing_cut: float = 1e-5) -> int:
     """Add pixel-integrated stars into ``image`` (float32 (ny, nx), in place); return the count.
 
     ``x``, ``y`` (px, 0-based), ``flux`` (image units, total), ``s``, ``d``,

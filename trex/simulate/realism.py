@@ -50,7 +50,7 @@ class Realism:
     name: str = "simple"
     # PSF and optics (fwhm, fwhm_corner, ellipticity, distortion go into Optics)
     psf_beta: float = 0.0             # Moffat beta; 0 = elliptical Gaussian
-    psf_wing_cut: float = 1e-3        # flux fraction a Moffat star may lose beyond its stamp
+    psf_wing_cut: float = 1e-5        # flux fraction a Moffat star may lose beyond its stamp
     psf_floor: float = 0.1            # e-/px: Moffat wings fainter than this are not drawn
     fwhm: float = 2.0                 # px at the optical axis, best focus
     fwhm_corner: float = 0.3          # relative FWHM growth from the axis to the corners

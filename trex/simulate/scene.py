@@ -98,7 +98,8 @@ def render_frame(scene: Scene, noise: bool = True, seed: int | None = None,
     s, d, k = psf_shape(optics, x, y, focus)
     image = np.full((optics.size, optics.size), scene.sky, dtype=np.float32)
     if scene.psf_beta:
-        draw_stars(image, x, y, scene.flux, s, d, k, beta=scene.psf_beta)
+        draw_stars(image, x, y, scene.flux, s, d, k, beta=scene.psf_beta,
+                   min_level=0.1 / scene.gain)              # wings down to 0.1 e-/px
     else:
         add_stars(image, x, y, scene.flux, s, d, k, order)
     if noise:

@@ -9,6 +9,12 @@ Shot noise is exact Poisson below ``POISSON_EXACT`` e- and its Gaussian
 approximation above (skewness < 0.1), which keeps a 4096² frame fast.
 The fixed patterns (flat, hot pixels, bias rows) depend only on the camera
 seed, so every night of a project sees the same camera.
+
+The realistic model (:mod:`trex.simulate.realism`) adds charge bleeding along
+columns above a full well (after shot noise, before read-out), an overscan
+with its own read noise and row offsets the image does not share, and a
+fixed column pattern in the bias; its random draws come after the simple
+model's, so the simple model's frames stay the same.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from trex._artefacts import bleed_columns
+from trex.simulate.realism import SIMPLE, Realism
 
 POISSON_EXACT = 100.0
 
@@ -50,6 +59,7 @@ class Patterns:
     dark: np.ndarray       # dark current, e-/s
     rows: np.ndarray       # bias row pattern, ADU, shape (size,)
     hot: np.ndarray        # (n, 2) int: (y, x) of hot pixels
+    columns: np.ndarray | None = None   # fixed bias column pattern, ADU, shape (size,)
 
 
 def make_patterns(camera: Camera, size: int, rng: np.random.Generator) -> Patterns:
@@ -108,33 +118,62 @@ def cosmic_rays(electrons: np.ndarray, rng: np.random.Generator, exptime: float,
 
 
 def readout(electrons: np.ndarray, camera: Camera, patterns: Patterns,
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, realism: Realism = SIMPLE) -> np.ndarray:
     """Raw uint16 frame (size, size + overscan) from noisy electrons of the trimmed area.
 
     The bias level drifts by ~2 ADU from frame to frame and each row gets the
-    fixed row pattern plus a 0.5 ADU rms random offset; the overscan columns
-    see the same bias, so a row-by-row overscan correction removes it.
+    fixed row pattern plus a 0.5 ADU rms random offset; on the simple model
+    the overscan columns see the same bias, so a row-by-row overscan
+    correction removes it.  The realistic model reads the overscan with
+    ``realism.overscan_rdnoise`` (e-) and adds ``realism.overscan_mismatch``
+    (ADU rms) row offsets to it alone, and the image area gets the fixed
+    column pattern ``patterns.columns`` (left for the master bias to remove).
     """
     size = electrons.shape[0]
     raw = np.empty((size, size + camera.overscan), dtype=np.float32)
     raw[:, :size] = electrons / np.float32(camera.gain)
     raw[:, size:] = rng.standard_normal((size, camera.overscan), dtype=np.float32) * np.float32(
         camera.rdnoise / camera.gain)
+    if realism.overscan_rdnoise > 0:
+        raw[:, size:] *= np.float32(realism.overscan_rdnoise / camera.rdnoise)
     rows = patterns.rows + rng.normal(camera.bias, 2.0) + rng.normal(0.0, 0.5, size)
     raw += rows.astype(np.float32)[:, None]
+    if realism.overscan_mismatch > 0:
+        raw[:, size:] += rng.normal(0.0, realism.overscan_mismatch, (size, 1)).astype(np.float32)
+    if patterns.columns is not None:
+        raw[:, :size] += patterns.columns[None, :]
     np.clip(raw, 0.0, camera.saturate, out=raw)
     return np.rint(raw).astype(np.uint16)
 
 
+def full_runs(electrons: np.ndarray, full_well: float) -> np.ndarray:
+    """Column runs of pixels at or above ``full_well``: int array (n, 3) of x, first y, last y."""
+    mask = electrons >= np.float32(full_well)
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return np.zeros((0, 3), dtype=np.int32)
+    step = np.diff(np.pad(mask[:, cols].T.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    col, first = np.nonzero(step == 1)
+    _, end = np.nonzero(step == -1)
+    return np.column_stack([cols[col], first, end - 1]).astype(np.int32)
+
+
 def expose(photons: np.ndarray, exptime: float, camera: Camera, patterns: Patterns,
-           rng: np.random.Generator, cosmics: bool = True) -> tuple[np.ndarray, int]:
+           rng: np.random.Generator, cosmics: bool = True,
+           realism: Realism = SIMPLE) -> tuple[np.ndarray, int, np.ndarray]:
     """Raw frame from the expected photo-electrons ``photons`` (before the flat response).
 
     ``photons`` (float32, trimmed shape) is modified in place.  Returns the raw
-    uint16 frame and the number of cosmic-ray hits.
+    uint16 frame, the number of cosmic-ray hits and the column runs at full
+    well after bleeding ((n, 3) int: x, first y, last y; empty without
+    ``realism.full_well``).
     """
     photons *= patterns.flat
     photons += patterns.dark * np.float32(exptime)
     add_shot_and_read_noise(photons, camera.rdnoise, rng)
     hits = cosmic_rays(photons, rng, exptime, camera.cosmic_per_mpx) if cosmics else 0
-    return readout(photons, camera, patterns, rng), hits
+    runs = np.zeros((0, 3), dtype=np.int32)
+    if realism.full_well > 0:
+        bleed_columns(photons, realism.full_well)
+        runs = full_runs(photons, realism.full_well)
+    return readout(photons, camera, patterns, rng, realism), hits, runs

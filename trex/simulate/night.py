@@ -7,49 +7,27 @@ so the output does not depend on the order frames are made in.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits as afits
 from astropy.time import Time
 
-from trex._render import add_stars
 from trex.fits import write_image
-from trex.simulate.detector import Camera, Patterns, expose, make_patterns
-from trex.simulate.optics import Optics, offset_pointing, psf_shape, wcs_header, world_to_pixel
+from trex.photometry import apertures
+from trex.project import Project
+from trex.simulate.detector import expose
+from trex.simulate.exposure import object_frame, sky_terms
+from trex.simulate.field import CALIB, FLARES, FLAT_LIGHT, Field, make_field
 from trex.simulate.plan import NightPlan, local_midnight, make_plan
-from trex.simulate.stars import make_catalog, make_flares, positions_at, variability
-from trex.simulate.truth import expected_noise, save_night
+from trex.simulate.stars import make_flares, variability
+from trex.simulate.truth import ANNULUS, RADII, save_night
 from trex.times import bjd_tdb, site
 
+__all__ = ["Field", "make_field", "simulate_night", "object_frame", "sky_terms",
+           "calibration_frames", "add_flares"]
+
 log = logging.getLogger(__name__)
-
-#: numbers of the random streams (so no two purposes share one)
-CATALOG, CAMERA, OBJECT, CALIB, FLARES = 1, 2, 4, 5, 6
-
-
-@dataclass
-class Field:
-    """What stays fixed over all nights: camera, optics, patterns, catalog, variables."""
-
-    params: dict
-    camera: Camera
-    optics: Optics
-    patterns: Patterns
-    catalog: dict
-
-
-def make_field(params: dict) -> Field:
-    """Rebuild the fixed parts of a simulation from its parameters (deterministic)."""
-    seed = params["seed"]
-    camera = Camera(**params["camera"])
-    optics = Optics(**params["optics"])
-    radius = np.sqrt(0.5) * optics.size * optics.pixscale / 3600.0 * 1.06
-    catalog = make_catalog(np.random.default_rng([seed, CATALOG]), params["stars"],
-                           params["ra"], params["dec"], radius, tuple(params["mag_range"]))
-    patterns = make_patterns(camera, optics.size, np.random.default_rng([seed, CAMERA]))
-    return Field(params=params, camera=camera, optics=optics, patterns=patterns, catalog=catalog)
 
 
 def _header(field: Field, kind: str, start_jd: float, exptime: float,
@@ -87,53 +65,6 @@ def _write(field: Field, folder: Path, frameno: int, raw: np.ndarray, header) ->
     return name
 
 
-def sky_terms(gradient: np.ndarray, ax, ay) -> tuple:
-    """Relative sky = x term + y term (1 at the centre) at normalised ax, ay in [-1, 1]."""
-    return 1.0 + gradient[0] * ax + 0.02 * ax * ax, gradient[1] * ay + 0.02 * ay * ay
-
-
-def _stars_in_frame(field: Field, plan: NightPlan, i: int, factor: np.ndarray) -> dict:
-    """True positions, shapes and fluxes (e-, ADU) of every catalog star on frame ``i``."""
-    p, optics, rotation = field.params, field.optics, plan.rotation[i]
-    ra, dec = positions_at(field.catalog, 2000.0 + (plan.mid[i] - 2451545.0) / 365.25)
-    crval = offset_pointing(p["ra"], p["dec"], plan.dx[i], plan.dy[i], optics.pixscale, rotation)
-    x, y = world_to_pixel(optics, ra, dec, crval, rotation)
-    s, d, k = psf_shape(optics, x, y, plan.focus[i])
-    atmosphere = 10.0 ** (-0.4 * p["extinction"] * plan.airmass[i]) * plan.transparency[i]
-    flux_adu = (p["exptime"] * 10.0 ** (-0.4 * (field.catalog["mag"] - p["zeropoint"]))
-                * atmosphere * factor)
-    return {"x": x, "y": y, "s": s, "d": d, "k": k, "flux_adu": flux_adu,
-            "flux_e": flux_adu * field.camera.gain, "wcs": wcs_header(optics, crval, rotation)}
-
-
-def object_frame(field: Field, plan: NightPlan, index: int, i: int,
-                 factor: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Raw frame ``i`` of night ``index`` and its truth (``factor``: variability, (nstars,))."""
-    p, camera, size = field.params, field.camera, field.optics.size
-    stars = _stars_in_frame(field, plan, i, factor)
-    axis = (np.arange(size) - (size - 1) / 2.0) / (size / 2.0)
-    tx, ty = sky_terms(plan.gradient[i], axis, axis)
-    level = plan.sky[i] * camera.gain
-    photons = np.add.outer((level * ty).astype(np.float32), (level * tx).astype(np.float32))
-    add_stars(photons, stars["x"], stars["y"], stars["flux_e"], stars["s"], stars["d"], stars["k"])
-    rng = np.random.default_rng([p["seed"], OBJECT, index, i])
-    raw, hits = expose(photons, p["exptime"], camera, field.patterns, rng)
-    xi = np.clip(np.rint(stars["x"]).astype(int), 0, size - 1)
-    yi = np.clip(np.rint(stars["y"]).astype(int), 0, size - 1)
-    centre = (size - 1) / 2.0
-    tx, ty = sky_terms(plan.gradient[i], (stars["x"] - centre) / (size / 2.0),
-                       (stars["y"] - centre) / (size / 2.0))
-    sky = plan.sky[i] * (tx + ty)
-    stars["noise"] = expected_noise(stars["flux_adu"], stars["s"], stars["d"], stars["k"], sky,
-                                    camera.gain, camera.rdnoise, field.patterns.flat[yi, xi],
-                                    field.patterns.dark[yi, xi] * p["exptime"])
-    inside = (stars["x"] > -0.5) & (stars["x"] < size - 0.5) & (stars["y"] > -0.5) & (
-        stars["y"] < size - 0.5)
-    stars["saturated"] = inside & (raw[yi, xi] >= camera.saturate)
-    stars["cosmics"] = hits
-    return raw, stars
-
-
 def _variability(field: Field, plan: NightPlan) -> np.ndarray:
     """Flux factors, shape (nframes, nstars), of all variables and flares on this night."""
     p = field.params
@@ -161,6 +92,20 @@ def add_flares(field: Field, plan: NightPlan, index: int) -> None:
     p["flares"] += [dict(f, night=index) for f in flares]
 
 
+def flat_light(field: Field, index: int) -> np.ndarray:
+    """Illumination slope (gx, gy) of night ``index``'s twilight flats over the half frame.
+
+    The flats see ``1 + gx ax + gy ay`` (ax, ay in [-1, 1] from the frame
+    centre) times the detector response; the night sky does not share it.
+    Zero on the simple model.
+    """
+    amount = field.realism.flat_gradient
+    if amount <= 0:
+        return np.zeros(2)
+    angle = np.random.default_rng([field.params["seed"], FLAT_LIGHT, index]).normal(0.0, 0.35)
+    return amount * np.array([np.cos(angle), np.sin(angle)])
+
+
 def calibration_frames(field: Field, index: int, folder: Path, frameno: int) -> list[str]:
     """Write ``ncal`` flats (dusk), biases and darks (dawn) of night ``index``; return names."""
     p, camera, size = field.params, field.camera, field.optics.size
@@ -168,12 +113,19 @@ def calibration_frames(field: Field, index: int, folder: Path, frameno: int) -> 
     names = []
     when = (("flat", 5.0, midnight - 4.5 / 24), ("bias", 0.0, midnight + 4.0 / 24),
             ("dark", p["exptime"], midnight + 4.2 / 24))
+    slope = flat_light(field, index)
+    axis = (np.arange(size) - (size - 1) / 2.0) / (size / 2.0)
     for kind, exptime, t0 in when:
         for j in range(p["ncal"]):
             rng = np.random.default_rng([p["seed"], CALIB, index, frameno])
             level = 25000.0 * camera.gain * 0.8**j if kind == "flat" else 0.0
-            photons = np.full((size, size), level, dtype=np.float32)
-            raw, _ = expose(photons, exptime, camera, field.patterns, rng, cosmics=kind != "bias")
+            if kind == "flat" and slope.any():
+                photons = np.add.outer((level * slope[1] * axis).astype(np.float32),
+                                       (level * (1.0 + slope[0] * axis)).astype(np.float32))
+            else:
+                photons = np.full((size, size), level, dtype=np.float32)
+            raw, _, _ = expose(photons, exptime, camera, field.patterns, rng,
+                               cosmics=kind != "bias", realism=field.realism)
             start = t0 + j * (exptime + 20.0) / 86400.0
             names.append(_write(field, folder, frameno, raw,
                                 _header(field, kind, start, exptime, frameno)))
@@ -181,40 +133,76 @@ def calibration_frames(field: Field, index: int, folder: Path, frameno: int) -> 
     return names
 
 
+#: truth arrays per frame and star, with their stored dtypes
+PER_STAR = {"x": np.float64, "y": np.float64, "flux_e": np.float32, "flux_adu": np.float32,
+            "s": np.float32, "d": np.float32, "k": np.float32, "noise": np.float32,
+            "saturated": bool, "sky_local": np.float32, "extinction": np.float32,
+            "clouds": np.float32, "airmass_star": np.float32, "scintillation": np.float32,
+            "scint_sigma": np.float32}
+
+
+def _events(rows: list[np.ndarray], width: int) -> np.ndarray:
+    """Per-frame event arrays stacked with the frame index as the first column."""
+    out = [np.column_stack([np.full(len(r), i), r]) for i, r in enumerate(rows) if len(r)]
+    return np.concatenate(out) if out else np.zeros((0, width + 1))
+
+
+def configured_apertures(root: Path) -> tuple[tuple, list]:
+    """Radii (px) and sky annuli of ``[photometry] apertures`` in the project's ``trex.toml``.
+
+    ``RADII`` and ``ANNULUS`` (trex's defaults) when the project has no ``trex.toml``.
+    """
+    project = Project(root)
+    if not project.config_path.is_file():
+        return RADII, [ANNULUS] * len(RADII)
+    radii, annuli = apertures(project.load_config())
+    return tuple(float(r) for r in radii), [tuple(a) for a in annuli]
+
+
 def simulate_night(root: Path, field: Field, index: int) -> dict:
     """Write night ``index`` (frames and truth); return {night, objects, calibrations}."""
-    p = field.params
-    plan = make_plan(p, index)
+    p, realism = field.params, field.realism
+    radii, annuli = configured_apertures(Path(root))
+    plan = make_plan(p, index, realism)
     add_flares(field, plan, index)
     folder = Path(root) / "RAW" / plan.night
     frameno = p["next_frameno"]
     factor = _variability(field, plan)
-    keys = {"x": np.float64, "y": np.float64, "flux_e": np.float32, "flux_adu": np.float32,
-            "s": np.float32, "d": np.float32, "k": np.float32, "noise": np.float32,
-            "saturated": bool}
-    rows = {key: [] for key in keys}
-    names, wcs, cosmics = [], [], []
+    rows = {key: [] for key in PER_STAR}
+    names, wcs, cosmics, crval, trails, bleed = [], [], [], [], [], []
     for i in range(plan.start.size):
-        raw, stars = object_frame(field, plan, index, i, factor[i])
+        raw, stars = object_frame(field, plan, index, i, factor[i], radii, annuli)
+        stars["airmass_star"] = stars["airmass"]
         names.append(_write(field, folder, frameno, raw,
                             _header(field, "object", plan.start[i], p["exptime"], frameno)))
         frameno += 1
-        for key, dtype in keys.items():
+        for key, dtype in PER_STAR.items():
             rows[key].append(stars[key].astype(dtype))
         wcs.append(stars["wcs"].tostring(sep="\n"))
         cosmics.append(stars["cosmics"])
+        crval.append(stars["crval"])
+        trails.append(stars["trails"])
+        bleed.append(stars["bleed"])
         log.debug("%s: frame %d/%d", plan.night, i + 1, plan.start.size)
     calibrations = calibration_frames(field, index, folder, frameno)
     p["next_frameno"] = frameno + len(calibrations)
-    cat = field.catalog
+    cat, faint = field.catalog, field.faint
+    n = plan.start.size
     save_night(root, plan.night, dict(
-        {key: np.stack(rows[key]) for key in keys},
+        {key: np.stack(rows[key]) for key in PER_STAR},
         frame=np.array(names), jd=plan.mid, wcs=np.array(wcs),
         airmass=plan.airmass, sky=plan.sky, gradient=plan.gradient,
         transparency=plan.transparency, focus=plan.focus, dx=plan.dx, dy=plan.dy,
         rotation=plan.rotation, moon_alt=plan.moon_alt, moon_illum=plan.moon_illum,
         cosmics=np.array(cosmics), variability=factor.astype(np.float32),
         objectid=cat["objectid"], ra=cat["ra"], dec=cat["dec"], mag=cat["mag"],
-        catmag=cat["catmag"], calibrations=np.array(calibrations),
-        hot_pixels=field.patterns.hot))
+        catmag=cat["catmag"], color=cat["color"], calibrations=np.array(calibrations),
+        hot_pixels=field.patterns.hot, crval=np.array(crval),
+        header_radec=np.tile([p["ra"], p["dec"]], (n, 1)),
+        pointing_error=(np.zeros(2) if plan.pointing_error is None else plan.pointing_error),
+        psf_beta=np.float64(realism.psf_beta), trails=_events(trails, 6),
+        bleed=_events(bleed, 3).astype(np.int32), flat_illumination=flat_light(field, index),
+        faint_ra=faint["ra"], faint_dec=faint["dec"], faint_mag=faint["mag"],
+        faint_color=faint["color"], noise_radii=np.array(radii),
+        noise_annuli=np.array(annuli)))
     return {"night": plan.night, "objects": len(names), "calibrations": len(calibrations)}

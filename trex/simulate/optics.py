@@ -9,7 +9,11 @@ fixed on the detector as it does in a real lens.
 
 Distortion is a barrel term plus a weak quadratic tilt, in SIP form:
 ``u' = u + A(u, v)``, ``v' = v + B(u, v)`` with u, v the FITS pixel offsets
-from CRPIX and ``A = k u (u² + v²) + a20 u² + a02 v²`` (likewise B).
+from CRPIX and ``A = k u (u² + v²) + a20 u² + a02 v²`` (likewise B).  The
+realistic model adds a radial order-5 term ``k5 u (u² + v²)²`` (likewise v)
+and an order-4 term ``q4 (u² + v²)²`` in A, ``-q4/2 u v (u² + v²)`` in B,
+which a SIP fit of order 3 cannot follow; the true WCS header then has
+``A_ORDER = 5``.
 
 PSF shape follows the fistar convention used by ``trex._render``:
 ``exp(-0.5 (S (dx²+dy²) + D (dx²-dy²) + 2 K dx dy))``.
@@ -32,6 +36,8 @@ class Optics:
     size : trimmed frame side, px.  pixscale : arcsec/px at the optical axis.
     barrel : barrel distortion, px of displacement at 1024 px from the axis.
     tilt : quadratic (tilt) distortion, px at 1024 px from the axis.
+    radial5 : order-5 radial distortion, px at 1024 px from the axis (0: none).
+    quartic : order-4 distortion, px at 1024 px from the axis (0: none).
     fwhm : PSF FWHM at the optical axis at best focus, px.
     fwhm_corner : relative FWHM growth from the axis to r = size/√2.
     ellipticity : radial (coma-like) ellipticity 1 - b/a reached at r = size/√2.
@@ -47,6 +53,8 @@ class Optics:
     ellipticity: float = 0.25
     astigmatism: float = 0.06
     astig_angle: float = 30.0
+    radial5: float = 0.0
+    quartic: float = 0.0
 
     @property
     def crpix(self) -> float:
@@ -57,8 +65,22 @@ class Optics:
         """SIP coefficients {name: value} (A_p_q, B_p_q) of the distortion."""
         k = self.barrel / 1024.0**3
         q = self.tilt / 1024.0**2
-        return {"A_3_0": k, "A_1_2": k, "B_2_1": k, "B_0_3": k,
-                "A_2_0": q, "A_0_2": 0.5 * q, "B_1_1": q, "B_0_2": -0.5 * q}
+        out = {"A_3_0": k, "A_1_2": k, "B_2_1": k, "B_0_3": k,
+               "A_2_0": q, "A_0_2": 0.5 * q, "B_1_1": q, "B_0_2": -0.5 * q}
+        if self.radial5:
+            k5 = self.radial5 / 1024.0**5
+            out.update({"A_5_0": k5, "A_3_2": 2 * k5, "A_1_4": k5,
+                        "B_4_1": k5, "B_2_3": 2 * k5, "B_0_5": k5})
+        if self.quartic:
+            q4 = self.quartic / 1024.0**4
+            out.update({"A_4_0": q4, "A_2_2": 2 * q4, "A_0_4": q4,
+                        "B_3_1": -0.5 * q4, "B_1_3": -0.5 * q4})
+        return out
+
+    @property
+    def sip_order(self) -> int:
+        """Polynomial order of the distortion (3 on the simple model, 5 with radial5)."""
+        return max(int(p) + int(q) for p, q in (name.split("_")[1:] for name in self.sip()))
 
 
 def _sip_apply(coeffs: dict[str, float], u: np.ndarray,
@@ -66,9 +88,12 @@ def _sip_apply(coeffs: dict[str, float], u: np.ndarray,
     """SIP displacements (A(u, v), B(u, v)), px."""
     du = np.zeros_like(u)
     dv = np.zeros_like(v)
-    for name, value in coeffs.items():
-        axis, p, q = name.split("_")
-        term = value * u ** int(p) * v ** int(q)
+    terms = [name.split("_") for name in coeffs]
+    order = max(max(int(p), int(q)) for _, p, q in terms)
+    upow = [u ** n for n in range(order + 1)]        # the same values as u ** p per term
+    vpow = [v ** n for n in range(order + 1)]
+    for (axis, p, q), value in zip(terms, coeffs.values()):
+        term = value * upow[int(p)] * vpow[int(q)]
         if axis == "A":
             du += term
         else:
@@ -152,8 +177,8 @@ def wcs_header(optics: Optics, crval: tuple[float, float], rotation: float) -> a
     for i in range(2):
         for j in range(2):
             header[f"CD{i + 1}_{j + 1}"] = float(cd[i, j])
-    header["A_ORDER"] = 3
-    header["B_ORDER"] = 3
+    header["A_ORDER"] = optics.sip_order
+    header["B_ORDER"] = optics.sip_order
     for name, value in optics.sip().items():
         header[name] = value
     return header

@@ -9,7 +9,7 @@ midnight, so it transits mid-night.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -17,6 +17,8 @@ from astropy import units as u
 from astropy.coordinates import get_body
 from astropy.time import Time
 
+from trex.simulate.atmosphere import CloudScreen, make_screen
+from trex.simulate.realism import SIMPLE, Realism
 from trex.times import site
 
 NIGHT_HOURS = 6.0         # usable dark time spanned by the frames at most, h
@@ -73,6 +75,11 @@ class NightPlan:
     rotation: np.ndarray      # field rotation, deg
     moon_alt: np.ndarray      # deg
     moon_illum: np.ndarray    # illuminated fraction
+    lst: np.ndarray | None = None          # local sidereal time at mid-exposure, deg
+    # realistic model only (None on the simple one)
+    pointing_error: np.ndarray | None = None   # (2,) px: night's offset of the true axis
+    clouds: CloudScreen | None = None          # drifting thin-cloud screen
+    cloud_mag: np.ndarray | None = None        # mean cloud extinction per frame, mag
 
 
 def _moon(jd: np.ndarray, location, latitude: float) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +101,12 @@ def _clouds(rng: np.random.Generator, tau: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_plan(params: dict, index: int) -> NightPlan:
-    """Conditions of the object frames of night ``index`` of the simulation ``params``."""
+def make_plan(params: dict, index: int, realism: Realism = SIMPLE) -> NightPlan:
+    """Conditions of the object frames of night ``index`` of the simulation ``params``.
+
+    The simple model's draws come first and are the same for every ``realism``;
+    the realistic extras draw from their own stream (see :func:`add_realism`).
+    """
     rng = np.random.default_rng([params["seed"], 3, index])
     sitep = params["site"]
     night = night_name(params["first_night"], index)
@@ -122,6 +133,31 @@ def make_plan(params: dict, index: int) -> NightPlan:
     dx = offset[0] + drift[0] * tau + rng.normal(0.0, 0.6, n)
     dy = offset[1] + drift[1] * tau + rng.normal(0.0, 0.6, n)
     rotation = rng.normal(0.0, 0.02) + 0.01 * tau + rng.normal(0.0, 0.003, n)
-    return NightPlan(night=night, start=start, mid=mid, airmass=airmass, sky=sky, gradient=gradient,
-                     transparency=_clouds(rng, tau), focus=focus, dx=dx, dy=dy,
-                     rotation=rotation, moon_alt=moon_alt, moon_illum=moon_illum)
+    plan = NightPlan(night=night, start=start, mid=mid, airmass=airmass, sky=sky,
+                     gradient=gradient, transparency=_clouds(rng, tau), focus=focus, dx=dx,
+                     dy=dy, rotation=rotation, moon_alt=moon_alt, moon_illum=moon_illum,
+                     lst=np.asarray(lst, float))
+    return plan if realism.is_simple else add_realism(plan, params, realism, index)
+
+
+def add_realism(plan: NightPlan, params: dict, realism: Realism, index: int) -> NightPlan:
+    """The plan with the realistic model's pointing error, rotation and cloud screen.
+
+    The true axis is off the header's RA/DEC by ``realism.pointing_error``
+    (deg, uniform in the range, random direction) for the whole night, plus the
+    simple model's few-px jitter; the rotation gains a night offset and a
+    per-frame jitter (deg rms); the mean cloud extinction per frame is
+    ``realism.cirrus`` plus the simple model's cloud passages.
+    """
+    rng = np.random.default_rng([params["seed"], 8, index])
+    n = plan.start.size
+    lo, hi = realism.pointing_error
+    radius = rng.uniform(lo, hi) * 3600.0 / params["optics"]["pixscale"]
+    angle = rng.uniform(0.0, 2 * np.pi)
+    error = radius * np.array([np.cos(angle), np.sin(angle)])
+    rotation = (plan.rotation + realism.rotation_error * rng.standard_normal()
+                + realism.rotation_jitter * rng.standard_normal(n))
+    screen = make_screen(rng, realism.cloud_scale, realism.cloud_speed)
+    cloud_mag = realism.cirrus - 2.5 * np.log10(plan.transparency)
+    return replace(plan, dx=plan.dx + error[0], dy=plan.dy + error[1], rotation=rotation,
+                   pointing_error=error, clouds=screen, cloud_mag=cloud_mag)

@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 from trex._render import add_stars
 from trex.simulate.detector import ZEROPOINT, add_shot_and_read_noise
 from trex.simulate.optics import Optics, offset_pointing, psf_shape, wcs_header, world_to_pixel
+from trex.simulate.psf import draw_stars
 from trex.simulate.stars import make_catalog
 from trex.simulate.truth import expected_noise
 
@@ -37,6 +38,7 @@ class Scene:
     rdnoise: float          # e-
     zeropoint: float        # mag of 1 ADU/s
     exptime: float          # s
+    psf_beta: float = 0.0   # Moffat beta of the PSF; 0 = elliptical Gaussian
 
 
 def make_scene(size: int = 256, nstars: int = 200, seed: int = 0, fwhm: float = 2.0,
@@ -44,13 +46,15 @@ def make_scene(size: int = 256, nstars: int = 200, seed: int = 0, fwhm: float = 
                rdnoise: float = 10.0, mag_range: tuple[float, float] = (8.0, 14.0),
                zeropoint: float = ZEROPOINT, exptime: float = 30.0, pixscale: float = 20.0,
                center: tuple[float, float] = (60.0, -30.0), border: float = 0.0,
-               min_separation: float = 0.0, distortion: bool = True) -> Scene:
+               min_separation: float = 0.0, distortion: bool = True,
+               psf_beta: float = 0.0) -> Scene:
     """A random star field of ``nstars`` stars on a ``size``² frame.
 
     Stars lie at least ``border`` px inside the frame.  With ``min_separation``
     (px) stars having a neighbour closer than that are dropped, so fewer than
     ``nstars`` may remain.  ``ellipticity`` is the radial PSF elongation at the
     frame corners (0: round PSF everywhere, also without astigmatism).
+    ``psf_beta`` > 1 draws Moffat stars of the same FWHM instead of Gaussians.
     """
     rng = np.random.default_rng([seed, 101])
     optics = Optics(size=size, pixscale=pixscale, fwhm=fwhm, ellipticity=ellipticity,
@@ -73,7 +77,8 @@ def make_scene(size: int = 256, nstars: int = 200, seed: int = 0, fwhm: float = 
     mag = cat["mag"][keep]
     return Scene(optics=optics, crval=center, ra=cat["ra"][keep], dec=cat["dec"][keep],
                  mag=mag, flux=exptime * 10.0 ** (-0.4 * (mag - zeropoint)), sky=float(sky),
-                 gain=gain, rdnoise=rdnoise, zeropoint=zeropoint, exptime=exptime)
+                 gain=gain, rdnoise=rdnoise, zeropoint=zeropoint, exptime=exptime,
+                 psf_beta=float(psf_beta))
 
 
 def render_frame(scene: Scene, noise: bool = True, seed: int | None = None,
@@ -92,7 +97,11 @@ def render_frame(scene: Scene, noise: bool = True, seed: int | None = None,
     x, y = world_to_pixel(optics, scene.ra, scene.dec, crval, 0.0)
     s, d, k = psf_shape(optics, x, y, focus)
     image = np.full((optics.size, optics.size), scene.sky, dtype=np.float32)
-    add_stars(image, x, y, scene.flux, s, d, k, order)
+    if scene.psf_beta:
+        draw_stars(image, x, y, scene.flux, s, d, k, beta=scene.psf_beta,
+                   min_level=0.1 / scene.gain)              # wings down to 0.1 e-/px
+    else:
+        add_stars(image, x, y, scene.flux, s, d, k, order)
     if noise:
         image *= np.float32(scene.gain)
         add_shot_and_read_noise(image, scene.rdnoise, np.random.default_rng(seed))
@@ -100,6 +109,7 @@ def render_frame(scene: Scene, noise: bool = True, seed: int | None = None,
     truth = {"x": x, "y": y, "flux": scene.flux.copy(), "mag": scene.mag, "ra": scene.ra,
              "dec": scene.dec, "s": s, "d": d, "k": k, "sky": scene.sky, "gain": scene.gain,
              "rdnoise": scene.rdnoise,
-             "fluxerr": expected_noise(scene.flux, s, d, k, scene.sky, scene.gain, scene.rdnoise),
+             "fluxerr": expected_noise(scene.flux, s, d, k, scene.sky, scene.gain, scene.rdnoise,
+                                       beta=scene.psf_beta),
              "wcs": wcs_header(optics, crval, 0.0)}
     return image, truth

@@ -54,6 +54,31 @@ def make_catalog(rng: np.random.Generator, nstars: int, ra0: float, dec0: float,
     }
 
 
+def faint_count(nstars: int, mag_range: tuple[float, float], depth: float) -> int:
+    """Stars in ``(limit, limit + depth]`` for ``nstars`` catalog stars in ``mag_range``.
+
+    From the luminosity function ``dN/dm ∝ 10^(0.3 m)``: 2 mag deeper than a
+    6-15 mag catalog gives ~3x as many stars again.
+    """
+    lo, hi = mag_range
+    ratio = (10 ** (0.3 * (hi + depth)) - 10 ** (0.3 * hi)) / (10 ** (0.3 * hi) - 10 ** (0.3 * lo))
+    return int(round(nstars * ratio))
+
+
+def make_faint(rng: np.random.Generator, nstars: int, ra0: float, dec0: float, radius: float,
+               mag_range: tuple[float, float], depth: float) -> dict:
+    """Stars fainter than the catalog limit (down to ``depth`` mag below it), never in the catalog.
+
+    Same columns as :func:`make_catalog` (objectid ``FAINT-…``), no proper motion.
+    """
+    count = faint_count(nstars, mag_range, depth)
+    faint = make_catalog(rng, count, ra0, dec0, radius, (mag_range[1], mag_range[1] + depth))
+    faint["objectid"] = np.array([f"FAINT-{i:07d}" for i in range(1, count + 1)])
+    faint["pmra"] = np.zeros(count)
+    faint["pmdec"] = np.zeros(count)
+    return faint
+
+
 def positions_at(catalog: dict, year: float) -> tuple[np.ndarray, np.ndarray]:
     """(ra, dec), deg, moved by proper motion from ``CATALOG_EPOCH`` to ``year``."""
     dt = year - CATALOG_EPOCH

@@ -8,7 +8,11 @@ are unchanged since it was recorded is not opened again; a changed file is
 re-read, and its calibration rows (``calibratedframes``, ``framestatus``) are
 dropped so that it is calibrated again.  A file that cannot be read, is
 truncated, or has an unknown IMAGETYP is recorded with ``isok`` false and the
-reason, with a WARNING; it never stops the scan.
+reason, with a WARNING; it never stops the scan.  So is an image smaller than
+:data:`MIN_SIZE` pixels on a side, a frame whose CCD or FILTER cannot name a
+file or an object frame without a usable project id or field name
+(:func:`name_problem`), and a second copy of an exposure
+already recorded (:mod:`trex.duplicates`).
 
 :func:`pending_object_frames` lists the object frames still to calibrate.
 """
@@ -23,13 +27,18 @@ from astropy.io import fits as afits
 
 from trex.config import Config
 from trex.db import Database
-from trex.fits import FrameError, _image_hdu, _open, _to_header
+from trex.duplicates import Exposures
+from trex.fits import FrameError, _image_hdu, _open, _read_header
 from trex.header import FrameMeta, parse_header
-from trex.project import Project
+from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
 
 PATTERNS = ("*.fits", "*.fits.fz", "*.fz")
+
+#: smallest usable raw image, px on each side (no survey frame is smaller; the
+#: background mesh, the asterisms and the photometry annuli need room)
+MIN_SIZE = 64
 
 COLUMNS = ("rawpath", "night", "imagetyp", "projid", "field", "ccd", "filter", "exptime",
            "dateobs", "jd", "ra", "decl", "gain", "rdnoise", "saturate", "naxis1", "naxis2",
@@ -61,21 +70,52 @@ def raw_files(project: Project) -> list[tuple[str, Path]]:
 
 
 def read_raw_header(path: Path) -> tuple[afits.Header, tuple[int, int]]:
-    """Header and (ny, nx) of a raw file; raises FrameError when it is unreadable
-    or shorter than its header declares (a truncated copy)."""
+    """Header and (ny, nx) of a raw file; raises FrameError when it is unreadable,
+    shorter than its header declares (a truncated copy), holds no 2-D image or
+    one smaller than :data:`MIN_SIZE`."""
     size = path.stat().st_size
     with _open(path) as fits:
-        index = _image_hdu(fits, path)
-        hdu = fits[index]
+        hdu = fits[_image_hdu(fits, path)]
         end = hdu.get_offsets()["data_end"]
         if end > size:
             raise FrameError(path, f"truncated: {size} bytes, the header declares {end}")
-        try:
-            header = _to_header(hdu.read_header())
-        except OSError as err:
-            raise FrameError(path, f"header unreadable: {str(err).strip()[:200]}") from None
-        ny, nx = hdu.get_dims()
-    return header, (int(ny), int(nx))
+        header = _read_header(hdu, path)
+        ny, nx = (int(n) for n in hdu.get_dims())
+    if min(ny, nx) < MIN_SIZE:
+        raise FrameError(path, f"image {nx}x{ny} px is smaller than the minimum "
+                               f"{MIN_SIZE}x{MIN_SIZE} px")
+    return header, (ny, nx)
+
+
+def _nameable(name: str) -> bool:
+    try:
+        safe_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def name_problem(meta: FrameMeta, config: Config) -> str | None:
+    """Why a frame cannot be processed from the names in its header (None: it can).
+
+    CCD and FILTER name master and reference files; an object frame also
+    needs a project id and a field name.  Each must be usable as a file name
+    (:func:`trex.project.safe_name`: not empty, ``.`` or ``..``)."""
+    keys = config.header
+    for key, value in ((keys.ccd, meta.ccd), (keys.filter, meta.filter)):
+        if value and not _nameable(value):
+            return f"{key} {value!r} cannot name a file"
+    if meta.imagetyp != "object":
+        return None
+    if not meta.projid:
+        return f"no {keys.projid} in the header and no project.projid configured"
+    if not _nameable(meta.projid):
+        return f"{keys.projid} {meta.projid!r} cannot name a folder"
+    if not meta.field:
+        return f"no {keys.object} or {keys.field} in the header and no project.field configured"
+    if not _nameable(meta.field):
+        return f"field name {meta.field!r} cannot name a catalog file"
+    return None
 
 
 def _record(project: Project, config: Config, night: str, path: Path) -> dict:
@@ -96,8 +136,9 @@ def _record(project: Project, config: Config, night: str, path: Path) -> dict:
                filter=meta.filter, exptime=meta.exptime, dateobs=meta.dateobs, jd=meta.jd,
                ra=meta.ra, decl=meta.dec, gain=meta.gain, rdnoise=meta.rdnoise,
                saturate=meta.saturate)
-    if meta.imagetyp == "object" and not meta.projid:
-        row.update(isok=False, reason="no PROJID in the header and no project.projid configured")
+    problem = name_problem(meta, config)
+    if problem is not None:
+        row.update(isok=False, reason=problem)
         log.warning("inventory: %s: %s (recorded, skipped)", row["rawpath"], row["reason"])
     return row
 
@@ -110,6 +151,7 @@ def scan(project: Project, config: Config, db: Database) -> list[str]:
     insert = (f"INSERT INTO frameinfo ({', '.join(COLUMNS)}) "
               f"VALUES ({', '.join('?' * len(COLUMNS))})")
     update = f"UPDATE frameinfo SET {', '.join(c + ' = ?' for c in COLUMNS)} WHERE framekey = ?"
+    exposures = Exposures.from_db(db)
     for night, path in raw_files(project):
         rel = str(path.relative_to(project.root))
         stat = path.stat()
@@ -117,6 +159,7 @@ def scan(project: Project, config: Config, db: Database) -> list[str]:
         if old is not None and old[1] == stat.st_size and old[2] == float(stat.st_mtime):
             continue
         row = _record(project, config, night, path)
+        exposures.check(row, project.root)
         values = [row[c] for c in COLUMNS]
         with db.transaction():
             if old is None:

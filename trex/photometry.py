@@ -36,7 +36,8 @@ The stage
 through the frame's WCS, keeps the stars inside the frame minus
 ``photometry.border``, measures them in the configured apertures with
 :func:`trex.photometry.aperture_photometry`, and attaches the PSF shape at
-each star (a smooth fit of the extracted sources' S, D, K over the frame),
+each star (a smooth fit of the extracted sources' S, D, K over the frame;
+NaN, with a warning, when too few sources are well measured for the fit),
 the sky, and the star's BJD_TDB.  The result is the frame's ``aphot``
 product (one row per star, light-curve column names); :func:`save` writes it
 and returns the ``ap_photometry`` rows (one per star and aperture).
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,12 +56,14 @@ from scipy.spatial import cKDTree
 from trex import _photometry
 from trex.catalog import propagate
 from trex.config import Config
-from trex.extract import shape_map
+from trex.extract import ShapeMapError, shape_map
 from trex.fits import FrameError
 from trex.flags import MASK, PHOT
 from trex.frame import Context, Frame
 from trex.products import save_product
 from trex.times import bjd_tdb, site
+
+log = logging.getLogger(__name__)
 
 SKY_METHODS = {"mean": 0, "median": 1, "mode": 2}
 _KERNEL_BITS = np.array(
@@ -292,6 +296,17 @@ def saturated_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float
     return counts > 0
 
 
+def _psf_shapes(frame: Frame, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """S, D, K of the PSF at the stars; NaN when the sources cannot map them."""
+    if frame.sources is not None and len(frame.sources) >= 10:
+        try:
+            return shape_map(frame.sources)(x, y)
+        except ShapeMapError as err:
+            log.warning("%s: PSF shape unknown (fsv, fdv, fkv NaN): %s", frame.rawpath.name, err)
+    nan = np.full(len(x), np.nan)
+    return nan, nan, nan
+
+
 def run(frame: Frame, context: Context) -> Frame:
     """Forced aperture photometry of the field catalog on one frame (see module doc)."""
     config, meta = context.config, frame.meta
@@ -323,10 +338,7 @@ def run(frame: Frame, context: Context) -> Frame:
         table[f"aiq_{i:03d}"][saturated] |= PHOT["SATURATED"].bit
         table[f"arm_{i:03d}"] = np.nan
     table["star"], table["xcc"], table["ycc"] = star, x, y
-    if frame.sources is not None and len(frame.sources) >= 10:
-        table["fsv"], table["fdv"], table["fkv"] = shape_map(frame.sources)(x, y)
-    else:
-        table["fsv"] = table["fdv"] = table["fkv"] = np.nan
+    table["fsv"], table["fdv"], table["fkv"] = _psf_shapes(frame, x, y)
     table["rjd"] = meta.jd - 2400000.0
     table["bjd"] = bjd_tdb(meta.jd, ra, dec, site(meta.latitude, meta.longitude,
                                                    meta.altitude))[0]

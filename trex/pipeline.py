@@ -45,7 +45,7 @@ from trex.db import Database, connect
 from trex.frame import Context, Frame
 from trex.log import setup_logging
 from trex.products import save_product
-from trex.project import Project
+from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ def choose_astrometric_references(project: Project, db: Database, rebuild: bool)
             continue
         best = astrometry.choose_reference(quality)
         source = project.root / quality["redpath"][list(quality["framekey"]).index(best)]
-        target = project.reference_frames / f"astromref-{projid}-{field}-{ccd or 'ccd'}.fits"
+        target = project.reference_frames / (f"astromref-{safe_name(projid)}-{safe_name(field)}-"
+                                             f"{safe_name(ccd or 'ccd')}.fits")
         shutil.copyfile(source, target)
         with db.transaction():
             db.execute("UPDATE astromrefs SET isactive = ? WHERE projid = ? AND field = ? "

@@ -132,7 +132,7 @@ def _not_fits(src: _Source) -> None:
     src.target.write_bytes(b"P5\n512 512\n65535\n" + bytes(range(256)) * 200)
 
 
-@_kind("garbage-header", "bad", r"corrupt FITS header|header unreadable")
+@_kind("garbage-header", "bad", r"^corrupt FITS header: no END card")
 def _garbage_header(src: _Source) -> None:
     _write(src)
     raw = bytearray(src.target.read_bytes())

@@ -308,8 +308,9 @@ def test_fz_frames_and_a_saturated_frame(tmp_path, db_url):
     folder = tmp_path / "RAW" / "20261129"
     cam.write(folder / "copy.fits.fz", "object", TOBJ, None, data=night["objects"][0][1],
               compress=True, index=50)
-    cam.write(folder / "burnt.fits", "object", TOBJ, None, data=np.full((NY, NX), 65000, np.uint16),
-              index=51)
+    burnt = np.full((NY, NX), 65000, np.uint16)
+    burnt[:, :20] = 1000  # a strip below saturation: the frame fails by its masked fraction
+    cam.write(folder / "burnt.fits", "object", TOBJ, None, data=burnt, index=51)
     project, db = open_project(tmp_path, db_url)
     counts = calibrate_project(project, Config(), db)
     assert counts == {"scanned": 12, "calibrated": 2, "failed": 1}

@@ -31,7 +31,7 @@ from scipy.stats import rankdata
 
 from trex import asterism
 from trex.catalog import propagate
-from trex.errors import FrameError, PhaseError
+from trex.errors import FrameError, PhaseError, one_line
 from trex.fits import copy_file
 from trex.frame import Context, Frame
 from trex.header import FrameMeta
@@ -56,6 +56,10 @@ _FIRST_RADIUS = 8.0
 
 #: centroid error of the brightest sources, px (systematics: PSF, pixel phase).
 _CENTROID_FLOOR = 0.005
+
+
+#: pixel scales a header WCS may have, arcsec/px (outside: the WCS is broken)
+PLAUSIBLE_SCALE = (0.01, 1800.0)
 
 
 class AstrometryError(RuntimeError):
@@ -90,14 +94,12 @@ class _Problem:
 
 def initial_wcs(meta: FrameMeta, shape: tuple[int, int],
                 header: afits.Header | None = None) -> WCS | None:
-    """First guess: the header's celestial WCS if it has one, else a north-up,
-    east-left TAN WCS at the RA/DEC/PIXSCALE of ``meta`` centred on the frame;
-    None when neither is known.  ``shape`` is (ny, nx)."""
+    """First guess: the header's celestial WCS if it has a usable one, else a
+    north-up, east-left TAN WCS at the RA/DEC/PIXSCALE of ``meta`` centred on
+    the frame; None when neither is known.  ``shape`` is (ny, nx)."""
     if header is not None and str(header.get("CTYPE1", "")).startswith("RA"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header, naxis=2)
-        if wcs.has_celestial:
+        wcs = _header_wcs(header, shape)
+        if wcs is not None:
             return wcs
     if meta.ra is None or meta.dec is None or not meta.pixscale:
         return None
@@ -107,6 +109,33 @@ def initial_wcs(meta: FrameMeta, shape: tuple[int, int],
     wcs.wcs.crpix = [(shape[1] + 1) / 2.0, (shape[0] + 1) / 2.0]
     scale = meta.pixscale / 3600.0
     wcs.wcs.cd = [[-scale, 0.0], [0.0, scale]]
+    return wcs
+
+
+def _header_wcs(header: afits.Header, shape: tuple[int, int]) -> WCS | None:
+    """The header's celestial WCS, or None (with a warning) when it is broken: it
+    does not parse (wcslib's errors are ValueErrors), gives no finite centre,
+    its pixels are far from square (singular values of the CD matrix more than
+    a factor 1.5 apart; a singular matrix) or have a side outside
+    :data:`PLAUSIBLE_SCALE` (an all-zero CD matrix reads as 1 deg/px)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+            if not wcs.has_celestial:
+                return None
+            ra0, dec0, _ = _pointing(shape, wcs, None, None, None)
+            sides = np.linalg.svd(wcs.celestial.pixel_scale_matrix, compute_uv=False) * 3600
+        except (ValueError, np.linalg.LinAlgError) as err:
+            log.warning("header WCS unusable, RA/DEC/PIXSCALE used instead: %s",
+                        one_line(str(err), 120))
+            return None
+    low, high = PLAUSIBLE_SCALE
+    if not (np.isfinite(ra0) and np.isfinite(dec0) and np.all(np.isfinite(sides))
+            and low <= sides.min() and sides.max() <= high and sides.max() < 1.5 * sides.min()):
+        log.warning("header WCS unusable (centre %s %s, pixel sides %s arcsec), RA/DEC/PIXSCALE "
+                    "used instead", ra0, dec0, np.round(sides, 4).tolist())
+        return None
     return wcs
 
 
@@ -149,8 +178,13 @@ def _problem(sources, cat_ra, cat_dec, cat_mag, shape, ra0, dec0, scale,
 
 def _nearest_pairs(src_xy: np.ndarray, tree: cKDTree,
                    radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Source and catalog indices of nearest neighbours within ``radius``, one source per star."""
-    dist, idx = tree.query(src_xy, distance_upper_bound=radius)
+    """Source and catalog indices of nearest neighbours within ``radius``, one source per star
+    (sources a wild guess projects to non-finite positions have none)."""
+    finite = np.flatnonzero(np.isfinite(src_xy).all(axis=1))
+    dist = np.full(len(src_xy), np.inf)
+    idx = np.zeros(len(src_xy), dtype=np.intp)
+    if len(finite):
+        dist[finite], idx[finite] = tree.query(src_xy[finite], distance_upper_bound=radius)
     si = np.flatnonzero(np.isfinite(dist))
     ci, d = idx[si], dist[si]
     order = np.lexsort((d, ci))
@@ -300,12 +334,21 @@ def solve(sources: np.ndarray, catalog_ra: np.ndarray, catalog_dec: np.ndarray,
     ra0, dec0, scale = _pointing(shape, guess_wcs, ra, dec, pixscale)
     p = _problem(sources, catalog_ra, catalog_dec, catalog_mag, shape, ra0, dec0, scale,
                  search_radius)
-    if len(p.x) < 3 or len(p.ra) < 3:
-        raise AstrometryError(f"too few stars to match: {len(p.x)} sources, "
-                              f"{len(p.ra)} catalog stars")
-    si, ci = _first_pairs(p, guess_wcs, nbright, _FIRST_RADIUS, scale_tolerance,
-                          min_support=max(8, nbright // 6))
-    model, si, ci = _refine(p, si, ci, sip_order, match_radius)
+    guess = (f"(guess: scale {scale * 3600:.2f} arcsec/px +-{scale_tolerance:.0%}, pointing "
+             f"RA {ra0:.3f} DEC {dec0:.3f} +-{search_radius:g} deg)")
+    if len(p.ra) < 3:
+        rmax = 0.5 * np.hypot(*shape) * scale + search_radius
+        found = f"only {len(p.ra)} catalog stars" if len(p.ra) else "no catalog star"
+        raise AstrometryError(f"{found} within {rmax:.2f} deg of the pointing RA {ra0:.3f} "
+                              f"DEC {dec0:.3f}")
+    if len(p.x) < 3:
+        raise AstrometryError(f"too few sources to match: {len(p.x)}")
+    try:
+        si, ci = _first_pairs(p, guess_wcs, nbright, _FIRST_RADIUS, scale_tolerance,
+                              min_support=max(8, nbright // 6))
+        model, si, ci = _refine(p, si, ci, sip_order, match_radius)
+    except AstrometryError as err:
+        raise AstrometryError(f"{err.reason} {guess}", err.quality) from None
     res = _to_px(model, p.plane[ci] - model.plane(p.x[si], p.y[si]))
     dist = np.hypot(*res.T)
     quality = {"wcs_nmatch": int(len(si)),
@@ -313,7 +356,7 @@ def solve(sources: np.ndarray, catalog_ra: np.ndarray, catalog_dec: np.ndarray,
                "wcs_p90": float(np.percentile(dist, 90)) if len(si) else float("nan"),
                "wcs_std": float(np.std(res)) if len(si) else float("nan")}
     if len(si) < min_matches:
-        raise AstrometryError(f"only {len(si)} matched stars (need {min_matches})", quality)
+        raise AstrometryError(f"only {len(si)} matched stars (need {min_matches}) {guess}", quality)
     if not quality["wcs_median"] <= max_median or not quality["wcs_p90"] <= max_p90:
         raise AstrometryError(f"residuals too large: median {quality['wcs_median']:.3f} px, "
                               f"90th percentile {quality['wcs_p90']:.3f} px "

@@ -6,7 +6,10 @@ on the trimmed frame (float32, ADU) in one pass of the Cython kernel
 SATURATED where raw >= SATURATE, BADPIX from the BADPIX maps of the master
 dark and flat, NOFLAT where the flat is below ``calibrate.min_flat`` (the pixel
 is left undivided), NONFINITE where the result is not finite.  A frame with
-more than ``calibrate.max_bad_fraction`` masked pixels fails.
+more than ``calibrate.max_bad_fraction`` masked pixels fails, and so does one
+whose image area (after trimming) holds no information (:func:`pixel_problem`:
+no finite pixel, every pixel saturated, or every pixel the same value -- a
+readout that failed); NaN rows or columns in a frame are only masked.
 
 Masters come from ``context.masters``, ``{(kind, night, ccd, filter): Path}``
 with kind in bias/dark/flat and filter ``""`` for bias and dark
@@ -87,12 +90,35 @@ def load_master(path: Path | None) -> tuple[np.ndarray | None, np.ndarray | None
         raise FrameError(path, "master frame vanished") from None
 
 
+def pixel_problem(view: np.ndarray, saturate: float) -> str | None:
+    """Why the trimmed raw pixels ``view`` hold no image (None when they may)."""
+    with np.errstate(invalid="ignore"):
+        low, high = float(np.min(view)), float(np.max(view))
+        if not (np.isfinite(low) and np.isfinite(high)):  # some NaN or inf: look closer
+            finite = view[np.isfinite(view)]
+            if not finite.size:
+                return f"no finite pixel: all {view.size} pixels are NaN or infinite"
+            low, high = float(finite.min()), float(finite.max())
+    if low >= saturate:
+        return f"every pixel is at or above SATURATE ({saturate:g} ADU)"
+    if low == high:
+        return f"every pixel is {low:g} ADU: no image was read out"
+    return None
+
+
 def calibrate_image(raw: np.ndarray, frame: Frame, masters: dict[str, Path | None],
                     config: Config) -> tuple[np.ndarray, np.ndarray, float]:
-    """(calibrated float32, mask uint8, median overscan level) of a whole raw frame."""
+    """(calibrated float32, mask uint8, median overscan level) of a whole raw frame.
+
+    Raises FrameError when the pixels hold no image (:func:`pixel_problem`),
+    differ in shape from a master, or are masked beyond ``max_bad_fraction``.
+    """
     cal, meta = config.calibrate, frame.meta
     raw = raw.astype(np.float32, copy=False)  # BITPIX -64 frames come as float64
     view, levels = correct_frame(raw, meta, cal.overscan, frame.rawpath)
+    problem = pixel_problem(view, meta.saturate)
+    if problem is not None:
+        raise FrameError(frame.rawpath, problem)
     bias, _ = load_master(masters["bias"])
     dark, bpm_dark = load_master(masters["dark"])
     flat, bpm_flat = load_master(masters["flat"])
@@ -111,7 +137,8 @@ def calibrate_image(raw: np.ndarray, frame: Frame, masters: dict[str, Path | Non
     if nbad > cal.max_bad_fraction * out.size:
         raise FrameError(frame.rawpath, f"{nbad / out.size:.1%} of the pixels are masked "
                                         f"(limit {cal.max_bad_fraction:.0%})")
-    return out, mask, float(np.median(levels))
+    finite = levels[np.isfinite(levels)]  # rows with a NaN overscan are masked NONFINITE
+    return out, mask, float(np.median(finite)) if finite.size else float("nan")
 
 
 def _header(raw_header: afits.Header, frame: Frame, masters: dict, overscan: float,
@@ -127,7 +154,8 @@ def _header(raw_header: afits.Header, frame: Frame, masters: dict, overscan: flo
     header["RAWFILE"] = (frame.rawpath.name, "raw frame")
     header["NIGHT"] = (frame.night, "RAW/<night> folder")
     header["OVSCMODE"] = (config.calibrate.overscan, "overscan subtraction mode")
-    header["OVERSCAN"] = (round(overscan, 3), "median overscan level subtracted, ADU")
+    if np.isfinite(overscan):
+        header["OVERSCAN"] = (round(overscan, 3), "median overscan level subtracted, ADU")
     for kind, key in zip(KINDS, ("MBIAS", "MDARK", "MFLAT"), strict=True):
         header[key] = (masters[kind].name if masters[kind] else "none", f"master {kind} applied")
     header["DARKSCAL"] = (frame.meta.exptime, "master dark (ADU/s) scaled by this, s")

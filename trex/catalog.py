@@ -52,8 +52,12 @@ SUFFIXES = (".csv", ".fits", ".fits.gz", ".fit")
 
 
 def find_catalog(project: Project, field: str) -> Path:
-    """``BASE/CAT/<field>.csv`` (or .fits) of ``project``; FileNotFoundError if none exists."""
-    stem = safe_name(field)
+    """``BASE/CAT/<field>.csv`` (or .fits) of ``project``; FileNotFoundError if none
+    exists (also when ``field`` cannot name a file, e.g. ``..``)."""
+    try:
+        stem = safe_name(field)
+    except ValueError:
+        raise FileNotFoundError(f"no catalog for field {field!r}: not usable as a file name") from None
     for suffix in SUFFIXES:
         path = project.cat / f"{stem}{suffix}"
         if path.is_file():

@@ -188,6 +188,10 @@ def extract_sources(image: np.ndarray, threshold: float = 5.0, mask: np.ndarray 
                            filter_sigma=filter_sigma)
 
 
+class ShapeMapError(ValueError):
+    """Too few well-measured sources to map the PSF shape over the frame."""
+
+
 def _poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
     return np.stack([u ** i * v ** j for i in range(order + 1) for j in range(order + 1 - i)],
                     axis=-1)
@@ -201,6 +205,8 @@ def shape_map(sources: np.ndarray, order: int = 2, nsigma: float = 3.0, maxiter:
     ``min_snr``) with 2-D polynomials of total degree ``order`` in x, y,
     rejecting stars more than ``nsigma`` robust sigmas off in any of the three
     until stable.  Returns ``f(x, y) -> (s, d, k)``, arrays shaped like x.
+    Raises :class:`ShapeMapError` when fewer than twice as many usable
+    sources as polynomial terms are left.
     """
     good = ((sources["flag"] & SOURCE["FIT_FAILED"].bit) == 0) & (sources["snr"] >= min_snr)
     good &= np.isfinite(sources["s"]) & np.isfinite(sources["d"]) & np.isfinite(sources["k"])
@@ -208,7 +214,8 @@ def shape_map(sources: np.ndarray, order: int = 2, nsigma: float = 3.0, maxiter:
     values = np.stack([sources["s"][good], sources["d"][good], sources["k"][good]], axis=-1)
     nterms = (order + 1) * (order + 2) // 2
     if len(x) < 2 * nterms:
-        raise ValueError(f"shape_map: {len(x)} usable sources, need {2 * nterms}")
+        raise ShapeMapError(f"shape_map: {len(x)} usable sources (fit succeeded, S/N >= "
+                            f"{min_snr:g}), need {2 * nterms}")
     centre = np.array([0.5 * (x.min() + x.max()), 0.5 * (y.min() + y.max())])
     scale = max(0.5 * max(np.ptp(x), np.ptp(y)), 1.0)
     design = _poly_terms((x - centre[0]) / scale, (y - centre[1]) / scale, order)

@@ -11,6 +11,7 @@ half-written frame.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,54 +22,111 @@ import numpy as np
 from astropy.io import fits as afits
 
 from trex.errors import FrameError, writing
+from trex.fitscards import BLOCK, CardError, parse_cards
 
 __all__ = ["FrameError", "read_header", "read_image", "write_image", "atomic_write", "atomic_path",
            "copy_file"]
 
 #: header keywords that describe the stored array, not the data; never copied.
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
-               "XTENSION", "PCOUNT", "GCOUNT", "ZIMAGE", "ZBITPIX", "ZNAXIS", "ZNAXIS1",
-               "ZNAXIS2", "ZTILE1", "ZTILE2", "ZCMPTYPE", "ZNAME1", "ZVAL1", "ZNAME2",
-               "ZVAL2", "ZSIMPLE", "ZEXTEND", "ZQUANTIZ", "ZDITHER0", "TFIELDS", "TTYPE1",
-               "TFORM1", "CHECKSUM", "DATASUM", "ZHECKSUM", "ZDATASUM", "EXTNAME"}
+               "XTENSION", "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "EXTNAME"}
+
+#: keywords of a tile-compressed HDU that describe the compression (the image's
+#: own structural keywords are stored under these names); never copied.
+_COMPRESSION = re.compile(r"^(ZIMAGE|ZCMPTYPE|ZBITPIX|ZNAXIS\d*|ZTILE\d+|ZNAME\d+|ZVAL\d+|ZMASKCMP"
+                          r"|ZSIMPLE|ZTENSION|ZEXTEND|ZBLOCKED|ZPCOUNT|ZGCOUNT|ZHECKSUM|ZDATASUM"
+                          r"|ZQUANTIZ|ZDITHER0|ZBLANK|TTYPE\d+|TFORM\d+|TUNIT\d+|TDIM\d+|TFIELDS"
+                          r"|THEAP)$")
+
+#: a primary header longer than this many 2880-byte blocks is taken as corrupt
+MAX_HEADER_BLOCKS = 100
 
 #: the comment cfitsio adds to every primary header; not worth copying along.
 _FITS_BOILERPLATE = ("FITS (Flexible Image Transport System)", "and Astrophysics', volume 376")
 
 
+@contextmanager
+def cfitsio_errors(path: Path | str, what: str):
+    """Turn the errors cfitsio reports on a broken file into FrameError("<what>: <message>").
+
+    fitsio raises OSError with cfitsio's messages, or UnicodeDecodeError when
+    a message quotes bytes of the file that are not text."""
+    try:
+        yield
+    except OSError as err:
+        raise FrameError(path, f"{what}: {err}") from None
+    except UnicodeDecodeError:
+        raise FrameError(path, f"{what}: cfitsio rejected it (its message quotes non-text "
+                               f"bytes of the file)") from None
+
+
 def _image_hdu(fits: fitsio.FITS, path: Path) -> int:
-    for i, hdu in enumerate(fits):
-        if hdu.get_exttype() == "IMAGE_HDU" and hdu.get_dims() and len(hdu.get_dims()) == 2:
+    """Index of the first HDU holding a 2-D image (FrameError naming what was found instead)."""
+    other = None
+    with cfitsio_errors(path, "corrupt or truncated FITS"):
+        hdus = list(fits)  # reads the structure of every HDU
+    for i, hdu in enumerate(hdus):
+        dims = hdu.get_dims() if hdu.get_exttype() == "IMAGE_HDU" else None
+        if dims and len(dims) == 2:
             return i
+        if dims and other is None:
+            other = (i, dims)
+    if other is not None:
+        i, dims = other
+        raise FrameError(path, f"{len(dims)}-D image ({'x'.join(str(d) for d in reversed(dims))}"
+                               f" px) in HDU {i}: trex needs a 2-D frame")
     raise FrameError(path, "no 2-D image in the primary HDU or any image extension")
 
 
-def _to_header(fh: fitsio.FITSHDR) -> afits.Header:
+def _structural(name: str, compressed: bool) -> bool:
+    name = name.upper()
+    return name in _STRUCTURAL or bool(compressed and _COMPRESSION.match(name))
+
+
+def _to_header(cards: list[tuple[str, object, str]], notes: list[str] = (),
+               compressed: bool = False) -> afits.Header:
+    """astropy Header of (keyword, value, comment) cards without the structural
+    ones (and the compression ones of a tile-compressed HDU); ``notes`` become
+    HISTORY cards."""
     header = afits.Header()
-    for rec in fh.records():
-        name = rec.get("name")
-        if not name or name.upper() in _STRUCTURAL:
+    for name, value, comment in cards:
+        if not name or _structural(name, compressed):
             continue
         if name.upper() == "COMMENT":
-            text = str(rec.get("value", ""))
-            if not text.startswith(_FITS_BOILERPLATE):
+            text = str(value if value is not None else "")
+            if not text.strip().startswith(_FITS_BOILERPLATE):
                 header.add_comment(text)
             continue
         if name.upper() == "HISTORY":
-            header.add_history(str(rec.get("value", "")))
+            header.add_history(str(value if value is not None else ""))
             continue
-        value = rec.get("value")
         if isinstance(value, str):
             value = value.strip()
-        header[name] = (value, rec.get("comment", "") or "")
+        header[name] = (value, comment or "")
+    for note in notes:
+        header.add_history(note)
     return header
+
+
+def _read_header(hdu, path: Path) -> afits.Header:
+    """Header of a fitsio HDU parsed from the file's bytes (:mod:`trex.fitscards`)."""
+    offsets = hdu.get_offsets()
+    with open(path, "rb") as fh:
+        fh.seek(offsets["header_start"])
+        raw = fh.read(offsets["data_start"] - offsets["header_start"])
+    try:
+        cards, notes = parse_cards(raw)
+    except CardError as err:
+        raise FrameError(path, f"corrupt FITS header: {err}") from None
+    compressed = getattr(hdu, "is_compressed", lambda: False)()
+    return _to_header(cards, notes, compressed)
 
 
 def read_header(path: Path | str) -> afits.Header:
     """Header of the frame's image HDU (no pixel data read)."""
     path = Path(path)
     with _open(path) as fits:
-        return _to_header(fits[_image_hdu(fits, path)].read_header())
+        return _read_header(fits[_image_hdu(fits, path)], path)
 
 
 def read_image(path: Path | str, hdu: int | str | None = None,
@@ -93,11 +151,9 @@ def read_image(path: Path | str, hdu: int | str | None = None,
             ext = fits[index]
         except (OSError, ValueError, KeyError, IndexError):
             raise FrameError(path, f"no HDU {index!r}") from None
-        try:
+        with cfitsio_errors(path, "image data unreadable (truncated or corrupt)"):
             data = ext.read()
-            header = _to_header(ext.read_header())
-        except OSError as err:
-            raise FrameError(path, f"image data unreadable (truncated?): {err}") from None
+        header = _read_header(ext, path)
     if data is None or data.ndim != 2:
         raise FrameError(path, f"HDU {index!r} holds no 2-D image")
     out_dtype = np.float64 if data.dtype == np.float64 else np.dtype(dtype)
@@ -115,17 +171,30 @@ class _open:
             raise FrameError(self.path, "file not found")
         if self.path.stat().st_size == 0:
             raise FrameError(self.path, "empty file")
-        with open(self.path, "rb") as fh:
-            if not fh.read(30).startswith(b"SIMPLE  ="):
-                raise FrameError(self.path, "not a FITS file (no SIMPLE card)")
-        try:
+        _check_primary_header(self.path)
+        with cfitsio_errors(self.path, "corrupt or truncated FITS"):
             self.fits = fitsio.FITS(str(self.path))
-        except OSError as err:
-            raise FrameError(self.path, f"corrupt or truncated FITS: {str(err).strip()[:200]}") from None
         return self.fits
 
     def __exit__(self, *exc) -> None:
         self.fits.close()
+
+
+def _check_primary_header(path: Path) -> None:
+    """FrameError unless ``path`` starts with a SIMPLE card and its primary
+    header ends (END card) within :data:`MAX_HEADER_BLOCKS` blocks."""
+    with open(path, "rb") as fh:
+        for n in range(MAX_HEADER_BLOCKS):
+            block = fh.read(BLOCK)
+            if n == 0 and not block.startswith(b"SIMPLE  ="):
+                raise FrameError(path, "not a FITS file (no SIMPLE card)")
+            if any(block[i:i + 8] == b"END     " for i in range(0, len(block) - 79, 80)):
+                return
+            if len(block) < BLOCK:
+                raise FrameError(path, f"truncated or corrupt FITS header: no END card in "
+                                       f"the {fh.tell()} bytes of the file")
+    raise FrameError(path, f"corrupt FITS header: no END card in its first {MAX_HEADER_BLOCKS} "
+                           f"blocks")
 
 
 def _records(header: afits.Header | dict | None) -> list[dict]:

@@ -3,20 +3,45 @@
 :func:`parse_header` turns a header into a small typed :class:`FrameMeta`
 record; the keyword names come from the ``[header]`` section of the
 configuration, camera values from ``[camera]`` override the header.
+
+A header that breaks one of these rules makes the frame unusable
+(:class:`trex.errors.FrameError` naming the keyword and its value; the
+inventory records the frame bad with that reason):
+
+* IMAGETYP, EXPTIME and DATE-OBS are present; IMAGETYP is one of
+  :data:`IMAGE_TYPES` (any case);
+* EXPTIME is a finite number >= 0, and > 0 for an object frame (a bias or a
+  0 s dark is fine);
+* DATE-OBS (with TIME-OBS when it holds only the date) is ISO 8601 and lies
+  between :data:`EARLIEST_DATE` (1980-01-01: no CCD frame is older) and now
+  + :data:`FUTURE_DAYS` (1 day, for a clock or time-zone slip): a date
+  outside is a broken clock, and such a frame would sort into the wrong
+  night of every light curve;
+* RA and DEC are degrees or sexagesimal, finite, |DEC| <= 90; PIXSCALE,
+  GAIN and SATURATE (when given) are > 0, RDNOISE >= 0, SITELAT within
+  +-90 deg and SITELONG within +-360 deg; BIASSEC and TRIMSEC are IRAF
+  sections;
+* no keyword of ``[header]`` had a byte outside printable ASCII (the reader
+  replaced it by ``?``, :mod:`trex.fitscards`): a field name or a date with a
+  stray byte is not what the observer meant.  Such bytes in a COMMENT, a
+  HISTORY or a keyword trex does not read are harmless.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+import warnings
+from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 from astropy.coordinates import Angle
 from astropy.io import fits as afits
-from astropy.time import Time
+from astropy.time import Time, TimeDelta
+from erfa import ErfaWarning
 
 from trex.config import Config
-from trex.fits import FrameError
+from trex.errors import FrameError
+from trex.fitscards import replaced_keywords
 
 #: IMAGETYP values (lower case) and the frame type trex gives them.
 IMAGE_TYPES = {
@@ -25,6 +50,14 @@ IMAGE_TYPES = {
     "flat": "flat", "skyflat": "flat", "domeflat": "flat", "flat field": "flat",
     "object": "object", "light": "object", "science": "object", "light frame": "object",
 }
+
+#: DATE-OBS before this is taken as a broken clock (UTC)
+EARLIEST_DATE = "1980-01-01T00:00:00"
+
+#: DATE-OBS more than this many days after now is taken as a broken clock
+FUTURE_DAYS = 1.0
+
+_EARLIEST = Time(EARLIEST_DATE, scale="utc")
 
 _SECTION = re.compile(r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$")
 
@@ -53,12 +86,16 @@ def format_section(section: tuple[slice, slice] | None) -> str | None:
 def parse_ra(value) -> float:
     """Right ascension in degrees from degrees (number) or sexagesimal hours (text)."""
     if isinstance(value, (int, float)):
-        return float(value) % 360.0
-    text = str(value).strip()
-    try:
-        return float(text) % 360.0
-    except ValueError:
-        return float(Angle(text, unit="hourangle").deg) % 360.0
+        ra = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            ra = float(text)
+        except ValueError:
+            ra = float(Angle(text, unit="hourangle").deg)
+    if not np.isfinite(ra):
+        raise ValueError(f"right ascension not finite: {value!r}")
+    return ra % 360.0
 
 
 def parse_dec(value) -> float:
@@ -71,7 +108,7 @@ def parse_dec(value) -> float:
             dec = float(text)
         except ValueError:
             dec = float(Angle(text, unit="deg").deg)
-    if not -90.0 <= dec <= 90.0:
+    if not -90.0 <= dec <= 90.0:  # also false for NaN
         raise ValueError(f"declination out of range: {value!r}")
     return dec
 
@@ -128,7 +165,13 @@ def _number(header, key, path, default=None, required=False) -> float | None:
     return number
 
 
-def _observation_start(header, config: Config, path) -> Time:
+def _shown(value, limit: int = 40) -> str:
+    """repr of a header value for a reason, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _observation_start(header, config: Config, path, now: Time | None) -> Time:
     keys = config.header
     date = _get(header, keys.dateobs)
     if date is None:
@@ -137,29 +180,72 @@ def _observation_start(header, config: Config, path) -> Time:
     timeobs = _get(header, keys.timeobs)
     if "T" not in date and timeobs is not None:
         date = f"{date}T{timeobs}"
-    try:
-        return Time(date, format="isot" if "T" in date else "iso", scale="utc")
-    except ValueError:
-        raise FrameError(path, f"bad {keys.dateobs}: {date!r}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ErfaWarning)  # "dubious year": judged below
+        try:
+            start = Time(date, format="isot" if "T" in date else "iso", scale="utc")
+        except ValueError:
+            raise FrameError(path, f"bad {keys.dateobs}: {_shown(date)}") from None
+        latest = (now or Time.now()) + TimeDelta(FUTURE_DAYS, format="jd")
+        if start > latest:
+            raise FrameError(path, f"{keys.dateobs} {start.isot} is in the future (after now + "
+                                   f"{FUTURE_DAYS:g} day): the camera clock is wrong")
+        if start < _EARLIEST:
+            raise FrameError(path, f"{keys.dateobs} {start.isot} is before {EARLIEST_DATE[:10]}: "
+                                   f"the camera clock is wrong")
+    return start
 
 
-def parse_header(header: afits.Header, config: Config, path="<header>") -> FrameMeta:
+def _check_bytes(header: afits.Header, config: Config, path) -> None:
+    """FrameError when a keyword trex reads had bytes replaced (module doc)."""
+    replaced = replaced_keywords(header)
+    for key in astuple(config.header):
+        if key in replaced:
+            raise FrameError(path, f"{replaced[key]} in header keyword {key}: "
+                                   f"{_shown(header.get(key))}")
+
+
+def _positive(header, key, path, default=None, strict: bool = True) -> float | None:
+    """An optional number that must be > 0 (``strict``) or >= 0."""
+    value = _number(header, key, path, default)
+    if value is not None and (value <= 0 if strict else value < 0):
+        raise FrameError(path, f"{key} {value:g} must be {'positive' if strict else '>= 0'}")
+    return value
+
+
+def _site(header, keys, site, path) -> tuple[float, float, float]:
+    latitude = _number(header, keys.sitelat, path, default=site.latitude)
+    longitude = _number(header, keys.sitelong, path, default=site.longitude)
+    if not -90.0 <= latitude <= 90.0:
+        raise FrameError(path, f"{keys.sitelat} {latitude:g} is not a latitude")
+    if not -360.0 <= longitude <= 360.0:
+        raise FrameError(path, f"{keys.sitelong} {longitude:g} is not a longitude")
+    return latitude, longitude, _number(header, keys.sitealt, path, default=site.altitude)
+
+
+def parse_header(header: afits.Header, config: Config, path="<header>", *,
+                 now: Time | None = None) -> FrameMeta:
     """Parse the keywords of SPEC section 2 from ``header``.
 
-    Raises :class:`trex.fits.FrameError` naming the keyword when a required one
-    (IMAGETYP, EXPTIME, DATE-OBS) is missing or unreadable.
+    Raises :class:`trex.errors.FrameError` naming the keyword and its value
+    when the header breaks a rule of the module doc (``now``, default the
+    clock, bounds DATE-OBS).
     """
     keys, camera, site = config.header, config.camera, config.site
+    _check_bytes(header, config, path)
     kind = _get(header, keys.imagetyp)
     if kind is None:
         raise FrameError(path, f"missing header keyword {keys.imagetyp}")
     imagetyp = IMAGE_TYPES.get(str(kind).strip().lower())
     if imagetyp is None:
-        raise FrameError(path, f"unknown {keys.imagetyp} {kind!r}")
+        raise FrameError(path, f"unknown {keys.imagetyp} {_shown(kind)}")
     exptime = _number(header, keys.exptime, path, required=True)
     if exptime < 0:
         raise FrameError(path, f"negative {keys.exptime}: {exptime}")
-    start = _observation_start(header, config, path)
+    if exptime == 0 and imagetyp == "object":
+        raise FrameError(path, f"{keys.exptime} {exptime} s: an object frame needs a positive "
+                               f"exposure time")
+    start = _observation_start(header, config, path, now)
     jd = float(start.jd) + exptime / 2.0 / 86400.0
 
     ra = dec = None
@@ -179,6 +265,7 @@ def parse_header(header: afits.Header, config: Config, path="<header>") -> Frame
 
     field = _get(header, keys.object) or _get(header, keys.field) or config.project.field
     projid = _get(header, keys.projid) or config.project.projid
+    latitude, longitude, altitude = _site(header, keys, site, path)
     return FrameMeta(
         imagetyp=imagetyp,
         exptime=exptime,
@@ -190,13 +277,14 @@ def parse_header(header: afits.Header, config: Config, path="<header>") -> Frame
         filter=str(_get(header, keys.filter) or ""),
         ra=ra,
         dec=dec,
-        pixscale=camera.pixscale or _number(header, keys.pixscale, path),
-        gain=camera.gain or _number(header, keys.gain, path, default=1.0),
-        rdnoise=camera.rdnoise if camera.rdnoise >= 0 else _number(header, keys.rdnoise, path, 0.0),
-        saturate=camera.saturate or _number(header, keys.saturate, path, default=65535.0),
-        latitude=_number(header, keys.sitelat, path, default=site.latitude),
-        longitude=_number(header, keys.sitelong, path, default=site.longitude),
-        altitude=_number(header, keys.sitealt, path, default=site.altitude),
+        pixscale=camera.pixscale or _positive(header, keys.pixscale, path),
+        gain=camera.gain or _positive(header, keys.gain, path, default=1.0),
+        rdnoise=camera.rdnoise if camera.rdnoise >= 0 else _positive(header, keys.rdnoise, path,
+                                                                     0.0, strict=False),
+        saturate=camera.saturate or _positive(header, keys.saturate, path, default=65535.0),
+        latitude=latitude,
+        longitude=longitude,
+        altitude=altitude,
         biassec=sections["biassec"],
         trimsec=sections["trimsec"],
     )

@@ -10,7 +10,11 @@ reads a header (any rank) and parses it with :func:`trex.header.parse_header`;
 columns, so that no later step parses the header again.  A changed file's
 state is dropped (it is calibrated again).  A file that cannot be read, is
 truncated, or has an unknown IMAGETYP is recorded with ``isok`` false and
-the reason, with a WARNING; it never stops the run.
+the reason, with a WARNING; it never stops the run.  So is an image smaller
+than :data:`MIN_SIZE` pixels on a side, a frame whose CCD or FILTER cannot
+name a file or an object frame without a usable project id or field name
+(:func:`name_problem`), and a second copy of an exposure already recorded
+(:mod:`trex.duplicates`, checked in file order once the headers are read).
 """
 
 from __future__ import annotations
@@ -21,16 +25,21 @@ from pathlib import Path
 
 from astropy.io import fits as afits
 
+from trex.config import Config
+from trex.duplicates import Exposures
 from trex.errors import FrameError
-from trex.fits import _image_hdu, _open, _to_header
+from trex.fits import _image_hdu, _open, _read_header
 from trex.frame import Context
-from trex.header import HEADER_SECTIONS, meta_row, parse_header
+from trex.header import HEADER_SECTIONS, FrameMeta, meta_row, parse_header
 from trex.phase import Phase
-from trex.project import Project
+from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
 
 PATTERNS = ("*.fits", "*.fits.fz", "*.fz")
+#: smallest usable raw image, px on each side (no survey frame is smaller; the
+#: background mesh, the asterisms and the photometry annuli need room)
+MIN_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -55,21 +64,52 @@ def raw_files(project: Project) -> list[tuple[str, Path]]:
 
 
 def read_raw_header(path: Path) -> tuple[afits.Header, tuple[int, int]]:
-    """Header and (ny, nx) of a raw file; raises FrameError when it is unreadable
-    or shorter than its header declares (a truncated copy)."""
+    """Header and (ny, nx) of a raw file; raises FrameError when it is unreadable,
+    shorter than its header declares (a truncated copy), holds no 2-D image or
+    one smaller than :data:`MIN_SIZE`."""
     size = path.stat().st_size
     with _open(path) as fits:
-        index = _image_hdu(fits, path)
-        hdu = fits[index]
+        hdu = fits[_image_hdu(fits, path)]
         end = hdu.get_offsets()["data_end"]
         if end > size:
             raise FrameError(path, f"truncated: {size} bytes, the header declares {end}")
-        try:
-            header = _to_header(hdu.read_header())
-        except OSError as err:
-            raise FrameError(path, f"header unreadable: {str(err).strip()[:200]}") from None
-        ny, nx = hdu.get_dims()
-    return header, (int(ny), int(nx))
+        header = _read_header(hdu, path)
+        ny, nx = (int(n) for n in hdu.get_dims())
+    if min(ny, nx) < MIN_SIZE:
+        raise FrameError(path, f"image {nx}x{ny} px is smaller than the minimum "
+                               f"{MIN_SIZE}x{MIN_SIZE} px")
+    return header, (ny, nx)
+
+
+def _nameable(name: str) -> bool:
+    try:
+        safe_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def name_problem(meta: FrameMeta, config: Config) -> str | None:
+    """Why a frame cannot be processed from the names in its header (None: it can).
+
+    CCD and FILTER name master and reference files; an object frame also
+    needs a project id and a field name.  Each must be usable as a file name
+    (:func:`trex.project.safe_name`: not empty, ``.`` or ``..``)."""
+    keys = config.header
+    for key, value in ((keys.ccd, meta.ccd), (keys.filter, meta.filter)):
+        if value and not _nameable(value):
+            return f"{key} {value!r} cannot name a file"
+    if meta.imagetyp != "object":
+        return None
+    if not meta.projid:
+        return f"no {keys.projid} in the header and no project.projid configured"
+    if not _nameable(meta.projid):
+        return f"{keys.projid} {meta.projid!r} cannot name a folder"
+    if not meta.field:
+        return f"no {keys.object} or {keys.field} in the header and no project.field configured"
+    if not _nameable(meta.field):
+        return f"field name {meta.field!r} cannot name a catalog file"
+    return None
 
 
 class Inventory(Phase):
@@ -77,6 +117,9 @@ class Inventory(Phase):
 
     name = "inventory"
     batch = 32
+
+    def __init__(self):
+        self.read: dict[int, dict] = {}  # rank 0: rows of the files read in this run
 
     def plan(self, ledger, context: Context) -> list[RawItem]:
         project = context.project
@@ -124,13 +167,28 @@ class Inventory(Phase):
             row.update(isok=False, reason=err.reason)
             return {"item": item, "row": row}
         row.update(meta_row(meta))
-        if meta.imagetyp == "object" and not meta.projid:
-            row.update(isok=False, reason="no PROJID in the header and no project.projid configured")
+        problem = name_problem(meta, config)
+        if problem is not None:
+            row.update(isok=False, reason=problem)
             log.warning("inventory: %s: %s (recorded, skipped)", item.rawpath, row["reason"])
         return {"item": item, "row": row}
 
     def record(self, ledger, result: dict, context: Context) -> None:
         ledger.record_raw(result["row"], result["item"].framekey)
+        if "filesize" in result["row"]:
+            self.read[result["item"].framekey] = result["row"]
+
+    def update(self, ledger, context: Context) -> Context:
+        """Files read in this run that repeat an exposure recorded before them (in frame
+        key order, so whatever order the ranks read them in) are marked bad."""
+        if self.read:
+            exposures = Exposures.of(ledger.read.exposures(exclude=set(self.read)))
+            for framekey in sorted(self.read):
+                row = self.read[framekey]
+                exposures.check(row, context.project.root)
+                if not row["isok"]:
+                    ledger.mark_bad(framekey, row["reason"])
+        return context
 
     def label(self, item: RawItem) -> str:
         return item.rawpath

@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: default floor of the magnitude errors in the weights (``[magfit] min_error``)
 MIN_ERROR = MagfitSection().min_error
+#: fewest frames of a star in the master reference (fewer: NaN for that star)
+MASTER_FRAMES = 3
 
 
 class MagfitError(ValueError):
@@ -352,8 +354,9 @@ class Masters(Phase):
         catalog = context.catalogs[group[1]]
         scratch = _scratch(project, *group)
         files = sorted(scratch.glob("*.npy"))
-        if not files:
-            raise PhaseError("/".join(group), "no frame could be fitted to the reference frame")
+        if len(files) < MASTER_FRAMES:
+            raise PhaseError("/".join(group), f"{len(files)} frame(s) fitted to the reference "
+                             f"frame: a master needs {MASTER_FRAMES}")
         napertures = len(config.photometry.apertures)
         master = np.full((len(catalog), napertures), np.nan)
         for a in range(napertures):
@@ -361,7 +364,7 @@ class Masters(Phase):
                 return ((m[:, a], np.isfinite(m[:, a])) for m in
                         (np.load(f, mmap_mode="r") for f in files))
             master[:, a] = master_reference(passes, len(catalog), config.magfit.clip_sigma,
-                                            config.magfit.clip_iters)[0]
+                                            config.magfit.clip_iters, MASTER_FRAMES)[0]
         with atomic_write(master_path(project, *group)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, master)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -397,7 +400,8 @@ def run(frame: Frame, context: Context) -> Frame:
     meta = frame.meta
     master = context.magfit.get((meta.projid, meta.field))
     if master is None:
-        raise FrameError(frame.rawpath, f"magfit: no master reference for {meta.projid}/{meta.field}")
+        raise FrameError(frame.rawpath, f"magfit: no master reference for {meta.projid}/{meta.field} "
+                                        "(see trex status)")
     table = frame.products.get("aphot")
     if table is None:
         raise FrameError(frame.rawpath, "magfit: no aperture photometry (photometry not done)")

@@ -44,7 +44,7 @@ from astropy.io import fits as afits
 from trex import __version__
 from trex._stats import clipped_combine, clipped_stats
 from trex.config import CalibrateSection
-from trex.fits import FrameError, _image_hdu, _open, read_image, write_image
+from trex.fits import FrameError, _image_hdu, _open, cfitsio_errors, read_image, write_image
 from trex.flags import MASK
 from trex.header import FrameMeta
 
@@ -109,11 +109,9 @@ class RawReader:
 
     def _read(self, y0: int, y1: int, x: slice = slice(None)) -> np.ndarray:
         with _open(self.path) as fits:
-            try:
-                data = fits[_image_hdu(fits, self.path)][y0:y1, x]
-            except OSError as err:
-                raise FrameError(self.path, f"image data unreadable (truncated?): "
-                                            f"{str(err).strip()[:200]}") from None
+            hdu = fits[_image_hdu(fits, self.path)]
+            with cfitsio_errors(self.path, "image data unreadable (truncated or corrupt)"):
+                data = hdu[y0:y1, x]
         return np.asarray(data, dtype=np.float32)
 
     def rows(self, t0: int, t1: int) -> np.ndarray:

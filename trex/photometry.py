@@ -36,7 +36,8 @@ The stage
 through the frame's WCS, keeps the stars inside the frame minus
 ``photometry.border``, measures them in the configured apertures with
 :func:`trex.photometry.aperture_photometry`, and attaches the PSF shape at
-each star (a smooth fit of the extracted sources' S, D, K over the frame),
+each star (a smooth fit of the extracted sources' S, D, K over the frame;
+NaN, with a warning, when too few sources are well measured for the fit),
 the sky, and the star's BJD_TDB.  The result is the frame's ``aphot``
 product (one row per star, light-curve column names); :func:`save` writes it
 and returns the ``ap_photometry`` rows (one per star and aperture).
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,11 +57,13 @@ from trex import _photometry
 from trex.catalog import propagate
 from trex.config import Config
 from trex.errors import FrameError
-from trex.extract import shape_map
+from trex.extract import ShapeMapError, shape_map
 from trex.flags import MASK, PHOT
 from trex.frame import Context, Frame
 from trex.products import save_product
 from trex.times import bjd_tdb, site
+
+log = logging.getLogger(__name__)
 
 SKY_METHODS = {"mean": 0, "median": 1, "mode": 2}
 _KERNEL_BITS = np.array(
@@ -327,6 +331,17 @@ def saturated_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float
     return counts > 0
 
 
+def _psf_shapes(frame: Frame, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """S, D, K of the PSF at the stars; NaN when the sources cannot map them."""
+    if frame.sources is not None and len(frame.sources) >= 10:
+        try:
+            return shape_map(frame.sources)(x, y)
+        except ShapeMapError as err:
+            log.warning("%s: PSF shape unknown (fsv, fdv, fkv NaN): %s", frame.rawpath.name, err)
+    nan = np.full(len(x), np.nan)
+    return nan, nan, nan
+
+
 def run(frame: Frame, context: Context) -> Frame:
     """Forced aperture photometry of the field catalog on one frame (see module doc)."""
     config, meta = context.config, frame.meta
@@ -351,24 +366,13 @@ def run(frame: Frame, context: Context) -> Frame:
         table[f"arm_{i:03d}"] = np.nan
     table["bgv"], table["bge"] = res["bg"][:, -1], res["bgerr"][:, -1]
     table["star"], table["xcc"], table["ycc"] = star, x, y
-    table["fsv"], table["fdv"], table["fkv"] = _shapes(frame.sources, x, y)
+    table["fsv"], table["fdv"], table["fkv"] = _psf_shapes(frame, x, y)
     table["rjd"] = meta.jd - 2400000.0
     table["bjd"] = bjd_tdb(meta.jd, ra, dec, site(meta.latitude, meta.longitude,
                                                    meta.altitude))[0]
     frame.products["aphot"] = table
     frame.quality["nphot"] = len(table)
     return frame
-
-
-def _shapes(sources: np.ndarray | None, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """PSF S, D, K at (x, y) from the frame's extracted sources (NaN with too few)."""
-    nan = np.full(len(x), np.nan)
-    if sources is None or len(sources) < 10:
-        return nan, nan, nan
-    try:
-        return shape_map(sources)(x, y)
-    except ValueError:  # too few well-measured sources for the shape map: no S, D, K
-        return nan, nan, nan
 
 
 def ap_photometry_rows(framekey: int, key: str, table: np.ndarray, objectids: np.ndarray) -> dict:

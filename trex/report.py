@@ -26,7 +26,7 @@ from trex import lcformat, plots
 from trex.config import Config
 from trex.detrend import lightcurve_files
 from trex.lcstats import aperture_radii, noise_model, wide_table
-from trex.project import Project
+from trex.project import Project, safe_name
 from trex.tfa import scatter_trend_ratio
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def _rms_section(rep: Report, config: Config, read, frames: dict, projid: str) -
                                 "(run `trex detrend`)._")
         return
     noise = noise_curves(config, frames, stats, napertures)
-    name = f"rms_{projid}.png"
+    name = f"rms_{safe_name(projid)}.png"
     plots.rms_vs_mag(rep.out / name, stats, napertures, noise,
                      f"{title}: {len(stats)} stars (clipped RMS)")
     note = "" if noise else "_No magnitudes for the noise curve._"
@@ -226,7 +226,7 @@ def _preview_section(rep: Report, project: Project, config: Config, read, frames
     xy = [rows[["xcc", "ycc"]][rows["framekey"] == key] for _, rows in sample]
     xy = np.concatenate(xy) if xy else np.zeros(0, dtype=[("xcc", "f8"), ("ycc", "f8")])
     radii = [r for r, _, _ in aperture_radii(config.photometry.apertures)]
-    name = f"preview_{projid}.png"
+    name = f"preview_{safe_name(projid)}.png"
     plots.frame_preview(rep.out / name, image, xy["xcc"], xy["ycc"], radii,
                         f"{path.name} (frame {key}); apertures of {len(xy)} sampled stars")
     rep.figure(title, name)
@@ -265,7 +265,7 @@ def _wcs_section(rep: Report, project: Project, read, projid: str) -> None:
     dx = sources["x"][hit] - cx[near[hit]]
     dy = sources["y"][hit] - cy[near[hit]]
     shape = image.shape
-    name = f"wcs_{projid}.png"
+    name = f"wcs_{safe_name(projid)}.png"
     plots.wcs_quiver(rep.out / name, sources["x"][hit], sources["y"][hit], dx, dy, shape,
                      f"{Path(redpath).name}: {hit.sum()} stars (S/N > 20, unflagged)\n"
                      f"median |residual| {np.median(np.hypot(dx, dy)):.3f} px")
@@ -282,7 +282,7 @@ def _stamps_section(rep: Report, project: Project, read, projid: str) -> None:
     if stamps is None or not len(stamps):
         rep.figure(title, None, "_Skipped: no subtracted frame with stamps._")
         return
-    name = f"diffstamps_{projid}.png"
+    name = f"diffstamps_{safe_name(projid)}.png"
     plots.difference_stamps(rep.out / name, stamps, f"{Path(redpath).name}: bright stars")
     rep.figure(title, name)
 
@@ -311,7 +311,7 @@ def _lightcurve_section(rep: Report, config: Config, projid: str, sample: list,
                 else "random")
         curves.append({"name": oid, "hours": (rows["rjd"] - t0) * 24.0, "series": series,
                        "note": note})
-    name = f"lightcurves_{projid}.png"
+    name = f"lightcurves_{safe_name(projid)}.png"
     plots.light_curves(rep.out / name, curves, f"{title}: aperture 0, magfit / EPD / TFA")
     rep.figure(title, name)
 

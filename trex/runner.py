@@ -83,15 +83,18 @@ def process_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> Fra
         result.failed.append((stages[0].name, err.reason))
         log.warning("frame %s: %s failed: %s", task.rawpath, stages[0].name, err.reason)
         return result
+    blocked: set[str] = set()
     for stage in stages:
-        if {name for name, _ in result.failed} & set(stage.needs):
-            continue  # what it needs failed on this frame
+        if blocked & set(stage.needs):
+            blocked.add(stage.name)  # what it needs failed on this frame
+            continue
         try:
             frame = stage.run(frame, context)
             if stage.save is not None:
                 result.rows.update(stage.save(frame, context))
         except FrameError as err:
             result.failed.append((stage.name, err.reason))
+            blocked.add(stage.name)
             log.warning("frame %s: %s failed: %s", task.rawpath, stage.name, err.reason)
             continue
         result.done.append(stage.name)

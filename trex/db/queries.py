@@ -49,14 +49,12 @@ class Queries:
         return [r[0] for r in self.db.query(
             "SELECT DISTINCT field FROM frameinfo WHERE imagetyp = 'object' AND isok ORDER BY field")]
 
-    def duplicate_keys(self) -> dict[tuple, str]:
-        """(dateobs, ccd, imagetyp, exptime) -> rawpath of the usable frames (first recorded)."""
-        out: dict[tuple, str] = {}
-        for rawpath, *key in self.db.query(
-                "SELECT rawpath, dateobs, ccd, imagetyp, exptime FROM frameinfo WHERE isok "
-                "ORDER BY framekey"):
-            out.setdefault(tuple(key), rawpath)
-        return out
+    def exposures(self, exclude: set[int] = frozenset()) -> list[tuple]:
+        """(rawpath, dateobs, ccd, imagetyp, exptime) of the usable frames, in the order they
+        were recorded, but those of ``exclude`` (frame keys)."""
+        return [r[1:] for r in self.db.query(
+            "SELECT framekey, rawpath, dateobs, ccd, imagetyp, exptime FROM frameinfo WHERE isok "
+            "ORDER BY framekey") if int(r[0]) not in exclude]
 
     # -- per-frame state ---------------------------------------------------------
     def object_frames(self) -> list[dict]:

@@ -14,6 +14,8 @@ Pure numpy, no I/O except the stats table of :func:`write_stats`.
   ``objectid``, catalog ``mag``, median position ``x``, ``y`` and for every
   magnitude column ``c`` (``aim_000``, ``arm_000``, ``aep_000`` ...) the
   fields ``c_median``, ``c_mad``, ``c_rms``, ``c_crms`` (clipped) and ``c_n``.
+  The objectid is its FITS text (:func:`trex.lcformat.id_text`: the id itself
+  unless it holds characters other than printable ASCII, or ``%``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import fitsio
 import numpy as np
 
 from trex.fits import atomic_path
+from trex.lcformat import id_text
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +145,10 @@ def noise_model(mag, *, zeropoint: float, exptime: float, gain: float, rdnoise: 
     return out
 
 
-def stats_dtype(columns: list[str]) -> np.dtype:
-    """Row dtype of the stats table for the magnitude ``columns``."""
-    fields = [("objectid", "S64"), ("mag", "f8"), ("x", "f8"), ("y", "f8")]
+def stats_dtype(columns: list[str], idbytes: int = 64) -> np.dtype:
+    """Row dtype of the stats table for the magnitude ``columns``; the objectid
+    field holds ``idbytes`` (at least 64) characters."""
+    fields = [("objectid", f"S{max(64, idbytes)}"), ("mag", "f8"), ("x", "f8"), ("y", "f8")]
     for col in columns:
         fields += [(f"{col}_{f}", "i4" if f == "n" else "f8") for f in STAT_FIELDS]
     return np.dtype(fields)
@@ -157,8 +161,9 @@ def stat_columns(napertures: int) -> list[str]:
 
 def star_stats(rows: np.ndarray, objectid: str, mag: float, columns: list[str]) -> np.ndarray:
     """One stats-table row (``stats_dtype``) of a light curve's rows (``lc_dtype``)."""
-    out = np.zeros(1, dtype=stats_dtype(columns))
-    out["objectid"] = objectid
+    text = id_text(objectid).encode("ascii")
+    out = np.zeros(1, dtype=stats_dtype(columns, len(text)))
+    out["objectid"] = text
     out["mag"] = mag
     with np.errstate(invalid="ignore"):
         out["x"] = np.nanmedian(rows["xcc"]) if np.isfinite(rows["xcc"]).any() else np.nan
@@ -171,12 +176,27 @@ def star_stats(rows: np.ndarray, objectid: str, mag: float, columns: list[str]) 
     return out
 
 
+def _id_width(table: np.ndarray) -> int:
+    """Characters of the objectid field (fitsio reads it as unicode)."""
+    field = table.dtype["objectid"]
+    return field.itemsize // 4 if field.kind == "U" else field.itemsize
+
+
+def _id_as_bytes(table: np.ndarray, width: int) -> np.ndarray:
+    """``table`` in native byte order with an ``S<width>`` objectid field."""
+    dtype = [(n, f"S{width}" if n == "objectid" else table.dtype[n].newbyteorder("="))
+             for n in table.dtype.names]
+    return table.astype(dtype)
+
+
 def write_stats(path: Path, table: np.ndarray, merge: bool = False) -> Path:
     """Write the stats table atomically; with ``merge`` keep the stars of an
     existing table that ``table`` does not replace."""
     if merge and path.exists():
         old = read_stats(path)
-        if old.dtype == table.dtype:
+        if old.dtype.names == table.dtype.names:
+            width = max(_id_width(old), _id_width(table))
+            old, table = _id_as_bytes(old, width), _id_as_bytes(table, width)
             keep = ~np.isin(old["objectid"], table["objectid"])
             table = np.concatenate([old[keep], table])
     table = table[np.argsort(table["objectid"], kind="stable")]

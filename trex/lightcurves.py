@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from trex import __version__, lcformat
+from trex.catalog import star_info
 from trex.config import Config
 from trex.lcformat import read_lightcurve
 from trex.lcstats import lcinfo_stats
@@ -52,7 +53,7 @@ from trex.partitions import (
     stream_dtypes,
 )
 from trex.products import product_name, read_product
-from trex.project import Project, safe_name
+from trex.project import Project, lc_filename, safe_name
 from trex.records import columns_of
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class FrameTable:
 
 
 def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:
-    name = f"{safe_name(objectid)}.fits"
+    name = lc_filename(objectid)
     folder = project.lc(projid)
     if config.lightcurves.subdirs:
         folder = folder / f"{zlib.crc32(objectid.encode()) % 256:02x}"
@@ -190,6 +191,7 @@ def merge_star(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np.
 def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
     cards = [
         {"name": "OBJECTID", "value": info["objectid"]},
+        {"name": "CATID", "value": info["catid"], "comment": "id in the field catalog"},
         {"name": "RA", "value": float(info["ra"]), "comment": "deg, ICRS, catalog epoch"},
         {"name": "DEC", "value": float(info["dec"]), "comment": "deg, ICRS, catalog epoch"},
         {"name": "MAG", "value": float(info["mag"]), "comment": "catalog magnitude"},
@@ -213,9 +215,7 @@ def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
 
 
 def _star_info(catalog, star: int, projid: str, field: str) -> dict:
-    return {"objectid": str(catalog["objectid"][star]), "ra": catalog["ra"][star],
-            "dec": catalog["dec"][star], "mag": catalog["mag"][star], "projid": projid,
-            "field": field}
+    return {**star_info(catalog, star), "projid": projid, "field": field}
 
 
 def _scatter(comm, project: Project, config: Config, entries: list[FrameEntry]) -> None:

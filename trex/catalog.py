@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,7 @@ def _read_csv(path: Path) -> _Raw:
         try:
             for record in reader:
                 line, start = start, reader.line_num + 1
-                if not any(field.strip() for field in record):
+                if len(record) <= 1 and not "".join(record).strip():
                     continue  # a blank line
                 if len(record) != len(header):
                     raw.skipped.append(f"line {line}")
@@ -194,9 +195,8 @@ def _skip(raw: _Raw, keep: np.ndarray, bad: np.ndarray, reason: str) -> None:
         keep[rows] = False
 
 
-def _bad_text(objectid: str) -> bool:
-    """True for an id a database cannot store: a NUL, or bytes that are not UTF-8."""
-    return "\0" in objectid or any("\udc80" <= c <= "\udcff" for c in objectid)
+#: what a database cannot store in an id: a NUL, or bytes that were not UTF-8
+_BAD_TEXT = re.compile("[\0\udc80-\udcff]")
 
 
 def _disambiguate(raw: _Raw, rows: np.ndarray) -> list[str]:
@@ -230,11 +230,10 @@ def _check_names(raw: _Raw, ids: list[str]) -> None:
     """Warn about ids whose light-curve file names differ only in letter case."""
     seen: dict[str, str] = {}
     clashes = []
-    for objectid in ids:
-        name = lc_filename(objectid).lower()
-        if name in seen and seen[name] != objectid:
-            clashes.append(f"{seen[name]!r} and {objectid!r}")
-        seen.setdefault(name, objectid)
+    for objectid in ids:  # only plain names can clash: the others hold a hash of the id
+        first = seen.setdefault(objectid.lower(), objectid)
+        if first != objectid and lc_filename(first).lower() == lc_filename(objectid).lower():
+            clashes.append(f"{first!r} and {objectid!r}")
     if clashes:
         log.warning("%s: %d objectids have light-curve file names that differ only in letter "
                     "case (one file on a case-insensitive file system): %s", raw.path,
@@ -263,7 +262,7 @@ def read_catalog(path: Path | str) -> np.ndarray:
     ra, dec = cols["ra"], cols["dec"]
     keep = np.ones(n, bool)
     _skip(raw, keep, ids == "", "no objectid")
-    _skip(raw, keep, np.array([_bad_text(i) for i in raw.ids], bool),
+    _skip(raw, keep, np.array([_BAD_TEXT.search(i) is not None for i in raw.ids], bool),
           "objectid is not UTF-8 text or holds a NUL")
     with np.errstate(invalid="ignore"):
         _skip(raw, keep, ~np.isfinite(ra) | ~np.isfinite(dec), "ra/dec missing, not a number or not finite")

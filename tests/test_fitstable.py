@@ -87,3 +87,23 @@ def test_reader_equals_fitsio_on_our_files_and_falls_back_on_others(tmp_path):
                    header={"OBJECTID": "B"})
     back, header = read_table(other, "LIGHTCURVE")
     assert back["v"].shape == (3, 2) and header["OBJECTID"] == "B"
+
+
+@pytest.mark.parametrize("value", ["x" * 68, "x" * 69, "x" * 66 + "'" + "y" * 80,
+                                   "'" * 100, "a&" * 50 + "&", "q" * 300 + " / not a comment"])
+def test_long_strings_go_on_continue_cards_that_every_reader_joins(tmp_path, value):
+    import fitsio
+
+    from trex.fitstable import read_table, write_table
+
+    path = tmp_path / "long.fits"
+    write_table(path, np.zeros(1, dtype=[("x", "f8")]), "LIGHTCURVE",
+                [{"name": "LONGID", "value": value, "comment": "an id"},
+                 {"name": "AFTER", "value": "short"}])
+    _, header = read_table(path, "LIGHTCURVE")
+    assert header["LONGID"] == value and header["AFTER"] == "short"
+    assert "CONTINUE" not in header
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        assert hdul["LIGHTCURVE"].header["LONGID"] == value
+    assert fitsio.read_header(str(path), 1)["LONGID"] == value

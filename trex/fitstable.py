@@ -27,8 +27,39 @@ _DTYPE = {form: np.dtype(">" + kind) for kind, form in _TFORM.items()}
 _VALUE = re.compile(r"\s*(?:'((?:[^']|'')*)'|([^/]*))\s*(?:/\s?(.*))?$")
 
 
+#: characters of a quoted string that fit on one card (80 - "KEYWORD= " - 2 quotes)
+_STRING_ROOM = 68
+
+
+def _long_string(key: str, value: str, comment: str) -> str:
+    """A string too long for one card, over CONTINUE cards (FITS 4.0 section 4.2.1.2):
+    each card but the last ends its piece with ``&``; a doubled quote is never split."""
+    pieces, piece, size = [], "", 0
+    for char in value:
+        width = 2 if char == "'" else 1
+        if size + width > _STRING_ROOM - 1:
+            pieces.append(piece)
+            piece, size = "", 0
+        piece += char
+        size += width
+    pieces.append(piece)
+    if value.endswith("&"):
+        pieces.append("")  # a last piece ending in & would read as continued
+    lines = []
+    for i, text in enumerate(pieces):
+        quoted = text.replace("'", "''") + ("&" if i < len(pieces) - 1 else "")
+        line = (f"{key:<8}= " if i == 0 else "CONTINUE  ") + f"'{quoted}'"
+        if i == len(pieces) - 1 and comment:
+            line += f" / {comment}"
+        lines.append(f"{line[:80]:<80}")
+    return "".join(lines)
+
+
 def card(key: str, value, comment: str = "") -> str:
-    """One 80-character header card (fixed format for numbers and logicals)."""
+    """One 80-character header card (fixed format for numbers and logicals); a
+    string longer than a card holds goes on as many CONTINUE cards as it needs."""
+    if isinstance(value, str) and len(value.replace("'", "''")) > _STRING_ROOM:
+        return _long_string(key, value, comment)
     if isinstance(value, bool):
         text = f"{'T' if value else 'F':>20}"
     elif isinstance(value, (int, np.integer)):
@@ -140,6 +171,11 @@ def _card(line: str) -> tuple[str, object, str] | None:
     return key, other, comment
 
 
+def _continued(value) -> bool:
+    """True if ``value`` is a string that goes on in a CONTINUE card."""
+    return isinstance(value, str) and value.endswith("&")
+
+
 def _cards(data: bytes, start: int) -> tuple[list[tuple[str, object, str]], int]:
     """The cards of the header at byte ``start`` and where its data begin."""
     cards, pos = [], start
@@ -150,7 +186,12 @@ def _cards(data: bytes, start: int) -> tuple[list[tuple[str, object, str]], int]
             card = _card(block[i:i + 80])
             if card is None:
                 return cards, pos
-            if card[0]:
+            if card[0] == "CONTINUE" and cards and _continued(cards[-1][1]):
+                string, _, comment = _VALUE.match(block[i + 10:i + 80]).groups()
+                name, value, _ = cards[-1]
+                cards[-1] = (name, value[:-1] + (string or "").replace("''", "'").rstrip(),
+                             (comment or "").strip())
+            elif card[0]:
                 cards.append(card)
     raise ValueError("no END card")
 

@@ -5,12 +5,21 @@ table named ``LIGHTCURVE`` with one row per frame, sorted by time.  Per-
 aperture columns carry the suffix ``_000``, ``_001``, ... in the order of the
 configured apertures.  Missing measurements are NaN with a non-zero flag
 (``trex.flags.PHOT``).
+
+The header keeps the star's ids exactly: ``OBJECTID`` (the pipeline's id) and
+``CATID`` (the id in the field catalog).  An id longer than one card goes on
+CONTINUE cards; an id with characters a FITS header cannot hold (anything but
+printable ASCII: tabs, newlines, accents, ...; or a ``%``) is written
+percent-encoded (:func:`id_text`: UTF-8 bytes as ``%XX``, ``%`` as ``%25``) in
+both cards, and the card ``IDENC`` says so; :func:`read_rows` and
+:func:`read_lightcurve` decode it.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 from astropy.table import Table
@@ -96,10 +105,51 @@ def describe_columns(napertures: int) -> dict[str, str]:
     return out
 
 
+#: header cards holding an object id
+ID_CARDS = ("OBJECTID", "CATID")
+#: header card present when the id cards are percent-encoded
+IDENC = "IDENC"
+#: characters an id keeps in its FITS text form: printable ASCII but ``%``
+_KEPT = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+
+
+def id_text(objectid: str) -> str:
+    """FITS (printable ASCII) text of an object id: characters other than
+    printable ASCII, and ``%``, become ``%XX`` per UTF-8 byte; any other id is
+    its own text.  :func:`id_from_text` undoes it."""
+    return quote(objectid, safe=_KEPT)
+
+
+def id_from_text(text: str) -> str:
+    """The object id whose :func:`id_text` is ``text``."""
+    return unquote(text, errors="strict")
+
+
+def encode_ids(cards: list[dict]) -> list[dict]:
+    """Header cards as written: if an id card's value is not its own
+    :func:`id_text`, every id card holds its text and ``IDENC`` is added."""
+    cards = [c for c in cards if c["name"] != IDENC]
+    if all(id_text(str(c["value"])) == c["value"] for c in cards if c["name"] in ID_CARDS):
+        return cards
+    out = [dict(c, value=id_text(str(c["value"]))) if c["name"] in ID_CARDS else c
+           for c in cards]
+    return out + [{"name": IDENC, "value": "percent-encoded UTF-8",
+                   "comment": "OBJECTID, CATID: %XX is a byte"}]
+
+
+def decode_ids(header: Header) -> Header:
+    """``header`` with the id cards decoded (as :func:`encode_ids` wrote them)."""
+    if IDENC not in header:
+        return header
+    return Header([(r["name"], id_from_text(r["value"]) if r["name"] in ID_CARDS
+                    else r["value"], r["comment"]) for r in header.records()
+                   if r["name"] != IDENC])
+
+
 def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> Path:
     """Write ``rows`` (``lc_dtype``) as the LIGHTCURVE table of ``path``, atomically."""
     with atomic_write(path) as tmp:
-        write_table(tmp, rows, "LIGHTCURVE", header)
+        write_table(tmp, rows, "LIGHTCURVE", encode_ids(header))
     return Path(path)
 
 
@@ -116,8 +166,9 @@ def header_cards(header: Header) -> list[dict]:
 
 
 def read_rows(path: Path | str) -> tuple[np.ndarray, Header]:
-    """Raw rows (numpy structured array) and header of a light-curve file."""
-    return read_table(path, "LIGHTCURVE")
+    """Raw rows (numpy structured array) and header (ids decoded) of a light-curve file."""
+    rows, header = read_table(path, "LIGHTCURVE")
+    return rows, decode_ids(header)
 
 
 def read_lightcurve(path: Path | str) -> Table:

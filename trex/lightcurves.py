@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from trex import __version__, lcformat
+from trex.catalog import star_info
 from trex.config import Config
 from trex.detrend import NightTrend, detrend_nights, night_intervals, night_trend
 from trex.frame import Context
@@ -62,7 +63,7 @@ from trex.partitions import (
 )
 from trex.phase import Phase
 from trex.products import product_name, read_product
-from trex.project import Project, safe_name
+from trex.project import Project, lc_filename, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class FrameTable:
 
 
 def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Path:
-    """The light-curve file of ``objectid``: ``LC/<projid>/[<xx>/]<name>.fits``."""
-    name = f"{safe_name(objectid)}.fits"
+    """The light-curve file of ``objectid``: ``LC/<projid>/[<xx>/]<name>``
+    (:func:`trex.project.lc_filename`)."""
+    name = lc_filename(objectid)
     folder = project.lc(projid)
     if config.lightcurves.subdirs:
         folder = folder / f"{zlib.crc32(objectid.encode()) % 256:02x}"
@@ -199,6 +201,7 @@ def merged_rows(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np
 def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
     cards = [
         {"name": "OBJECTID", "value": info["objectid"]},
+        {"name": "CATID", "value": info["catid"], "comment": "id in the field catalog"},
         {"name": "RA", "value": float(info["ra"]), "comment": "deg, ICRS, catalog epoch"},
         {"name": "DEC", "value": float(info["dec"]), "comment": "deg, ICRS, catalog epoch"},
         {"name": "MAG", "value": float(info["mag"]), "comment": "catalog magnitude"},
@@ -223,9 +226,8 @@ def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
 
 def _star_info(catalog, star: int, projid: str, field: str, rows: np.ndarray | None = None) -> dict:
     """What the header and detrending need of a star (catalog values, median position)."""
-    info = {"objectid": str(catalog["objectid"][star]), "ra": float(catalog["ra"][star]),
-            "dec": float(catalog["dec"][star]), "mag": float(catalog["mag"][star]),
-            "projid": projid, "field": field, "x": np.nan, "y": np.nan}
+    info = {**star_info(catalog, star), "projid": projid, "field": field,
+            "x": np.nan, "y": np.nan}
     if rows is not None and np.isfinite(rows["xcc"]).any():
         info["x"], info["y"] = float(np.nanmedian(rows["xcc"])), float(np.nanmedian(rows["ycc"]))
     return info

@@ -1,14 +1,17 @@
 """The project folder (pipe-trex layout) and how commands find it.
 
 Every path of a project derives from its root; nothing is global.  An object
-id or a night name is turned into a file name only through :func:`safe_name`,
-so it can never point outside the project.
+id is turned into a light-curve file name only through :func:`lc_filename`,
+a night, field or project id only through :func:`safe_name`, so no name can
+point outside the project.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,18 @@ from trex.config import Config, load_config, render_toml
 CONFIG_NAME = "trex.toml"
 DB_NAME = "trex.sqlite"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+#: an object id that is its own light-curve file name (also limited to PLAIN_BYTES)
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+#: longest object id, in bytes, used as a file name as it is
+PLAIN_BYTES = 200
+#: longest readable part of the name of an id that is not plain
+STEM_CHARS = 60
+#: hex digits of the SHA-256 of the id in the name of an id that is not plain (64 bits)
+HASH_DIGITS = 16
+#: names (case-insensitive, before the first dot) a light curve must not take: the
+#: Windows device names and the statistics table kept beside the light curves
+RESERVED = frozenset(["con", "prn", "aux", "nul", "lcstats",
+                      *(f"{dev}{i}" for dev in ("com", "lpt") for i in range(10))])
 
 
 class ProjectError(RuntimeError):
@@ -34,6 +49,35 @@ def safe_name(name: str) -> str:
     if text.strip(".") == "":
         raise ValueError(f"unusable name for a file: {name!r}")
     return text
+
+
+def lc_filename(objectid: str) -> str:
+    """File name of the light curve of ``objectid`` (the id is kept exactly in the file).
+
+    A *plain* id maps to ``<id>.fits``: ASCII letters, digits and ``. _ + -``
+    only, starting with a letter or digit, at most :data:`PLAIN_BYTES` bytes,
+    and not a :data:`RESERVED` name (``lcstats``, ``con``, ``nul``, ``com1``, ...
+    in any letter case, alone or before a dot).  Any other id maps to
+    ``<stem>~<hash>.fits``: ``<hash>`` is the first 16 hex digits of the SHA-256
+    of the id's UTF-8 bytes, ``<stem>`` the id made readable (accents dropped,
+    each run of other characters made one ``_``, leading ``. _ -`` removed, cut
+    to 60 characters; ``id`` if nothing is left; ``_`` put in front if it would
+    start with a reserved name).  ``~`` never occurs in a plain name, so a plain
+    name never equals a hashed one; two ids with one name would need a 64-bit
+    SHA-256 collision.  The name never starts with a dot, holds no path
+    separator and is at most 83 bytes when hashed.
+    """
+    if not objectid:
+        raise ValueError("an empty object id has no file name")
+    raw = objectid.encode("utf-8", "surrogatepass")
+    if (_PLAIN.fullmatch(objectid) and len(raw) <= PLAIN_BYTES
+            and objectid.split(".")[0].lower() not in RESERVED):
+        return f"{objectid}.fits"
+    ascii_text = unicodedata.normalize("NFKD", objectid).encode("ascii", "ignore").decode()
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", ascii_text).lstrip("._-")[:STEM_CHARS] or "id"
+    if stem.split(".")[0].lower() in RESERVED:
+        stem = f"_{stem}"
+    return f"{stem}~{hashlib.sha256(raw).hexdigest()[:HASH_DIGITS]}.fits"
 
 
 @dataclass(frozen=True)

@@ -176,15 +176,25 @@ def old_layout(rows: np.ndarray) -> np.ndarray:
     return np.array(rows[[n for n, _ in fields]], dtype=fields)
 
 
-def test_file_of_the_previous_layout_still_reads(tmp_path):
+@pytest.mark.parametrize("writer", ["trex", "fitsio"])
+def test_file_of_the_previous_layout_still_reads(tmp_path, writer):
+    """As the previous trex writer wrote it (the fast reader), or with an image first
+    as another tool might (read through fitsio)."""
+    import fitsio
+
     rows = sample_rows()
     rows["aep_000"] = rows["atf_000"]
     rows["aiq_000"][3] |= PHOT["NOT_FITTED"].bit  # where detrending used to flag
     rows["aep_000"][3] = rows["atf_000"][3] = np.nan
     old = old_layout(rows)
     path = tmp_path / "old.fits"
-    write_table(path, old, "LIGHTCURVE", [{"name": "OBJECTID", "value": "HAT-1"},
-                                          {"name": "TIMESYS", "value": "TDB"}])
+    if writer == "trex":
+        write_table(path, old, "LIGHTCURVE", [{"name": "OBJECTID", "value": "HAT-1"},
+                                              {"name": "TIMESYS", "value": "TDB"}])
+    else:
+        with fitsio.FITS(str(path), "rw", clobber=True) as fits_file:
+            fits_file.write(np.zeros((2, 2), dtype=np.float32))
+            fits_file.write(old, extname="LIGHTCURVE", header={"OBJECTID": "HAT-1"})
     table = lcformat.read_lightcurve(path)
     assert table.colnames[1:] == lcformat.column_names(NAPER)
     np.testing.assert_array_equal(table["time"].jd, rows["bjd"])

@@ -152,6 +152,13 @@ def _primary(cards: list[dict]) -> bytes:
 PRIMARY = _primary([])
 
 
+@functools.lru_cache(maxsize=16)
+def _ascii(dtype: np.dtype) -> np.dtype:
+    """``dtype`` with its str fields as bytes of as many characters."""
+    return np.dtype([(n, f"S{max(1, dtype[n].itemsize // 4)}" if dtype[n].kind == "U"
+                      else dtype[n]) for n in dtype.names])
+
+
 def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[dict],
                 columns: ColumnSpec | None = None, primary: list[dict] | None = None) -> None:
     """Write ``rows`` (structured array of float, integer and bytes fields) as the first
@@ -159,10 +166,9 @@ def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[di
     and ``primary`` the cards of the primary header ({"name", "value", "comment"});
     ``columns`` gives columns a description (the TTYPEn comment) and keywords such as
     TUNITn (see ``ColumnSpec``)."""
-    if any(rows.dtype[name].kind == "U" for name in rows.dtype.names):  # text as ASCII bytes
-        rows = rows.astype([(n, f"S{max(1, rows.dtype[n].itemsize // 4)}"
-                             if rows.dtype[n].kind == "U" else rows.dtype[n])
-                            for n in rows.dtype.names])
+    ascii_dtype = _ascii(rows.dtype)
+    if ascii_dtype != rows.dtype:  # text as ASCII bytes
+        rows = rows.astype(ascii_dtype)
     column_cards, width, big = _layout(rows.dtype, columns)
     header = [card("XTENSION", "BINTABLE", "binary table extension"), card("BITPIX", 8),
               card("NAXIS", 2), card("NAXIS1", width, "bytes per row"),

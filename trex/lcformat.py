@@ -19,15 +19,15 @@ point with ``TCTYPn = 'UTC'``, ``TRPOSn = 'TOPOCENTER'`` and ``TCRVLn =
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from astropy.table import Column, Table
+from astropy.table import Table
 from astropy.time import Time
 
 from trex import __version__
@@ -114,6 +114,12 @@ def _per_aperture(napertures: int):
             yield column, column.name
 
 
+@functools.lru_cache(maxsize=64)
+def _napertures(dtype: np.dtype) -> int:
+    """Apertures of light-curve rows (their ``aim_NNN`` columns)."""
+    return sum(1 for name in dtype.names if name.startswith("aim_"))
+
+
 def column_names(napertures: int) -> list[str]:
     """Every column name of a light curve with ``napertures`` apertures, in file order."""
     return [name for _, name in _per_aperture(napertures)]
@@ -153,9 +159,14 @@ def concatenate(parts: list[np.ndarray]) -> np.ndarray:
     """Light-curve rows of the same columns one after the other, in the byte order of
     the last part, with ``frame`` as wide as the widest part (nothing cut)."""
     last = parts[-1].dtype
-    width = max(part.dtype["frame"].itemsize for part in parts)
+    width = max(_width(part.dtype["frame"]) for part in parts)
     dtype = np.dtype([(n, f"S{width}" if n == "frame" else last[n]) for n in last.names])
     return np.concatenate([part.astype(dtype, copy=False) for part in parts])
+
+
+def _width(text: np.dtype) -> int:
+    """Characters of a text dtype (bytes, or str as fitsio reads a column)."""
+    return text.itemsize // 4 if text.kind == "U" else text.itemsize
 
 
 def describe_columns(napertures: int) -> dict[str, str]:
@@ -243,8 +254,10 @@ def night_cards(old_header, night_rows: np.ndarray, night_added: np.ndarray,
 
 
 def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
-    finite = values[np.isfinite(values)]
-    return (float(finite.min()), float(finite.max())) if len(finite) else None
+    """Least and greatest finite value (fmin/fmax skip NaN), None if there is none."""
+    low, high = float(np.fmin.reduce(values, initial=np.inf)), \
+        float(np.fmax.reduce(values, initial=-np.inf))
+    return (low, high) if np.isfinite(low) else None
 
 
 def _derived(rows: np.ndarray) -> list[dict]:
@@ -263,7 +276,7 @@ def _derived(rows: np.ndarray) -> list[dict]:
     if bjd:
         cards += [{"name": "TSTART", "value": bjd[0], "comment": "[d] first bjd (mid-exposure)"},
                   {"name": "TSTOP", "value": bjd[1], "comment": "[d] last bjd (mid-exposure)"}]
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     cards += [{"name": "DATE", "value": now, "comment": "file written (UTC)"},
               {"name": "NROWS", "value": len(rows), "comment": "frames in this light curve"}]
     rjd = _finite_range(rows["rjd"]) if "rjd" in rows.dtype.names else None
@@ -293,7 +306,7 @@ def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> 
     ``DATE``, ``NROWS`` and ``RJDSTART``/``RJDSTOP`` are made here from the rows, and
     the primary header from the star's cards.
     """
-    napertures = sum(1 for name in rows.dtype.names if name.startswith("aim_"))
+    napertures = _napertures(rows.dtype)
     derived = _derived(rows)
     cards = derived + [c for c in header if c["name"] not in _DERIVED | _STRUCTURAL
                        and not _COLUMN_KEY.match(c["name"])]
@@ -310,12 +323,12 @@ def upgrade(rows: np.ndarray) -> np.ndarray:
     one: the PHOT bit NOT_FITTED moves from ``aiq``/``irq`` (where detrending used to
     set it) to ``adq``/``idq``, which also get it where both detrended values are NaN.
     Any other rows (the current layout, or not a light curve) are returned as they are."""
-    napertures = sum(1 for name in rows.dtype.names if name.startswith("aim_"))
+    napertures = _napertures(rows.dtype)
     current = lc_dtype(napertures).names
     if rows.dtype.names == current or rows.dtype.names != tuple(
             name for name in current if name[:3] not in ("adq", "idq")):
         return rows
-    out = empty_rows(len(rows), napertures, max(FRAME_WIDTH, rows.dtype["frame"].itemsize))
+    out = empty_rows(len(rows), napertures, max(FRAME_WIDTH, _width(rows.dtype["frame"])))
     for name in rows.dtype.names:
         out[name] = rows[name]
     bit = PHOT["NOT_FITTED"].bit
@@ -342,17 +355,15 @@ def read_lightcurve(path: Path | str) -> Table:
     and table header cards in ``meta`` (table cards win)."""
     rows, table_header, primary = read_file(path, "LIGHTCURVE")
     rows = upgrade(rows)
-    napertures = sum(1 for name in rows.dtype.names if name.startswith("aim_"))
-    units, texts = column_units(napertures), describe_columns(napertures)
+    napertures = _napertures(rows.dtype)
+    table = Table(rows, units=column_units(napertures), descriptions=describe_columns(napertures),
+                  copy=False)
+    if rows.dtype["frame"].kind == "S":
+        table["frame"] = np.char.decode(np.char.rstrip(rows["frame"]), "ascii")
+        table["frame"].description = describe_columns(napertures)["frame"]
     bjd = rows["bjd"]
-    table = Table()
-    table["time"] = Time(np.ma.masked_invalid(bjd) if np.isnan(bjd).any() else bjd,
-                         format="jd", scale="tdb")
-    for name in rows.dtype.names:
-        data = rows[name]
-        if data.dtype.kind == "S":
-            data = np.char.decode(np.char.rstrip(data), "ascii")
-        table[name] = Column(data, unit=units.get(name), description=texts.get(name))
+    table.add_column(Time(np.ma.masked_invalid(bjd) if np.isnan(bjd).any() else bjd,
+                          format="jd", scale="tdb"), index=0, name="time")
     for rec in primary.records() + table_header.records():
         if rec["name"] not in _STRUCTURAL and not _COLUMN_KEY.match(rec["name"]):
             table.meta[rec["name"]] = rec["value"]
@@ -412,5 +423,5 @@ def to_lightkurve(path: Path | str, column: str = "atf_000") -> lightkurve.Light
         data[name] = table[name]
     meta = dict(table.meta, LABEL=table.meta.get("OBJECT", table.meta.get("OBJECTID")),
                 MISSION=table.meta.get("TELESCOP"), FLUX_ORIGIN=column, FILENAME=str(path))
-    time = Time(bjd[np.isfinite(bjd)], format="jd", scale="tdb")
-    return lightkurve.LightCurve(time=time, flux=flux, flux_err=flux_err, data=data, meta=meta)
+    times = Time(bjd[np.isfinite(bjd)], format="jd", scale="tdb")
+    return lightkurve.LightCurve(time=times, flux=flux, flux_err=flux_err, data=data, meta=meta)

@@ -209,8 +209,12 @@ def test_file_of_the_previous_layout_still_reads(tmp_path, writer):
     assert len(lc) == len(rows) and lc.meta["OBJECTID"] == "HAT-1"
 
 
-def test_empty_rows_are_missing_and_not_detrended():
+def test_empty_rows_are_missing_and_not_detrended(tmp_path):
     rows = lcformat.empty_rows(2, NAPER)
+    lcformat.write_lightcurve(tmp_path / "empty.fits", rows, [])  # no time: no TSTART
+    with fits.open(tmp_path / "empty.fits") as hdul:
+        hdul.verify("exception")
+        assert "TSTART" not in hdul[1].header and hdul[1].header["NROWS"] == 2
     assert np.all(rows["aiq_001"] == PHOT["MISSING"].bit) and np.all(rows["irq_000"] == 64)
     assert np.all(rows["adq_000"] == PHOT["NOT_FITTED"].bit)
     assert np.all(rows["idq_001"] == PHOT["NOT_FITTED"].bit)

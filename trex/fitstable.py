@@ -178,8 +178,8 @@ def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[di
     header.append(f"{'END':<80}")
     data = rows.astype(big, copy=False)  # rows already big-endian are written as they are
     with open(path, "wb") as fh:
-        fh.write(_primary(primary) if primary else PRIMARY)
-        fh.write(_pad("".join(header).encode("ascii", errors="replace"), b" "))
+        fh.write((_primary(primary) if primary else PRIMARY)
+                 + _pad("".join(header).encode("ascii", errors="replace"), b" "))
         fh.write(data.data)
         fh.write(b"\0" * (-data.nbytes % BLOCK))
 
@@ -232,24 +232,47 @@ def _card(line: str) -> tuple[str, object, str] | None:
     return key, other, comment
 
 
+@functools.lru_cache(maxsize=256)
+def _block(block: bytes) -> tuple[tuple[tuple[str, object, str], ...], bool, bool]:
+    """The cards of one 2880-byte header block (blank ones left out), whether it ends
+    the header and whether it has CONTINUE cards.  Cached: the blocks of column cards
+    are the same in every light curve of a project."""
+    text = block.decode("ascii", errors="replace")
+    cards = []
+    for i in range(0, BLOCK, 80):
+        card = _card(text[i:i + 80])
+        if card is None:
+            break
+        if card[0]:
+            cards.append(card)
+    return tuple(cards), card is None, any(c[0] == "CONTINUE" for c in cards)
+
+
+def _join(cards: list[tuple[str, object, str]]) -> list[tuple[str, object, str]]:
+    """CONTINUE cards joined to the string value (ending in '&') they continue."""
+    out: list[tuple[str, object, str]] = []
+    for card in cards:
+        if card[0] == "CONTINUE" and out and isinstance(out[-1][1], str) \
+                and out[-1][1].endswith("&"):
+            name, value, comment = out[-1]
+            out[-1] = (name, value[:-1] + card[1], " ".join(filter(None, (comment, card[2]))))
+        elif card[0] != "CONTINUE":
+            out.append(card)
+    return out
+
+
 def _cards(data: bytes, start: int) -> tuple[list[tuple[str, object, str]], int]:
     """The cards of the header at byte ``start`` (CONTINUE cards joined to the string
     they continue) and where its data begin."""
     cards: list[tuple[str, object, str]] = []
-    pos = start
+    pos, continued = start, False
     while pos + BLOCK <= len(data):
-        block = data[pos:pos + BLOCK].decode("ascii", errors="replace")
+        block, end, more = _block(data[pos:pos + BLOCK])
         pos += BLOCK
-        for i in range(0, BLOCK, 80):
-            card = _card(block[i:i + 80])
-            if card is None:
-                return cards, pos
-            if card[0] == "CONTINUE" and cards and isinstance(cards[-1][1], str) \
-                    and cards[-1][1].endswith("&"):
-                name, value, comment = cards[-1]
-                cards[-1] = (name, value[:-1] + card[1], " ".join(filter(None, (comment, card[2]))))
-            elif card[0]:
-                cards.append(card)
+        cards += block
+        continued |= more
+        if end:
+            return _join(cards) if continued else cards, pos
     raise ValueError("no END card")
 
 
@@ -270,10 +293,15 @@ def _skip(data: bytes, start: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _table_dtype(columns: tuple[tuple[str, str], ...]) -> np.dtype:
-    """Big-endian row dtype of (TTYPE, TFORM) pairs of scalar columns and text."""
+def _column_keys(ncols: int) -> tuple[str, ...]:
+    return tuple(f"{stem}{i}" for i in range(1, ncols + 1) for stem in ("TTYPE", "TFORM"))
+
+
+@functools.lru_cache(maxsize=8)
+def _table_dtype(columns: tuple) -> np.dtype:
+    """Big-endian row dtype of TTYPE1, TFORM1, TTYPE2, ... of scalar columns and text."""
     fields = []
-    for name, form in columns:
+    for name, form in zip(map(str, columns[::2]), map(str, columns[1::2])):
         match = re.fullmatch(r"(\d*)([A-Z])", form.strip())
         repeat, code = match.groups() if match else ("", "?")
         if code == "A":
@@ -301,19 +329,18 @@ def read_file(path: Path | str, extname: str,
         else:
             first, (naxis, start) = [], _skip(data, 0)
         cards, start = _cards(data, start)
-        values = dict((name, value) for name, value, _ in cards)
+        header = Header(cards)
+        values = header._values
         if (naxis != 0 or values.get("XTENSION") != "BINTABLE" or values.get("PCOUNT", 0) != 0
                 or values.get("EXTNAME") != extname):
             raise ValueError("not a plain binary table after an empty primary HDU")
-        ncols = int(values["TFIELDS"])
-        dtype = _table_dtype(tuple((str(values[f"TTYPE{i}"]), str(values[f"TFORM{i}"]))
-                                   for i in range(1, ncols + 1)))
+        dtype = _table_dtype(tuple(map(values.__getitem__, _column_keys(int(values["TFIELDS"])))))
         if dtype.itemsize != values["NAXIS1"]:
             raise ValueError("NAXIS1 is not the sum of the columns")
         rows = np.frombuffer(data, dtype=dtype, count=int(values["NAXIS2"]), offset=start)
     except (ValueError, KeyError, TypeError):
         return _read_fitsio(path, extname, primary)
-    return rows.astype(dtype.newbyteorder("=")), Header(cards), Header(first) if primary else None
+    return rows.astype(dtype.newbyteorder("=")), header, Header(first) if primary else None
 
 
 def read_table(path: Path | str, extname: str) -> tuple[np.ndarray, Header]:

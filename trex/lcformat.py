@@ -115,9 +115,13 @@ def _per_aperture(napertures: int):
 
 
 @functools.lru_cache(maxsize=64)
+def _count_apertures(names: tuple[str, ...]) -> int:
+    return sum(1 for name in names if name.startswith("aim_"))
+
+
 def _napertures(dtype: np.dtype) -> int:
     """Apertures of light-curve rows (their ``aim_NNN`` columns)."""
-    return sum(1 for name in dtype.names if name.startswith("aim_"))
+    return _count_apertures(dtype.names)
 
 
 def column_names(napertures: int) -> list[str]:
@@ -254,10 +258,12 @@ def night_cards(old_header, night_rows: np.ndarray, night_added: np.ndarray,
 
 
 def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
-    """Least and greatest finite value (fmin/fmax skip NaN), None if there is none."""
-    low, high = float(np.fmin.reduce(values, initial=np.inf)), \
-        float(np.fmax.reduce(values, initial=-np.inf))
-    return (low, high) if np.isfinite(low) else None
+    """Least and greatest finite value, None if there is none."""
+    low, high = float(values.min(initial=np.inf)), float(values.max(initial=-np.inf))
+    if np.isfinite(low) and np.isfinite(high):
+        return low, high
+    finite = values[np.isfinite(values)]  # a NaN among them, or no value
+    return (float(finite.min()), float(finite.max())) if len(finite) else None
 
 
 def _derived(rows: np.ndarray) -> list[dict]:

@@ -107,3 +107,68 @@ def test_long_strings_go_on_continue_cards_that_every_reader_joins(tmp_path, val
         hdul.verify("exception")
         assert hdul["LIGHTCURVE"].header["LONGID"] == value
     assert fitsio.read_header(str(path), 1)["LONGID"] == value
+
+
+def test_long_strings_continue_and_read_back_the_same_everywhere(tmp_path):
+    import fitsio
+
+    from trex.fitstable import read_file
+
+    long = "it's " + "x" * 70 + " '" + "y" * 80 + "&end"
+    cards = [{"name": "LONGSTR", "value": long, "comment": "a long value"},
+             {"name": "LONGCOM", "value": "v", "comment": "word " * 30},
+             {"name": "BOTH", "value": "z" * 100, "comment": "c " * 40},
+             {"name": "COMMENT", "value": "commentary text " * 6},
+             {"name": "AMP", "value": "ends with &"}]
+    path = tmp_path / "long.fits"
+    write_lightcurve(path, empty_rows(2, 1), cards)
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        theirs = hdul["LIGHTCURVE"].header
+    peer = fitsio.read_header(str(path), ext=1)
+    _, mine, primary = read_file(path, "LIGHTCURVE")
+    for c in cards[:3] + cards[4:]:
+        assert mine[c["name"]] == theirs[c["name"]] == peer[c["name"]] == c["value"], c["name"]
+    for c in cards[:3]:
+        assert theirs.comments[c["name"]] == " ".join(c["comment"].split())
+        got = next(r["comment"] for r in mine.records() if r["name"] == c["name"])
+        assert got == " ".join(c["comment"].split())
+    assert "commentary text" in str(theirs["COMMENT"]) and primary["ORIGIN"] == "trex"
+
+
+@pytest.mark.parametrize("key, value", [("TOOLONGKEY", 1), ("NAN", float("nan")),
+                                        ("INF", float("inf"))])
+def test_cards_that_cannot_be_written_raise(key, value):
+    with pytest.raises(ValueError):
+        card(key, value)
+
+
+def test_numbers_keep_every_digit(tmp_path):
+    from trex.fitstable import read_file
+
+    values = [2461000.3030999997, 0.1 + 0.2, -1.2345678901234567e-300, 1e20, 7]
+    cards = [{"name": f"V{i}", "value": v, "comment": "a comment of some length here"}
+             for i, v in enumerate(values)]
+    write_lightcurve(tmp_path / "n.fits", empty_rows(1, 1), cards)
+    _, mine, _ = read_file(tmp_path / "n.fits", "LIGHTCURVE")
+    with fits.open(tmp_path / "n.fits") as hdul:
+        theirs = hdul[1].header
+        assert [theirs[f"V{i}"] for i in range(len(values))] == values
+    assert [mine[f"V{i}"] for i in range(len(values))] == values
+
+
+def test_the_fast_reader_reads_the_current_layout_without_fitsio(tmp_path, monkeypatch):
+    from trex import fitstable
+    from trex.lcformat import column_names, read_lightcurve
+
+    rows = empty_rows(4, 3)
+    rows["rjd"], rows["bjd"] = [1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0]
+    write_lightcurve(tmp_path / "lc.fits", rows, [{"name": "OBJECTID", "value": "A"}])
+
+    def no_fitsio(*args):
+        raise AssertionError("fitsio used")
+
+    monkeypatch.setattr(fitstable, "_read_fitsio", no_fitsio)
+    back, header = read_rows(tmp_path / "lc.fits")
+    assert list(back.dtype.names) == column_names(3) and header["OBJECTID"] == "A"
+    assert read_lightcurve(tmp_path / "lc.fits").meta["OBJECT"] == "A"

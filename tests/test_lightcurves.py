@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import run_stages
 
-from trex import lightcurves
+from trex import lcformat, lightcurves
 from trex.config import Config
 from trex.db import connect
+from trex.fitstable import write_table
 from trex.lcformat import column_names, read_lightcurve
 from trex.ledger import Ledger
 from trex.products import save_product
@@ -19,8 +20,9 @@ from trex.project import init_project
 NSTARS, NFRAMES, NAPER = 40, 24, 3
 
 
-def make_products(root: Path, seed: int = 0):
-    """Frames with aperture photometry products of random subsets of the stars."""
+def make_products(root: Path, seed: int = 0, suffix: str = ""):
+    """Frames with aperture photometry products of random subsets of the stars (frame
+    files named ``frame-NNNN<suffix>.fits``)."""
     rng = np.random.default_rng(seed)
     catalog = {"objectid": np.array([f"TRX-{i:05d}" for i in range(NSTARS)]),
                "ra": rng.uniform(50, 70, NSTARS), "dec": rng.uniform(-40, -20, NSTARS),
@@ -41,7 +43,7 @@ def make_products(root: Path, seed: int = 0):
         rows["ycc"] = rng.uniform(0, 1000, len(stars))
         for a in range(NAPER):
             rows[f"aim_{a:03d}"] = rng.normal(12, 0.1, len(stars))
-        redpath = Path("RED") / "7" / f"frame-{framekey:04d}.fits"
+        redpath = Path("RED") / "7" / f"frame-{framekey:04d}{suffix}.fits"
         save_product(root / redpath, "aphot", rows)
         night = "2026-11-28" if i < NFRAMES // 2 else "2026-11-29"
         entries.append(lightcurves.FrameEntry(framekey, str(redpath), night, "7", "F1", times[i]))
@@ -96,7 +98,8 @@ def test_values_order_and_header(setup):
         assert nobs == len(truth[int(objectid[4:])]) and path == f"LC/7/{objectid}.fits"
     for star, measured in truth.items():
         table = read_lightcurve(project.root / "LC" / "7" / f"TRX-{star:05d}.fits")
-        assert table.colnames == column_names(NAPER)
+        assert table.colnames == ["time"] + column_names(NAPER)
+        np.testing.assert_array_equal(table["time"].jd, table["bjd"])
         assert np.all(np.diff(table["rjd"]) > 0)
         expected = sorted(measured, key=lambda m: m[1]["rjd"])
         assert list(table["framekey"]) == [m[0] for m in expected]
@@ -164,3 +167,64 @@ def test_object_ids_cannot_escape(tmp_path):
     sub = lightcurves.lc_path(project, Config().replace("lightcurves", subdirs=True), "7", "A/B")
     assert sub.parent.parent == project.root / "LC" / "7"
 
+
+
+def test_long_frame_names_are_kept_whole_across_increments(tmp_path):
+    project = init_project(tmp_path / "p")
+    catalog, entries, _ = make_products(project.root)
+    register(project, catalog, entries[:6])
+    run_stages(project, ["lightcurves"])
+    suffix = "_" + "x" * 80  # the same products under names of 96 characters
+    long_entries = make_products(project.root, suffix=suffix)[1][6:]
+    register(project, catalog, long_entries)
+    run_stages(project, ["lightcurves"])
+    late = {e.framekey for e in long_entries}
+    for path in lc_files(project):
+        table = read_lightcurve(path)
+        names = {int(k): n for k, n in zip(table["framekey"], table["frame"])}
+        assert names and all(name == f"frame-{key:04d}{suffix if key in late else ''}.fits"
+                             for key, name in names.items())
+
+
+OLD_CARDS = {"OBJECTID", "RA", "DEC", "MAG", "PROJID", "FIELD", "ZP", "TIMESYS", "BJDREFI",
+             "BJDREFF", "TIMEUNIT", "NROWS", "RJDSTART", "RJDSTOP", "TREXVER", "CONFSHA"}
+
+
+def test_files_of_the_previous_layout_take_new_nights(setup, tmp_path):
+    """Light curves written by the previous writer (frame S40, no adq/idq) merge the
+    next frames as if they had been written by this one."""
+    project, catalog, entries, truth = setup
+    half = len(entries) // 2
+    register(project, catalog, entries[:half])
+    run_stages(project, ["lightcurves"])
+    for path in lc_files(project):
+        rows, header = lcformat.read_rows(path)
+        fields = [(n, "S40" if n == "frame" else rows.dtype[n]) for n in rows.dtype.names
+                  if n[:3] not in ("adq", "idq")]
+        old = np.array(rows[[n for n, _ in fields]], dtype=fields)
+        old_cards = [{"name": r["name"], "value": r["value"]} for r in header.records()
+                     if r["name"] in OLD_CARDS or r["name"].startswith(("APER_", "NIGHT"))]
+        write_table(path, old, "LIGHTCURVE", old_cards)
+        assert "adq_000" not in read_rows_raw(path)
+    register(project, catalog, entries[half:])
+    run_stages(project, ["lightcurves"])
+    other = init_project(tmp_path / "q")
+    make_products(other.root)
+    register(other, catalog, entries)
+    run_stages(other, ["lightcurves"])
+    for path in lc_files(other):
+        once, merged = read_lightcurve(path), read_lightcurve(project.lc("7") / path.name)
+        assert once.colnames == merged.colnames and len(once) == len(truth[int(path.stem[4:])])
+        for name in once.colnames:
+            np.testing.assert_array_equal(once[name], merged[name], err_msg=name)
+        nights = sorted(k for k in once.meta if k.startswith("NIGHT"))
+        assert nights
+        assert [once.meta[k] for k in nights] == [merged.meta[k] for k in nights]
+        assert merged.meta["OBJECT"] == path.stem and merged.meta["NROWS"] == len(once)
+
+
+def read_rows_raw(path: Path) -> tuple[str, ...]:
+    """Column names as the file holds them."""
+    from trex.fitstable import read_table
+
+    return read_table(path, "LIGHTCURVE")[0].dtype.names

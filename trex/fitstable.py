@@ -4,79 +4,117 @@ Light-curve transposition and detrending read and write one small file per
 star, so the per-file cost of a general FITS library (opening, parsing the
 header card by card into Python objects, re-reading HDU information after
 each step: ~7 ms with fitsio for a light curve of 60 columns) dominates.
-The writer lays the file out directly: an empty primary HDU, then one
-BINTABLE extension whose header is built once per column layout, and the
-rows as big-endian bytes, each part padded to 2880 bytes as the FITS
-standard requires.  The reader reads such files (any file whose first
-extension is a BINTABLE of scalar columns and text) in one read and hands
-anything else to fitsio.
+The writer lays the file out directly: a primary HDU without data (its
+header cards given), then one BINTABLE extension whose column cards (TTYPEn
+with a description as comment, TFORMn, then any TUNITn, TCTYPn, ... given per
+column) are built once per column layout, and the rows as big-endian bytes,
+each part padded to 2880 bytes as the FITS standard requires.  String values
+too long for one card use the long-string convention (CONTINUE cards, FITS 4.0
+section 4.2.1.2): nothing is cut.  The reader reads such files (any file whose
+first extension is a BINTABLE of scalar columns and text) in one read and
+hands anything else to fitsio.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 BLOCK = 2880
 _TFORM = {"f8": "D", "f4": "E", "i8": "K", "i4": "J", "i2": "I", "u1": "B"}
 _DTYPE = {form: np.dtype(">" + kind) for kind, form in _TFORM.items()}
 #: a card's value: a quoted string ('' is a quote), or anything up to the comment slash
 _VALUE = re.compile(r"\s*(?:'((?:[^']|'')*)'|([^/]*))\s*(?:/\s?(.*))?$")
+_COMMENTARY = ("COMMENT", "HISTORY", "")
+#: characters of a string in one card: 80 - len("KEYWORD = '") - len("&'")
+_PIECE = 67
+
+#: per column of a table: (name, description, ((keyword stem, value), ...)), e.g.
+#: ("rjd", "JD - 2400000", (("TUNIT", "d"), ("TCTYP", "UTC")))
+ColumnSpec = tuple[tuple[str, str, tuple[tuple[str, object], ...]], ...]
 
 
-#: characters of a quoted string that fit on one card (80 - "KEYWORD= " - 2 quotes)
-_STRING_ROOM = 68
-
-
-def _long_string(key: str, value: str, comment: str) -> str:
-    """A string too long for one card, over CONTINUE cards (FITS 4.0 section 4.2.1.2):
-    each card but the last ends its piece with ``&``; a doubled quote is never split."""
-    pieces, piece, size = [], "", 0
-    for char in value:
-        width = 2 if char == "'" else 1
-        if size + width > _STRING_ROOM - 1:
-            pieces.append(piece)
-            piece, size = "", 0
-        piece += char
-        size += width
-    pieces.append(piece)
-    if value.endswith("&"):
-        pieces.append("")  # a last piece ending in & would read as continued
-    lines = []
-    for i, text in enumerate(pieces):
-        quoted = text.replace("'", "''") + ("&" if i < len(pieces) - 1 else "")
-        line = (f"{key:<8}= " if i == 0 else "CONTINUE  ") + f"'{quoted}'"
-        if i == len(pieces) - 1 and comment:
-            line += f" / {comment}"
-        lines.append(f"{line[:80]:<80}")
-    return "".join(lines)
-
-
-def card(key: str, value, comment: str = "") -> str:
-    """One 80-character header card (fixed format for numbers and logicals); a
-    string longer than a card holds goes on as many CONTINUE cards as it needs."""
-    if isinstance(value, str) and len(value.replace("'", "''")) > _STRING_ROOM:
-        return _long_string(key, value, comment)
+def _number(value) -> str:
     if isinstance(value, bool):
-        text = f"{'T' if value else 'F':>20}"
-    elif isinstance(value, (int, np.integer)):
-        text = f"{int(value):>20d}"
-    elif isinstance(value, (float, np.floating)):
-        number = f"{float(value):.16G}"
-        if "." not in number and "E" not in number and "N" not in number and "I" not in number:
-            number += ".0"
-        text = f"{number:>20}"
-    else:
-        quoted = str(value).replace("'", "''")
-        text = f"'{quoted:<8}'"
-    line = f"{key:<8}= {text}"
+        return "T" if value else "F"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if not np.isfinite(float(value)):
+        raise ValueError(f"FITS header values must be finite, got {value}")
+    return repr(float(value)).upper()  # the shortest text that reads back the same double
+
+
+def _words(text: str, width: int) -> list[str]:
+    """``text`` in pieces of at most ``width`` characters, broken at spaces where possible."""
+    pieces = []
+    while len(text) > width:
+        cut = text.rfind(" ", 1, width + 1)
+        cut = cut if cut > 0 else width
+        pieces.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    return pieces + [text]
+
+
+def _quoted_pieces(text: str) -> list[str]:
+    """``text`` quoted (' doubled) in pieces of at most ``_PIECE`` characters; a doubled
+    quote is never split."""
+    pieces, current = [], ""
+    for char in text:
+        char = "''" if char == "'" else char
+        if len(current) + len(char) > _PIECE:
+            pieces.append(current)
+            current = ""
+        current += char
+    return pieces + [current]
+
+
+def _string_cards(key: str, text: str, comment: str) -> str:
+    quoted = text.replace("'", "''")
+    line = f"{key:<8}= '{quoted:<8}'"
+    if len(line) <= 80 and len(line) + (len(comment) + 3 if comment else 0) <= 80:
+        return f"{line + (f' / {comment}' if comment else ''):<80}"
+    pieces = _quoted_pieces(text)
+    if text.endswith("&"):
+        pieces.append("")  # a last piece ending in & would read as continued
+    lines = [f"{'CONTINUE  ' if i else f'{key:<8}= '}'{piece}&'" for i, piece in enumerate(pieces)]
+    last = lines[-1][:-2] + "'"  # the last piece without '&' when the comment fits after it
+    if not comment or len(last) + 3 + len(comment) <= 80:
+        lines[-1] = last + (f" / {comment}" if comment else "")
+    else:  # the comment on cards of its own, as astropy writes it
+        parts = _words(comment, 80 - len("CONTINUE  '&' / "))
+        lines += [f"CONTINUE  '{'&' if i < len(parts) - 1 else ''}' / {part}"
+                  for i, part in enumerate(parts)]
+    return "".join(f"{line:<80}" for line in lines)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def card(key: str, value, comment: str = "") -> str:
+    """The header card(s) of one keyword, 80 characters each: numbers and logicals in
+    fixed format (free format when that leaves the comment room), strings too long
+    for one card continued on CONTINUE cards, COMMENT/HISTORY text on as many cards
+    as it takes.  Raises ValueError for a keyword longer than 8 characters or a
+    non-finite number.  Cached: most cards repeat from file to file."""
+    if len(key) > 8:
+        raise ValueError(f"keyword {key!r} is longer than 8 characters")
+    if key in _COMMENTARY:
+        return "".join(f"{key:<8}{part:<72}" for part in _words(str(value), 72))
+    if not isinstance(value, (bool, int, float, np.integer, np.floating)):
+        return _string_cards(key, str(value), comment)
+    text = _number(value)
+    line = f"{key:<8}= {text:>20}"
+    if comment and len(line) + 3 + len(comment) > 80:
+        line = f"{key:<8}= {text}"
+        if len(line) + 3 + len(comment) > 80:
+            log.warning("header card %s: comment cut to fit 80 characters: %r", key, comment)
+            comment = comment[:80 - len(line) - 3]
     if comment:
         line += f" / {comment}"
-    if len(line) > 80:
-        line = line[:80]
     return f"{line:<80}"
 
 
@@ -84,9 +122,12 @@ def _pad(data: bytes, fill: bytes) -> bytes:
     return data + fill * (-len(data) % BLOCK)
 
 
-@functools.lru_cache(maxsize=8)
-def _layout(dtype: np.dtype) -> tuple[str, int, np.dtype]:
-    """(TTYPE/TFORM cards, row width in bytes, big-endian dtype) of a row dtype."""
+@functools.lru_cache(maxsize=16)
+def _layout(dtype: np.dtype, columns: ColumnSpec | None) -> tuple[str, int, np.dtype]:
+    """(column cards, row width in bytes, big-endian dtype) of a row dtype and the
+    descriptions and keywords of its columns (by name; columns not named get
+    TTYPE and TFORM only)."""
+    spec = {name: (text, keys) for name, text, keys in columns or ()}
     cards, width, big = [], 0, []
     for i, name in enumerate(dtype.names, start=1):
         field = dtype[name]
@@ -94,40 +135,59 @@ def _layout(dtype: np.dtype) -> tuple[str, int, np.dtype]:
             form = f"{field.itemsize}A"
         else:
             form = _TFORM[f"{field.kind}{field.itemsize}"]
-        cards += [card(f"TTYPE{i}", name), card(f"TFORM{i}", form)]
+        text, keys = spec.get(name, ("", ()))
+        cards += [card(f"TTYPE{i}", name, text), card(f"TFORM{i}", form)]
+        cards += [card(f"{stem}{i}", value) for stem, value in keys]
         width += field.itemsize
         big.append((name, field.newbyteorder(">") if field.kind != "S" else field))
     return "".join(cards), width, np.dtype(big)
 
 
-PRIMARY = _pad("".join([card("SIMPLE", True, "conforms to FITS standard"), card("BITPIX", 8),
-                        card("NAXIS", 0), card("EXTEND", True), f"{'END':<80}"]).encode(), b" ")
+def _primary(cards: list[dict]) -> bytes:
+    header = [card("SIMPLE", True, "conforms to FITS standard"), card("BITPIX", 8),
+              card("NAXIS", 0), card("EXTEND", True)]
+    header += [card(c["name"], c["value"], c.get("comment", "")) for c in cards]
+    header.append(f"{'END':<80}")
+    return _pad("".join(header).encode("ascii", errors="replace"), b" ")
 
 
-def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[dict]) -> None:
+PRIMARY = _primary([])
+
+
+@functools.lru_cache(maxsize=16)
+def _ascii(dtype: np.dtype) -> np.dtype:
+    """``dtype`` with its str fields as bytes of as many characters."""
+    return np.dtype([(n, f"S{max(1, dtype[n].itemsize // 4)}" if dtype[n].kind == "U"
+                      else dtype[n]) for n in dtype.names])
+
+
+def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[dict],
+                columns: ColumnSpec | None = None, primary: list[dict] | None = None) -> None:
     """Write ``rows`` (structured array of float, integer and bytes fields) as the first
-    extension of a new FITS file at ``path``; ``cards`` are extra header cards
-    ({"name", "value", "comment"})."""
-    if any(rows.dtype[name].kind == "U" for name in rows.dtype.names):  # text as ASCII bytes
-        rows = rows.astype([(n, f"S{rows.dtype[n].itemsize // 4}" if rows.dtype[n].kind == "U"
-                             else rows.dtype[n]) for n in rows.dtype.names])
-    columns, width, big = _layout(rows.dtype)
+    extension of a new FITS file at ``path``.  ``cards`` are extra table header cards
+    and ``primary`` the cards of the primary header ({"name", "value", "comment"});
+    ``columns`` gives columns a description (the TTYPEn comment) and keywords such as
+    TUNITn (see ``ColumnSpec``)."""
+    ascii_dtype = _ascii(rows.dtype)
+    if ascii_dtype != rows.dtype:  # text as ASCII bytes
+        rows = rows.astype(ascii_dtype)
+    column_cards, width, big = _layout(rows.dtype, columns)
     header = [card("XTENSION", "BINTABLE", "binary table extension"), card("BITPIX", 8),
               card("NAXIS", 2), card("NAXIS1", width, "bytes per row"),
               card("NAXIS2", len(rows), "rows"), card("PCOUNT", 0), card("GCOUNT", 1),
-              card("TFIELDS", len(rows.dtype.names)), columns, card("EXTNAME", extname)]
+              card("TFIELDS", len(rows.dtype.names)), column_cards, card("EXTNAME", extname)]
     header += [card(c["name"], c["value"], c.get("comment", "")) for c in cards]
     header.append(f"{'END':<80}")
     data = rows.astype(big, copy=False)  # rows already big-endian are written as they are
     with open(path, "wb") as fh:
-        fh.write(PRIMARY)
-        fh.write(_pad("".join(header).encode("ascii", errors="replace"), b" "))
+        fh.write((_primary(primary) if primary else PRIMARY)
+                 + _pad("".join(header).encode("ascii", errors="replace"), b" "))
         fh.write(data.data)
         fh.write(b"\0" * (-data.nbytes % BLOCK))
 
 
 class Header:
-    """The cards of a table header: ``get``/``[]`` by keyword, ``records()`` like
+    """The cards of a header: ``get``/``[]`` by keyword, ``records()`` like
     fitsio's (dicts with ``name``, ``value``, ``comment``)."""
 
     def __init__(self, cards: list[tuple[str, object, str]]):
@@ -154,6 +214,9 @@ def _card(line: str) -> tuple[str, object, str] | None:
     key = line[:8].strip()
     if key == "END":
         return None
+    if key == "CONTINUE":
+        string, _, comment = _VALUE.match(line[10:]).groups()
+        return key, (string or "").replace("''", "'").rstrip(), (comment or "").strip()
     if line[8:10] != "= ":
         return key, line[8:].rstrip(), ""
     string, other, comment = _VALUE.match(line[10:]).groups()
@@ -171,36 +234,76 @@ def _card(line: str) -> tuple[str, object, str] | None:
     return key, other, comment
 
 
-def _continued(value) -> bool:
-    """True if ``value`` is a string that goes on in a CONTINUE card."""
-    return isinstance(value, str) and value.endswith("&")
+@functools.lru_cache(maxsize=256)
+def _block(block: bytes) -> tuple[tuple[tuple[str, object, str], ...], bool, bool]:
+    """The cards of one 2880-byte header block (blank ones left out), whether it ends
+    the header and whether it has CONTINUE cards.  Cached: the blocks of column cards
+    are the same in every light curve of a project."""
+    text = block.decode("ascii", errors="replace")
+    cards = []
+    for i in range(0, BLOCK, 80):
+        card = _card(text[i:i + 80])
+        if card is None:
+            break
+        if card[0]:
+            cards.append(card)
+    return tuple(cards), card is None, any(c[0] == "CONTINUE" for c in cards)
+
+
+def _join(cards: list[tuple[str, object, str]]) -> list[tuple[str, object, str]]:
+    """CONTINUE cards joined to the string value (ending in '&') they continue."""
+    out: list[tuple[str, object, str]] = []
+    for card in cards:
+        if card[0] == "CONTINUE" and out and isinstance(out[-1][1], str) \
+                and out[-1][1].endswith("&"):
+            name, value, comment = out[-1]
+            out[-1] = (name, value[:-1] + card[1], " ".join(filter(None, (comment, card[2]))))
+        elif card[0] != "CONTINUE":
+            out.append(card)
+    return out
 
 
 def _cards(data: bytes, start: int) -> tuple[list[tuple[str, object, str]], int]:
-    """The cards of the header at byte ``start`` and where its data begin."""
-    cards, pos = [], start
+    """The cards of the header at byte ``start`` (CONTINUE cards joined to the string
+    they continue) and where its data begin."""
+    cards: list[tuple[str, object, str]] = []
+    pos, continued = start, False
     while pos + BLOCK <= len(data):
-        block = data[pos:pos + BLOCK].decode("ascii", errors="replace")
+        block, end, more = _block(data[pos:pos + BLOCK])
+        pos += BLOCK
+        cards += block
+        continued |= more
+        if end:
+            return _join(cards) if continued else cards, pos
+    raise ValueError("no END card")
+
+
+def _skip(data: bytes, start: int) -> tuple[int, int]:
+    """NAXIS of the header at byte ``start`` and where its data begin, without
+    parsing its other cards (the primary header, read for its layout only)."""
+    naxis, pos = -1, start
+    while pos + BLOCK <= len(data):
+        block = data[pos:pos + BLOCK]
         pos += BLOCK
         for i in range(0, BLOCK, 80):
-            card = _card(block[i:i + 80])
-            if card is None:
-                return cards, pos
-            if card[0] == "CONTINUE" and cards and _continued(cards[-1][1]):
-                string, _, comment = _VALUE.match(block[i + 10:i + 80]).groups()
-                name, value, _ = cards[-1]
-                cards[-1] = (name, value[:-1] + (string or "").replace("''", "'").rstrip(),
-                             (comment or "").strip())
-            elif card[0]:
-                cards.append(card)
+            key = block[i:i + 8]
+            if key == b"NAXIS   ":
+                naxis = _card(block[i:i + 80].decode("ascii", errors="replace"))[1]
+            elif key == b"END     ":
+                return naxis, pos
     raise ValueError("no END card")
 
 
 @functools.lru_cache(maxsize=8)
-def _table_dtype(columns: tuple[tuple[str, str], ...]) -> np.dtype:
-    """Big-endian row dtype of (TTYPE, TFORM) pairs of scalar columns and text."""
+def _column_keys(ncols: int) -> tuple[str, ...]:
+    return tuple(f"{stem}{i}" for i in range(1, ncols + 1) for stem in ("TTYPE", "TFORM"))
+
+
+@functools.lru_cache(maxsize=8)
+def _table_dtype(columns: tuple) -> np.dtype:
+    """Big-endian row dtype of TTYPE1, TFORM1, TTYPE2, ... of scalar columns and text."""
     fields = []
-    for name, form in columns:
+    for name, form in zip(map(str, columns[::2]), map(str, columns[1::2])):
         match = re.fullmatch(r"(\d*)([A-Z])", form.strip())
         repeat, code = match.groups() if match else ("", "?")
         if code == "A":
@@ -212,37 +315,54 @@ def _table_dtype(columns: tuple[tuple[str, str], ...]) -> np.dtype:
     return np.dtype(fields)
 
 
-def read_table(path: Path | str, extname: str) -> tuple[np.ndarray, Header]:
-    """Rows (native byte order) and header of the binary table ``extname`` of
-    ``path``, read directly when it is laid out as :func:`write_table` writes it
-    (the first extension, scalar columns and text); any other layout (vector
-    columns, a heap, a primary image, another extension first) is read by fitsio."""
+def read_file(path: Path | str, extname: str,
+              primary: bool = True) -> tuple[np.ndarray, Header, Header | None]:
+    """Rows (native byte order), table header and primary header (None unless
+    ``primary``) of the binary table ``extname`` of ``path``, read directly when it is
+    laid out as :func:`write_table` writes it (the first extension, scalar columns
+    and text); any other layout (vector columns, a heap, a primary image, another
+    extension first) is read by fitsio."""
     with open(path, "rb") as fh:
         data = fh.read()
     try:
-        primary, start = _cards(data, 0)
+        if primary:
+            first, start = _cards(data, 0)
+            naxis = dict((name, value) for name, value, _ in first).get("NAXIS")
+        else:
+            first, (naxis, start) = [], _skip(data, 0)
         cards, start = _cards(data, start)
-        values = dict((name, value) for name, value, _ in cards)
-        if (dict((name, value) for name, value, _ in primary).get("NAXIS") != 0
-                or values.get("XTENSION") != "BINTABLE" or values.get("PCOUNT", 0) != 0
+        header = Header(cards)
+        values = header._values
+        if (naxis != 0 or values.get("XTENSION") != "BINTABLE" or values.get("PCOUNT", 0) != 0
                 or values.get("EXTNAME") != extname):
             raise ValueError("not a plain binary table after an empty primary HDU")
-        ncols = int(values["TFIELDS"])
-        dtype = _table_dtype(tuple((str(values[f"TTYPE{i}"]), str(values[f"TFORM{i}"]))
-                                   for i in range(1, ncols + 1)))
+        dtype = _table_dtype(tuple(map(values.__getitem__, _column_keys(int(values["TFIELDS"])))))
         if dtype.itemsize != values["NAXIS1"]:
             raise ValueError("NAXIS1 is not the sum of the columns")
         rows = np.frombuffer(data, dtype=dtype, count=int(values["NAXIS2"]), offset=start)
     except (ValueError, KeyError, TypeError):
-        return _read_fitsio(path, extname)
-    return rows.astype(dtype.newbyteorder("=")), Header(cards)
+        return _read_fitsio(path, extname, primary)
+    return rows.astype(dtype.newbyteorder("=")), header, Header(first) if primary else None
 
 
-def _read_fitsio(path: Path | str, extname: str) -> tuple[np.ndarray, Header]:
+def read_table(path: Path | str, extname: str) -> tuple[np.ndarray, Header]:
+    """Rows (native byte order) and header of the binary table ``extname`` of ``path``
+    (:func:`read_file` without the primary header)."""
+    rows, header, _ = read_file(path, extname, primary=False)
+    return rows, header
+
+
+def _records(header) -> Header:
+    return Header([(r["name"], r["value"], r.get("comment", "") or "")
+                   for r in header.records() if r.get("name")])
+
+
+def _read_fitsio(path: Path | str, extname: str,
+                 primary: bool) -> tuple[np.ndarray, Header, Header | None]:
     import fitsio
 
     with fitsio.FITS(str(path)) as fits:
         ext = fits[extname]
         rows, header = ext.read(), ext.read_header()
-    return rows, Header([(r["name"], r["value"], r.get("comment", "") or "")
-                         for r in header.records() if r.get("name")])
+        first = _records(fits[0].read_header()) if primary else None
+    return rows, _records(header), first

@@ -6,6 +6,16 @@ aperture columns carry the suffix ``_000``, ``_001``, ... in the order of the
 configured apertures.  Missing measurements are NaN with a non-zero flag
 (``trex.flags.PHOT``).
 
+Every column has its description as the comment of its ``TTYPEn`` card and its
+unit as ``TUNITn`` (FITS unit strings, read by astropy).  The time columns
+follow the FITS time standard (Rots et al. 2015, FITS 4.0 section 9): the
+table's times are Julian dates (``JDREF = 0``) in ``TIMESYS = 'TDB'`` at
+``TREFPOS = 'BARYCENTER'``, which is what ``bjd`` is (``TCTYPn = 'TDB'``,
+``TRPOSn = 'BARYCENTER'``); ``rjd`` states its own scale, position and zero
+point with ``TCTYPn = 'UTC'``, ``TRPOSn = 'TOPOCENTER'`` and ``TCRVLn =
+2400000`` (JD = rjd + 2400000).  The primary header names the star (``OBJECT``,
+``RA_OBJ``, ...); see README "Light curves" for every keyword.
+
 The header keeps the star's ids exactly: ``OBJECTID`` (the pipeline's id) and
 ``CATID`` (the id in the field catalog).  An id longer than one card goes on
 CONTINUE cards; an id with characters a FITS header cannot hold (anything but
@@ -18,74 +28,129 @@ both cards, and the card ``IDENC`` says so; :func:`read_rows` and
 from __future__ import annotations
 
 import functools
+import re
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote
 
 import numpy as np
 from astropy.table import Table
+from astropy.time import Time
 
+from trex import __version__
 from trex.fits import atomic_write
-from trex.fitstable import Header, read_table, write_table
+from trex.fitstable import ColumnSpec, Header, read_file, write_table
+from trex.flags import PHOT
 
-#: (name, description, numpy dtype, per aperture)
+if TYPE_CHECKING:
+    import lightkurve
+
+    from trex.config import Config
+
+
+class LCColumn(NamedTuple):
+    name: str
+    description: str  # at most 43 characters: it is the TTYPEn comment, with ", aperture N"
+    unit: str | None  # FITS/astropy unit string
+    dtype: str
+    per_aperture: bool
+
+
+#: the columns of a light curve, in file order
 COLUMNS = (
-    ("rjd", "reduced JD (JD - 2400000), UTC mid-exposure", "f8", False),
-    ("bjd", "BJD_TDB mid-exposure", "f8", False),
-    ("framekey", "frame id in the database", "i8", False),
-    ("frame", "calibrated frame name", "S40", False),
-    ("xcc", "x on the calibrated frame, px, 0-based", "f8", False),
-    ("ycc", "y on the calibrated frame, px, 0-based", "f8", False),
-    ("bgv", "local sky per pixel, ADU", "f4", False),
-    ("bge", "error of the local sky, ADU", "f4", False),
-    ("fsv", "PSF shape S at the star, 1/px^2", "f4", False),
-    ("fdv", "PSF shape D at the star, 1/px^2", "f4", False),
-    ("fkv", "PSF shape K at the star, 1/px^2", "f4", False),
-    ("aim", "instrumental magnitude", "f4", True),
-    ("aie", "instrumental magnitude error", "f4", True),
-    ("aiq", "aperture photometry quality flag (trex.flags.PHOT)", "i2", True),
-    ("arm", "magnitude after magnitude fitting", "f4", True),
-    ("aep", "magnitude after EPD", "f4", True),
-    ("atf", "magnitude after TFA", "f4", True),
-    ("adq", "detrending flag of aep/atf (trex.flags.PHOT NOT_FITTED: not detrended)", "i2", True),
-    ("ifl", "image-subtraction flux, ADU (reference scale)", "f8", True),
-    ("ife", "image-subtraction flux error, ADU", "f8", True),
-    ("irm", "image-subtraction magnitude", "f4", True),
-    ("ire", "image-subtraction magnitude error", "f4", True),
-    ("irq", "image-subtraction quality flag (trex.flags.PHOT)", "i2", True),
-    ("iep", "image-subtraction magnitude after EPD", "f4", True),
-    ("itf", "image-subtraction magnitude after TFA", "f4", True),
-    ("idq", "detrending flag of iep/itf (trex.flags.PHOT NOT_FITTED: not detrended)", "i2", True),
+    LCColumn("rjd", "JD - 2400000, UTC, mid-exposure", "d", "f8", False),
+    LCColumn("bjd", "BJD_TDB (full JD), mid-exposure", "d", "f8", False),
+    LCColumn("framekey", "frame id in the trex database", None, "i8", False),
+    LCColumn("frame", "calibrated frame file name", None, "S", False),
+    LCColumn("xcc", "x on the calibrated frame, 0-based", "pix", "f8", False),
+    LCColumn("ycc", "y on the calibrated frame, 0-based", "pix", "f8", False),
+    LCColumn("bgv", "local sky level per pixel", "adu", "f4", False),
+    LCColumn("bge", "error of the local sky level per pixel", "adu", "f4", False),
+    LCColumn("fsv", "PSF shape parameter S at the star", "pix-2", "f4", False),
+    LCColumn("fdv", "PSF shape parameter D at the star", "pix-2", "f4", False),
+    LCColumn("fkv", "PSF shape parameter K at the star", "pix-2", "f4", False),
+    LCColumn("aim", "instrumental magnitude", "mag", "f4", True),
+    LCColumn("aie", "instrumental magnitude error", "mag", "f4", True),
+    LCColumn("aiq", "photometry quality flags (trex.flags.PHOT)", None, "i2", True),
+    LCColumn("arm", "magnitude after magnitude fitting", "mag", "f4", True),
+    LCColumn("aep", "magnitude after EPD", "mag", "f4", True),
+    LCColumn("atf", "magnitude after TFA", "mag", "f4", True),
+    LCColumn("adq", "aep/atf quality flags (trex.flags.PHOT)", None, "i2", True),
+    LCColumn("ifl", "image-subtraction flux (reference scale)", "adu", "f8", True),
+    LCColumn("ife", "image-subtraction flux error", "adu", "f8", True),
+    LCColumn("irm", "image-subtraction magnitude", "mag", "f4", True),
+    LCColumn("ire", "image-subtraction magnitude error", "mag", "f4", True),
+    LCColumn("irq", "subtraction quality flags (trex.flags.PHOT)", None, "i2", True),
+    LCColumn("iep", "image-subtraction magnitude after EPD", "mag", "f4", True),
+    LCColumn("itf", "image-subtraction magnitude after TFA", "mag", "f4", True),
+    LCColumn("idq", "iep/itf quality flags (trex.flags.PHOT)", None, "i2", True),
 )
+#: width of the ``frame`` column unless a name is longer (the file keeps the longest)
+FRAME_WIDTH = 40
+#: time keywords of the column (FITS time standard, column-specific form)
+TIME_COLUMNS = {
+    "rjd": (("TCTYP", "UTC"), ("TCUNI", "d"), ("TRPOS", "TOPOCENTER"), ("TCRVL", 2400000.0)),
+    "bjd": (("TCTYP", "TDB"), ("TCUNI", "d"), ("TRPOS", "BARYCENTER")),
+}
+#: detrended value column -> its flag column: "not detrended" is PHOT NOT_FITTED there,
+#: never in ``aiq``/``irq``
+DETREND_FLAGS = {"aep": "adq", "atf": "adq", "iep": "idq", "itf": "idq"}
+#: cards of the table header that write_lightcurve derives from the rows, never copied
+_DERIVED = {"TIMESYS", "JDREF", "MJDREF", "MJDREFI", "MJDREFF", "JDREFI", "JDREFF", "BJDREFI",
+            "BJDREFF", "TIMEUNIT", "TREFPOS", "TIMEREF", "TIMEPIXR", "TSTART", "TSTOP", "DATE",
+            "NROWS", "RJDSTART", "RJDSTOP"}
+#: cards that describe the FITS layout (with the column keywords, ``_COLUMN_KEY``)
+_STRUCTURAL = {"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT",
+               "GCOUNT", "TFIELDS", "EXTNAME", "CONTINUE"}
+_COLUMN_KEY = re.compile(r"T(TYPE|FORM|UNIT|NULL|SCAL|ZERO|DISP|DIM|CTYP|CUNI|CRPX|CRVL|CDLT|"
+                         r"RPOS)\d+$")
+#: primary-header keyword <- table-header keyword it repeats
+_PRIMARY = (("OBJECT", "OBJECTID"), ("TELESCOP", "TELESCOP"), ("INSTRUME", "INSTRUME"),
+            ("OBJECTID", "OBJECTID"), ("RA_OBJ", "RA"), ("DEC_OBJ", "DEC"),
+            ("RADESYS", "RADESYS"), ("EQUINOX", "EQUINOX"), ("PROJID", "PROJID"),
+            ("FIELD", "FIELD"), ("TREXVER", "TREXVER"))
+
+
+def _per_aperture(napertures: int):
+    """(column, name) of every column of a light curve, in file order."""
+    for column in COLUMNS:
+        if column.per_aperture:
+            for i in range(napertures):
+                yield column, f"{column.name}_{i:03d}"
+        else:
+            yield column, column.name
+
+
+@functools.lru_cache(maxsize=64)
+def _count_apertures(names: tuple[str, ...]) -> int:
+    return sum(1 for name in names if name.startswith("aim_"))
+
+
+def _napertures(dtype: np.dtype) -> int:
+    """Apertures of light-curve rows (their ``aim_NNN`` columns)."""
+    return _count_apertures(dtype.names)
 
 
 def column_names(napertures: int) -> list[str]:
     """Every column name of a light curve with ``napertures`` apertures, in file order."""
-    names = []
-    for name, _, _, per_aperture in COLUMNS:
-        names += [f"{name}_{i:03d}" for i in range(napertures)] if per_aperture else [name]
-    return names
+    return [name for _, name in _per_aperture(napertures)]
 
 
-@functools.lru_cache(maxsize=8)
-def lc_dtype(napertures: int) -> np.dtype:
-    """Row dtype of a light curve with ``napertures`` apertures."""
-    fields = []
-    for name, _, dtype, per_aperture in COLUMNS:
-        if per_aperture:
-            fields += [(f"{name}_{i:03d}", dtype) for i in range(napertures)]
-        else:
-            fields.append((name, dtype))
-    return np.dtype(fields)
+@functools.lru_cache(maxsize=16)
+def lc_dtype(napertures: int, frame_width: int = FRAME_WIDTH) -> np.dtype:
+    """Row dtype of a light curve with ``napertures`` apertures (``frame`` bytes of
+    ``frame_width``)."""
+    return np.dtype([(name, f"S{frame_width}" if column.dtype == "S" else column.dtype)
+                     for column, name in _per_aperture(napertures)])
 
 
-def empty_rows(n: int, napertures: int) -> np.ndarray:
-    """``n`` rows with every value missing (NaN, flag MISSING)."""
-    from trex.flags import PHOT
-
-    rows = np.zeros(n, dtype=lc_dtype(napertures))
+def empty_rows(n: int, napertures: int, frame_width: int = FRAME_WIDTH) -> np.ndarray:
+    """``n`` rows with every value missing: NaN, ``aiq``/``irq`` MISSING (no measurement)
+    and ``adq``/``idq`` NOT_FITTED (not detrended)."""
+    rows = np.zeros(n, dtype=lc_dtype(napertures, frame_width))
     for name in rows.dtype.names:
-        kind = rows.dtype[name].kind
-        if kind == "f":
+        if rows.dtype[name].kind == "f":
             rows[name] = np.nan
         elif name[:3] in ("aiq", "irq"):
             rows[name] = PHOT["MISSING"].bit
@@ -94,15 +159,159 @@ def empty_rows(n: int, napertures: int) -> np.ndarray:
     return rows
 
 
+def frame_names(names: list[str]) -> np.ndarray:
+    """Frame file names as ASCII bytes, ``FRAME_WIDTH`` wide or as wide as the longest
+    (never cut; a name that is not ASCII raises UnicodeEncodeError)."""
+    encoded = [name.encode("ascii") for name in names]
+    width = max([FRAME_WIDTH] + [len(name) for name in encoded])
+    return np.array(encoded, dtype=f"S{width}")
+
+
+def concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """Light-curve rows of the same columns one after the other, in the byte order of
+    the last part, with ``frame`` as wide as the widest part (nothing cut)."""
+    last = parts[-1].dtype
+    width = max(_width(part.dtype["frame"]) for part in parts)
+    dtype = np.dtype([(n, f"S{width}" if n == "frame" else last[n]) for n in last.names])
+    return np.concatenate([part.astype(dtype, copy=False) for part in parts])
+
+
+def _width(text: np.dtype) -> int:
+    """Characters of a text dtype (bytes, or str as fitsio reads a column)."""
+    return text.itemsize // 4 if text.kind == "U" else text.itemsize
+
+
 def describe_columns(napertures: int) -> dict[str, str]:
-    """Column name -> description (for headers and documentation)."""
-    out = {}
-    for name, text, _, per_aperture in COLUMNS:
-        if per_aperture:
-            out.update({f"{name}_{i:03d}": f"{text}, aperture {i}" for i in range(napertures)})
-        else:
-            out[name] = text
-    return out
+    """Column name -> description (the TTYPEn comments)."""
+    return {name: _description(column, name) for column, name in _per_aperture(napertures)}
+
+
+def column_units(napertures: int) -> dict[str, str]:
+    """Column name -> FITS unit string (the TUNITn values) of the columns with a unit."""
+    return {name: column.unit for column, name in _per_aperture(napertures) if column.unit}
+
+
+def _description(column: LCColumn, name: str) -> str:
+    return f"{column.description}, aperture {int(name[4:])}" if column.per_aperture \
+        else column.description
+
+
+@functools.lru_cache(maxsize=16)
+def column_spec(napertures: int) -> ColumnSpec:
+    """Description and TUNITn/time keywords of every column (``fitstable.ColumnSpec``)."""
+    spec = []
+    for column, name in _per_aperture(napertures):
+        keys = ((("TUNIT", column.unit),) if column.unit else ()) + TIME_COLUMNS.get(name, ())
+        spec.append((name, _description(column, name), keys))
+    return tuple(spec)
+
+
+def star_cards(info: dict, config: Config) -> list[dict]:
+    """Table-header cards of a star: identity, catalog position and magnitude, apertures,
+    zero point, provenance and observatory.  ``info`` has ``objectid``, ``ra``, ``dec``
+    (deg, ICRS), ``mag``, ``projid``, ``field`` and, when known, ``telescope``,
+    ``instrument`` and ``site`` ((latitude deg, east longitude deg, altitude m) of the
+    frames; else ``config.site``)."""
+    site = info.get("site") or (config.site.latitude, config.site.longitude,
+                                config.site.altitude)
+    cards = [{"name": "OBJECTID", "value": str(info["objectid"]), "comment": "trex object id"},
+             {"name": "CATID", "value": str(info.get("catid", info["objectid"])),
+              "comment": "id in the field catalog"},
+             {"name": "TELESCOP", "value": str(info.get("telescope") or "UNKNOWN"),
+              "comment": "telescope"}]
+    if info.get("instrument"):
+        cards.append({"name": "INSTRUME", "value": str(info["instrument"]),
+                      "comment": "camera"})
+    cards += [
+        {"name": "RA", "value": float(info["ra"]), "comment": "[deg] catalog right ascension"},
+        {"name": "DEC", "value": float(info["dec"]), "comment": "[deg] catalog declination"},
+        {"name": "RADESYS", "value": "ICRS", "comment": "frame of RA, DEC"},
+        {"name": "EQUINOX", "value": 2000.0, "comment": "[yr] equinox of RA, DEC"},
+        {"name": "MAG", "value": float(info["mag"]), "comment": "[mag] catalog magnitude"},
+        {"name": "PROJID", "value": str(info["projid"]), "comment": "project id"},
+        {"name": "FIELD", "value": str(info["field"]), "comment": "field name"},
+        {"name": "ZP", "value": float(config.camera.zeropoint), "comment": "[mag] zero point"},
+        {"name": "OBSGEO-B", "value": float(site[0]), "comment": "[deg] observatory latitude"},
+        {"name": "OBSGEO-L", "value": float(site[1]), "comment": "[deg] observatory E longitude"},
+        {"name": "OBSGEO-H", "value": float(site[2]), "comment": "[m] observatory altitude"},
+        {"name": "TREXVER", "value": __version__, "comment": "trex version"},
+        {"name": "CONFSHA", "value": config.sha, "comment": "configuration hash"},
+    ]
+    for i, spec in enumerate(config.photometry.apertures):
+        cards.append({"name": f"APER_{i:03d}", "value": float(spec.split(":")[0]),
+                      "comment": "[pix] aperture radius"})
+    return cards
+
+
+def night_cards(old_header, night_rows: np.ndarray, night_added: np.ndarray,
+                night_names: tuple[str, ...], config: Config) -> list[dict]:
+    """NIGHTnnn cards, value ``<night> rows=<n> trex=<version> config=<hash>``: per
+    contributing night its row count, trex version and configuration hash (of the
+    last run that added rows of that night).
+
+    ``night_rows`` and ``night_added`` count, per night of ``night_names``, the new
+    rows and those of them whose frame was not in the file before (``old_header``,
+    None for a new file).
+    """
+    nights: dict[str, tuple[int, str]] = {}
+    if old_header is not None:
+        for rec in old_header.records():
+            if rec["name"].startswith("NIGHT") and rec["name"][5:].isdigit():
+                night, count, text = str(rec["value"]).split(" ", 2)
+                nights[night] = (int(count.split("=")[1]), text)
+    for night, touched, extra in zip(night_names, night_rows.tolist(), night_added.tolist()):
+        if touched:
+            before = nights.get(night, (0, ""))[0]
+            nights[night] = (before + extra, f"trex={__version__} config={config.sha}")
+    return [{"name": f"NIGHT{i:03d}", "value": f"{night} rows={n} {text}",
+             "comment": "provenance"} for i, (night, (n, text)) in enumerate(sorted(nights.items()))]
+
+
+def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
+    """Least and greatest finite value, None if there is none."""
+    low, high = float(values.min(initial=np.inf)), float(values.max(initial=-np.inf))
+    if np.isfinite(low) and np.isfinite(high):
+        return low, high
+    finite = values[np.isfinite(values)]  # a NaN among them, or no value
+    return (float(finite.min()), float(finite.max())) if len(finite) else None
+
+
+def _derived(rows: np.ndarray) -> list[dict]:
+    """Table cards that follow from the rows: the time frame, extent and file date."""
+    cards = [
+        {"name": "TIMESYS", "value": "TDB", "comment": "time scale of bjd, TSTART, TSTOP"},
+        {"name": "JDREF", "value": 0.0, "comment": "[d] times are JD (rjd: + TCRVL)"},
+        {"name": "TIMEUNIT", "value": "d", "comment": "unit of times"},
+        {"name": "TREFPOS", "value": "BARYCENTER", "comment": "where bjd, TSTART, TSTOP hold"},
+        {"name": "TIMEREF", "value": "SOLARSYSTEM", "comment": "(OGIP) barycentric times"},
+        {"name": "TIMEPIXR", "value": 0.5, "comment": "times mark mid-exposure"},
+        {"name": "BJDREFI", "value": 0, "comment": "[d] bjd is the full BJD_TDB"},
+        {"name": "BJDREFF", "value": 0.0, "comment": "[d] bjd is the full BJD_TDB"},
+    ]
+    bjd = _finite_range(rows["bjd"]) if "bjd" in rows.dtype.names else None
+    if bjd:
+        cards += [{"name": "TSTART", "value": bjd[0], "comment": "[d] first bjd (mid-exposure)"},
+                  {"name": "TSTOP", "value": bjd[1], "comment": "[d] last bjd (mid-exposure)"}]
+    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    cards += [{"name": "DATE", "value": now, "comment": "file written (UTC)"},
+              {"name": "NROWS", "value": len(rows), "comment": "frames in this light curve"}]
+    rjd = _finite_range(rows["rjd"]) if "rjd" in rows.dtype.names else None
+    if rjd:
+        cards += [{"name": "RJDSTART", "value": rjd[0], "comment": "[d] first rjd (UTC)"},
+                  {"name": "RJDSTOP", "value": rjd[1], "comment": "[d] last rjd (UTC)"}]
+    return cards
+
+
+def _primary_cards(table_cards: list[dict], date: str) -> list[dict]:
+    """The primary header: who wrote the file and which star it is (repeated from the
+    table cards).  No CREATOR: lightkurve would then take the file for a mission's."""
+    values = {c["name"]: c for c in table_cards}
+    cards = [{"name": "ORIGIN", "value": "trex", "comment": "software that wrote this file"},
+             {"name": "DATE", "value": date, "comment": "file written (UTC)"}]
+    for key, source in _PRIMARY:
+        if source in values:
+            cards.append({**values[source], "name": key})
+    return cards
 
 
 #: header cards holding an object id
@@ -147,39 +356,136 @@ def decode_ids(header: Header) -> Header:
 
 
 def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> Path:
-    """Write ``rows`` (``lc_dtype``) as the LIGHTCURVE table of ``path``, atomically."""
+    """Write ``rows`` (``lc_dtype``) as the LIGHTCURVE table of ``path``, atomically.
+
+    ``header`` are the table cards (:func:`star_cards` and :func:`night_cards`, or the
+    cards of a file read before); the column keywords, the time frame and extent,
+    ``DATE``, ``NROWS`` and ``RJDSTART``/``RJDSTOP`` are made here from the rows, and
+    the primary header from the star's cards.
+    """
+    napertures = _napertures(rows.dtype)
+    derived = _derived(rows)
+    cards = derived + [c for c in header if c["name"] not in _DERIVED | _STRUCTURAL
+                       and not _COLUMN_KEY.match(c["name"])]
+    date = next(c["value"] for c in derived if c["name"] == "DATE")
+    cards = encode_ids(cards)
     with atomic_write(path) as tmp:
-        write_table(tmp, rows, "LIGHTCURVE", encode_ids(header))
+        write_table(tmp, rows, "LIGHTCURVE", cards, column_spec(napertures),
+                    _primary_cards(cards, date))
     return Path(path)
 
 
-_STRUCTURAL = ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "EXTNAME",
-               "TTYPE", "TFORM", "TUNIT", "TDIM", "TNULL", "TSCAL", "TZERO", "TDISP")
-
-
 def header_cards(header: Header) -> list[dict]:
-    """The user cards of a light curve's table header (structural table cards dropped),
-    to write them again."""
+    """The cards of a light curve's table header, to write them again (the structural,
+    column and derived cards are made anew by :func:`write_lightcurve`)."""
     return [{"name": r["name"], "value": r["value"], "comment": r.get("comment", "")}
-            for r in header.records()
-            if r.get("name") and not r["name"].startswith(_STRUCTURAL)]
+            for r in header.records() if r.get("name")]
+
+
+def upgrade(rows: np.ndarray) -> np.ndarray:
+    """Rows of a light curve of the previous layout (no ``adq``/``idq``) in the current
+    one: the PHOT bit NOT_FITTED moves from ``aiq``/``irq`` (where detrending used to
+    set it) to ``adq``/``idq``, which also get it where both detrended values are NaN.
+    Any other rows (the current layout, or not a light curve) are returned as they are."""
+    napertures = _napertures(rows.dtype)
+    current = lc_dtype(napertures).names
+    if rows.dtype.names == current or rows.dtype.names != tuple(
+            name for name in current if name[:3] not in ("adq", "idq")):
+        return rows
+    out = empty_rows(len(rows), napertures, max(FRAME_WIDTH, _width(rows.dtype["frame"])))
+    for name in rows.dtype.names:
+        out[name] = rows[name]
+    bit = PHOT["NOT_FITTED"].bit
+    for first, second in (("aep", "atf"), ("iep", "itf")):
+        for i in range(napertures):
+            flag, quality = flag_columns(f"{first}_{i:03d}")
+            none = ~np.isfinite(out[f"{first}_{i:03d}"]) & ~np.isfinite(out[f"{second}_{i:03d}"])
+            out[quality] = np.where(none, bit, out[flag] & bit)
+            out[flag] &= ~bit
+    return out
 
 
 def read_rows(path: Path | str) -> tuple[np.ndarray, Header]:
-    """Raw rows (numpy structured array) and header (ids decoded) of a light-curve file."""
-    rows, header = read_table(path, "LIGHTCURVE")
-    return rows, decode_ids(header)
+    """Raw rows (numpy structured array, current layout: see :func:`upgrade`) and the
+    table header of a light-curve file."""
+    rows, table, _ = read_file(path, "LIGHTCURVE", primary=False)
+    return upgrade(rows), decode_ids(table)
 
 
 def read_lightcurve(path: Path | str) -> Table:
-    """A light curve as an astropy Table (SPEC section 5 columns, header in ``meta``)."""
-    rows, header = read_rows(path)
-    table = Table(rows)
-    table["frame"] = np.char.decode(np.char.rstrip(table["frame"].data.astype("S")), "ascii")
-    skip = {"XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "TFIELDS",
-            "EXTNAME"}
-    for rec in header.records():
-        name = rec.get("name")
-        if name and name not in skip and not name.startswith(("TTYPE", "TFORM", "TUNIT")):
-            table.meta[name] = rec.get("value")
+    """A light curve as an astropy Table: ``time`` (astropy Time, the ``bjd`` column in
+    TDB, masked where bjd is NaN) first, then every SPEC column under its own name
+    (floats, integers, ``frame`` as str) with its unit and description; the primary
+    and table header cards in ``meta`` (table cards win)."""
+    rows, table_header, primary = read_file(path, "LIGHTCURVE")
+    rows, table_header, primary = upgrade(rows), decode_ids(table_header), decode_ids(primary)
+    napertures = _napertures(rows.dtype)
+    table = Table(rows, units=column_units(napertures), descriptions=describe_columns(napertures),
+                  copy=False)
+    if rows.dtype["frame"].kind == "S":
+        table["frame"] = np.char.decode(np.char.rstrip(rows["frame"]), "ascii")
+        table["frame"].description = describe_columns(napertures)["frame"]
+    bjd = rows["bjd"]
+    table.add_column(Time(np.ma.masked_invalid(bjd) if np.isnan(bjd).any() else bjd,
+                          format="jd", scale="tdb"), index=0, name="time")
+    for rec in primary.records() + table_header.records():
+        if rec["name"] not in _STRUCTURAL and not _COLUMN_KEY.match(rec["name"]):
+            table.meta[rec["name"]] = rec["value"]
     return table
+
+
+#: photometry column -> its error column
+_ERROR = {"aim": "aie", "arm": "aie", "aep": "aie", "atf": "aie", "ifl": "ife", "irm": "ire",
+          "iep": "ire", "itf": "ire"}
+
+
+def flag_columns(column: str) -> tuple[str, ...]:
+    """The flag columns that qualify a photometry column: ``aiq_NNN`` for ``aim``/``arm``,
+    and ``adq_NNN`` too for ``aep``/``atf``; ``irq_NNN`` for ``ifl``/``irm``, and
+    ``idq_NNN`` too for ``iep``/``itf``.  A value is good where all are 0."""
+    kind, suffix = column[:3], column[3:]
+    measured = "aiq" if kind in ("aim", "aie", "arm", "aep", "atf") else "irq"
+    return (measured + suffix,) + ((DETREND_FLAGS[kind] + suffix,) if kind in DETREND_FLAGS
+                                   else ())
+
+
+def to_lightkurve(path: Path | str, column: str = "atf_000") -> lightkurve.LightCurve:
+    """A ``lightkurve.LightCurve`` of one photometry column of a light-curve file.
+
+    ``time`` is ``bjd`` (astropy Time, TDB; rows without bjd are left out).  For a
+    magnitude column (``aim``, ``arm``, ``aep``, ``atf``, ``irm``, ``iep``, ``itf``
+    + ``_NNN``) ``flux`` is the relative flux 10**(-0.4 (m - median m)) (no unit,
+    median 1) and ``flux_err`` its error from ``aie_NNN``/``ire_NNN``; for ``ifl_NNN``
+    flux and error are ``ifl``/``ife`` in ADU.  ``quality`` is the OR of the column's
+    flags (``aiq``, and ``adq`` for aep/atf; ``irq``, and ``idq`` for iep/itf): 0 is
+    good.  ``centroid_col``/``centroid_row`` are ``xcc``/``ycc`` (pix, 0-based); every
+    other column comes along under its own name, the header cards in ``meta``
+    (``LABEL`` = OBJECT, ``FLUX_ORIGIN`` = ``column``).
+    """
+    import astropy.units as u
+    import lightkurve
+
+    table = read_lightcurve(path)
+    kind, suffix = column[:3], column[3:]
+    if kind not in _ERROR or column not in table.colnames:
+        raise ValueError(f"{column!r} is not a photometry column of {path} "
+                         f"({', '.join(k + suffix for k in _ERROR)})")
+    bjd = np.asarray(table["bjd"])
+    table = table[np.isfinite(bjd)]
+    values = np.asarray(table[column], dtype=np.float64)
+    errors = np.asarray(table[_ERROR[kind] + suffix], dtype=np.float64)
+    if kind == "ifl":
+        flux, flux_err = values * u.adu, errors * u.adu
+    else:
+        reference = np.nanmedian(values) if np.isfinite(values).any() else 0.0
+        flux = 10 ** (-0.4 * (values - reference)) * u.dimensionless_unscaled
+        flux_err = 0.4 * np.log(10.0) * flux * errors
+    quality = np.bitwise_or.reduce([np.asarray(table[f]) for f in flag_columns(column)], axis=0)
+    data = Table({"centroid_col": table["xcc"], "centroid_row": table["ycc"],
+                  "quality": quality.astype(np.int32)})
+    for name in table.colnames[1:]:  # all but time
+        data[name] = table[name]
+    meta = dict(table.meta, LABEL=table.meta.get("OBJECT", table.meta.get("OBJECTID")),
+                MISSION=table.meta.get("TELESCOP"), FLUX_ORIGIN=column, FILENAME=str(path))
+    times = Time(bjd[np.isfinite(bjd)], format="jd", scale="tdb")
+    return lightkurve.LightCurve(time=times, flux=flux, flux_err=flux_err, data=data, meta=meta)

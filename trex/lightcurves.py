@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trex import __version__, lcformat
+from trex import lcformat
 from trex.catalog import star_info
 from trex.config import Config
 from trex.detrend import NightTrend, detrend_nights, night_intervals, night_trend
 from trex.frame import Context
-from trex.lcformat import read_lightcurve
+from trex.lcformat import read_lightcurve, to_lightkurve
 from trex.lcstats import columns_of, lcinfo_stats, star_rows
 from trex.partitions import (
     TEMPLATES,
@@ -67,7 +67,8 @@ from trex.project import Project, lc_filename, safe_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_lightcurve", "FrameEntry", "lc_path", "Scatter", "Trends", "Merge"]
+__all__ = ["read_lightcurve", "to_lightkurve", "FrameEntry", "lc_path", "Scatter", "Trends",
+           "Merge"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class FrameTable:
     """Name, night and rjd of the frames being merged, looked up by framekey."""
 
     keys: np.ndarray  # framekeys, sorted
-    names: np.ndarray  # calibrated-frame file names, S40
+    names: np.ndarray  # calibrated-frame file names (bytes, as wide as the longest)
     nights: np.ndarray  # index into night_names
     night_names: tuple[str, ...]
     rjd: np.ndarray
@@ -99,7 +100,7 @@ class FrameTable:
         entries = sorted(entries, key=lambda e: e.framekey)
         night_names = tuple(sorted({e.night for e in entries}))
         return cls(np.array([e.framekey for e in entries], dtype=np.int64),
-                   np.array([Path(e.redpath).name for e in entries], dtype="S40"),
+                   lcformat.frame_names([Path(e.redpath).name for e in entries]),
                    np.searchsorted(night_names, [e.night for e in entries]).astype(np.int64),
                    night_names, np.array([e.rjd for e in entries], dtype=np.float64),
                    np.array([e.projid for e in entries], dtype=str),
@@ -116,28 +117,6 @@ def lc_path(project: Project, config: Config, projid: str, objectid: str) -> Pat
     return folder / name
 
 
-def _night_cards(old_header, night_rows: np.ndarray, night_added: np.ndarray,
-                 night_names: tuple[str, ...], config: Config) -> list[dict]:
-    """NIGHTnnn cards: per contributing night its row count, trex version and config hash.
-
-    ``night_rows`` and ``night_added`` count, per night of ``night_names``, the new
-    rows and those of them whose frame was not in the file before.
-    """
-    nights: dict[str, tuple[int, str]] = {}
-    if old_header is not None:
-        for rec in old_header.records():
-            if rec["name"].startswith("NIGHT") and rec["name"][5:].isdigit():
-                night, count, text = str(rec["value"]).split(" ", 2)
-                nights[night] = (int(count.split("=")[1]), text)
-    for night, touched, extra in zip(night_names, night_rows.tolist(), night_added.tolist()):
-        if touched:
-            before = nights.get(night, (0, ""))[0]
-            nights[night] = (before + extra, f"trex={__version__} config={config.sha}")
-    return [{"name": f"NIGHT{i:03d}", "value": f"{night} rows={n} {text}",
-             "comment": "night: rows, trex version, config hash"}
-            for i, (night, (n, text)) in enumerate(sorted(nights.items()))]
-
-
 @functools.lru_cache(maxsize=16)
 def _shared(product: np.dtype, lc: np.dtype) -> tuple[str, ...]:
     """Light-curve columns a product supplies."""
@@ -151,10 +130,10 @@ def _unique(values: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _blank(napertures: int) -> np.ndarray:
+def _blank(napertures: int, frame_width: int) -> np.ndarray:
     """One missing light-curve row, big-endian: the rows are built in the byte order
     of the FITS file, so writing them needs no further copy."""
-    blank = lcformat.empty_rows(1, napertures)
+    blank = lcformat.empty_rows(1, napertures, frame_width)
     return blank.astype(blank.dtype.newbyteorder(">"))
 
 
@@ -171,7 +150,7 @@ def merged_rows(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np
     new rows' frames (sorted) and whether each was not in the file before.
     """
     keys = _unique(np.concatenate([k[index] for _, k, index in products.values()]))
-    fresh = np.repeat(_blank(napertures), len(keys))
+    fresh = np.repeat(_blank(napertures, frames.names.dtype.itemsize), len(keys))
     fresh["framekey"] = keys
     for rows, rowkeys, index in products.values():
         if not len(index):
@@ -192,36 +171,10 @@ def merged_rows(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np
         old, old_header = lcformat.read_rows(path)
         keep = ~np.isin(old["framekey"], keys)
         added = ~np.isin(keys, old["framekey"])
-        fresh = np.concatenate([old[keep].astype(fresh.dtype), fresh])
+        fresh = lcformat.concatenate([old[keep], fresh])
     order = np.lexsort((fresh["framekey"], fresh["rjd"]))
     rows = fresh if np.all(order[1:] > order[:-1]) else np.take(fresh, order)
     return rows, old_header, keys, added
-
-
-def _header(info: dict, rows: np.ndarray, config: Config) -> list[dict]:
-    cards = [
-        {"name": "OBJECTID", "value": info["objectid"]},
-        {"name": "CATID", "value": info["catid"], "comment": "id in the field catalog"},
-        {"name": "RA", "value": float(info["ra"]), "comment": "deg, ICRS, catalog epoch"},
-        {"name": "DEC", "value": float(info["dec"]), "comment": "deg, ICRS, catalog epoch"},
-        {"name": "MAG", "value": float(info["mag"]), "comment": "catalog magnitude"},
-        {"name": "PROJID", "value": info["projid"]},
-        {"name": "FIELD", "value": info["field"]},
-        {"name": "ZP", "value": config.camera.zeropoint, "comment": "magnitude zero point"},
-        {"name": "TIMESYS", "value": "TDB", "comment": "time scale of the bjd column"},
-        {"name": "BJDREFI", "value": 0, "comment": "bjd column is the full BJD_TDB"},
-        {"name": "BJDREFF", "value": 0.0},
-        {"name": "TIMEUNIT", "value": "d"},
-        {"name": "NROWS", "value": len(rows), "comment": "frames in this light curve"},
-        {"name": "RJDSTART", "value": float(rows["rjd"].min()), "comment": "JD - 2400000, UTC"},
-        {"name": "RJDSTOP", "value": float(rows["rjd"].max()), "comment": "JD - 2400000, UTC"},
-        {"name": "TREXVER", "value": __version__, "comment": "trex version"},
-        {"name": "CONFSHA", "value": config.sha, "comment": "configuration hash"},
-    ]
-    for i, spec in enumerate(config.photometry.apertures):
-        cards.append({"name": f"APER_{i:03d}", "value": float(spec.split(":")[0]),
-                      "comment": "aperture radius, px"})
-    return cards
 
 
 def _star_info(catalog, star: int, projid: str, field: str, rows: np.ndarray | None = None) -> dict:
@@ -417,7 +370,8 @@ class Merge(Phase):
             detrend_nights([(rows, info) for _, rows, info, _, _ in chunk], trends, config)
         napertures = len(config.photometry.apertures)
         for path, rows, info, counts, old_header in chunk:
-            header = _header(info, rows, config) + _night_cards(old_header, *counts, config)
+            header = (lcformat.star_cards(info, config)
+                      + lcformat.night_cards(old_header, *counts, config))
             lcformat.write_lightcurve(path, rows, header)
             info_rows.append({"projid": info["projid"], "objectid": info["objectid"],
                               "path": str(path.relative_to(project.root)),

@@ -82,22 +82,29 @@ class LightCurves:
     files: int
     rms_arm: float        # median robust RMS of the bright stars, mag
     rms_irm: float
-    bright: int           # bright stars with both RMS
+    bright: int           # bright stars with an arm RMS
 
     def text(self) -> str:
         return (f"{len(self.stars)} stars ({self.files} files), median RMS of {self.bright} "
                 f"mag {BRIGHT[0]}-{BRIGHT[1]} stars arm {self.rms_arm:.4f} irm {self.rms_irm:.4f}")
 
 
+def bright_rms(series: dict[str, np.ndarray], stars: set[str],
+               catmag: dict[str, float]) -> tuple[float, int]:
+    """(median robust RMS, stars) over the ``stars`` of catalog magnitude in ``BRIGHT``."""
+    rms = [fd.robust_rms(values) for star, values in series.items()
+           if star in stars and BRIGHT[0] <= catmag.get(star, 99.0) <= BRIGHT[1]]
+    rms = [r for r in rms if np.isfinite(r)]
+    return (float(np.median(rms)), len(rms)) if rms else (float("nan"), 0)
+
+
 def summarise(curves: dict[str, tuple[np.ndarray, np.ndarray]], files: int, nframes: int,
               catmag: dict[str, float]) -> LightCurves:
     """:class:`LightCurves` of {objectid: (arm, irm)} (aperture 2.45 px)."""
     stars = {s for s, (arm, _) in curves.items() if np.isfinite(arm).sum() >= nframes / 2}
-    rms = np.array([(fd.robust_rms(arm), fd.robust_rms(irm)) for s, (arm, irm) in curves.items()
-                    if s in stars and BRIGHT[0] <= catmag.get(s, 99.0) <= BRIGHT[1]]).reshape(-1, 2)
-    rms = rms[np.isfinite(rms).all(axis=1)]
-    med = np.median(rms, axis=0) if len(rms) else (float("nan"),) * 2
-    return LightCurves(stars, files, float(med[0]), float(med[1]), len(rms))
+    arm, nbright = bright_rms({s: c[0] for s, c in curves.items()}, stars, catmag)
+    irm, _ = bright_rms({s: c[1] for s, c in curves.items()}, stars, catmag)
+    return LightCurves(stars, files, arm, irm, nbright)
 
 
 def trex_lightcurves(root: Path, nframes: int, catmag: dict[str, float]) -> LightCurves:
@@ -168,18 +175,22 @@ def chain_rows(m: Measurement) -> list[Row]:
                         peer, sum(per[p] for p in phases), check))
     main = sum(fitsh.seconds[p] for p in fitshchain.PHASES)
     if "subtract_grid" in fitsh.seconds:
-        grid = per["register"] + per["photref"] + per["subtract_grid"] + per["diffphot"]
-        with_grid = (main - fitsh.seconds["subtract"] + fitsh.seconds["subtract_grid"]) / whole
+        grid = per["register"] + per["photref"] + per["subtract_grid"] + per["diffphot_grid"]
+        with_grid = (main + fitsh.seconds["subtract_grid"] + fitsh.seconds["diffphot_grid"]
+                     - fitsh.seconds["subtract"] - fitsh.seconds["diffphot"]) / whole
         rows.append(Row("chain (s/frame): same, ficonv on pipe-trex grid", label,
                         trex_times["subtract"] / nframes, "fitsh fitrans, ficonv, fiphot", grid,
                         f"ficonv on a 30x30 grid of 41^2 px stamps {per['subtract_grid']:.3f} "
-                        f"s/frame (on trex's stamps {per['subtract']:.3f}); whole chain with it "
-                        f"{with_grid:.1f}x trex; {PROCESS_NOTE}"))
+                        f"s/frame (on trex's stamps {per['subtract']:.3f}); irm median RMS of "
+                        f"the bright stars {m.grid_rms_irm:.4f} (trex's stamps "
+                        f"{lcs[1].rms_irm:.4f}); whole chain with it {with_grid:.1f}x trex; "
+                        f"{PROCESS_NOTE}"))
     rows.append(Row("chain (s/frame): whole chain, one trex run", label, whole / nframes,
                     "fitsh chain as pipe-trex ran it", main / nframes,
-                    f"trex stage by stage {sum(trex_times.values()) / nframes:.3f} s/frame; "
-                    f"trex: {lcs[0].text()}; fitsh: {lcs[1].text()}; in both: "
-                    f"{len(lcs[0].stars & lcs[1].stars)} stars; {PROCESS_NOTE}"))
+                    f"trex stage by stage {sum(trex_times.values()) / nframes:.3f} s/frame, each "
+                    f"stage run {m.trex_idle:.1f} s of start and setup; trex: {lcs[0].text()}; "
+                    f"fitsh: {lcs[1].text()}; in both: {len(lcs[0].stars & lcs[1].stars)} stars; "
+                    f"{PROCESS_NOTE}"))
     return rows
 
 
@@ -191,8 +202,10 @@ class Measurement:
     label: str
     trex_stages: dict[str, float]
     trex_whole: float
+    trex_idle: float      # a stage run with nothing to do: start and setup
     fitsh: fitshchain.ChainResult
     lightcurves: tuple[LightCurves, LightCurves]
+    grid_rms_irm: float   # as LightCurves.rms_irm, fitsh with pipe-trex's stamps (NaN: not run)
 
 
 def measure(folder: Path, params: dict, realism: str | None = None,
@@ -208,15 +221,19 @@ def measure(folder: Path, params: dict, realism: str | None = None,
     log.info("chain: simulated %s in %.0f s", label, time.perf_counter() - began)
     trex_times = {stage: trex_run(root, (stage,)) for stage in STAGES}
     log.info("chain: trex stages %s", {k: round(v, 1) for k, v in trex_times.items()})
+    idle = trex_run(root, ("extract",))
     whole = trex_run(whole_root, STAGES)
-    log.info("chain: trex whole run %.1f s", whole)
+    log.info("chain: trex whole run %.1f s, a run with nothing to do %.1f s", whole, idle)
     fitsh = fitshchain.run_chain(root, work, grid=grid)
     log.info("chain: fitsh phases %s", {k: round(v, 1) for k, v in fitsh.seconds.items()})
     ids, _, _, mags = fitsh.catalog
     catmag = dict(zip(ids.tolist(), mags.tolist()))
     lcs = (trex_lightcurves(root, fitsh.frames, catmag),
            fitsh_lightcurves(fitsh.lcdir, ids, fitsh.frames, catmag))
-    return Measurement(label, trex_times, whole, fitsh, lcs)
+    grid_irm = {str(ids[star]): values
+                for star, values in fitshchain.grid_magnitudes(fitsh).items()}
+    grid_rms, _ = bright_rms(grid_irm, lcs[1].stars, catmag)
+    return Measurement(label, trex_times, whole, idle, fitsh, lcs, grid_rms)
 
 
 def run(quick: bool = False, frames: int | None = None, size: int | None = None,

@@ -5,7 +5,8 @@ tools, written plainly with numpy and fitsio, no trex kernel:
 
 * calibration: overscan (row median of ``BIASSEC``), trim (``TRIMSEC``),
   median-combined master bias, dark (per second) and flat, then
-  ``(raw - bias - dark t) / flat`` written as float32 FITS for the tools;
+  ``(raw - bias - dark t) / flat`` written as float32 FITS for the tools (the
+  chain then marks saturated pixels in the fitsh mask with ``fiign``);
 * the catalog projected on the sky's tangent plane at the header pointing
   (``RA``, ``DEC``, ``PIXSCALE``; north up, east left, the simulated camera's
   orientation), the first guess grmatch matches to fistar's list;
@@ -64,11 +65,13 @@ def _section(text: str) -> tuple[slice, slice]:
     return slice(y1 - 1, y2), slice(x1 - 1, x2)
 
 
-def overscan_trim(image: np.ndarray, header: dict) -> np.ndarray:
-    """Subtract the row median of the overscan and keep the trim region."""
-    if "BIASSEC" in header:
-        image = image - np.median(image[_section(header["BIASSEC"])], axis=1)[:, None]
-    return image[_section(header["TRIMSEC"])] if "TRIMSEC" in header else image
+def overscan_trim(image: np.ndarray, header: dict) -> tuple[np.ndarray, np.ndarray | float]:
+    """(image minus the row median of the overscan, trimmed; the overscan levels
+    subtracted, trimmed: a column, or 0 without ``BIASSEC``)."""
+    levels = np.median(image[_section(header["BIASSEC"])], axis=1)[:, None] \
+        if "BIASSEC" in header else np.zeros((image.shape[0], 1))
+    trim = _section(header["TRIMSEC"]) if "TRIMSEC" in header else (slice(None), slice(None))
+    return (image - levels)[trim], levels[trim[0]]
 
 
 def master_frames(calibrations: dict[str, list[Path]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,11 +79,11 @@ def master_frames(calibrations: dict[str, list[Path]]) -> tuple[np.ndarray, np.n
     def stack(kind: str, prepare) -> np.ndarray:
         return np.median([prepare(*read_raw(p)) for p in calibrations[kind]], axis=0)
 
-    bias = stack("bias", lambda im, h: overscan_trim(im, h))
-    dark = stack("dark", lambda im, h: (overscan_trim(im, h) - bias) / float(h["EXPTIME"]))
+    bias = stack("bias", lambda im, h: overscan_trim(im, h)[0])
+    dark = stack("dark", lambda im, h: (overscan_trim(im, h)[0] - bias) / float(h["EXPTIME"]))
 
     def flat_one(image, header):
-        level = overscan_trim(image, header) - bias - dark * float(header["EXPTIME"])
+        level = overscan_trim(image, header)[0] - bias - dark * float(header["EXPTIME"])
         return level / np.median(level)
 
     flat = stack("flat", flat_one)
@@ -88,17 +91,24 @@ def master_frames(calibrations: dict[str, list[Path]]) -> tuple[np.ndarray, np.n
 
 
 def calibrate(path: Path, masters: tuple, out: Path) -> Frame:
-    """Calibrate one raw object frame, write it (float32), return its :class:`Frame`."""
+    """Calibrate one raw object frame, write it (float32), return its :class:`Frame`.
+
+    ``Frame.saturate`` is the lowest calibrated value a saturated raw pixel can take
+    on this frame, (SATURATE - overscan - bias - dark t) / flat, for fiign to mask.
+    """
     image, header = read_raw(path)
     bias, dark, flat = masters
     exptime = float(header["EXPTIME"])
-    calibrated = ((overscan_trim(image, header) - bias - dark * exptime) / flat).astype(np.float32)
+    level, overscan = overscan_trim(image, header)
+    calibrated = ((level - bias - dark * exptime) / flat).astype(np.float32)
     fitsio.write(str(out), calibrated, clobber=True)
+    saturate = float(header.get("SATURATE", 65535.0))
+    lowest = np.min((saturate - overscan - bias - dark * exptime) / flat)
     mid = Time(header["DATE-OBS"], scale="utc").jd + exptime / 2 / 86400.0
     return Frame(stem=path.name.split(".")[0], path=out, exptime=exptime,
                  gain=float(header["GAIN"]), rjd=mid - 2400000.0,
                  pointing=(float(header["RA"]), float(header["DEC"]), float(header["PIXSCALE"])),
-                 shape=calibrated.shape, saturate=float(header.get("SATURATE", 65535.0)))
+                 shape=calibrated.shape, saturate=float(lowest))
 
 
 def read_catalog(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

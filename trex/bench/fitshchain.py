@@ -23,7 +23,8 @@ photref        the ``NREF`` best frames (registered) matched to the broadest-PSF
 subtract       ``ficonv -k 'b/4;i/4;d=4/4' --input-stamps``: stamps chosen on the
                reference as trex does (:func:`trex.subtract.select_stamps`, 8 x 8
                cells, 21 x 21 px)
-diffphot       ``fiphot -P reference -K kernel`` on the difference images
+diffphot       ``fiphot --input-subtracted`` with the reference's raw photometry and
+               the frame's kernel
 lightcurves    numpy per-frame rows (join of magfit and difference photometry),
                ``grcollect`` into one text file per star
 =============  ===========================================================
@@ -31,6 +32,13 @@ lightcurves    numpy per-frame rows (join of magfit and difference photometry),
 With ``grid`` the subtraction and the difference photometry are also run with
 pipe-trex's stamps (a 30 x 30 grid of 41 x 41 px), phases ``subtract_grid`` and
 ``diffphot_grid`` (:func:`grid_magnitudes` reads that photometry back).
+
+Where this differs from pipe-trex, it spares the fitsh side work: calibration
+in numpy rather than ``ficalib``; astrometry by grmatch against the projected
+catalog rather than astrometry.net; the registration map fitted to the
+catalog positions of both frames rather than a second grmatch (fistar list to
+fistar list, order 4); no ``--magfit`` in the difference photometry (see
+:func:`fiphot_args`); ficonv on trex's 64 stamps rather than the grid.
 """
 
 from __future__ import annotations

@@ -187,3 +187,38 @@ def test_nights_run_times_the_transposition_inside_trex_run(tmp_path):
     assert run["files"] == nlc > 0  # light curves the timed transposition reported
     assert 0 < run["lc_seconds"] < run["seconds"]
     assert nights.counts(root)[0] == 3
+
+
+@pytest.mark.skipif(bool(__import__("trex.bench.fitshchain", fromlist=["x"]).missing_tools()),
+                    reason="fitsh not installed")
+def test_chain_both_chains_write_light_curves(tmp_path):
+    from trex.bench import chain
+
+    # without the pipe-trex grid variant (a second ficonv per frame; its files are below)
+    measured = chain.measure(tmp_path, {"frames": 5, "size": 384, "stars": 900}, grid=False)
+    mine, peer = measured.lightcurves
+    assert len(mine.stars) > 100 and len(peer.stars) > 100
+    # the same stars got light curves from both chains
+    assert len(mine.stars & peer.stars) >= 0.9 * max(len(mine.stars), len(peer.stars))
+    assert mine.bright >= 3 and peer.bright >= 3
+    for rms in (mine.rms_arm, mine.rms_irm, peer.rms_arm, peer.rms_irm):
+        assert 0 < rms < 0.05  # both chains measured the bright stars to a few mmag
+    rows = chain.chain_rows(measured)
+    assert len(rows) == len(chain.GROUPS) + 1  # the phases and the whole chain
+    for row in rows:
+        assert row.operation.startswith("chain (s/frame)") and row.size.startswith("384^2 x5")
+        assert row.trex > 0 and row.peer_time > 0 and np.isfinite(row.ratio)
+        assert "whole processes" in row.check
+    assert "in both:" in rows[-1].check and "grmatch median residual" in rows[2].check
+
+
+def test_ficonv_stamp_files_hold_trex_stamps(tmp_path):
+    centres = np.array([[30, 40], [100, 7]])
+    subtract.write_stamps(tmp_path / "stamps.txt", centres, 10)
+    table = np.loadtxt(tmp_path / "stamps.txt")
+    # ficonv centres a stamp on pixel int(x), int(y) of its own coordinates (+0.5)
+    np.testing.assert_array_equal(table.astype(int), [[30, 40, 10], [100, 7, 10]])
+    assert subtract.stamp_pixels(centres, 10) == 2 * 21 ** 2
+    assert subtract.stamp_pixels(np.array([[5, 5], [6, 5]]), 1) == 12  # overlap counted once
+    grid = subtract.grid_centres((2048, 2048))
+    assert grid.shape == (900, 2) and grid.min() == 34 and grid.max() == 2013

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 #: benchmark modules, in the order of the table
 MODULES = ("photometry", "extract", "subtract", "calibrate", "transpose", "ingest", "endtoend",
-           "nights")
+           "nights", "chain")
 
 
 class _NoteCollector(logging.Handler):

@@ -16,13 +16,23 @@ pixels.
 Subtraction (2048^2 pair from :mod:`trex.simulate.scene`): the reference is
 the noiseless frame plus the noise of a 10-frame stack, the image the same
 stars 1.25x wider with shot and read noise.  trex ``subtract`` (stamp selection
-+ kernel fit + convolution + subtraction, ``b/4;i/4;d=4/4``) against one scipy
-``fftconvolve`` of the frame (the floor of any convolution-based method), and
-fitsh ``ficonv`` (whole process; not with ``--quick``: ~30 s a run).
++ kernel fit + convolution + subtraction, ``b/4;i/4;d=4/4``, stamps of
+``STAMP_HALFSIZE`` = 10, i.e. 21 x 21 px, one per cell of an 8 x 8 grid) against
+one scipy ``fftconvolve`` of the frame (the floor of any convolution-based
+method), and fitsh ``ficonv`` (whole process; not with ``--quick``) fitting
+the same kernel on stamps given with ``--input-stamps``:
 
-The fitsh peers take ~25 s a run at these sizes: they run ``SLOW_REPEATS``
+* the stamps trex fitted (kept and rejected: every centre trex examined), same
+  centres and half-size, so both fit the same pixels (~28 k of 4.2 M);
+* pipe-trex's stamps: a 30 x 30 grid of 41 x 41 stamps (``GRID``; 1.5 M px).
+
+Without ``--input-stamps`` ficonv fits its kernel on every pixel of the frame
+(~150x the pixels trex fits), which an earlier version of this bench timed.
+
+The fitsh peers take 10-40 s a run at these sizes: they run ``SLOW_REPEATS``
 times (1: the full bench must stay under 15 minutes), which the check says.
-Check:
+Their time is the whole process (start, FITS read and write), which the check
+also says.  Check:
 std of D / expected noise in the interior (1.0 is ideal), the expected
 variance being the image's plus the reference's through the kernel at the
 frame centre.
@@ -50,7 +60,13 @@ log = logging.getLogger(__name__)
 NAME = "subtract"
 KERNEL = "b/4;i/4;d=4/4"
 GAIN, RDNOISE, NSTACK, BORDER = 2.7, 10.0, 10, 16
-#: repeats of the whole-process fitsh peers (ficonv, fitrans), ~25 s a run
+#: trex's stamp half-size (px), also given to ficonv
+STAMP_HALFSIZE = 10
+#: pipe-trex's ficonv stamps: a GRID x GRID grid of (2 GRID_HALFSIZE + 1)^2 px stamps
+GRID, GRID_HALFSIZE = 30, 20
+#: what the whole-process fitsh rows include beyond the kernel itself
+PROCESS_NOTE = "fitsh time includes process start, FITS read and write"
+#: repeats of the whole-process fitsh peers (ficonv, fitrans), 10-40 s a run
 SLOW_REPEATS = 1
 
 
@@ -150,7 +166,8 @@ def _fitrans_rows(frame: np.ndarray, transform: Transform, t_trex: float,
     size = frame.shape[0]
     return [Row("resample onto reference grid, trex flux-conserving", f"{size}^2", t_trex,
                 "fitsh fitrans -k (process)", t_peer,
-                f"{agreement_check(out, peer, 1.0, 'fitrans')}; peer {SLOW_REPEATS} run(s)")]
+                f"{agreement_check(out, peer, 1.0, 'fitrans')}; {PROCESS_NOTE}; "
+                f"peer {SLOW_REPEATS} run(s)")]
 
 
 def subtraction_pair(size: int, nstars: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,8 +193,28 @@ def noise_check(diff: np.ndarray, model: np.ndarray, reference: np.ndarray,
     return f"noise ratio {np.std(z):.3f} (mean D/sigma {np.mean(z):+.3f})"
 
 
-def ficonv_runner(image: np.ndarray, reference: np.ndarray, folder: Path):
-    """Whole-process ficonv (fit + subtract); returns a callable giving its D."""
+def write_stamps(path: Path, centres: np.ndarray, halfsize: int) -> None:
+    """A ficonv ``--input-stamps`` file: ``x y halfsize`` per line, fitsh pixel
+    coordinates (ficonv takes the pixel ``int(x)``, ``int(y)`` as the centre of a
+    (2 halfsize + 1)^2 stamp, so 0-based integer centres are written + 0.5)."""
+    centres = np.asarray(centres, dtype=float).reshape(-1, 2)
+    np.savetxt(path, np.column_stack([centres + 0.5, np.full(len(centres), halfsize)]),
+               fmt=["%.1f", "%.1f", "%d"])
+
+
+def grid_centres(shape: tuple[int, int], ngrid: int = GRID) -> np.ndarray:
+    """(ngrid^2, 2) integer x, y centres of an ngrid x ngrid grid of cells (pipe-trex's
+    stamp grid)."""
+    ny, nx = shape
+    gx = np.floor((np.arange(ngrid) + 0.5) * nx / ngrid)
+    gy = np.floor((np.arange(ngrid) + 0.5) * ny / ngrid)
+    return np.column_stack([g.ravel() for g in np.meshgrid(gx, gy)]).astype(np.int64)
+
+
+def ficonv_runner(image: np.ndarray, reference: np.ndarray, folder: Path,
+                  stamps: Path | None = None):
+    """Whole-process ficonv (fit + subtract) of the reference onto the image, on the
+    stamps of the ``stamps`` file (every pixel when None); returns a callable giving D."""
     from astropy.io import fits
 
     fits.writeto(folder / "ref.fits", reference, overwrite=True)
@@ -185,6 +222,8 @@ def ficonv_runner(image: np.ndarray, reference: np.ndarray, folder: Path):
     command = ["ficonv", "-r", str(folder / "ref.fits"), "-i", str(folder / "img.fits"),
                "-k", KERNEL, "--output-kernel-list", str(folder / "kernel.txt"),
                "--output-subtracted", str(folder / "diff.fits")]
+    if stamps is not None:
+        command += ["--input-stamps", str(stamps)]
 
     def run_ficonv() -> np.ndarray:
         subprocess.run(command, check=True, capture_output=True)
@@ -193,9 +232,48 @@ def ficonv_runner(image: np.ndarray, reference: np.ndarray, folder: Path):
     return run_ficonv
 
 
+def stamp_pixels(centres: np.ndarray, halfsize: int) -> int:
+    """Pixels covered by the stamps (overlaps counted once)."""
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1, 2)
+    if len(centres) == 0:
+        return 0
+    side = 2 * halfsize + 1
+    cover = np.zeros((int(centres[:, 1].max()) + side, int(centres[:, 0].max()) + side), bool)
+    for x, y in centres:
+        cover[y:y + side, x:x + side] = True
+    return int(cover.sum())
+
+
+def _ficonv_rows(image: np.ndarray, reference: np.ndarray, model: np.ndarray,
+                 kernel: np.ndarray, solution, t_trex: float, op: str, label: str) -> list[Row]:
+    """ficonv on trex's stamps and on pipe-trex's grid (see the module docstring)."""
+    examined = np.vstack([solution.stamps, solution.rejected]).reshape(-1, 2)
+    grid = grid_centres(image.shape)
+    variants = (("fitsh ficonv on trex's stamps", examined, STAMP_HALFSIZE,
+                 f"same {len(examined)} centres as trex ({len(solution.stamps)} kept), "
+                 f"{2 * STAMP_HALFSIZE + 1}^2 px"),
+                ("fitsh ficonv on pipe-trex grid", grid, GRID_HALFSIZE,
+                 f"pipe-trex's {GRID}x{GRID} grid of {2 * GRID_HALFSIZE + 1}^2 px"))
+    trex_pixels = stamp_pixels(examined, STAMP_HALFSIZE)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="trex-bench-sub-") as tmp:
+        for name, centres, half, what in variants:
+            stamps = Path(tmp) / f"stamps-{half}.txt"
+            write_stamps(stamps, centres, half)
+            t_fi, d_fi = median_time(ficonv_runner(image, reference, Path(tmp), stamps),
+                                     SLOW_REPEATS)
+            rows.append(Row(op, label, t_trex, name, t_fi,
+                            f"ficonv {noise_check(d_fi, model, reference, kernel)}; stamps: {what}"
+                            f", {stamp_pixels(centres, half) / 1e3:.0f} k px fitted (trex "
+                            f"{trex_pixels / 1e3:.0f} k); {PROCESS_NOTE}; peer {SLOW_REPEATS} "
+                            "run(s)"))
+    return rows
+
+
 def bench_subtract(size: int, nstars: int, quick: bool) -> list[Row]:
     image, reference, model = subtraction_pair(size, nstars)
-    t_trex, (diff, solution) = median_time(lambda: subtract(image, reference, KERNEL, gain=GAIN))
+    t_trex, (diff, solution) = median_time(lambda: subtract(image, reference, KERNEL, gain=GAIN,
+                                                            halfsize=STAMP_HALFSIZE))
     kernel = solution.kernel(size / 2, size / 2)
     check = f"{noise_check(diff, model, reference, kernel)}; {len(solution.stamps)} stamps"
     psf = np.outer(*[np.exp(-0.5 * (np.arange(-4, 5) / 1.0) ** 2)] * 2).astype(np.float32)
@@ -203,15 +281,11 @@ def bench_subtract(size: int, nstars: int, quick: bool) -> list[Row]:
     op, label = f"image subtraction {KERNEL}", f"{size}^2 pair"
     rows = [Row(op, label, t_trex, "scipy fftconvolve (one, 9x9)", t_fft, check)]
     if not shutil.which("ficonv"):
-        log.warning("subtract: fitsh ficonv not installed, its row is left out")
+        log.warning("subtract: fitsh ficonv not installed, its rows are left out")
     elif quick:
-        log.warning("subtract: fitsh ficonv and fitrans (~25 s a run) are left out with --quick")
+        log.warning("subtract: fitsh ficonv and fitrans (~5-40 s a run) are left out with --quick")
     else:
-        with tempfile.TemporaryDirectory(prefix="trex-bench-sub-") as tmp:
-            t_fi, d_fi = median_time(ficonv_runner(image, reference, Path(tmp)), SLOW_REPEATS)
-        rows.append(Row(op, label, t_trex, "fitsh ficonv (process)", t_fi,
-                        f"ficonv {noise_check(d_fi, model, reference, kernel)}; trex {check}; "
-                        f"peer {SLOW_REPEATS} run(s)"))
+        rows += _ficonv_rows(image, reference, model, kernel, solution, t_trex, op, label)
     return rows
 
 

@@ -298,7 +298,8 @@ def _grcollect_rows(project: Project, entries: list, folder: Path, size: str, t_
     lines = sum(sum(1 for _ in open(p)) for p in files)
     return [Row("transpose: total incl. LC FITS writes (trex)", size, t_all,
                 "fitsh grcollect (process, text)", t_gr,
-                f"grcollect {len(files)} files, {lines} lines of {nmeas}")]
+                f"grcollect {len(files)} files, {lines} lines of {nmeas}; its time includes "
+                "process start and text read/parse (trex reads binary products)")]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS frameinfo (
     configsha TEXT                         -- hash of the settings the header was parsed with
 );
 
+CREATE INDEX IF NOT EXISTS frameinfo_jd ON frameinfo (jd);
+
 CREATE TABLE IF NOT EXISTS framestatus (
     framekey BIGINT NOT NULL REFERENCES frameinfo (framekey),
     stage TEXT NOT NULL,                   -- calibrate, extract, astrometry, photometry, ...
@@ -227,8 +229,11 @@ CREATE TABLE IF NOT EXISTS lcinfo (
     PRIMARY KEY (projid, objectid)
 );
 
--- per star and aperture, statistics of every magnitude column of its light curve
--- (mag; n = finite points), replaced whenever the light curve is written
+-- per star and aperture, statistics of every magnitude column p of its light curve
+-- (trex.lcstats.star_rows): p_n points, p_nights nights with points, p_mean and
+-- p_rms (ddof 1) over all points; p_median, p_mad: the nights' medians and MADs
+-- averaged with their points as weights; p_crms: the nights' clipped RMS pooled.
+-- mag; updated as nights are added to the light curve
 CREATE TABLE IF NOT EXISTS lcstats (
     projid TEXT NOT NULL,
     objectid TEXT NOT NULL,
@@ -236,40 +241,54 @@ CREATE TABLE IF NOT EXISTS lcstats (
     mag DOUBLE PRECISION,                            -- catalog magnitude
     x DOUBLE PRECISION,                              -- median position on the frames, px
     y DOUBLE PRECISION,
+    aim_n INTEGER,
+    aim_nights INTEGER,
+    aim_mean DOUBLE PRECISION,
+    aim_rms DOUBLE PRECISION,
     aim_median DOUBLE PRECISION,
     aim_mad DOUBLE PRECISION,
-    aim_rms DOUBLE PRECISION,
     aim_crms DOUBLE PRECISION,
-    aim_n INTEGER,
+    arm_n INTEGER,
+    arm_nights INTEGER,
+    arm_mean DOUBLE PRECISION,
+    arm_rms DOUBLE PRECISION,
     arm_median DOUBLE PRECISION,
     arm_mad DOUBLE PRECISION,
-    arm_rms DOUBLE PRECISION,
     arm_crms DOUBLE PRECISION,
-    arm_n INTEGER,
+    aep_n INTEGER,
+    aep_nights INTEGER,
+    aep_mean DOUBLE PRECISION,
+    aep_rms DOUBLE PRECISION,
     aep_median DOUBLE PRECISION,
     aep_mad DOUBLE PRECISION,
-    aep_rms DOUBLE PRECISION,
     aep_crms DOUBLE PRECISION,
-    aep_n INTEGER,
+    atf_n INTEGER,
+    atf_nights INTEGER,
+    atf_mean DOUBLE PRECISION,
+    atf_rms DOUBLE PRECISION,
     atf_median DOUBLE PRECISION,
     atf_mad DOUBLE PRECISION,
-    atf_rms DOUBLE PRECISION,
     atf_crms DOUBLE PRECISION,
-    atf_n INTEGER,
+    irm_n INTEGER,
+    irm_nights INTEGER,
+    irm_mean DOUBLE PRECISION,
+    irm_rms DOUBLE PRECISION,
     irm_median DOUBLE PRECISION,
     irm_mad DOUBLE PRECISION,
-    irm_rms DOUBLE PRECISION,
     irm_crms DOUBLE PRECISION,
-    irm_n INTEGER,
+    iep_n INTEGER,
+    iep_nights INTEGER,
+    iep_mean DOUBLE PRECISION,
+    iep_rms DOUBLE PRECISION,
     iep_median DOUBLE PRECISION,
     iep_mad DOUBLE PRECISION,
-    iep_rms DOUBLE PRECISION,
     iep_crms DOUBLE PRECISION,
-    iep_n INTEGER,
+    itf_n INTEGER,
+    itf_nights INTEGER,
+    itf_mean DOUBLE PRECISION,
+    itf_rms DOUBLE PRECISION,
     itf_median DOUBLE PRECISION,
     itf_mad DOUBLE PRECISION,
-    itf_rms DOUBLE PRECISION,
     itf_crms DOUBLE PRECISION,
-    itf_n INTEGER,
     PRIMARY KEY (projid, objectid, aperture)
 );

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS frameinfo (
     configsha TEXT                         -- hash of the settings the header was parsed with
 );
 
+CREATE INDEX IF NOT EXISTS frameinfo_jd ON frameinfo (jd);
+
 CREATE TABLE IF NOT EXISTS framestatus (
     framekey INTEGER NOT NULL REFERENCES frameinfo (framekey),
     stage TEXT NOT NULL,                   -- calibrate, extract, astrometry, photometry, ...
@@ -222,8 +224,11 @@ CREATE TABLE IF NOT EXISTS lcinfo (
     PRIMARY KEY (projid, objectid)
 );
 
--- per star and aperture, statistics of every magnitude column of its light curve
--- (mag; n = finite points), replaced whenever the light curve is written
+-- per star and aperture, statistics of every magnitude column p of its light curve
+-- (trex.lcstats.star_rows): p_n points, p_nights nights with points, p_mean and
+-- p_rms (ddof 1) over all points; p_median, p_mad: the nights' medians and MADs
+-- averaged with their points as weights; p_crms: the nights' clipped RMS pooled.
+-- mag; updated as nights are added to the light curve
 CREATE TABLE IF NOT EXISTS lcstats (
     projid TEXT NOT NULL,
     objectid TEXT NOT NULL,
@@ -231,40 +236,54 @@ CREATE TABLE IF NOT EXISTS lcstats (
     mag REAL,                            -- catalog magnitude
     x REAL,                              -- median position on the frames, px
     y REAL,
+    aim_n INTEGER,
+    aim_nights INTEGER,
+    aim_mean REAL,
+    aim_rms REAL,
     aim_median REAL,
     aim_mad REAL,
-    aim_rms REAL,
     aim_crms REAL,
-    aim_n INTEGER,
+    arm_n INTEGER,
+    arm_nights INTEGER,
+    arm_mean REAL,
+    arm_rms REAL,
     arm_median REAL,
     arm_mad REAL,
-    arm_rms REAL,
     arm_crms REAL,
-    arm_n INTEGER,
+    aep_n INTEGER,
+    aep_nights INTEGER,
+    aep_mean REAL,
+    aep_rms REAL,
     aep_median REAL,
     aep_mad REAL,
-    aep_rms REAL,
     aep_crms REAL,
-    aep_n INTEGER,
+    atf_n INTEGER,
+    atf_nights INTEGER,
+    atf_mean REAL,
+    atf_rms REAL,
     atf_median REAL,
     atf_mad REAL,
-    atf_rms REAL,
     atf_crms REAL,
-    atf_n INTEGER,
+    irm_n INTEGER,
+    irm_nights INTEGER,
+    irm_mean REAL,
+    irm_rms REAL,
     irm_median REAL,
     irm_mad REAL,
-    irm_rms REAL,
     irm_crms REAL,
-    irm_n INTEGER,
+    iep_n INTEGER,
+    iep_nights INTEGER,
+    iep_mean REAL,
+    iep_rms REAL,
     iep_median REAL,
     iep_mad REAL,
-    iep_rms REAL,
     iep_crms REAL,
-    iep_n INTEGER,
+    itf_n INTEGER,
+    itf_nights INTEGER,
+    itf_mean REAL,
+    itf_rms REAL,
     itf_median REAL,
     itf_mad REAL,
-    itf_rms REAL,
     itf_crms REAL,
-    itf_n INTEGER,
     PRIMARY KEY (projid, objectid, aperture)
 );

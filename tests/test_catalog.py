@@ -303,7 +303,7 @@ def test_light_curve_header_keeps_hostile_ids(tmp_path):
         db.create_schema()
         for oid in HOSTILE:
             db.write_columns("lcstats", star_rows(rows, {"projid": "7", "objectid": oid, "mag": 1.0,
-                                                         "x": 0.0, "y": 0.0}, 1))
+                                                         "x": 0.0, "y": 0.0}, 1, 0.25))
         back = Queries(db).lcstats("7")["objectid"]
     assert sorted(back) == sorted(HOSTILE)
 

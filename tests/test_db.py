@@ -121,26 +121,34 @@ def test_credentials_never_shown():
 
 def test_lcinfo_batches_replace_rows_of_their_project_only(db_url):
     from trex.config import Config
+    from trex.lcformat import empty_rows
+    from trex.lcstats import star_rows
     from trex.ledger import Ledger
 
-    def record_lcinfo(db, info, config):
-        Ledger(db, config).record_lightcurves(info, {})
-
-    def batch(projid, ids, nobs):
-        n = len(ids)
-        return {"projid": np.full(n, projid), "objectid": np.array(ids),
+    def record(db, projid, ids, nobs, added=False):
+        rows = empty_rows(nobs, 1)
+        rows["rjd"], rows["arm_000"] = np.arange(nobs) * 0.01, 10.0 + np.arange(nobs) * 0.001
+        info = {"projid": np.full(len(ids), projid), "objectid": np.array(ids),
                 "path": np.array([f"LC/{projid}/{i}.fits" for i in ids]),
-                "nobs": np.full(n, nobs), "rjd_min": np.zeros(n), "rjd_max": np.ones(n),
-                "median_mag": np.full(n, np.nan), "mad": np.full(n, 0.01),
-                "rms": np.full(n, 0.02)}
+                "rjd_min": np.zeros(len(ids)), "rjd_max": np.full(len(ids), 0.01 * (nobs - 1))}
+        stats = [star_rows(rows, {"projid": projid, "objectid": i, "mag": 9.0, "x": 1.0,
+                                  "y": 2.0}, 1, 0.25) for i in ids]
+        stats = {k: np.concatenate([st[k] for st in stats]) for k in stats[0]}
+        Ledger(db, Config()).record_lightcurves(info, stats, added)
 
     with connect(db_url) as db:
         db.create_schema()
-        record_lcinfo(db, batch("7", ["A", "B", "it's"], 10), Config())
-        record_lcinfo(db, batch("8", ["A"], 5), Config())
-        record_lcinfo(db, batch("7", ["B", "it's"], 12), Config())  # a later night
-        record_lcinfo(db, {}, Config())
+        record(db, "7", ["A", "B", "it's"], 10)
+        record(db, "8", ["A"], 5)
+        record(db, "7", ["B", "it's"], 12)  # the light curves written again
+        record(db, "8", ["A"], 4, added=True)  # a night appended: 5 + 4 points
+        Ledger(db, Config()).record_lightcurves({}, {})
         rows = db.query("SELECT projid, objectid, nobs, median_mag FROM lcinfo "
                         "ORDER BY projid, objectid")
-    assert rows == [("7", "A", 10, None), ("7", "B", 12, None), ("7", "it's", 12, None),
-                    ("8", "A", 5, None)]
+        stats = db.query("SELECT projid, objectid, arm_n, arm_nights FROM lcstats "
+                         "ORDER BY projid, objectid")
+    assert [r[:3] for r in rows] == [("7", "A", 10), ("7", "B", 12), ("7", "it's", 12),
+                                     ("8", "A", 9)]
+    assert rows[0][3] == pytest.approx(10.0045) and rows[3][3] == pytest.approx(
+        (5 * 10.002 + 4 * 10.0015) / 9)  # the nights' medians, by their points
+    assert stats == [("7", "A", 10, 1), ("7", "B", 12, 1), ("7", "it's", 12, 1), ("8", "A", 9, 2)]

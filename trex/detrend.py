@@ -51,7 +51,7 @@ from trex.errors import FrameError
 from trex.fits import atomic_write
 from trex.flags import PHOT
 from trex.frame import Context
-from trex.lcstats import columns_of, lcinfo_stats, robust_stats, star_rows
+from trex.lcstats import columns_of, night_index, robust_stats, star_rows
 from trex.phase import Phase
 from trex.products import load_product
 from trex.project import Project, safe_name
@@ -252,7 +252,8 @@ def detrend_night(rows_list: list[np.ndarray], infos: list[dict], trend: NightTr
     """
     at = [trend.positions(rows["framekey"]) for rows in rows_list]
     lsts = [np.where(pos >= 0, trend.lst[np.maximum(pos, 0)], np.nan) for pos in at]
-    xy = np.array([[i["x"], i["y"]] for i in infos], dtype=np.float64).reshape(-1, 2)
+    xy = np.array([_night_position(rows, info) for rows, info in zip(rows_list, infos, strict=True)],
+                  dtype=np.float64).reshape(-1, 2)
     ids = np.array([i["objectid"] for i in infos], dtype=object)
     nf = len(trend.framekeys)
     for col in columns:
@@ -277,6 +278,15 @@ def detrend_night(rows_list: list[np.ndarray], infos: list[dict], trend: NightTr
             done = np.isfinite(rows[ep]) & np.isfinite(rows[tf])
             rows[flag] = np.where(~measured, PHOT["MISSING"].bit,
                                   np.where(done, 0, PHOT["NOT_FITTED"].bit))
+
+
+def _night_position(rows: np.ndarray, info: dict) -> tuple[float, float]:
+    """Median position of a star on the night (its catalog position's pixel, ``info``,
+    when it has none): what the TFA exclusion radius is measured from."""
+    ok = np.isfinite(rows["xcc"]) & np.isfinite(rows["ycc"])
+    if not ok.any():
+        return info["x"], info["y"]
+    return float(np.median(rows["xcc"][ok])), float(np.median(rows["ycc"][ok]))
 
 
 def _tfa(rows_list, ep: str, at, lcs: np.ndarray, excluded: np.ndarray, nf: int) -> np.ndarray:
@@ -411,11 +421,15 @@ def file_info(header) -> dict:
             "projid": str(header.get("PROJID", "")), "field": str(header.get("FIELD", ""))}
 
 
-def position(rows: np.ndarray) -> tuple[float, float]:
-    """Median position of a light curve, px (NaN when never measured)."""
-    if not np.isfinite(rows["xcc"]).any():
-        return float("nan"), float("nan")
-    return float(np.nanmedian(rows["xcc"])), float(np.nanmedian(rows["ycc"]))
+def position(rows: np.ndarray, gap: float) -> tuple[float, float]:
+    """Median position of a light curve on its first night with one, px (NaN when
+    never measured): a reference position that later nights do not move."""
+    night = night_index(rows["rjd"], gap)
+    for k in range(int(night[-1]) + 1 if len(night) else 0):
+        mine = (night == k) & np.isfinite(rows["xcc"]) & np.isfinite(rows["ycc"])
+        if mine.any():
+            return float(np.median(rows["xcc"][mine])), float(np.median(rows["ycc"][mine]))
+    return float("nan"), float("nan")
 
 
 class Summaries(Phase):
@@ -446,7 +460,7 @@ class Summaries(Phase):
             except (OSError, ValueError) as err:
                 raise FrameError(rel, f"unreadable light curve: {err}") from None
             info = {**file_info(header), "projid": item[0]}
-            info["x"], info["y"] = position(rows)
+            info["x"], info["y"] = position(rows, context.config.detrend.night_gap)
             st = robust_stats(np.stack([rows[c].astype(np.float64) for c in columns]))
             out.append({**info, "path": rel, "median": st["median"],
                         "scatter": 1.4826 * st["mad"], "n": st["n"], "frames": _frames(rows)})
@@ -574,12 +588,13 @@ class DetrendFiles(Phase):
             rows, header = lcformat.read_rows(path)
             rows = rows.astype(lcformat.lc_dtype(napertures).newbyteorder(">"))
             info = {**file_info(header), "projid": group[0]}
-            info["x"], info["y"] = position(rows)
+            info["x"], info["y"] = position(rows, context.config.detrend.night_gap)
             detrend_nights([(rows, info)], trends, context.config)
             lcformat.write_lightcurve(path, rows, lcformat.header_cards(header))
             info_rows.append({"projid": group[0], "objectid": info["objectid"], "path": rel,
-                              **lcinfo_stats(rows, ("atf_000", "aep_000", "arm_000", "aim_000"))})
-            stat_rows.append(star_rows(rows, info, napertures))
+                              "rjd_min": float(np.nanmin(rows["rjd"])),
+                              "rjd_max": float(np.nanmax(rows["rjd"]))})
+            stat_rows.append(star_rows(rows, info, napertures, context.config.detrend.night_gap))
         return info_rows, stat_rows
 
     def record(self, ledger, result: tuple, context: Context) -> None:

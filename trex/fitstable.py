@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from trex.errors import writing
 
 log = logging.getLogger(__name__)
 
@@ -161,29 +165,117 @@ def _ascii(dtype: np.dtype) -> np.dtype:
                       else dtype[n]) for n in dtype.names])
 
 
+def _table_header(dtype: np.dtype, nrows: int, extname: str, cards: list[dict],
+                  columns: ColumnSpec | None, blank: int = 0, size: int | None = None
+                  ) -> bytes | None:
+    """The BINTABLE header of ``nrows`` rows of ``dtype``: ``blank`` blank cards before
+    END (room for later cards), or, with ``size``, as many as fill exactly ``size``
+    bytes (None when the cards do not fit in it)."""
+    column_cards, width, _ = _layout(dtype, columns)
+    header = [card("XTENSION", "BINTABLE", "binary table extension"), card("BITPIX", 8),
+              card("NAXIS", 2), card("NAXIS1", width, "bytes per row"),
+              card("NAXIS2", nrows, "rows"), card("PCOUNT", 0), card("GCOUNT", 1),
+              card("TFIELDS", len(dtype.names)), column_cards, card("EXTNAME", extname)]
+    header += [card(c["name"], c["value"], c.get("comment", "")) for c in cards]
+    text = "".join(header).encode("ascii", errors="replace")
+    if size is not None:
+        blank = (size - len(text)) // 80 - 1
+        if blank < 0:
+            return None
+    text += b" " * (80 * blank) + f"{'END':<80}".encode("ascii")
+    out = _pad(text, b" ")
+    return out if size is None or len(out) == size else None
+
+
 def write_table(path: Path | str, rows: np.ndarray, extname: str, cards: list[dict],
-                columns: ColumnSpec | None = None, primary: list[dict] | None = None) -> None:
+                columns: ColumnSpec | None = None, primary: list[dict] | None = None,
+                blank: int = 0) -> None:
     """Write ``rows`` (structured array of float, integer and bytes fields) as the first
     extension of a new FITS file at ``path``.  ``cards`` are extra table header cards
     and ``primary`` the cards of the primary header ({"name", "value", "comment"});
     ``columns`` gives columns a description (the TTYPEn comment) and keywords such as
-    TUNITn (see ``ColumnSpec``)."""
+    TUNITn (see ``ColumnSpec``); ``blank`` blank cards are left before END, room for
+    the cards of later appends (:func:`append_rows`)."""
     ascii_dtype = _ascii(rows.dtype)
     if ascii_dtype != rows.dtype:  # text as ASCII bytes
         rows = rows.astype(ascii_dtype)
-    column_cards, width, big = _layout(rows.dtype, columns)
-    header = [card("XTENSION", "BINTABLE", "binary table extension"), card("BITPIX", 8),
-              card("NAXIS", 2), card("NAXIS1", width, "bytes per row"),
-              card("NAXIS2", len(rows), "rows"), card("PCOUNT", 0), card("GCOUNT", 1),
-              card("TFIELDS", len(rows.dtype.names)), column_cards, card("EXTNAME", extname)]
-    header += [card(c["name"], c["value"], c.get("comment", "")) for c in cards]
-    header.append(f"{'END':<80}")
+    big = _layout(rows.dtype, columns)[2]
     data = rows.astype(big, copy=False)  # rows already big-endian are written as they are
     with open(path, "wb") as fh:
         fh.write((_primary(primary) if primary else PRIMARY)
-                 + _pad("".join(header).encode("ascii", errors="replace"), b" "))
+                 + _table_header(rows.dtype, len(rows), extname, cards, columns, blank))
         fh.write(data.data)
         fh.write(b"\0" * (-data.nbytes % BLOCK))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a table written by :func:`write_table` lies in its file (headers only read)."""
+
+    header: Header       # the table header's cards
+    table_start: int     # byte offset of the table header
+    data_start: int      # byte offset of the rows
+    nrows: int
+    dtype: np.dtype      # the rows as stored (big-endian)
+
+
+def read_layout(path: Path | str, extname: str) -> Layout | None:
+    """The :class:`Layout` of the table ``extname`` of ``path``, reading its headers only;
+    None when the file is not laid out as :func:`write_table` writes."""
+    with open(path, "rb") as fh:
+        data = b""
+        while True:  # the two headers: a few blocks
+            more = fh.read(4 * BLOCK)
+            data += more
+            try:
+                naxis, start = _skip(data, 0)
+                cards, data_start = _cards(data, start)
+                break
+            except ValueError:
+                if not more:
+                    return None
+    values = Header(cards)._values
+    if (naxis != 0 or values.get("XTENSION") != "BINTABLE" or values.get("PCOUNT", 0) != 0
+            or values.get("EXTNAME") != extname):
+        return None
+    try:
+        dtype = _table_dtype(tuple(map(values.__getitem__, _column_keys(int(values["TFIELDS"])))))
+    except (KeyError, ValueError, TypeError):
+        return None
+    if dtype.itemsize != values["NAXIS1"]:
+        return None
+    return Layout(Header(cards), start, data_start, int(values["NAXIS2"]), dtype)
+
+
+def append_rows(path: Path | str, layout: Layout, rows: np.ndarray, extname: str,
+                cards: list[dict], columns: ColumnSpec | None = None) -> bool:
+    """Append ``rows`` to the table of ``path`` in place and replace its header cards by
+    ``cards``; False (nothing written) when the rows' layout differs or the new header
+    does not fit in the old one's blocks.
+
+    The rows go after the old ones (over the old padding), then the table header,
+    of the same length, is written over the old one: a job killed before that leaves
+    the old table (the file's end is cut back to it by the next append)."""
+    rows = rows.astype(_ascii(rows.dtype), copy=False)
+    big = _layout(rows.dtype, columns)[2]
+    if big != layout.dtype:
+        return False
+    header = _table_header(rows.dtype, layout.nrows + len(rows), extname, cards, columns,
+                           size=layout.data_start - layout.table_start)
+    if header is None:
+        return False
+    data = rows.astype(big, copy=False)
+    end = layout.data_start + layout.nrows * layout.dtype.itemsize
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with writing(path):
+            os.ftruncate(fd, end)
+            os.pwrite(fd, data.tobytes() + b"\0" * (-(end + data.nbytes - layout.data_start)
+                                                     % BLOCK), end)
+            os.pwrite(fd, header, layout.table_start)
+    finally:
+        os.close(fd)
+    return True
 
 
 class Header:

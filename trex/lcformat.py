@@ -27,6 +27,7 @@ both cards, and the card ``IDENC`` says so; :func:`read_rows` and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import time
@@ -40,7 +41,8 @@ from astropy.time import Time
 
 from trex import __version__
 from trex.fits import atomic_write
-from trex.fitstable import ColumnSpec, Header, read_file, write_table
+from trex.fitstable import ColumnSpec, Header, Layout, append_rows, read_file, write_table
+from trex.fitstable import read_layout as fitstable_layout
 from trex.flags import PHOT
 
 if TYPE_CHECKING:
@@ -100,6 +102,8 @@ DETREND_FLAGS = {"aep": "adq", "atf": "adq", "iep": "idq", "itf": "idq"}
 _DERIVED = {"TIMESYS", "JDREF", "MJDREF", "MJDREFI", "MJDREFF", "JDREFI", "JDREFF", "BJDREFI",
             "BJDREFF", "TIMEUNIT", "TREFPOS", "TIMEREF", "TIMEPIXR", "TSTART", "TSTOP", "DATE",
             "NROWS", "RJDSTART", "RJDSTOP"}
+#: blank cards kept in a new table header for the cards of later appends (one per night)
+APPEND_ROOM = 36
 #: cards that describe the FITS layout (with the column keywords, ``_COLUMN_KEY``)
 _STRUCTURAL = {"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT",
                "GCOUNT", "TFIELDS", "EXTNAME", "CONTINUE"}
@@ -276,8 +280,20 @@ def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
     return (float(finite.min()), float(finite.max())) if len(finite) else None
 
 
-def _derived(rows: np.ndarray) -> list[dict]:
-    """Table cards that follow from the rows: the time frame, extent and file date."""
+def _extent(rows: np.ndarray, name: str, previous: Header | None,
+            keys: tuple[str, str]) -> tuple[float, float] | None:
+    """Least and greatest finite ``name`` of ``rows`` and of the rows before them (their
+    range in the ``keys`` cards of ``previous``)."""
+    found = _finite_range(rows[name]) if name in rows.dtype.names else None
+    if previous is not None and keys[0] in previous:
+        old = (float(previous[keys[0]]), float(previous[keys[1]]))
+        found = old if found is None else (min(old[0], found[0]), max(old[1], found[1]))
+    return found
+
+
+def _derived(rows: np.ndarray, previous: Header | None = None) -> list[dict]:
+    """Table cards that follow from the rows (and from the table they are appended to,
+    whose header is ``previous``): the time frame, extent and file date."""
     cards = [
         {"name": "TIMESYS", "value": "TDB", "comment": "time scale of bjd, TSTART, TSTOP"},
         {"name": "JDREF", "value": 0.0, "comment": "[d] times are JD (rjd: + TCRVL)"},
@@ -288,14 +304,15 @@ def _derived(rows: np.ndarray) -> list[dict]:
         {"name": "BJDREFI", "value": 0, "comment": "[d] bjd is the full BJD_TDB"},
         {"name": "BJDREFF", "value": 0.0, "comment": "[d] bjd is the full BJD_TDB"},
     ]
-    bjd = _finite_range(rows["bjd"]) if "bjd" in rows.dtype.names else None
+    bjd = _extent(rows, "bjd", previous, ("TSTART", "TSTOP"))
     if bjd:
         cards += [{"name": "TSTART", "value": bjd[0], "comment": "[d] first bjd (mid-exposure)"},
                   {"name": "TSTOP", "value": bjd[1], "comment": "[d] last bjd (mid-exposure)"}]
     now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     cards += [{"name": "DATE", "value": now, "comment": "file written (UTC)"},
-              {"name": "NROWS", "value": len(rows), "comment": "frames in this light curve"}]
-    rjd = _finite_range(rows["rjd"]) if "rjd" in rows.dtype.names else None
+              {"name": "NROWS", "value": len(rows) + (previous.get("NROWS", 0) if previous else 0),
+               "comment": "frames in this light curve"}]
+    rjd = _extent(rows, "rjd", previous, ("RJDSTART", "RJDSTOP"))
     if rjd:
         cards += [{"name": "RJDSTART", "value": rjd[0], "comment": "[d] first rjd (UTC)"},
                   {"name": "RJDSTOP", "value": rjd[1], "comment": "[d] last rjd (UTC)"}]
@@ -364,15 +381,41 @@ def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> 
     the primary header from the star's cards.
     """
     napertures = _napertures(rows.dtype)
-    derived = _derived(rows)
-    cards = derived + [c for c in header if c["name"] not in _DERIVED | _STRUCTURAL
-                       and not _COLUMN_KEY.match(c["name"])]
-    date = next(c["value"] for c in derived if c["name"] == "DATE")
-    cards = encode_ids(cards)
+    cards = _table_cards(rows, header, None)
+    date = next(c["value"] for c in cards if c["name"] == "DATE")
+    room = max(APPEND_ROOM, sum(c["name"].startswith("NIGHT") for c in cards))
     with atomic_write(path) as tmp:
         write_table(tmp, rows, "LIGHTCURVE", cards, column_spec(napertures),
-                    _primary_cards(cards, date))
+                    _primary_cards(cards, date), blank=room)
     return Path(path)
+
+
+def _table_cards(rows: np.ndarray, header: list[dict], previous: Header | None) -> list[dict]:
+    derived = _derived(rows, previous)
+    return encode_ids(derived + [c for c in header if c["name"] not in _DERIVED | _STRUCTURAL
+                                 and not _COLUMN_KEY.match(c["name"])])
+
+
+def read_layout(path: Path | str) -> Layout | None:
+    """Where the rows of a light-curve file lie, and its table header (ids decoded),
+    reading its headers only; None for a file of another layout."""
+    layout = fitstable_layout(path, "LIGHTCURVE")
+    return None if layout is None else dataclasses.replace(layout, header=decode_ids(layout.header))
+
+
+def append_lightcurve(path: Path | str, layout: Layout, rows: np.ndarray,
+                      header: list[dict]) -> bool:
+    """Append ``rows`` (later in time than the file's) to a light-curve file in place,
+    its table header replaced by ``header`` (as for :func:`write_lightcurve`) with the
+    extent and row count of the whole; False, nothing written, when the rows' layout
+    differs or the header has outgrown its room (then write the whole file).
+
+    Bytes written are those of the new rows and one header: a night added to an
+    archive costs the night (the header keeps ``APPEND_ROOM`` or more blank cards
+    for new ``NIGHTnnn`` cards, the room doubling as they fill it)."""
+    cards = _table_cards(rows, header, layout.header)
+    return append_rows(path, layout, rows, "LIGHTCURVE", cards,
+                       column_spec(_napertures(rows.dtype)))
 
 
 def header_cards(header: Header) -> list[dict]:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAG_PER_FLUX = 2.5 / np.log(10.0)
 #: magnitude columns (prefixes) summarised in the stats table, in order
 STAT_PREFIXES = ("aim", "arm", "aep", "atf", "irm", "iep", "itf")
-STAT_FIELDS = ("median", "mad", "rms", "crms", "n")
+STAT_FIELDS = ("median", "mad", "rms", "crms", "n")  # the report's wide table
 
 
 def robust_stats(mags: np.ndarray, clip: float = 3.0) -> dict[str, np.ndarray]:
@@ -63,20 +63,6 @@ def robust_stats(mags: np.ndarray, clip: float = 3.0) -> dict[str, np.ndarray]:
         keep = dev <= clip * 1.4826 * np.maximum(mad, 1e-12)[..., None]
         crms = np.nanstd(np.where(keep, mags, np.nan), axis=-1, ddof=1)
     return {"median": median, "mad": mad, "rms": rms, "crms": crms, "n": n}
-
-
-def lcinfo_stats(rows: np.ndarray, columns: tuple[str, ...]) -> dict:
-    """The ``lcinfo`` statistics of a light curve: points, time span, and median,
-    MAD and RMS (None where undefined) of the first of ``columns`` that has a
-    finite value (the last one otherwise)."""
-    column = next((c for c in columns if np.isfinite(rows[c]).any()), columns[-1])
-    st = robust_stats(rows[column].astype(np.float64))
-    good = int(st["n"])
-    return {"nobs": good, "rjd_min": float(rows["rjd"].min()),
-            "rjd_max": float(rows["rjd"].max()),
-            "median_mag": float(st["median"]) if good else None,
-            "mad": float(st["mad"]) if good else None,
-            "rms": float(st["rms"]) if good > 1 else None}
 
 
 def nanmedian(values: np.ndarray) -> np.ndarray:
@@ -152,19 +138,122 @@ def stat_columns(napertures: int) -> list[str]:
     return [f"{p}_{i:03d}" for p in STAT_PREFIXES for i in range(napertures)]
 
 
-def star_rows(rows: np.ndarray, info: dict, napertures: int) -> dict[str, np.ndarray]:
-    """The ``lcstats`` rows (one per aperture, numpy columns) of a light curve's rows:
-    for every magnitude prefix its median, MAD, RMS, clipped RMS and points."""
+def night_index(rjd: np.ndarray, gap: float) -> np.ndarray:
+    """Night number (0, 1, ...) of each time of a light curve in time order: a new night
+    starts after a gap longer than ``gap`` days."""
+    return np.concatenate([[0], np.cumsum(np.diff(rjd) > gap)]) if len(rjd) else \
+        np.zeros(0, np.int64)
+
+
+def star_rows(rows: np.ndarray, info: dict, napertures: int, gap: float) -> dict[str, np.ndarray]:
+    """The ``lcstats`` rows (one per aperture, numpy columns) of a light curve's rows
+    (time order), for every magnitude prefix ``p``:
+
+    * ``p_n``, ``p_mean``, ``p_rms``: finite points, their mean and standard deviation
+      (ddof 1), over all the rows;
+    * ``p_median``, ``p_mad``: the nights' medians and MADs (unscaled) averaged with the
+      nights' points as weights; ``p_crms``: the nights' clipped RMS pooled,
+      sqrt(sum (n_k - 1) crms_k^2 / sum (n_k - 1)); ``p_nights``: nights with points.
+
+    The robust figures follow the scatter within nights, not night-to-night drifts,
+    and combine exactly over nights (:func:`combine`), so a night added to a light
+    curve updates them from its own rows."""
     n = napertures
     out = {"projid": np.full(n, info["projid"]), "objectid": np.full(n, info["objectid"]),
            "aperture": np.arange(n, dtype=np.int16), "mag": np.full(n, info["mag"], float),
            "x": np.full(n, info["x"], float), "y": np.full(n, info["y"], float)}
-    columns = stat_columns(napertures)
-    stats = robust_stats(np.stack([rows[c].astype(np.float64) for c in columns]))
-    for prefix_index, prefix in enumerate(STAT_PREFIXES):
-        at = slice(prefix_index * n, (prefix_index + 1) * n)
-        for f in STAT_FIELDS:
-            out[f"{prefix}_{f}"] = stats[f][at].astype(np.int64 if f == "n" else np.float64)
+    mags = np.stack([rows[c].astype(np.float64) for c in stat_columns(napertures)])
+    night = night_index(rows["rjd"], gap)
+    acc = _empty(len(mags))
+    for k in range(int(night[-1]) + 1 if len(night) else 0):
+        acc = _combine(acc, _night(mags[:, night == k]))
+    for i, prefix in enumerate(STAT_PREFIXES):
+        at = slice(i * n, (i + 1) * n)
+        for f in ACCUMULATED:
+            out[f"{prefix}_{f}"] = acc[f][at].astype(np.int64 if f in ("n", "nights")
+                                                     else np.float64)
+    return out
+
+
+#: the ``lcstats`` fields of each prefix (see :func:`star_rows`)
+ACCUMULATED = ("n", "nights", "mean", "rms", "median", "mad", "crms")
+
+
+def _empty(m: int) -> dict[str, np.ndarray]:
+    zero = np.zeros(m)
+    return {"n": zero, "nights": zero, "mean": np.full(m, np.nan), "rms": np.full(m, np.nan),
+            "median": np.full(m, np.nan), "mad": np.full(m, np.nan), "crms": np.full(m, np.nan)}
+
+
+def _night(mags: np.ndarray) -> dict[str, np.ndarray]:
+    """The accumulated fields of one night's magnitudes (m columns, k points)."""
+    st = robust_stats(mags)
+    n = st["n"].astype(np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(mags, axis=-1)
+    return {"n": n, "nights": (n > 0).astype(np.float64), "mean": mean, "rms": st["rms"],
+            "median": st["median"], "mad": st["mad"], "crms": st["crms"]}
+
+
+def _weighted(a, wa, b, wb):
+    """(wa a + wb b) / (wa + wb), taking the side with a weight where the other has none."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        both = (np.where(wa > 0, wa * np.nan_to_num(a), 0.0)
+                + np.where(wb > 0, wb * np.nan_to_num(b), 0.0)) / (wa + wb)
+    return np.where(wa + wb > 0, both, np.nan)
+
+
+def _combine(a: dict, b: dict) -> dict[str, np.ndarray]:
+    """The accumulated fields of two sets of nights (Chan et al. for mean and rms)."""
+    n = a["n"] + b["n"]
+    delta = np.nan_to_num(b["mean"]) - np.nan_to_num(a["mean"])
+    m2a = np.where(a["n"] > 1, (a["n"] - 1) * np.nan_to_num(a["rms"]) ** 2, 0.0)
+    m2b = np.where(b["n"] > 1, (b["n"] - 1) * np.nan_to_num(b["rms"]) ** 2, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m2 = m2a + m2b + np.where((a["n"] > 0) & (b["n"] > 0), delta**2 * a["n"] * b["n"] / n, 0.0)
+        rms = np.where(n > 1, np.sqrt(m2 / (n - 1)), np.nan)
+    pa, pb = a["n"] - a["nights"], b["n"] - b["nights"]  # the pooled crms weights
+    crms2 = _weighted(a["crms"] ** 2, np.where(np.isfinite(a["crms"]), pa, 0.0),
+                      b["crms"] ** 2, np.where(np.isfinite(b["crms"]), pb, 0.0))
+    return {"n": n, "nights": a["nights"] + b["nights"],
+            "mean": _weighted(a["mean"], a["n"], b["mean"], b["n"]), "rms": rms,
+            "median": _weighted(a["median"], a["n"], b["median"], b["n"]),
+            "mad": _weighted(a["mad"], a["n"], b["mad"], b["n"]), "crms": np.sqrt(crms2)}
+
+
+def combine(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``lcstats`` rows of light curves to which ``new``'s nights were added: ``new``
+    (:func:`star_rows` of the added rows) combined with ``old`` (the rows of the same
+    stars and apertures as recorded, in the same order)."""
+    out = dict(new)
+    for prefix in STAT_PREFIXES:
+        acc = _combine({f: np.asarray(old[f"{prefix}_{f}"], float) for f in ACCUMULATED},
+                       {f: np.asarray(new[f"{prefix}_{f}"], float) for f in ACCUMULATED})
+        for f in ACCUMULATED:
+            out[f"{prefix}_{f}"] = acc[f].astype(np.int64) if f in ("n", "nights") else acc[f]
+    return out
+
+
+def lcinfo_of(stats: dict[str, np.ndarray], info: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``lcinfo`` columns of light curves from their aperture-0 ``lcstats`` rows (in the
+    order of ``info``'s objectids): points, median, MAD and RMS of the first of atf, aep,
+    arm, aim with a point; ``info`` gives projid, objectid, path, rjd_min, rjd_max."""
+    first = np.asarray(stats["aperture"]) == 0
+    where = {oid: i for i, oid in enumerate(np.asarray(stats["objectid"])[first].tolist())}
+    at = np.array([where[o] for o in info["objectid"].tolist()], dtype=np.int64)
+    out = dict(info)
+    nobs, median, mad, rms = (np.zeros(len(at)), np.full(len(at), np.nan),
+                              np.full(len(at), np.nan), np.full(len(at), np.nan))
+    chosen = np.zeros(len(at), bool)
+    for prefix in ("atf", "aep", "arm", "aim"):
+        n = np.asarray(stats[f"{prefix}_n"], float)[first][at]
+        take = ~chosen & (n > 0)
+        nobs[take] = n[take]
+        for target, field in ((median, "median"), (mad, "mad"), (rms, "rms")):
+            target[take] = np.asarray(stats[f"{prefix}_{field}"], float)[first][at][take]
+        chosen |= take
+    out.update(nobs=nobs.astype(np.int64), median_mag=median, mad=mad, rms=rms)
     return out
 
 

@@ -37,6 +37,7 @@ from trex.db import Database
 from trex.db.queries import Queries
 from trex.frame import Context
 from trex.header import FrameMeta, meta_from_row
+from trex.lcstats import STAT_PREFIXES, combine, lcinfo_of
 from trex.stages import Stage
 from trex.times import utcnow
 
@@ -259,20 +260,53 @@ class Ledger:
         return self.read.photometric_reference(projid, field, ccd)[0]
 
     # -- light curves ------------------------------------------------------------------------
-    def record_lightcurves(self, info: dict[str, np.ndarray], stats: dict[str, np.ndarray]) -> None:
-        """Replace the ``lcinfo`` and ``lcstats`` rows of a batch of stars (numpy columns)."""
+    def record_lightcurves(self, info: dict[str, np.ndarray], stats: dict[str, np.ndarray],
+                           added: bool = False) -> None:
+        """Replace the ``lcinfo`` and ``lcstats`` rows of a batch of stars of one project
+        (numpy columns; ``info``: projid, objectid, path, rjd_min, rjd_max; ``stats``:
+        :func:`trex.lcstats.star_rows` rows).  With ``added`` the rows describe nights
+        appended to the light curves: they are combined with the recorded ones."""
         n = len(info.get("objectid", ()))
         if not n:
             return
+        projid = str(info["projid"][0])
+        ids = info["objectid"]
+        if added:
+            stats, info = self._with_recorded(projid, stats, info)
+        info = lcinfo_of(stats, info)
         with self.db.transaction():
-            for projid in np.unique(info["projid"]).tolist():
-                mine = info["objectid"][info["projid"] == projid]
-                self.db.delete_in("lcinfo", "objectid", mine, projid=projid)
-                self.db.delete_in("lcstats", "objectid", mine, projid=projid)
+            self.db.delete_in("lcinfo", "objectid", ids, projid=projid)
+            self.db.delete_in("lcstats", "objectid", ids, projid=projid)
             self.db.write_columns("lcinfo", {**info, "configsha": np.full(n, self.config.sha),
                                              "updated": np.full(n, now())})
-            if len(stats.get("objectid", ())):
-                self.db.write_columns("lcstats", stats)
+            self.db.write_columns("lcstats", stats)
+
+    def _with_recorded(self, projid: str, stats: dict, info: dict) -> tuple[dict, dict]:
+        """``stats`` and ``info`` of appended nights combined with the recorded rows."""
+        old_stats, old_info = self.read.lightcurve_state(projid, info["objectid"].tolist())
+        key = {(o, int(a)): i for i, (o, a) in enumerate(zip(
+            old_stats.get("objectid", np.zeros(0)).tolist(), old_stats.get("aperture", []).tolist()))}
+        at = np.array([key.get((o, int(a)), -1) for o, a in
+                       zip(stats["objectid"].tolist(), stats["aperture"].tolist())], dtype=np.int64)
+        previous = {}
+        for name in stats:
+            if name[:3] in STAT_PREFIXES and name[3] == "_":
+                recorded = np.asarray(old_stats[name], float)[np.maximum(at, 0)] if len(key) else \
+                    np.zeros(len(at))
+                previous[name] = np.where(at >= 0, recorded, 0.0 if name.endswith(("_n", "_nights"))
+                                          else np.nan)
+        stats = combine(previous, stats)
+        for name in ("x", "y"):  # the position of the light curve's first night
+            kept = np.asarray(old_stats[name], float)[np.maximum(at, 0)] if len(key) else stats[name]
+            stats[name] = np.where(at >= 0, kept, stats[name])
+        spans = {o: (lo, hi) for o, lo, hi in zip(old_info.get("objectid", np.zeros(0)).tolist(),
+                                                   old_info.get("rjd_min", []).tolist(),
+                                                   old_info.get("rjd_max", []).tolist())}
+        lo = np.array([min(spans.get(o, (np.inf, 0))[0], v) for o, v in
+                       zip(info["objectid"].tolist(), info["rjd_min"].tolist())])
+        hi = np.array([max(spans.get(o, (0, -np.inf))[1], v) for o, v in
+                       zip(info["objectid"].tolist(), info["rjd_max"].tolist())])
+        return stats, {**info, "rjd_min": lo, "rjd_max": hi}
 
 
 def _needed(chain: tuple[Stage, ...]) -> set[str]:

@@ -46,10 +46,10 @@ import numpy as np
 from trex import lcformat
 from trex.catalog import star_info
 from trex.config import Config
-from trex.detrend import NightTrend, detrend_nights, night_intervals, night_trend
+from trex.detrend import NightTrend, detrend_nights, night_intervals, night_trend, position
 from trex.frame import Context
 from trex.lcformat import read_lightcurve, to_lightkurve
-from trex.lcstats import columns_of, lcinfo_stats, star_rows
+from trex.lcstats import columns_of, star_rows
 from trex.partitions import (
     TEMPLATES,
     PartitionReader,
@@ -137,18 +137,13 @@ def _blank(napertures: int, frame_width: int) -> np.ndarray:
     return blank.astype(blank.dtype.newbyteorder(">"))
 
 
-def merged_rows(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                frames: FrameTable, napertures: int) -> tuple[np.ndarray, object, np.ndarray,
-                                                              np.ndarray]:
-    """A star's light curve with its new measurements merged in (nothing written).
+def new_rows(products: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], frames: FrameTable,
+             napertures: int) -> np.ndarray:
+    """A star's light-curve rows of the frames being merged, in time order (big-endian).
 
     ``products`` maps a product kind to (rows, framekey of each row, index):
-    ``rows[index]`` are this star's rows in the order they were written.  The
-    last row written of a frame wins (a frame merged twice in one run), as
-    does a new row over the file's row of the same frame.  Returns the rows
-    (time order, big-endian), the old file's header (None for a new star), the
-    new rows' frames (sorted) and whether each was not in the file before.
-    """
+    ``rows[index]`` are this star's rows in the order they were written; the last
+    row written of a frame wins (a frame scattered twice in one run)."""
     keys = _unique(np.concatenate([k[index] for _, k, index in products.values()]))
     fresh = np.repeat(_blank(napertures, frames.names.dtype.itemsize), len(keys))
     fresh["framekey"] = keys
@@ -165,25 +160,32 @@ def merged_rows(path: Path, products: dict[str, tuple[np.ndarray, np.ndarray, np
     fresh["frame"] = frames.names[where]
     missing = np.isnan(fresh["rjd"])  # a star measured on the difference image only
     fresh["rjd"][missing] = frames.rjd[where][missing]
-    old_header = None
-    added = np.ones(len(fresh), dtype=bool)
-    if path.exists():
-        old, old_header = lcformat.read_rows(path)
-        keep = ~np.isin(old["framekey"], keys)
-        added = ~np.isin(keys, old["framekey"])
-        fresh = lcformat.concatenate([old[keep], fresh])
-    order = np.lexsort((fresh["framekey"], fresh["rjd"]))
-    rows = fresh if np.all(order[1:] > order[:-1]) else np.take(fresh, order)
-    return rows, old_header, keys, added
+    return _time_order(fresh)
 
 
-def _star_info(catalog, star: int, projid: str, field: str, rows: np.ndarray | None = None) -> dict:
-    """What the header and detrending need of a star (catalog values, median position)."""
-    info = {**star_info(catalog, star), "projid": projid, "field": field,
+def _time_order(rows: np.ndarray) -> np.ndarray:
+    order = np.lexsort((rows["framekey"], rows["rjd"]))
+    return rows if np.all(order[1:] > order[:-1]) else np.take(rows, order)
+
+
+def merged_rows(path: Path, fresh: np.ndarray) -> tuple[np.ndarray, object, np.ndarray]:
+    """The star's light curve in ``path`` with the rows ``fresh`` merged in (a new row
+    replaces the file's row of the same frame); returns the rows (time order), the
+    file's header (None for a new star) and, per row of ``fresh``, whether its frame
+    was not in the file before."""
+    if not path.exists():
+        return fresh, None, np.ones(len(fresh), dtype=bool)
+    old, old_header = lcformat.read_rows(path)
+    keep = ~np.isin(old["framekey"], fresh["framekey"])
+    added = ~np.isin(fresh["framekey"], old["framekey"])
+    return _time_order(lcformat.concatenate([old[keep], fresh])), old_header, added
+
+
+def _star_info(catalog, star: int, projid: str, field: str) -> dict:
+    """What the header and detrending need of a star (catalog values; the position is
+    set from its rows)."""
+    return {**star_info(catalog, star), "projid": projid, "field": field,
             "x": np.nan, "y": np.nan}
-    if rows is not None and np.isfinite(rows["xcc"]).any():
-        info["x"], info["y"] = float(np.nanmedian(rows["xcc"])), float(np.nanmedian(rows["ycc"]))
-    return info
 
 
 def _scratch(project: Project, projid: str, field: str) -> Path:
@@ -264,7 +266,9 @@ def _products_of(streams, spans, k: int) -> dict:
 
 class Trends(Phase):
     """Step 2: per (projid, field) with templates, the trend of every night that receives
-    new frames, from the templates' light curves and their new rows."""
+    new frames: the night's frame grid (its frames merged before and the new ones),
+    and the templates' light curves on it from their new rows, plus their files' rows
+    only when the night had frames before (a new night reads no file)."""
 
     name = "light curves: night trends"
     batch = 1
@@ -276,40 +280,51 @@ class Trends(Phase):
         frames = context.frames
         if frames is None or not len(frames.keys):
             return []
-        groups = sorted(set(zip(frames.projids.tolist(), frames.fields.tolist())))
-        return [g for g in groups if g in context.templates]
+        gap = context.config.detrend.night_gap
+        items = []
+        for group in sorted(set(zip(frames.projids.tolist(), frames.fields.tolist()))):
+            if group not in context.templates:
+                continue
+            mine = (frames.projids == group[0]) & (frames.fields == group[1])
+            new_keys, new_rjd = frames.keys[mine], frames.rjd[mine]
+            # frames merged before within a day of the new ones (a night is shorter)
+            old = ledger.read.merged_frames_between(*group, float(np.nanmin(new_rjd)) - 1.0,
+                                                    float(np.nanmax(new_rjd)) + 1.0)
+            old_keys = np.array([k for k, _ in old], dtype=np.int64)
+            old_rjd = np.array([t for _, t in old], dtype=np.float64)
+            keys, times = np.r_[old_keys, new_keys], np.r_[old_rjd, new_rjd]
+            nights = []
+            for interval in night_intervals(times, gap):
+                inside = (times >= interval[0]) & (times <= interval[1])
+                if not np.any((new_rjd >= interval[0]) & (new_rjd <= interval[1])):
+                    continue  # a night this run adds nothing to
+                nights.append((tuple(interval), keys[inside], times[inside],
+                               bool(np.isin(keys[inside], old_keys).any())))
+            items.append((group, tuple(nights)))
+        return items
 
-    def work(self, group: tuple[str, str], context: Context) -> tuple:
-        projid, field = group
+    def work(self, item: tuple, context: Context) -> tuple:
+        (projid, field), nights = item
         config, project, frames = context.config, context.project, context.frames
         napertures = len(config.photometry.apertures)
         catalog = context.catalogs[field]
-        folder = _scratch(project, projid, field)
-        streams, stars, spans = _read_stars(PartitionReader(), folder,
+        streams, stars, spans = _read_stars(PartitionReader(), _scratch(project, projid, field),
                                             partition_name(TEMPLATES), napertures)
+        reread = [n for n in nights if n[3]]  # nights with frames merged before
         rows_of = {}
         for k, star in enumerate(stars.tolist()):
             info = _star_info(catalog, star, projid, field)
-            path = lc_path(project, config, projid, info["objectid"])
-            rows = merged_rows(path, _products_of(streams, spans, k), frames, napertures)[0]
+            rows = new_rows(_products_of(streams, spans, k), frames, napertures)
+            if reread:
+                rows = merged_rows(lc_path(project, config, projid, info["objectid"]), rows)[0]
             rows_of[info["objectid"]] = (rows, info["ra"], info["dec"])
-        mine = (frames.projids == projid) & (frames.fields == field)
-        old = [r["rjd"] for r, _, _ in rows_of.values()]
-        times = np.concatenate(old + [frames.rjd[mine]])
-        keys = np.concatenate([r["framekey"] for r, _, _ in rows_of.values()] + [frames.keys[mine]])
-        keys, first = np.unique(keys, return_index=True)
-        times = times[first]
         trends = []
-        for interval in night_intervals(times, config.detrend.night_gap):
-            new = frames.rjd[mine]
-            if not np.any((new >= interval[0]) & (new <= interval[1])):
-                continue  # a night this run adds nothing to
-            inside = (times >= interval[0]) & (times <= interval[1])
+        for interval, keys, times, _ in nights:
             night = {o: (r[(r["rjd"] >= interval[0]) & (r["rjd"] <= interval[1])], ra, dec)
                      for o, (r, ra, dec) in rows_of.items()}
-            trends.append(night_trend(interval, keys[inside], times[inside],
-                                      context.templates[group], night, config))
-        return group, trends
+            trends.append(night_trend(interval, keys, times, context.templates[(projid, field)],
+                                      night, config))
+        return (projid, field), trends
 
     def record(self, ledger, result: tuple, context: Context) -> None:
         self.found[result[0]] = result[1]
@@ -317,8 +332,21 @@ class Trends(Phase):
     def update(self, ledger, context: Context) -> Context:
         return dataclasses.replace(context, trends={**context.trends, **self.found})
 
-    def label(self, group: tuple[str, str]) -> str:
-        return "/".join(group)
+    def label(self, item: tuple) -> str:
+        return "/".join(item[0])
+
+
+@dataclass
+class _Star:
+    """A light curve on its way to its file."""
+
+    path: Path
+    rows: np.ndarray          # what is written: the new rows (append) or the whole curve
+    fresh: np.ndarray         # the new rows
+    info: dict
+    old_header: object        # the file's table header (None: a new star)
+    added: np.ndarray         # per new row: its frame was not in the file before
+    layout: object            # the file's layout when the rows are appended, else None
 
 
 class Merge(Phase):
@@ -339,7 +367,7 @@ class Merge(Phase):
         groups = sorted(set(zip(frames.projids.tolist(), frames.fields.tolist())))
         return [(p, f, name) for p, f in groups for name in partitions(_scratch(context.project, p, f))]
 
-    def work(self, task: tuple[str, str, str], context: Context) -> tuple[dict, dict]:
+    def work(self, task: tuple[str, str, str], context: Context) -> dict:
         projid, field, name = task
         config, project, frames = context.config, context.project, context.frames
         napertures = len(config.photometry.apertures)
@@ -347,41 +375,60 @@ class Merge(Phase):
         streams, stars, spans = _read_stars(self.reader, _scratch(project, projid, field), name,
                                             napertures)
         trends = context.trends.get((projid, field), []) if self.detrend else []
-        chunk, size, info_rows, stat_rows = [], 0, [], []
+        chunk, size, out = [], 0, {"added": [], "replaced": []}
         for k, star in enumerate(stars.tolist()):
-            objectid = str(catalog["objectid"][star])
-            path = lc_path(project, config, projid, objectid)
-            rows, old_header, keys, added = merged_rows(path, _products_of(streams, spans, k),
-                                                        frames, napertures)
-            info = _star_info(catalog, star, projid, field, rows)
-            chunk.append((path, rows, info, _night_counts(frames, keys, added), old_header))
-            size += len(rows)
+            fresh = new_rows(_products_of(streams, spans, k), frames, napertures)
+            info = _star_info(catalog, star, projid, field)
+            chunk.append(self._prepare(lc_path(project, config, projid, info["objectid"]),
+                                       fresh, info, config))
+            size += len(chunk[-1].rows)
             if size >= config.detrend.chunk_rows:
-                self._write(chunk, trends, config, project, info_rows, stat_rows)
+                self._write(chunk, trends, frames, config, project, out)
                 chunk, size = [], 0
-        self._write(chunk, trends, config, project, info_rows, stat_rows)
-        return columns_of(info_rows), _concat(stat_rows)
+        self._write(chunk, trends, frames, config, project, out)
+        return {kind: (columns_of([i for i, _ in parts]),
+                       _concat([st for _, st in parts])) for kind, parts in out.items()}
 
     @staticmethod
-    def _write(chunk: list, trends: list, config: Config, project: Project, info_rows: list,
-               stat_rows: list) -> None:
-        """Detrend a chunk of merged light curves and write each file (once)."""
-        if trends:
-            detrend_nights([(rows, info) for _, rows, info, _, _ in chunk], trends, config)
-        napertures = len(config.photometry.apertures)
-        for path, rows, info, counts, old_header in chunk:
-            header = (lcformat.star_cards(info, config)
-                      + lcformat.night_cards(old_header, *counts, config))
-            lcformat.write_lightcurve(path, rows, header)
-            info_rows.append({"projid": info["projid"], "objectid": info["objectid"],
-                              "path": str(path.relative_to(project.root)),
-                              **lcinfo_stats(rows, ("atf_000", "aep_000", "arm_000", "aim_000"))})
-            stat_rows.append(star_rows(rows, info, napertures))
+    def _prepare(path: Path, fresh: np.ndarray, info: dict, config: Config) -> _Star:
+        """A star to write: appended in place when its new rows are whole nights after
+        the file's last row (read: the file's headers only), else merged with the file."""
+        layout = lcformat.read_layout(path) if path.exists() else None
+        if (layout is not None and len(fresh) and "RJDSTOP" in layout.header
+                and fresh["rjd"][0] - layout.header["RJDSTOP"] > config.detrend.night_gap):
+            return _Star(path, fresh, fresh, info, layout.header, np.ones(len(fresh), bool), layout)
+        rows, old_header, added = merged_rows(path, fresh)
+        return _Star(path, rows, fresh, info, old_header, added, None)
 
-    def record(self, ledger, result: tuple[dict, dict], context: Context) -> None:
-        info, stats = result
-        ledger.record_lightcurves(info, stats)
-        self.files += len(info.get("objectid", ()))
+    @staticmethod
+    def _write(chunk: list[_Star], trends: list, frames: FrameTable, config: Config,
+               project: Project, out: dict) -> None:
+        """Detrend a chunk of light curves (their nights that receive rows) and write each
+        file once: the new rows appended, or the whole file."""
+        if trends:
+            detrend_nights([(star.rows, star.info) for star in chunk], trends, config)
+        napertures, gap = len(config.photometry.apertures), config.detrend.night_gap
+        for star in chunk:
+            header = (lcformat.star_cards(star.info, config)
+                      + lcformat.night_cards(star.old_header, *_night_counts(
+                          frames, star.fresh["framekey"], star.added), config))
+            rows, kind = star.rows, "added"
+            if star.layout is None or not lcformat.append_lightcurve(star.path, star.layout,
+                                                                     rows, header):
+                if star.layout is not None:  # no room to append: the whole file
+                    rows = merged_rows(star.path, star.rows)[0]
+                lcformat.write_lightcurve(star.path, rows, header)
+                kind = "replaced"
+            star.info["x"], star.info["y"] = position(rows, gap)  # the first night's (kept)
+            info = {"projid": star.info["projid"], "objectid": star.info["objectid"],
+                    "path": str(star.path.relative_to(project.root)),
+                    "rjd_min": float(np.nanmin(rows["rjd"])), "rjd_max": float(np.nanmax(rows["rjd"]))}
+            out[kind].append((info, star_rows(rows, star.info, napertures, gap)))
+
+    def record(self, ledger, result: dict, context: Context) -> None:
+        for kind, (info, stats) in result.items():
+            ledger.record_lightcurves(info, stats, added=kind == "added")
+            self.files += len(info.get("objectid", ()))
 
     def update(self, ledger, context: Context) -> Context:
         if context.frames is not None and len(context.frames.keys):

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
+import socket
 import time
 
 from trex import astrometry, inventory, magfit, parallel, photref
@@ -117,6 +119,9 @@ def run_stages(project: Project, config: Config, stages: tuple[str, ...],
     set_rank(comm.rank)
     if comm.rank == 0:
         log.info("trex run on %d rank(s): %s", comm.size, ", ".join(stages))
+    if comm.size > 1:
+        log.info("rank %d of %d on %s, pid %d", comm.rank, comm.size, socket.gethostname(),
+                 os.getpid())
     with parallel.abort_on_error(comm), _stop_signals() as stop:
         db = connect(project.database_url(config)) if comm.rank == 0 else None
         try:

@@ -96,8 +96,11 @@ def merge(context: Context, comm=None) -> np.ndarray:
     comm = comm or SerialComm()
     phase = lightcurves.Merge(detrend=False)
     names = partitions.partitions(context.project.redtemp / "lc" / PROJID / FIELD)
-    nobs = [phase.work((PROJID, FIELD, names[i]), context)[0]["nobs"]
-            for i in split(len(names), comm.size, comm.rank)]
+    nobs = []
+    for i in split(len(names), comm.size, comm.rank):
+        for _, stats in phase.work((PROJID, FIELD, names[i]), context).values():
+            if len(stats.get("aperture", ())):
+                nobs.append(stats["aim_n"][stats["aperture"] == 0])
     return np.concatenate(nobs) if nobs else np.zeros(0, np.int64)
 
 

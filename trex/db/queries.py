@@ -105,13 +105,15 @@ class Queries:
             "AND p.status = 'done' LEFT JOIN framestatus l ON l.framekey = c.framekey "
             "AND l.stage = 'lightcurves' WHERE l.status IS NULL ORDER BY f.jd, c.framekey")
 
-    def nights_merged(self, projid: str, field: str) -> list[tuple[int, str, float]]:
-        """(framekey, night, jd) of a group's frames in the light curves, in time order."""
-        return [(int(k), n, jd) for k, n, jd in self.db.query(
-            "SELECT c.framekey, f.night, f.jd FROM calibratedframes c JOIN frameinfo f "
-            "ON f.framekey = c.framekey JOIN framestatus s ON s.framekey = c.framekey "
-            "AND s.stage = 'lightcurves' AND s.status = 'done' WHERE c.projid = ? AND f.field = ? "
-            "ORDER BY f.jd, c.framekey", (projid, field))]
+    def merged_frames_between(self, projid: str, field: str, rjd_lo: float,
+                              rjd_hi: float) -> list[tuple[int, float]]:
+        """(framekey, rjd) of a group's frames in the light curves with rjd in [lo, hi]."""
+        return [(int(k), float(jd) - 2400000.0) for k, jd in self.db.query(
+            "SELECT c.framekey, f.jd FROM frameinfo f JOIN calibratedframes c "
+            "ON c.framekey = f.framekey JOIN framestatus s ON s.framekey = f.framekey "
+            "AND s.stage = 'lightcurves' AND s.status = 'done' WHERE c.projid = ? "
+            "AND f.field = ? AND f.jd BETWEEN ? AND ? ORDER BY f.jd",
+            (projid, field, rjd_lo + 2400000.0, rjd_hi + 2400000.0))]
 
     # -- references and phases -------------------------------------------------------
     def masters(self) -> dict[tuple, tuple[str, str]]:
@@ -147,6 +149,20 @@ class Queries:
 
     def lightcurve_projids(self) -> list[str]:
         return [r[0] for r in self.db.query("SELECT DISTINCT projid FROM lcinfo ORDER BY projid")]
+
+    def lightcurve_state(self, projid: str, objectids: list[str]) -> tuple[dict, dict]:
+        """(``lcstats`` columns, ``lcinfo`` columns) of some stars of ``projid`` (any order)."""
+        stats, info = [], []
+        for i in range(0, len(objectids), 500):
+            part = objectids[i:i + 500]
+            marks = ", ".join("?" * len(part))
+            stats.append(self.db.query_columns(
+                f"SELECT * FROM lcstats WHERE projid = ? AND objectid IN ({marks})", (projid, *part)))
+            info.append(self.db.query_columns(
+                f"SELECT objectid, rjd_min, rjd_max FROM lcinfo WHERE projid = ? "
+                f"AND objectid IN ({marks})", (projid, *part)))
+        join = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
+        return (join(stats), join(info)) if stats else ({}, {})
 
     def lcstats(self, projid: str) -> dict[str, np.ndarray]:
         """The ``lcstats`` rows of ``projid`` as numpy columns, by object and aperture."""

@@ -283,3 +283,24 @@ def test_nanmedian_equals_numpy():
             expected = np.nanmedian(values, axis=-1)
         np.testing.assert_array_equal(nanmedian(values), expected)
     assert nanmedian(np.zeros((2, 0))).shape == (2,)
+
+
+@pytest.mark.parametrize("nframes, tiers", [(24, "reduced/minimal"), (40, "reduced/reduced"),
+                                            (70, "full/full")])
+def test_short_nights_are_detrended_with_fewer_parameters(tmp_path, nframes, tiers):
+    """A night of 20-60 frames gets EPD with a smaller parameter set (recorded in the
+    header) and TFA with templates found on that night alone."""
+    project, config, truth = write_project(tmp_path / "p", nstars=40, nframes=nframes,
+                                           transit_star=-1)
+    run_stages(project, ["detrend"])
+    ratios = []
+    for oid, (sigma, _) in truth.items():
+        rows, header = lcformat.read_rows(project.lc("7") / f"{oid}.fits")
+        assert header["DETR000"].split()[1:3] == [f"frames={nframes}", f"epd={tiers}"], oid
+        assert int(header["DETR000"].split("templates=")[1].split("/")[0]) >= 2
+        good = np.isfinite(rows["arm_001"])
+        assert np.isfinite(rows["aep_001"][good]).all() and np.isfinite(rows["iep_001"]).all()
+        assert np.isfinite(rows["atf_001"][good]).all() and np.all(rows["adq_001"][good] == 0)
+        ratios.append(np.std(rows["atf_001"]) / sigma)
+    # the S trend (0.3 x 0.04 mag) and the common trend (0.02 mag) are taken out
+    assert np.median(ratios) < 1.5, np.median(ratios)

@@ -185,9 +185,14 @@ class LightcurvesSection:
 class DetrendSection:
     epd_parameters: tuple = _opt(
         ["s", "d", "k", "s2", "d2", "k2", "sd", "sk", "dk", "sinx", "cosx", "siny", "cosy", "bg", "airmass"],
-        "EPD external parameters",
+        "EPD external parameters (a night of n frames uses the first of epd_parameters, "
+        "epd_reduced, epd_minimal with 3 (parameters + 1) <= n)",
     )
-    epd_smooth: int = _opt(21, "median filter width applied before the EPD fit, points")
+    epd_reduced: tuple = _opt(["s", "d", "k", "bg", "airmass"],
+                              "EPD parameters of nights too short for epd_parameters")
+    epd_minimal: tuple = _opt(["s", "airmass"], "EPD parameters of nights too short for epd_reduced")
+    epd_smooth: int = _opt(21, "median filter width applied before the EPD fit, points "
+                               "(at most a third of a night's frames)")
     tfa_templates: int = _opt(0, "number of TFA templates (0: chosen from the number of frames)")
     tfa_exclusion_radius: float = _opt(20.0, "templates closer than this to the target are excluded, px")
     template_frames: int = _opt(40, "frames sampled (spread over the archive) to choose the TFA templates")

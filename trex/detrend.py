@@ -177,6 +177,7 @@ class NightTrend:
     framekeys: np.ndarray         # (nf,) in time order
     lst: np.ndarray               # (nf,) local sidereal time, rad
     lcs: dict                     # column -> (EPD lcs (nt, nf), xy (nt, 2), objectids (nt,))
+    epd: dict                     # column kind "a"/"i" -> EPDPlan or None
 
     def positions(self, framekeys: np.ndarray) -> np.ndarray:
         """Grid index of each frame key (-1 where not on the grid)."""
@@ -186,21 +187,46 @@ class NightTrend:
         return np.where(found, order[at], -1)
 
 
-def epd_min_points(config: Config, kind: str) -> int:
-    """Fewest points EPD fits a column kind (``a``/``i``) with (:func:`trex.epd.epd`)."""
+@dataclass(frozen=True)
+class EPDPlan:
+    """The EPD parameters of a column kind on a night: the set's name, its parameters
+    and the smoothing window (points)."""
+
+    tier: str
+    names: tuple[str, ...]
+    smooth: int
+
+    @property
+    def need(self) -> int:
+        """Fewest points fitted (as :func:`trex.epd.epd` requires)."""
+        return max(10, 3 * (len(self.names) + 1), self.smooth)
+
+
+def epd_plan(config: Config, kind: str, nframes: int) -> EPDPlan | None:
+    """The EPD of a night of ``nframes`` frames for a column kind (``a``/``i``): the first
+    of ``epd_parameters``, ``epd_reduced``, ``epd_minimal`` (``[detrend]``) the frames
+    can fit (3 (p + 1) points), smoothing over at most a third of them; None when even
+    the minimal set has too few frames."""
     det = config.detrend
-    return max(10, 3 * (len(parameter_names(det.epd_parameters, kind)) + 1), det.epd_smooth)
+    smooth = max(1, min(det.epd_smooth, nframes // 3))
+    smooth -= 1 - smooth % 2  # odd
+    for tier, names in (("full", det.epd_parameters), ("reduced", det.epd_reduced),
+                        ("minimal", det.epd_minimal)):
+        plan = EPDPlan(tier, tuple(parameter_names(names, kind)), smooth)
+        if nframes >= plan.need:
+            return plan
+    return None
 
 
 def _epd_values(rows: np.ndarray, col: str, ra: float, dec: float, lst: np.ndarray,
-                config: Config, exclude: np.ndarray | None = None) -> np.ndarray:
+                config: Config, plan: EPDPlan | None,
+                exclude: np.ndarray | None = None) -> np.ndarray:
     """EPD magnitudes of one column of one star's rows of one night (NaN: not fitted)."""
-    det = config.detrend
-    if np.count_nonzero(np.isfinite(rows[col])) < epd_min_points(config, col[0]):
+    if plan is None or np.count_nonzero(np.isfinite(rows[col])) < plan.need:
         return np.full(len(rows), np.nan)  # too few points: nothing to compute
     geometry = sky_geometry(lst, ra, dec, config.site.latitude)
-    params = external_parameters(rows, parameter_names(det.epd_parameters, col[0]), geometry)
-    return epd(rows[col], params, smooth=det.epd_smooth, exclude=exclude)[0]
+    params = external_parameters(rows, plan.names, geometry)
+    return epd(rows[col], params, smooth=plan.smooth, exclude=exclude)[0]
 
 
 def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.ndarray,
@@ -215,7 +241,8 @@ def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.nd
     order = np.argsort(rjd, kind="stable")
     framekeys, rjd = np.asarray(framekeys)[order], np.asarray(rjd)[order]
     lst = local_sidereal_time(rjd + 2400000.0, config.site.longitude)
-    trend = NightTrend(float(interval[0]), float(interval[1]), framekeys, lst, {})
+    trend = NightTrend(float(interval[0]), float(interval[1]), framekeys, lst, {},
+                       {kind: epd_plan(config, kind, len(framekeys)) for kind in OUTPUTS})
     wanted = config.detrend.tfa_templates or default_template_count(len(framekeys))
     for col in {str(c) for c in templates.table["column"]}:
         cands = templates.of(col)
@@ -227,7 +254,8 @@ def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.nd
             rows, ra, dec = rows_of[cand["objectid"]]
             at = trend.positions(rows["framekey"])
             keep = at >= 0
-            lcs[j, at[keep]] = _epd_values(rows[keep], col, ra, dec, lst[at[keep]], config)
+            lcs[j, at[keep]] = _epd_values(rows[keep], col, ra, dec, lst[at[keep]], config,
+                                           trend.epd[col[0]])
         good = np.isfinite(lcs).sum(axis=1) >= 0.5 * len(framekeys)
         trend.lcs[col] = (lcs[good], np.column_stack([cands["x"][pick], cands["y"][pick]])[good],
                           cands["objectid"][pick][good])
@@ -258,7 +286,8 @@ def detrend_night(rows_list: list[np.ndarray], infos: list[dict], trend: NightTr
     nf = len(trend.framekeys)
     for col in columns:
         ep, tf, flag = outputs(col)
-        if nf < epd_min_points(config, col[0]):  # no star can have enough points tonight
+        plan = trend.epd[col[0]]
+        if plan is None:  # no star can have enough points tonight
             for rows in rows_list:
                 rows[ep] = rows[tf] = np.nan
                 rows[flag] = np.where(np.isfinite(rows[col]), PHOT["NOT_FITTED"].bit,
@@ -267,10 +296,10 @@ def detrend_night(rows_list: list[np.ndarray], infos: list[dict], trend: NightTr
         lcs, txy, tids = trend.lcs.get(col, (np.zeros((0, nf)), np.zeros((0, 2)), np.zeros(0)))
         excluded = exclusion(xy, txy, config.detrend.tfa_exclusion_radius, ids, tids)
         for rows, info, lst in zip(rows_list, infos, lsts, strict=True):
-            rows[ep] = _epd_values(rows, col, info["ra"], info["dec"], lst, config)
+            rows[ep] = _epd_values(rows, col, info["ra"], info["dec"], lst, config, plan)
         corrected = _tfa(rows_list, ep, at, lcs, excluded, nf)
         for i, (rows, info, lst) in enumerate(zip(rows_list, infos, lsts, strict=True)):
-            _backfit(rows, col, corrected[i], at[i], info, lst, config)
+            _backfit(rows, col, corrected[i], at[i], info, lst, config, plan)
         corrected = _tfa(rows_list, ep, at, lcs, excluded, nf)
         for i, (rows, pos) in enumerate(zip(rows_list, at, strict=True)):
             rows[tf] = np.where(pos >= 0, corrected[i][np.maximum(pos, 0)], np.nan)
@@ -297,7 +326,7 @@ def _tfa(rows_list, ep: str, at, lcs: np.ndarray, excluded: np.ndarray, nf: int)
 
 
 def _backfit(rows: np.ndarray, col: str, corrected: np.ndarray, pos: np.ndarray, info: dict,
-             lst: np.ndarray, config: Config) -> None:
+             lst: np.ndarray, config: Config, plan: EPDPlan) -> None:
     """EPD of one star and column again with the first TFA trend taken out of the
     magnitudes first (one backfitting step of EPD + TFA); updates the EPD column."""
     ep = outputs(col)[0]
@@ -306,7 +335,7 @@ def _backfit(rows: np.ndarray, col: str, corrected: np.ndarray, pos: np.ndarray,
         else np.zeros(len(rows))
     shifted = rows.copy()
     shifted[col] = rows[col] - trend
-    rows[ep] = _epd_values(shifted, col, info["ra"], info["dec"], lst, config) + trend
+    rows[ep] = _epd_values(shifted, col, info["ra"], info["dec"], lst, config, plan) + trend
 
 
 def detrend_nights(stars: list[tuple[np.ndarray, dict]], trends: list[NightTrend],
@@ -590,7 +619,8 @@ class DetrendFiles(Phase):
             info = {**file_info(header), "projid": group[0]}
             info["x"], info["y"] = position(rows, context.config.detrend.night_gap)
             detrend_nights([(rows, info)], trends, context.config)
-            lcformat.write_lightcurve(path, rows, lcformat.header_cards(header))
+            cards = [c for c in lcformat.header_cards(header) if not c["name"].startswith("DETR")]
+            lcformat.write_lightcurve(path, rows, cards + detrend_cards(header, trends, rows))
             info_rows.append({"projid": group[0], "objectid": info["objectid"], "path": rel,
                               "rjd_min": float(np.nanmin(rows["rjd"])),
                               "rjd_max": float(np.nanmax(rows["rjd"]))})
@@ -609,3 +639,22 @@ def _concat(parts: list[dict]) -> dict:
     if not parts:
         return {}
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def detrend_cards(old_header, trends: list[NightTrend], rows: np.ndarray) -> list[dict]:
+    """``DETRnnn`` cards: per night of ``rows`` detrended with one of ``trends``, its first
+    rjd, frames, EPD parameter sets (aperture/subtraction) and TFA templates (of the
+    first aperture); the old header's cards of the other nights are kept."""
+    nights: dict[str, str] = {}
+    for rec in old_header.records() if old_header is not None else ():
+        if rec["name"].startswith("DETR") and rec["name"][4:].isdigit():
+            nights[str(rec["value"]).split()[0]] = str(rec["value"])
+    for t in trends:
+        if np.any((rows["rjd"] >= t.start) & (rows["rjd"] <= t.stop)):
+            tiers = "/".join(t.epd[k].tier if t.epd[k] else "none" for k in OUTPUTS)
+            used = "/".join(str(len(t.lcs.get(f"{p}_000", ((),))[0])) for p in ("arm", "irm"))
+            key = f"rjd={t.start:.5f}"
+            nights[key] = f"{key} frames={len(t.framekeys)} epd={tiers} templates={used}"
+    return [{"name": f"DETR{i:03d}", "value": value,
+             "comment": "night detrended: EPD sets (aperture/subtraction), TFA templates"}
+            for i, (_, value) in enumerate(sorted(nights.items()))]

@@ -383,7 +383,7 @@ def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> 
     napertures = _napertures(rows.dtype)
     cards = _table_cards(rows, header, None)
     date = next(c["value"] for c in cards if c["name"] == "DATE")
-    room = max(APPEND_ROOM, sum(c["name"].startswith("NIGHT") for c in cards))
+    room = max(APPEND_ROOM, sum(c["name"].startswith(("NIGHT", "DETR")) for c in cards))
     with atomic_write(path) as tmp:
         write_table(tmp, rows, "LIGHTCURVE", cards, column_spec(napertures),
                     _primary_cards(cards, date), blank=room)

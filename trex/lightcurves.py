@@ -46,7 +46,14 @@ import numpy as np
 from trex import lcformat
 from trex.catalog import star_info
 from trex.config import Config
-from trex.detrend import NightTrend, detrend_nights, night_intervals, night_trend, position
+from trex.detrend import (
+    NightTrend,
+    detrend_cards,
+    detrend_nights,
+    night_intervals,
+    night_trend,
+    position,
+)
 from trex.frame import Context
 from trex.lcformat import read_lightcurve, to_lightkurve
 from trex.lcstats import columns_of, star_rows
@@ -411,7 +418,8 @@ class Merge(Phase):
         for star in chunk:
             header = (lcformat.star_cards(star.info, config)
                       + lcformat.night_cards(star.old_header, *_night_counts(
-                          frames, star.fresh["framekey"], star.added), config))
+                          frames, star.fresh["framekey"], star.added), config)
+                      + detrend_cards(star.old_header, trends, star.rows))
             rows, kind = star.rows, "added"
             if star.layout is None or not lcformat.append_lightcurve(star.path, star.layout,
                                                                      rows, header):

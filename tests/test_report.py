@@ -98,6 +98,12 @@ def test_report_writes_every_plot(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in text
     assert "| `atf_000` |" in text  # the RMS / noise table
+    # a run summary first; apertures named by their radius, never by their index
+    assert text.startswith("# trex report\n\n## Run summary\n")
+    assert f"| configuration hash | `{config.sha}` |" in text and "| trex | " in text
+    radius = config.photometry.apertures[0].split(":")[0]
+    assert f"| aperture {float(radius):g} px | `atf_000` |" in text
+    assert "aperture 0" not in text
     assert "Not available: WCS residual p90, px" in text  # NULL column skipped with a note
     # this project has no sources product: the residual plot is skipped with its reason
     assert "Astrometric residuals, project 7" in text and "no sources or catalog" in text
@@ -110,4 +116,5 @@ def test_report_without_database_or_stats(tmp_path):
     assert index == out / "index.md"
     text = index.read_text()
     assert "run `trex detrend`" in text and "no calibrated frames" in text
+    assert "## Run summary" in text and "Light curves: none yet." in text
     assert (out / "lightcurves_7.png").stat().st_size > 10_000

@@ -150,7 +150,7 @@ def _header(raw_header: afits.Header, frame: Frame, masters: dict, overscan: flo
         if f"CRPIX{axis}" in header and offset:
             header[f"CRPIX{axis}"] = header[f"CRPIX{axis}"] - offset
         header[f"LTV{axis}"] = (-offset, "trim offset: calibrated = raw pixel + LTV")
-    header["BUNIT"] = ("ADU", "calibrated: (raw - overscan - bias - dark*t) / flat")
+    header["BUNIT"] = ("ADU", "(raw - overscan - bias - dark*t) / flat")  # fits 80 chars
     header["RAWFILE"] = (frame.rawpath.name, "raw frame")
     header["NIGHT"] = (frame.night, "RAW/<night> folder")
     header["OVSCMODE"] = (config.calibrate.overscan, "overscan subtraction mode")

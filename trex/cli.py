@@ -62,17 +62,6 @@ def _overrides(args) -> dict:
     return overrides
 
 
-def _open(args):
-    """(project, config, database) for a command working on a project."""
-    from trex.db import connect
-
-    project = find_project(args.root)
-    config = project.load_config(_overrides(args))
-    db = connect(project.database_url(config))
-    db.create_schema()
-    return project, config, db
-
-
 def cmd_init(args) -> int:
     project = init_project(args.root)
     print(f"initialized trex project in {project.root}")
@@ -80,14 +69,37 @@ def cmd_init(args) -> int:
     return 0
 
 
+def _open_read_only(args, missing_ok: bool = False):
+    """(project, config, database or None) for a command that only reads: a SQLite
+    database that does not exist is an error, not a new empty file (with
+    ``missing_ok``: None when it is the project's default database, not run yet)."""
+    from trex.db import connect
+
+    project = find_project(args.root)
+    config = project.load_config(_overrides(args))
+    url = project.database_url(config)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ":memory:"
+    if path != ":memory:" and not Path(path).is_file():
+        if missing_ok and not config.database.url:
+            return project, config, None
+        raise DatabaseError(f"no database at {path}: run trex run first or check --db")
+    db = connect(url)
+    db.create_schema()  # a database of an older trex gains the tables it lacks
+    return project, config, db
+
+
 def cmd_status(args) -> int:
     from trex.db import redact
     from trex.db.queries import Queries
     from trex.status import format_status, project_status
 
-    project, config, db = _open(args)
-    with db:
-        status = project_status(project, config, Queries(db), redact(db.url))
+    project, config, db = _open_read_only(args, missing_ok=True)
+    if db is None:
+        url = project.database_url(config)
+        status = project_status(project, config, None, f"{url} (not created yet: trex run)")
+    else:
+        with db:
+            status = project_status(project, config, Queries(db), redact(db.url))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
@@ -100,7 +112,8 @@ def cmd_simulate(args) -> int:
     root = init_project(args.root).root
     summary = simulate_project(root, nights=args.nights, frames=args.frames, stars=args.stars,
                                size=args.size, seed=args.seed, compress=args.compress,
-                               add_night=args.add_night)
+                               add_night=args.add_night,
+                               realism="realistic" if args.realistic else "simple")
     print(summary)
     return 0
 
@@ -154,11 +167,13 @@ def cmd_report(args) -> int:
         from trex.report import make_report
     except ImportError:
         raise NotAvailable("report") from None
+    from trex.db import redact
     from trex.db.queries import Queries
 
-    project, config, db = _open(args)
+    project, config, db = _open_read_only(args)
     with db:
-        index = make_report(project, config, Queries(db), out=args.out)
+        index = make_report(project, config, Queries(db), out=args.out,
+                            database=redact(db.url))
     print(f"report: {index}")
     return 0
 
@@ -171,59 +186,147 @@ def cmd_bench(args) -> int:
     return bench_main(quick=args.quick, only=args.only, json_path=args.json)
 
 
+#: what the exit status of ``trex`` means (shown by ``trex --help`` and ``trex run --help``)
+EXIT_STATUSES = """exit status:
+  0  done: every frame processed or recorded bad with its reason (see trex status)
+  1  a bug in trex: a traceback is printed and the job aborted
+  2  cannot start: configuration, project, database, another run holds the
+     project lock, MPI mismatch
+  3  the command's stage is not available in this version of trex
+  4  a write failed (disk full, permission): nothing half-written is left;
+     fix the cause and run the same command again
+  5  stopped by a signal (SIGTERM, SIGUSR1): run the same command again to resume"""
+
+
+class _Help(argparse.HelpFormatter):
+    """One-line descriptions wrapped, texts of several lines (the exit statuses) as
+    written; every option's default in its help (flags: off; an option whose help
+    states its default keeps its text)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from trex.bench import MODULES as BENCHMARKS
+
     parser = argparse.ArgumentParser(
-        prog="trex", description="Time-series photometry pipeline for wide-field survey cameras.")
+        prog="trex", formatter_class=_Help, epilog=EXIT_STATUSES,
+        description="Time-series photometry pipeline for wide-field survey cameras: raw FITS "
+                    "frames in RAW/<night>/, calibrated frames, photometry and per-star light "
+                    "curves out. 'trex COMMAND --help' describes each command.")
     parser.add_argument("--version", action="version", version=f"trex {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="threshold of the log lines on stderr; progress lines and the "
+                             "end-of-run summary show up to WARNING, not at ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def project_command(name, help, func):
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("root", nargs="?", help="project root (default: $TREX_ROOT or nearest "
-                                               "parent holding trex.toml)")
-        p.add_argument("--db", help="database URL: sqlite:///path or postgresql://user@host:port/db")
-        p.add_argument("--projid", help="project id for frames without a PROJID header")
-        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                       help="override a trex.toml value (repeatable)")
+    def command(name, help, func, description=None, epilog=None):
+        p = sub.add_parser(name, help=help, description=description or help + ".",
+                           epilog=epilog, formatter_class=_Help)
         p.set_defaults(func=func)
         return p
 
-    p = sub.add_parser("init", help="create a project folder and its trex.toml")
-    p.add_argument("root")
-    p.set_defaults(func=cmd_init)
+    def project_command(name, help, func, description=None, epilog=None):
+        p = command(name, help, func, description, epilog)
+        p.add_argument("root", nargs="?", help="project root (default: $TREX_ROOT, else the "
+                                               "nearest parent folder holding trex.toml)")
+        p.add_argument("--db", help="database URL, sqlite:///path or "
+                                    "postgresql://user@host:port/db (default: [database] url "
+                                    "of trex.toml, else sqlite:///ROOT/trex.sqlite)")
+        p.add_argument("--projid", help="project id of frames without a PROJID header "
+                                        "(default: [project] projid of trex.toml)")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override a trex.toml value for this command, VALUE in TOML "
+                            "syntax (repeatable; default: none)")
+        return p
 
-    p = sub.add_parser("simulate", help="simulate HATPI-like nights with ground truth")
-    p.add_argument("root")
-    p.add_argument("--nights", type=int, default=1)
+    p = command("init", "create a project folder and its trex.toml", cmd_init,
+                "Create ROOT with the project layout (BASE/CAL, BASE/CAT, BASE/reference-frames, "
+                "RAW, RED, LC, PROJ, REDTEMP) and a trex.toml holding every setting with its "
+                "default and a comment. An existing trex.toml is kept.")
+    p.add_argument("root", help="project folder (created if missing)")
+
+    p = command("simulate", "simulate HATPI-like nights with ground truth", cmd_simulate,
+                "Write simulated raw nights (bias, dark, flat and object frames) into "
+                "ROOT/RAW/<night>/, the field catalog into ROOT/BASE/CAT/ and the truth into "
+                "ROOT/PROJ/truth/; ROOT is initialised if needed. Then 'trex run ROOT'.")
+    p.add_argument("root", help="project folder")
+    p.add_argument("--nights", type=int, default=1, help="nights to simulate")
     p.add_argument("--frames", type=int, default=20, help="object frames per night")
-    p.add_argument("--stars", type=int, default=2000)
-    p.add_argument("--size", type=int, default=1024, help="frame size, px")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--compress", action="store_true", help="write .fits.fz frames")
-    p.add_argument("--add-night", action="store_true", help="add a night to an existing simulation")
-    p.set_defaults(func=cmd_simulate)
+    p.add_argument("--stars", type=int, default=2000, help="catalog stars in the field")
+    p.add_argument("--size", type=int, default=1024, help="frame width and height, px")
+    p.add_argument("--seed", type=int, default=1, help="random seed (same seed: same frames)")
+    p.add_argument("--compress", action="store_true", help="write Rice-compressed .fits.fz frames")
+    p.add_argument("--realistic", action="store_true",
+                   help="the realistic world (Moffat PSF, order-5 distortion, colour "
+                        "extinction, clouds, scintillation, faint stars, trails, bleeding, "
+                        "pointing errors) instead of the simple one built from trex's own models")
+    p.add_argument("--add-night", action="store_true",
+                   help="add NIGHTS nights to an existing simulation (same field, stars and "
+                        "world; the other options are ignored)")
 
-    p = project_command("run", "process the whole project (serial, or under mpiexec)", cmd_stages)
-    p.add_argument("--stages", help=f"comma-separated subset of: {', '.join(NAMES)}")
+    p = project_command("run", "process the whole project (serial, or under mpiexec)",
+                        cmd_stages, "Run every stage over the project: new raw files are read, "
+                        "frames not done are processed, new rows are merged into the light "
+                        "curves. Finished work is skipped, so running again resumes.",
+                        EXIT_STATUSES)
+    p.add_argument("--stages", help=f"comma-separated subset of: {', '.join(NAMES)} "
+                                    "(default: all)")
     p.add_argument("--jobs", type=int, default=1,
                    help="run on N local MPI ranks (re-runs itself under mpiexec)")
     p.add_argument("--rebuild-references", action="store_true",
-                   help="rebuild the astrometric and photometric references")
+                   help="choose the astrometric reference again and rebuild the magnitude-fit "
+                        "master and the photometric reference, then redo what depends on them")
     p.add_argument("--retry-failed", action="store_true",
                    help="try the frames that failed again, even if nothing they depend on changed")
     for stage in STAGE_LIST:
-        project_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages)
-    p = project_command("status", "what is done, what failed and why", cmd_status)
+        if not (stage.per_frame or stage.needs):  # detrend: per star, not per frame
+            project_command(stage.name, f"{stage.help} (every light curve)", cmd_stages,
+                            "Detrend every light curve again from its file (EPD, then TFA) "
+                            "and recompute the per-star statistics.", EXIT_STATUSES)
+            continue
+        project_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages,
+                        f"Only the {stage.name} stage, on the frames where it is pending: "
+                        f"{stage.help}. Frames whose earlier stages are not done are left for "
+                        "a later run.", EXIT_STATUSES)
+    p = project_command("status", "what is done, waiting and failed, and why", cmd_status,
+                        "Per night: frames by type, bad frames, raw files not read yet, and per "
+                        "stage (in pipeline order) the frames done, failed and waiting; frame "
+                        "failures grouped by stage and reason; failed project phases; light "
+                        "curves per project id. Reads the database, never creates one.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = project_command("report", "diagnostic plots (PNG) and a summary table", cmd_report)
-    p.add_argument("--out", help="output folder (default ROOT/PROJ/report)")
+    p = project_command("report", "diagnostic plots (PNG) and a summary (Markdown)", cmd_report,
+                        "Write ROOT/PROJ/report/index.md (a run summary, then RMS vs magnitude "
+                        "with the noise floor, a frame preview with the apertures, astrometric "
+                        "residuals, difference-image stamps, light curves, per-frame "
+                        "diagnostics) and its PNGs. Needs the database of a run.")
+    p.add_argument("--out", help="output folder (default: ROOT/PROJ/report)")
 
-    p = sub.add_parser("bench", help="kernel and end-to-end throughput, with ratios to peers")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", nargs="+", metavar="NAME")
-    p.add_argument("--json", metavar="FILE")
-    p.set_defaults(func=cmd_bench)
+    p = command("bench", "kernel and end-to-end throughput, with ratios to peers", cmd_bench,
+                "Time trex beside its peers (sep, photutils, scipy, numpy, psycopg2, and "
+                "fitsh when installed) on identical synthetic inputs, single-threaded, and "
+                "print a table (ratio = peer time / trex time, > 1: trex faster) with a "
+                "check that both gave the same answer.")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes only: a few minutes (the full set takes ~10 min or more)")
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=BENCHMARKS,
+                   help=f"run only these benchmarks, of: {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the results as JSON to FILE (default: none)")
     return parser
 
 

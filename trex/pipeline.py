@@ -149,8 +149,8 @@ def _run(comm, ledger: Ledger | None, project: Project, config: Config, stages: 
         context, done, failed = run_phase(comm, ledger, context, phase, stop)
         if done:
             summary[phase.name] = (done, failed)
-    if comm.rank == 0:
-        log.info("trex run done in %.0f s: %s", time.perf_counter() - start,
+    if comm.rank == 0:  # on the progress logger: shown at --log-level WARNING too
+        progress_log.info("trex run done in %.0f s: %s", time.perf_counter() - start,
                  "; ".join(f"{name} {n}" + (f" ({f} failed)" if f else "")
                            for name, (n, f) in summary.items()) or "nothing to do")
     return summary
@@ -207,7 +207,7 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
 
 class Progress:
     """Progress lines of a phase at most every ``seconds`` (done/total, percent,
-    rate, elapsed, ETA), on the ``trex.progress`` logger (shown at any log level)."""
+    rate, elapsed, ETA), on the ``trex.progress`` logger (shown up to --log-level WARNING)."""
 
     def __init__(self, name: str, total: int, seconds: float):
         self.name, self.total, self.seconds = name, total, seconds

@@ -22,9 +22,9 @@ from matplotlib.patches import Circle  # noqa: E402
 log = logging.getLogger(__name__)
 
 #: stage name -> (column prefix, colour) for the RMS plots
-STAGES = {"aperture": [("raw", "aim", "0.6"), ("magfit", "arm", "tab:blue"),
+STAGES = {"aperture photometry": [("raw", "aim", "0.6"), ("magfit", "arm", "tab:blue"),
                        ("EPD", "aep", "tab:orange"), ("TFA", "atf", "tab:green")],
-          "subtraction": [("subtraction", "irm", "tab:blue"), ("EPD", "iep", "tab:orange"),
+          "image subtraction": [("subtraction", "irm", "tab:blue"), ("EPD", "iep", "tab:orange"),
                           ("TFA", "itf", "tab:green")]}
 
 
@@ -46,10 +46,13 @@ def _limits(values: np.ndarray, lo: float = 1.0, hi: float = 99.0, pad: float = 
     return a - pad * span, b + pad * span
 
 
-def rms_vs_mag(path: Path, stats: np.ndarray, napertures: int, noise: dict, title: str) -> Path:
-    """RMS (clipped) vs median magnitude per stage; rows: apertures, columns:
-    aperture photometry / image subtraction; ``noise`` maps an aperture index
-    to (mag grid, expected RMS) drawn as a black curve."""
+def rms_vs_mag(path: Path, stats: np.ndarray, apertures: list[str], noise: dict,
+               title: str) -> Path:
+    """RMS (clipped) vs median magnitude per stage; rows: apertures (named by
+    ``apertures``, e.g. "aperture 2.45 px"), columns: aperture photometry /
+    image subtraction; ``noise`` maps an aperture index to (mag grid,
+    expected RMS) drawn as a black curve."""
+    napertures = len(apertures)
     fig, axes = plt.subplots(napertures, 2, figsize=(11, 3.2 * napertures + 0.6),
                              sharex=True, sharey=True, squeeze=False)
     for a in range(napertures):
@@ -67,7 +70,7 @@ def rms_vs_mag(path: Path, stats: np.ndarray, napertures: int, noise: dict, titl
             if a in noise:
                 ax.plot(*noise[a], color="k", lw=1.2, label="photon+sky+read noise")
             ax.set_yscale("log")
-            ax.set_title(f"{kind}, aperture {a}", fontsize=10)
+            ax.set_title(f"{kind}, {apertures[a]} (_{a:03d})", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper left", markerscale=3)
             if j == 0:

@@ -1,6 +1,9 @@
 """``trex report``: diagnostic plots (PNG) and an index (Markdown) of a project.
 
-Written to ``ROOT/PROJ/report/`` (or ``out``): per project id the RMS vs
+Written to ``ROOT/PROJ/report/`` (or ``out``): first a run summary (trex
+version, configuration hash, date, database; frames by night and by stage
+and state; failures by stage and phase; light curves: :mod:`trex.status`),
+then per project id the RMS vs
 magnitude of every stage with the theoretical noise floor (from
 the database's ``lcstats`` table), a preview of a calibrated frame with the
 apertures drawn, the light curves of the most variable and a few random
@@ -8,8 +11,8 @@ stars; for all frames the sky, FWHM, ellipticity, number of sources, WCS
 residuals and magnitude-fit zero point against time.  Whatever input is
 missing is skipped with a note in the index.  The magnitude-fit zero point is
 the median over a sample of light curves of ``aim_000 - arm_000`` per frame.
-Not made yet (their products are not defined): a WCS-residual quiver plot of
-the astrometric reference and difference-image stamps.
+Apertures are named by their radius ("aperture 2.45 px"), columns by their
+``_NNN`` index.
 
 Cost: one database query, the stats table, and at most ``SAMPLE`` light-curve
 files per project id.
@@ -27,6 +30,7 @@ from trex.config import Config
 from trex.detrend import lightcurve_files
 from trex.lcstats import aperture_radii, noise_model, wide_table
 from trex.project import Project, safe_name
+from trex.status import project_status, summary_markdown
 from trex.tfa import scatter_trend_ratio
 
 log = logging.getLogger(__name__)
@@ -126,8 +130,14 @@ def noise_curves(config: Config, frames: dict, stats: np.ndarray, napertures: in
     return out
 
 
+def aperture_label(config: Config, index: int) -> str:
+    """``aperture 2.45 px``: an aperture named by its radius."""
+    radii = aperture_radii(config.photometry.apertures)
+    return f"aperture {radii[index][0]:g} px" if index < len(radii) else f"aperture {index}"
+
+
 def bright_ratios(stats: np.ndarray, noise: dict, napertures: int, fraction: float = 0.1) -> list:
-    """Rows (column, median clipped RMS / noise floor) for the brightest stars."""
+    """Rows (column, median clipped RMS / noise floor, stars) for the brightest stars."""
     rows = []
     for a in range(napertures):
         if a not in noise:
@@ -154,24 +164,28 @@ def _rms_section(rep: Report, config: Config, read, frames: dict, projid: str) -
         return
     noise = noise_curves(config, frames, stats, napertures)
     name = f"rms_{safe_name(projid)}.png"
-    plots.rms_vs_mag(rep.out / name, stats, napertures, noise,
+    labels = [aperture_label(config, a) for a in range(napertures)]
+    plots.rms_vs_mag(rep.out / name, stats, labels, noise,
                      f"{title}: {len(stats)} stars (clipped RMS)")
     note = "" if noise else "_No magnitudes for the noise curve._"
     rep.figure(title, name, note)
     ratios = bright_ratios(stats, noise, napertures)
     if ratios:
         rep.text("Clipped RMS / expected noise, median over the brightest 10 % of stars:", "",
-                 "| column | RMS / noise | stars |", "|---|---|---|",
-                 *[f"| `{c}` | {r:.2f} | {n} |" for c, r, n in ratios])
+                 "| aperture | column | RMS / noise | stars |", "|---|---|---|---|",
+                 *[f"| {aperture_label(config, int(c[-3:]))} | `{c}` | {r:.2f} | {n} |"
+                   for c, r, n in ratios])
 
 
-def _frames_section(rep: Report, frames: dict, zp: tuple[np.ndarray, np.ndarray]) -> None:
+def _frames_section(rep: Report, config: Config, frames: dict,
+                    zp: tuple[np.ndarray, np.ndarray]) -> None:
     title = "Per-frame diagnostics"
     if not frames:
         rep.figure(title, None, "_Skipped: no calibrated frames in the database._")
         return
     jd = frames["jd"]
     hours = (jd - np.nanmin(jd)) * 24.0
+    zp_label = f"magfit ZP ({aperture_label(config, 0)}), mag"
     series, missing = [], []
     for column, label in FRAME_SERIES:
         values = frames[column].astype(float)
@@ -180,9 +194,9 @@ def _frames_section(rep: Report, frames: dict, zp: tuple[np.ndarray, np.ndarray]
         at = np.searchsorted(zp[0], frames["framekey"])
         at = np.clip(at, 0, len(zp[0]) - 1)
         values = np.where(zp[0][at] == frames["framekey"], zp[1][at], np.nan)
-        (series if np.isfinite(values).any() else missing).append(("magfit ZP, mag", values))
+        (series if np.isfinite(values).any() else missing).append((zp_label, values))
     else:
-        missing.append(("magfit ZP, mag", None))
+        missing.append((zp_label, None))
     name = None
     if series:
         name = "frames.png"
@@ -191,7 +205,8 @@ def _frames_section(rep: Report, frames: dict, zp: tuple[np.ndarray, np.ndarray]
                         f"hours since {start} (UTC)")
     note = ("_Not available: " + ", ".join(m[0] for m in missing) + "._") if missing else ""
     note += ("\n\nFWHM is 2.3548 / sqrt(S) of the median PSF S; the magfit zero point is the "
-             "median of `aim_000 - arm_000` over a sample of light curves.")
+             f"median of `aim_000 - arm_000` ({aperture_label(config, 0)}) over a sample of "
+             "light curves.")
     rep.figure(title, name, note)
 
 
@@ -312,18 +327,24 @@ def _lightcurve_section(rep: Report, config: Config, projid: str, sample: list,
         curves.append({"name": oid, "hours": (rows["rjd"] - t0) * 24.0, "series": series,
                        "note": note})
     name = f"lightcurves_{safe_name(projid)}.png"
-    plots.light_curves(rep.out / name, curves, f"{title}: aperture 0, magfit / EPD / TFA")
+    plots.light_curves(rep.out / name, curves,
+                       f"{title}: {aperture_label(config, 0)} (_000), magfit / EPD / TFA")
     rep.figure(title, name)
 
 
-def make_report(project: Project, config: Config, read, out: Path | str | None = None) -> Path:
+def make_report(project: Project, config: Config, read, out: Path | str | None = None,
+                database: str = "") -> Path:
     """Write the report's PNGs and ``index.md``; returns the index path.
 
     ``read`` is the ledger's queries (:class:`trex.db.queries.Queries`), or None
-    without a database (the sections that need it are skipped with a note)."""
+    without a database (the sections that need it are skipped with a note);
+    ``database`` the URL shown in the summary (password redacted)."""
     out = Path(out) if out else project.root / "PROJ" / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
+    rep.lines += ["## Run summary", "",
+                  *summary_markdown(project_status(project, config, read,
+                                                   database or "(none)")), ""]
     frames = frame_table(read)
     lcroot = project.root / "LC"
     projids = sorted(p.name for p in lcroot.iterdir() if p.is_dir()) if lcroot.is_dir() else []
@@ -342,7 +363,7 @@ def make_report(project: Project, config: Config, read, out: Path | str | None =
         rep.text("_No light curves under `LC/`._")
     zp = (np.concatenate(zp_keys), np.concatenate(zp_vals)) if zp_keys else (np.zeros(0), [])
     order = np.argsort(zp[0], kind="stable")
-    _frames_section(rep, frames, (zp[0][order], np.asarray(zp[1])[order]))
+    _frames_section(rep, config, frames, (zp[0][order], np.asarray(zp[1])[order]))
     index = rep.write()
     log.info("report written to %s", index)
     return index

@@ -199,7 +199,9 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         factor = scipy.linalg.cho_factor(scaled, overwrite_a=True, check_finite=False)
         sol = scipy.linalg.cho_solve(factor, rhs * scale, check_finite=False)
     except np.linalg.LinAlgError:
-        log.warning("kernel normal equations singular: using least squares")
+        # degenerate terms (e.g. a background order the stamps cannot constrain): the
+        # minimum-norm solution is the right answer, nothing for the user to act on
+        log.debug("kernel normal equations singular: using least squares")
         sol = np.linalg.lstsq(scaled, rhs * scale, rcond=None)[0]
     return sol * scale
 

@@ -189,6 +189,30 @@ class Queries:
             "UNION ALL SELECT NULL, reason, count(*) FROM frameinfo WHERE NOT isok "
             "GROUP BY reason ORDER BY 3 DESC")
 
+    def waiting_frames(self, needs: dict[str, str], chain: dict[str, str]) -> dict[str, int]:
+        """night -> usable object frames that a stage is still to run on.
+
+        ``chain`` maps the stage, the stages it needs and those it uses to their
+        current settings hashes; ``needs`` the stages it needs.  A frame waits when
+        one stage of ``chain`` has no state under its current settings (none yet, or
+        one of older settings: it will run, and what follows it) and no stage of
+        ``needs`` failed under its current settings (that holds the frame back)."""
+        def fresh(stages: dict[str, str]) -> tuple[str, tuple]:
+            text = " OR ".join(["(s.stage = ? AND (s.configsha = ? OR s.configsha IS NULL))"]
+                               * len(stages))
+            return f"({text})", tuple(v for item in stages.items() for v in item)
+
+        sql = "SELECT f.night, count(*) FROM frameinfo f WHERE f.isok AND f.imagetyp = 'object' "
+        params: tuple = ()
+        if needs:
+            text, params = fresh(needs)
+            sql += ("AND NOT EXISTS (SELECT 1 FROM framestatus s WHERE s.framekey = f.framekey "
+                    f"AND s.status = 'failed' AND {text}) ")
+        text, more = fresh(chain)
+        sql += (f"AND (SELECT count(*) FROM framestatus s WHERE s.framekey = f.framekey AND {text}) "
+                "< ? GROUP BY f.night")
+        return {n: int(c) for n, c in self.db.query(sql, params + more + (len(chain),))}
+
     def lightcurve_counts(self) -> dict[str, int]:
         return {p: int(n) for p, n in self.db.query(
             "SELECT projid, count(*) FROM lcinfo GROUP BY projid")}

@@ -17,7 +17,6 @@ from conftest import run_stages
 from test_lightcurves import register
 
 from trex import lcformat, lightcurves
-from trex.config import Config
 from trex.db import connect
 from trex.lcformat import read_lightcurve
 from trex.photometry import aphot_dtype

@@ -37,6 +37,15 @@ CREATE TABLE IF NOT EXISTS frameinfo (
 );
 
 CREATE INDEX IF NOT EXISTS frameinfo_jd ON frameinfo (jd);
+CREATE INDEX IF NOT EXISTS frameinfo_night ON frameinfo (night);
+
+-- RAW/<night> folders whose files were all read, and the folder's mtime then: a night
+-- whose folder has not changed since is not listed again
+CREATE TABLE IF NOT EXISTS rawnights (
+    night TEXT PRIMARY KEY,
+    mtime_ns INTEGER NOT NULL,
+    updated TEXT NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS framestatus (
     framekey INTEGER NOT NULL REFERENCES frameinfo (framekey),

@@ -52,14 +52,14 @@ class RawItem:
     header: str | None = None    # the recorded header text (parse again, no file read)
 
 
-def raw_files(project: Project) -> list[tuple[str, Path]]:
-    """(night, path) of every raw file, sorted by night then name."""
+def raw_files(project: Project, night: str | None = None) -> list[tuple[str, Path]]:
+    """(night, path) of every raw file (of one night), sorted by night then name."""
     out = []
-    for night in project.nights():
-        folder = project.raw / night
+    for name in [night] if night else project.nights():
+        folder = project.raw / name
         names = {p for pattern in PATTERNS for p in folder.glob(pattern)
                  if p.is_file() and not p.name.startswith(".")}
-        out.extend((night, p) for p in sorted(names))
+        out.extend((name, p) for p in sorted(names))
     return out
 
 
@@ -120,28 +120,38 @@ class Inventory(Phase):
 
     def __init__(self):
         self.read: dict[int, dict] = {}  # rank 0: rows of the files read in this run
+        self.nights: dict[str, int] = {}  # rank 0: night -> folder mtime (ns) when listed
 
     def plan(self, ledger, context: Context) -> list[RawItem]:
+        """The files of the nights whose folder changed since it was last read (a file
+        added, removed or renamed changes it: the other nights cost one stat each), and
+        the headers to parse again under new header settings."""
         project = context.project
-        known = ledger.read.raw_files()
-        sha = context.config.section_sha(HEADER_SECTIONS)
+        scanned = ledger.read.raw_nights()
         items, new = [], []
-        for night, path in raw_files(project):
-            rel = str(path.relative_to(project.root))
-            stat = path.stat()
-            old = known.get(rel)
-            if old is None:
-                new.append((night, rel))
-            elif old[1] != stat.st_size or old[2] != float(stat.st_mtime):
-                log.info("inventory: %s changed on disk, read again", rel)
-                items.append(RawItem(night, rel, old[0]))
+        for night in project.nights():
+            mtime = (project.raw / night).stat().st_mtime_ns
+            if scanned.get(night) == mtime:
+                continue
+            self.nights[night] = mtime
+            known = ledger.read.raw_files(night)
+            for _, path in raw_files(project, night):
+                rel = str(path.relative_to(project.root))
+                stat = path.stat()
+                old = known.get(rel)
+                if old is None:
+                    new.append((night, rel))
+                elif old[1] != stat.st_size or old[2] != float(stat.st_mtime):
+                    log.info("inventory: %s changed on disk, read again", rel)
+                    items.append(RawItem(night, rel, old[0]))
         # keys in file order whatever the order the headers are read in
         keys = ledger.reserve_raw(new)
         items = [RawItem(night, rel, key) for (night, rel), key in zip(new, keys)] + items
-        stale = {k for k, _, _, s in known.values() if s != sha}
-        items += [RawItem(night, rel, key, text) for key, rel, night, text in ledger.read.raw_headers()
-                  if key in stale and (project.root / rel).is_file()
-                  and not any(i.rawpath == rel for i in items)]
+        queued = {i.rawpath for i in items}
+        sha = context.config.section_sha(HEADER_SECTIONS)
+        items += [RawItem(night, rel, key, text) for key, rel, night, text in
+                  ledger.read.headers_parsed_otherwise(sha)
+                  if rel not in queued and (project.root / rel).is_file()]
         return items
 
     def work(self, item: RawItem, context: Context) -> dict:
@@ -180,7 +190,9 @@ class Inventory(Phase):
 
     def update(self, ledger, context: Context) -> Context:
         """Files read in this run that repeat an exposure recorded before them (in frame
-        key order, so whatever order the ranks read them in) are marked bad."""
+        key order, so whatever order the ranks read them in) are marked bad; the nights
+        read are recorded as read (their folder's mtime)."""
+        ledger.record_raw_nights(self.nights)
         if self.read:
             exposures = Exposures.of(ledger.read.exposures(exclude=set(self.read)))
             for framekey in sorted(self.read):

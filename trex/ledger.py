@@ -89,9 +89,11 @@ class Ledger:
         names = tuple(s.name for s in chain)
         before = tuple(n for n in registry.NAMES[:registry.NAMES.index(names[0])]
                        if registry.BY_NAME[n].per_frame and n in _needed(chain))
-        states = self.read.frame_states(before + names)
+        shas = {s.name: self.config.section_sha(registry.stage(s.name).settings) for s in chain}
+        keys = set(self.read.frames_to_run(shas, before)) | self._new_inputs(chain, context)
+        states = self.read.frame_states(before + names, sorted(keys))
         out = []
-        for row in self.read.object_frames():
+        for row in self.read.object_frames(sorted(keys)):
             state = states.get(int(row["framekey"]), {})
             if any(state.get(n, ("",))[0] != "done" for n in before):
                 continue
@@ -101,6 +103,19 @@ class Ledger:
                 out.append(Task(int(row["framekey"]), row["rawpath"], row["night"], meta, todo,
                                 row["redpath"]))
         return out
+
+    def _new_inputs(self, chain: tuple[Stage, ...], context: Context) -> set[int]:
+        """Frames on which a stage of ``chain`` that redoes on new inputs is done with
+        inputs other than today's (checked once per group of frames sharing them)."""
+        stages = tuple(s.name for s in chain if registry.stage(s.name).redo_on_new_inputs)
+        found: set[int] = set()
+        for group in self.read.input_groups(stages) if stages else ():
+            stage, inputs, night, ccd, filt, field, projid = group
+            meta = FrameMeta("object", 0.0, "", 0.0, field or "", projid or "", ccd or "",
+                             filt or "", None, None, None, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None)
+            if self.stamp(registry.stage(stage), meta, night, context)[1] != inputs:
+                found |= set(self.read.frames_of_input_group(group))
+        return found
 
     def _todo(self, chain, state, meta, night, context, retry_failed) -> tuple[str, ...]:
         """The stages of ``chain`` to run on one frame: those not done, stale or to retry,
@@ -162,9 +177,7 @@ class Ledger:
 
     def frame_metas(self, framekeys: list[int]) -> dict[int, FrameMeta]:
         """The parsed headers of some frames (from their ``frameinfo`` rows)."""
-        wanted = set(framekeys)
-        return {int(r["framekey"]): meta_from_row(r) for r in self.read.object_frames()
-                if int(r["framekey"]) in wanted}
+        return {int(r["framekey"]): meta_from_row(r) for r in self.read.object_frames(framekeys)}
 
     def forget_stages(self, framekeys: list[int], stages: tuple[str, ...]) -> None:
         """Make ``stages`` pending again on the given frames (and what follows them)."""
@@ -206,6 +219,12 @@ class Ledger:
             if "filesize" in row:  # the file was read (again), not only parsed again
                 self.db.execute("DELETE FROM calibratedframes WHERE framekey = ?", (framekey,))
                 self.db.execute("DELETE FROM framestatus WHERE framekey = ?", (framekey,))
+
+    def record_raw_nights(self, nights: dict[str, int]) -> None:
+        """Nights whose files were all read, with their folder's mtime (ns) then."""
+        for night, mtime in nights.items():
+            _upsert(self.db, "rawnights", {"night": night, "mtime_ns": int(mtime),
+                                           "updated": now()}, ("night",))
 
     def mark_bad(self, framekey: int, reason: str) -> None:
         """A frame recorded as usable turned out not to be (e.g. while stacking a master)."""

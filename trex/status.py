@@ -51,11 +51,16 @@ def project_status(project: Project, config: Config, read, database: str) -> dic
         entry["bad"] += 0 if isok else n
         kind = imagetyp or "unreadable"
         entry["types"][kind] = entry["types"].get(kind, 0) + n
-    known = read.raw_files() if read is not None else {}
-    for night, path in raw_files(project):
-        if str(path.relative_to(project.root)) not in known:
-            entry = nights.setdefault(night, {"frames": 0, "bad": 0, "types": {}, "unread": 0})
-            entry["unread"] += 1
+    scanned = read.raw_nights() if read is not None else {}
+    for night in project.nights():  # files not read yet: in folders changed since last read
+        if scanned.get(night) == (project.raw / night).stat().st_mtime_ns:
+            continue
+        known = read.raw_files(night) if read is not None else {}
+        for _, path in raw_files(project, night):
+            if str(path.relative_to(project.root)) not in known:
+                entry = nights.setdefault(night, {"frames": 0, "bad": 0, "types": {},
+                                                  "unread": 0})
+                entry["unread"] += 1
     nights = dict(sorted(nights.items()))
     stages: dict = {name: {} for name in NAMES}
     for night, stage, status, n in (read.stage_counts() if read is not None else ()):

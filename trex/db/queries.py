@@ -26,10 +26,14 @@ class Queries:
         self.db = db
 
     # -- raw files ----------------------------------------------------------
-    def raw_files(self) -> dict[str, tuple[int, int, float, str | None]]:
-        """rawpath -> (framekey, filesize, mtime, configsha) of every recorded raw file."""
-        return {r[1]: (int(r[0]), r[2], r[3], r[4]) for r in self.db.query(
-            "SELECT framekey, rawpath, filesize, mtime, configsha FROM frameinfo")}
+    def raw_files(self, night: str) -> dict[str, tuple[int, int, float]]:
+        """rawpath -> (framekey, filesize, mtime) of the recorded raw files of a night."""
+        return {r[1]: (int(r[0]), r[2], r[3]) for r in self.db.query(
+            "SELECT framekey, rawpath, filesize, mtime FROM frameinfo WHERE night = ?", (night,))}
+
+    def raw_nights(self) -> dict[str, int]:
+        """night -> mtime (ns) its RAW folder had when its files were last read."""
+        return {n: int(m) for n, m in self.db.query("SELECT night, mtime_ns FROM rawnights")}
 
     def raw_file_rows(self, imagetyp: str | None = None) -> list[dict]:
         """``frameinfo`` rows of the usable frames (of one type), by night, time and name."""
@@ -39,10 +43,12 @@ class Queries:
             sql, params = sql + " AND imagetyp = ?", (imagetyp,)
         return self.db.query_dicts(sql + " ORDER BY night, jd, rawpath", params)
 
-    def raw_headers(self) -> list[tuple[int, str, str, str]]:
-        """(framekey, rawpath, night, header text) of the raw files read so far."""
+    def headers_parsed_otherwise(self, configsha: str) -> list[tuple[int, str, str, str]]:
+        """(framekey, rawpath, night, header text) of the raw files read so far whose header
+        was parsed with other settings than ``configsha``."""
         return [(int(k), p, n, h) for k, p, n, h in self.db.query(
-            "SELECT framekey, rawpath, night, header FROM frameinfo WHERE header IS NOT NULL")]
+            "SELECT framekey, rawpath, night, header FROM frameinfo WHERE header IS NOT NULL "
+            "AND (configsha IS NULL OR configsha != ?)", (configsha,))]
 
     def object_fields(self) -> list[str]:
         """Fields of the usable object frames."""
@@ -57,20 +63,62 @@ class Queries:
             "ORDER BY framekey") if int(r[0]) not in exclude]
 
     # -- per-frame state ---------------------------------------------------------
-    def object_frames(self) -> list[dict]:
-        """Usable object frames with their calibrated path, in time order."""
-        return self.db.query_dicts("SELECT f.*, c.redpath FROM frameinfo f LEFT JOIN calibratedframes c "
-                           "ON c.framekey = f.framekey WHERE f.imagetyp = 'object' AND f.isok "
-                           "ORDER BY f.jd, f.framekey")
+    def object_frames(self, framekeys: list[int] | None = None) -> list[dict]:
+        """Usable object frames (all, or those of ``framekeys``) with their calibrated
+        path, in time order."""
+        sql = ("SELECT f.*, c.redpath FROM frameinfo f LEFT JOIN calibratedframes c "
+               "ON c.framekey = f.framekey WHERE f.imagetyp = 'object' AND f.isok")
+        if framekeys is None:
+            return self.db.query_dicts(sql + " ORDER BY f.jd, f.framekey")
+        out = []
+        for part in _chunks(sorted(set(framekeys))):
+            out += self.db.query_dicts(sql + f" AND f.framekey IN ({_marks(part)})", part)
+        return sorted(out, key=lambda r: (r["jd"] if r["jd"] is not None else 0.0, r["framekey"]))
 
-    def frame_states(self, stages: tuple[str, ...]) -> dict[int, dict[str, tuple]]:
-        """framekey -> {stage: (status, configsha, inputs)} for the given stages."""
+    def frames_to_run(self, chain: dict[str, str], before: tuple[str, ...]) -> list[int]:
+        """Frame keys of the usable object frames whose ``before`` stages are all done and
+        where a stage of ``chain`` (stage -> current settings hash) is not done under its
+        current settings (no state, failed, or done with other settings)."""
+        params: list = []
+        sql = "SELECT f.framekey FROM frameinfo f WHERE f.imagetyp = 'object' AND f.isok"
+        if before:
+            sql += (f" AND (SELECT count(*) FROM framestatus s WHERE s.framekey = f.framekey "
+                    f"AND s.status = 'done' AND s.stage IN ({_marks(before)})) = ?")
+            params += [*before, len(before)]
+        fresh = " OR ".join(["(s.stage = ? AND (s.configsha = ? OR s.configsha IS NULL))"] * len(chain))
+        sql += (f" AND (SELECT count(*) FROM framestatus s WHERE s.framekey = f.framekey "
+                f"AND s.status = 'done' AND ({fresh})) < ?")
+        params += [v for item in chain.items() for v in item] + [len(chain)]
+        return [int(r[0]) for r in self.db.query(sql, params)]
+
+    def input_groups(self, stages: tuple[str, ...]) -> list[tuple]:
+        """(stage, inputs, night, ccd, filter, field, projid) of the done stages, each once:
+        what a stage's inputs depend on, to find the frames whose inputs changed."""
+        return self.db.query(
+            "SELECT DISTINCT s.stage, s.inputs, f.night, f.ccd, f.filter, f.field, f.projid "
+            "FROM framestatus s JOIN frameinfo f ON f.framekey = s.framekey "
+            f"WHERE s.status = 'done' AND s.inputs IS NOT NULL AND s.stage IN ({_marks(stages)})",
+            stages)
+
+    def frames_of_input_group(self, group: tuple) -> list[int]:
+        """Frame keys of one group of :meth:`input_groups`."""
+        stage, inputs, night, *names = group
+        match = " AND ".join(f"COALESCE(f.{c}, '') = ?" for c in ("ccd", "filter", "field", "projid"))
+        return [int(r[0]) for r in self.db.query(
+            "SELECT f.framekey FROM framestatus s JOIN frameinfo f ON f.framekey = s.framekey "
+            f"WHERE s.stage = ? AND s.inputs = ? AND s.status = 'done' AND f.night = ? AND {match}",
+            (stage, inputs, night, *[n or "" for n in names]))]
+
+    def frame_states(self, stages: tuple[str, ...],
+                     framekeys: list[int]) -> dict[int, dict[str, tuple]]:
+        """framekey -> {stage: (status, configsha, inputs)} of some frames and stages."""
         out: dict[int, dict[str, tuple]] = {}
-        marks = ", ".join("?" * len(stages))
-        for framekey, stage, status, sha, inputs in self.db.query(
-                f"SELECT framekey, stage, status, configsha, inputs FROM framestatus "
-                f"WHERE stage IN ({marks})", stages):
-            out.setdefault(int(framekey), {})[stage] = (status, sha, inputs)
+        for part in _chunks(sorted(set(framekeys))):
+            for framekey, stage, status, sha, inputs in self.db.query(
+                    f"SELECT framekey, stage, status, configsha, inputs FROM framestatus "
+                    f"WHERE stage IN ({_marks(stages)}) AND framekey IN ({_marks(part)})",
+                    (*stages, *part)):
+                out.setdefault(int(framekey), {})[stage] = (status, sha, inputs)
         return out
 
     def groups_done(self, stage: str, ccd: bool = False) -> list[tuple]:
@@ -245,3 +293,12 @@ class Queries:
                              "s.framekey = a.framekey AND s.stage = 'lightcurves' AND "
                              "s.status = 'done' WHERE a.aperture = 0")[0][0]
         return int(frames), int(rows)
+
+
+def _marks(values) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _chunks(values: list, size: int = 500) -> list[list]:
+    """``values`` in lists of at most ``size`` (the parameters of one IN clause)."""
+    return [values[i:i + size] for i in range(0, len(values), size)]

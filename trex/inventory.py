@@ -204,3 +204,7 @@ class Inventory(Phase):
 
     def label(self, item: RawItem) -> str:
         return item.rawpath
+
+    def summary(self, done: int, failed: int) -> str:
+        bad = sum(not row["isok"] for row in self.read.values())
+        return f"{done} raw files read ({bad} bad)"

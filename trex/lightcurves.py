@@ -449,6 +449,10 @@ class Merge(Phase):
     def label(self, task: tuple[str, str, str]) -> str:
         return "/".join(task)
 
+    def summary(self, done: int, failed: int) -> str:
+        return f"{self.files} light curves written" + (f" ({failed} partitions failed)"
+                                                        if failed else "")
+
 
 def _night_counts(frames: FrameTable, keys: np.ndarray, added: np.ndarray):
     """Per night of the frames being merged: the star's new rows (frames ``keys``), and

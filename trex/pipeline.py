@@ -144,15 +144,15 @@ def _run(comm, ledger: Ledger | None, project: Project, config: Config, stages: 
         context = Context(project, config, recorded_masters(project, ledger.read.masters()),
                           rebuild=rebuild)
     context = comm.bcast(context)
-    summary = {}
+    summary, lines = {}, []
     for phase in phases(stages, retry_failed):
         context, done, failed = run_phase(comm, ledger, context, phase, stop)
         if done:
             summary[phase.name] = (done, failed)
+            lines.append(phase.summary(done, failed))
     if comm.rank == 0:  # on the progress logger: shown at --log-level WARNING too
-        progress_log.info("trex run done in %.0f s: %s", time.perf_counter() - start,
-                 "; ".join(f"{name} {n}" + (f" ({f} failed)" if f else "")
-                           for name, (n, f) in summary.items()) or "nothing to do")
+        progress_log.info("trex run done in %s: %s", _hms(time.perf_counter() - start),
+                          "; ".join(lines) or "nothing to do")
     return summary
 
 

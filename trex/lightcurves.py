@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trex import lcformat
+from trex import lccards, lcformat
 from trex.catalog import star_info
 from trex.config import Config
 from trex.detrend import (
@@ -416,8 +416,8 @@ class Merge(Phase):
             detrend_nights([(star.rows, star.info) for star in chunk], trends, config)
         napertures, gap = len(config.photometry.apertures), config.detrend.night_gap
         for star in chunk:
-            header = (lcformat.star_cards(star.info, config)
-                      + lcformat.night_cards(star.old_header, *_night_counts(
+            header = (lccards.star_cards(star.info, config)
+                      + lccards.night_cards(star.old_header, *_night_counts(
                           frames, star.fresh["framekey"], star.added), config)
                       + detrend_cards(star.old_header, trends, star.rows))
             rows, kind = star.rows, "added"

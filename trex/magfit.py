@@ -168,6 +168,9 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
         if iteration == clip_iters:
             break
         chi = (diff - design @ coef) * weight
+        if local_scale > 0:   # judge stars against the local structure, not the polynomial
+            kept = Deletion(np.flatnonzero(use), chi[use] / weight[use], weight[use], None)
+            chi -= local_residual(x, y, kept, local_scale, leave_one_out=False) * weight
         scale = 1.4826 * np.median(np.abs(chi[use] - np.median(chi[use])))
         keep = use & (np.abs(chi) <= clip_sigma * scale)
         if scale == 0 or keep.sum() == use.sum() or keep.sum() < 2 * nterms:
@@ -196,7 +199,7 @@ class Deletion(NamedTuple):
     kept: np.ndarray      # indices of the kept stars among all the stars
     residual: np.ndarray  # their residuals, mag
     weight: np.ndarray    # their weights, 1 / error
-    q: np.ndarray         # (nkept, nterms): orthonormal basis of the weighted design (QR)
+    q: np.ndarray | None  # (nkept, nterms): orthonormal basis of the weighted design (QR)
 
     @property
     def leverage(self) -> np.ndarray:

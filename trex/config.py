@@ -156,6 +156,10 @@ class MagfitSection:
                                   "(a systematic floor, so that a few bright stars cannot dominate)")
     bright_mag: float = _opt(8.0, "brightest catalog magnitude used in the fit")
     faint_mag: float = _opt(12.0, "faintest catalog magnitude used in the fit")
+    local_scale: float = _opt(0.0, "px: each star's correction adds the mean fit residual of the "
+                                   "fitted stars around it (Gaussian sigma; itself excluded; stars "
+                                   "are clipped against it), for structure finer than the "
+                                   "polynomial such as thin clouds; 0: off")
 
 
 @dataclass(frozen=True)

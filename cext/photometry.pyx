@@ -27,13 +27,11 @@ a corner, crowded, masked) takes the caller's local background-map value
 when it is finite.  Stars are measured in a caller-given order.
 """
 from libc.math cimport sqrt, asin, copysign, fabs, floor, ceil, isfinite, NAN, INFINITY, M_PI
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport uint8_t, int32_t, int64_t
-
-ctypedef fused pixel_t:
-    float
-    double
+from kernels cimport BAD_ARGUMENT, NO_MEMORY, pixel_t, sort_doubles
+from trex.kernels import check
 
 cdef enum:
     # sky estimators (values of ``sky_method``)
@@ -371,7 +369,7 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     try:
         if not (w.buf and w.stamp and w.corners and w.sums and w.bad and w.h.code
                 and w.h.sorted):
-            raise MemoryError()
+            check(NO_MEMORY, "photometry_kernel: no memory for the work buffers")
         with nogil:
             for q in range(order.shape[0]):
                 s = order[q]
@@ -408,13 +406,14 @@ def _check_shapes(Py_ssize_t nstars, Py_ssize_t nr, Py_ssize_t ny_, const int64_
                   bint bad_mask, tuple outputs):
     if (nr == 0 or ny_ != nstars or nptr != nstars + 1 or nbits != NBITS or nmap != nstars
             or nmapsig != nstars):
-        raise ValueError("need radii, y, map_sky and map_sigma as long as x, nstars + 1 "
-                         "nb_ptr, 7 bits")
+        check(BAD_ARGUMENT, "photometry_kernel: "
+              "need radii, y, map_sky and map_sigma as long as x, nstars + 1 nb_ptr, 7 bits")
     cdef Py_ssize_t q
     for q in range(order.shape[0]):
         if not 0 <= order[q] < nstars:
-            raise ValueError("order holds an index out of range")
+            check(BAD_ARGUMENT, "photometry_kernel: order holds an index out of range")
     if bad_mask:
-        raise ValueError("mask must have the shape of the image")
+        check(BAD_ARGUMENT, "photometry_kernel: mask must have the shape of the image")
     if outputs != (nstars, nr, nstars, nr, nstars, nr, nstars, nstars, nstars):
-        raise ValueError("outputs must have shape (nstars, nradii) or (nstars,)")
+        check(BAD_ARGUMENT, "photometry_kernel: "
+              "outputs must have shape (nstars, nradii) or (nstars,)")

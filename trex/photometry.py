@@ -40,7 +40,8 @@ The stage
 ---------
 ``run(frame, context)`` projects the field catalog (proper motion applied)
 through the frame's WCS, keeps the stars inside the frame minus
-``photometry.border`` (3 px: every star whose apertures lie on the frame), measures them in the configured apertures with
+``photometry.border`` (3 px: every star whose apertures lie on the frame),
+measures them in the configured apertures with
 :func:`trex.photometry.aperture_photometry`, and attaches the PSF shape at
 each star (a smooth fit of the extracted sources' S, D, K over the frame;
 NaN, with a warning, when too few sources are well measured for the fit),

@@ -326,7 +326,7 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     nb_ptr, nb_idx : int64 CSR neighbour lists (nb_ptr has nstars + 1 entries);
         annulus pixels within ``excl_radius`` px of a neighbour are left out.
     sky_method : 0 mean, 1 median, 2 mode (3 median - 2 mean).
-    sky_sigma, sky_iters : clipping threshold (sigma) and iterations.
+    sky_sigma, sky_iters : clipping threshold (sigma) and at most this many iterations.
     saturation : pixels at or above it (ADU) are saturated.
     bits : int32 (7,), flag bits for aperture off frame, masked, saturated, few sky,
         crowded, annulus partly off frame, sky from the map (``trex.flags.PHOT``).

@@ -138,12 +138,14 @@ class PhotometrySection:
     )
     sky_method: str = _opt("mode", "sky estimator: mode (3 median - 2 mean), median or mean")
     sky_sigma: float = _opt(3.0, "sigma clipping threshold for the sky annulus")
-    sky_iters: int = _opt(2, "sigma clipping iterations for the sky annulus")
+    sky_iters: int = _opt(10, "at most this many sigma clipping iterations for the sky annulus "
+                              "(clipping stops when it changes nothing)")
     disjoint_radius: float = _opt(
         2.0, "annulus pixels within this distance of another star's aperture are left out, px")
-    min_sky_pixels: int = _opt(10, "fewer sky pixels than this flag the measurement")
-    border: float = _opt(13.0, "stars closer than this to the frame edge are not measured, px "
-                               "(at least the outer annulus radius, or OFF_FRAME flags follow)")
+    min_sky_pixels: int = _opt(40, "an annulus with fewer usable pixels takes its sky from the "
+                                   "local background map (flag SKY_MAP)")
+    border: float = _opt(3.0, "stars closer than this to the frame edge are not measured, px "
+                              "(below the largest aperture radius, OFF_FRAME flags follow)")
     mag_limit: float = _opt(99.0, "faintest catalog magnitude measured")
 
 

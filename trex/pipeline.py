@@ -35,12 +35,13 @@ import time
 from trex import astrometry, inventory, magfit, parallel, photref
 from trex.catalog import Catalogs
 from trex.config import Config
-from trex.db import connect
+from trex.db import Database, DatabaseError, connect
 from trex.detrend import ChooseTemplates, DetrendFiles, FileTrends, Summaries, load_templates
 from trex.errors import Stopped, WriteFault
 from trex.frame import Context
 from trex.ledger import Ledger
 from trex.lightcurves import Merge, Scatter, Trends
+from trex.lock import ProjectLock, ProjectLocked, acquire
 from trex.log import set_rank
 from trex.masterframes import Masters, recorded_masters
 from trex.phase import Failure, Fault, Phase, attempt
@@ -104,17 +105,20 @@ class KnownReferences(Phase):
 
 
 def run_project(project: Project, config: Config, stages: tuple[str, ...],
-                rebuild_references: bool = False, retry_failed: bool = False) -> int:
+                rebuild_references: bool = False, retry_failed: bool = False,
+                wait: bool = False, nights: tuple[str, ...] = ()) -> int:
     """Run ``stages`` over the project on every rank of the job; returns the exit status
     (0: done, every bad input recorded with its reason)."""
-    run_stages(project, config, stages, rebuild_references, retry_failed)
+    run_stages(project, config, stages, rebuild_references, retry_failed, wait, nights)
     return 0
 
 
 def run_stages(project: Project, config: Config, stages: tuple[str, ...],
-               rebuild_references: bool = False, retry_failed: bool = False) -> dict:
-    """Run ``stages`` over the project on every rank of the job; returns, on rank 0,
-    {phase name: (items, failed)} of the phases that had work."""
+               rebuild_references: bool = False, retry_failed: bool = False,
+               wait: bool = False, nights: tuple[str, ...] = ()) -> dict:
+    """Run ``stages`` over the project on every rank of the job, holding the project
+    lock (``wait``: until it is free), on the frames of ``nights`` only when given;
+    returns, on rank 0, {phase name: (items, failed)} of the phases that had work."""
     comm = parallel.world()
     set_rank(comm.rank)
     if comm.rank == 0:
@@ -122,27 +126,53 @@ def run_stages(project: Project, config: Config, stages: tuple[str, ...],
     if comm.size > 1:
         log.info("rank %d of %d on %s, pid %d", comm.rank, comm.size, socket.gethostname(),
                  os.getpid())
-    with parallel.abort_on_error(comm), _stop_signals() as stop:
-        db = connect(project.database_url(config)) if comm.rank == 0 else None
+    with parallel.abort_on_error(comm, COLLECTIVE), _stop_signals() as stop:
+        db, lock = _start(comm, project, config, wait)
         try:
             ledger = None
             if db is not None:
                 db.create_schema()
                 ledger = Ledger(db, config)
             return _run(comm, ledger, project, config, stages, rebuild_references,
-                        retry_failed, stop)
+                        retry_failed, stop, tuple(nights))
         finally:
             if db is not None:
+                db.close()  # ends the session: releases the database lock
+                lock.release()
+
+
+#: errors every rank raises together: they end the run with their exit status, not an abort
+COLLECTIVE = (WriteFault, Stopped, ProjectLocked, DatabaseError)
+
+
+def _start(comm, project: Project, config: Config,
+           wait: bool) -> tuple[Database | None, ProjectLock | None]:
+    """Rank 0: the database and the project lock (the lock file, and on PostgreSQL the
+    database's advisory lock), held for the run.  When the run cannot start, every
+    rank raises the same error."""
+    db = lock = error = None
+    if comm.rank == 0:
+        try:
+            db = connect(project.database_url(config))
+            lock = acquire(project.root, wait,
+                           also=lambda started: db.try_project_lock(project.root, started))
+        except (ProjectLocked, DatabaseError) as err:
+            if db is not None:
                 db.close()
+            error = err
+    error = comm.bcast(error)
+    if error is not None:
+        raise error
+    return db, lock
 
 
 def _run(comm, ledger: Ledger | None, project: Project, config: Config, stages: tuple[str, ...],
-         rebuild: bool, retry_failed: bool, stop: dict) -> dict:
+         rebuild: bool, retry_failed: bool, stop: dict, nights: tuple[str, ...]) -> dict:
     start = time.perf_counter()
     context = None
     if comm.rank == 0:
         context = Context(project, config, recorded_masters(project, ledger.read.masters()),
-                          rebuild=rebuild)
+                          rebuild=rebuild, nights=nights)
     context = comm.bcast(context)
     summary = {}
     for phase in phases(stages, retry_failed):

@@ -14,9 +14,12 @@ transaction, so writing a frame twice leaves one copy.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
+import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -168,6 +171,30 @@ class Database:
             self.conn.commit()
         return {name: _column_array([r[j] for r in rows]) for j, name in enumerate(names)}
 
+    # -- the project lock (PostgreSQL) ----------------------------------------------
+    def try_project_lock(self, root: Path | str, started: str) -> str | None:
+        """Take the session advisory lock of the project at ``root`` (PostgreSQL; held
+        until this connection closes): None when taken, else who holds it.  The
+        holder's session is named ``trex <host> <pid> <started>`` so that a second
+        run can say who it is.  SQLite: always None (the lock file suffices)."""
+        if self.engine != "postgresql":
+            return None
+        key = project_key(root)
+        if self.query("SELECT pg_try_advisory_lock(?)", (key,))[0][0]:
+            self.query("SELECT set_config('application_name', ?, false)",
+                       (f"trex {socket.gethostname()} {os.getpid()} {started}"[:63],))
+            return None
+        rows = self.query(
+            "SELECT a.application_name, a.client_addr, a.pid, a.backend_start FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
+            "l.granted AND l.classid::bigint = ? AND l.objid::bigint = ? AND l.objsubid = 1",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+        if not rows:
+            return "a session of the database (gone since: try again)"
+        name, addr, pid, since = rows[0]
+        return (f"the database lock of the project, held by session {pid} "
+                f"({name or 'no name'}) from {addr or 'a local socket'} since {since}")
+
     # -- schema ---------------------------------------------------------------
     def create_schema(self) -> None:
         """Create every table and sequence of ``sql/`` that does not exist yet."""
@@ -260,6 +287,12 @@ class Database:
         sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         self.conn.executemany(sql, zip(*lists))
         self.last_write_method = "executemany"
+
+
+def project_key(root: Path | str) -> int:
+    """The advisory-lock key of a project: a signed 64-bit hash of its resolved root."""
+    digest = hashlib.sha256(str(Path(root).resolve()).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _identifier(name: str) -> str:

@@ -34,7 +34,7 @@ def test_every_command_is_described_and_every_option_shows_its_default():
             if action.option_strings and action.dest not in ("help", "version"):
                 text = formatter._expand_help(action)
                 assert "default" in text, (name, action.option_strings, text)
-                if action.default not in (None, False):  # the value itself is shown
+                if action.default not in (None, False, argparse.SUPPRESS):  # the value is shown
                     assert str(action.default) in text, (name, action.option_strings)
         assert "(default: 1)" in commands["simulate"].format_help()  # --nights
 

@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +142,22 @@ _ADVICE = ("the launcher and mpi4py's MPI library do not match. Under srun use t
            "mpi4py mpi4py) rather than using the mpich wheel")
 
 
+def raise_everywhere(err: BaseException) -> NoReturn:
+    """Raise ``err``, which every rank raises at this point of the run together (a
+    clean stop: :func:`abort_on_error` lets it end the rank with its exit status)."""
+    err.on_every_rank = True
+    raise err
+
+
 @contextmanager
-def abort_on_error(comm, collective: tuple[type[BaseException], ...] = ()):
-    """Any uncaught exception on this rank aborts every rank (no hung jobs), but those
-    of ``collective``: errors that every rank raises together (a clean stop), which
-    end each rank normally."""
+def abort_on_error(comm):
+    """Any uncaught exception on this rank aborts every rank (no hung jobs), but one
+    raised on every rank together (:func:`raise_everywhere`)."""
     try:
         yield
     except BaseException as err:
-        if comm.size > 1 and not isinstance(err, (SystemExit, *collective)):
+        alone = not (isinstance(err, SystemExit) or getattr(err, "on_every_rank", False))
+        if comm.size > 1 and alone:
             # one write: the process manager forwards it whole before the abort kills us
             sys.stderr.write(f"rank {comm.rank}: uncaught error, aborting the job\n"
                              + traceback.format_exc())

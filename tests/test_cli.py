@@ -197,3 +197,38 @@ def test_nights_must_name_night_folders(tmp_path, capsys):
     assert main(["run", str(project.root), "--nights", "2026-11-29, 2026-11-30"]) == 2
     assert f"--nights: no folder {project.raw / '2026-11-30'}" in capsys.readouterr().err
     assert main(["run", str(project.root), "--nights", "2026-11-29"]) == 0
+
+
+def test_run_nights_works_on_those_nights_only(tmp_path):
+    """``--nights``: the other night's raw files are not read, its frames not processed,
+    its rows not merged; a second run with the other night adds them."""
+    import fitsio
+
+    from trex.simulate import simulate_project
+
+    root = tmp_path / "p"
+    init_project(root)
+    simulate_project(root, nights=2, frames=3, size=256, stars=200, seed=2)
+    first, second = sorted(p.name for p in (root / "RAW").iterdir())
+    url = f"sqlite:///{root / 'trex.sqlite'}"
+
+    def recorded() -> dict:
+        with connect(url) as db:
+            return {night: (files, states) for night, files, states in db.query(
+                "SELECT f.night, count(DISTINCT f.framekey), count(s.stage) FROM frameinfo f "
+                "LEFT JOIN framestatus s ON s.framekey = f.framekey GROUP BY f.night")}
+
+    def rows() -> set:
+        out = set()
+        for path in (root / "LC").rglob("*.fits"):
+            with fitsio.FITS(str(path)) as fits:
+                out.add(fits["LIGHTCURVE"].get_nrows())
+        return out
+
+    assert main(["run", str(root), "--nights", first]) == 0
+    files = len(list((root / "RAW" / first).iterdir()))
+    assert list(recorded()) == [first] and recorded()[first][0] == files
+    assert max(rows()) == 3  # the first night's frames only
+    assert main(["run", str(root), "--nights", second]) == 0
+    assert set(recorded()) == {first, second} and recorded()[second][1] > 0
+    assert max(rows()) == 6

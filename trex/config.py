@@ -2,8 +2,10 @@
 
 Every tunable of every stage has a default here, with its help text next to
 it; ``trex init`` writes these defaults, with the help as comments, into
-``ROOT/trex.toml``.  Unknown sections or keys and wrong types are errors that
-name the file and the key.  Nothing here reads the environment.
+``ROOT/trex.toml``.  Unknown sections or keys, wrong types and values outside
+what a setting allows (its ``check``: a choice, a range, a name list, a
+syntax) are errors that name the file, the key and what is allowed, raised
+when the file is loaded, before any work.  Nothing here reads the environment.
 
 >>> cfg = load_config(Path("ROOT/trex.toml"))
 >>> cfg.photometry.apertures
@@ -123,13 +125,13 @@ class ProjectSection:
 @dataclass(frozen=True)
 class DatabaseSection:
     url: str = _opt("", "sqlite:///path or postgresql://user@host:port/db (empty: ROOT/trex.sqlite)",
-        _url)
+                    _url)
 
 
 @dataclass(frozen=True)
 class HeaderSection:
     imagetyp: str = _opt("IMAGETYP", "frame type: bias/zero, dark, flat/skyflat, object/light/science",
-        _keyword)
+                         _keyword)
     exptime: str = _opt("EXPTIME", "exposure time, s", _keyword)
     dateobs: str = _opt("DATE-OBS", "UTC start of exposure, ISO 8601", _keyword)
     timeobs: str = _opt("TIME-OBS", "UTC start time, when DATE-OBS holds only the date", _keyword)
@@ -148,7 +150,7 @@ class HeaderSection:
     sitelong: str = _opt("SITELONG", "observatory east longitude, deg", _keyword)
     sitealt: str = _opt("SITEALT", "observatory altitude, m", _keyword)
     biassec: str = _opt("BIASSEC", "IRAF overscan region [x1:x2,y1:y2], 1-based inclusive",
-        _keyword)
+                        _keyword)
     trimsec: str = _opt("TRIMSEC", "IRAF trim region [x1:x2,y1:y2], 1-based inclusive", _keyword)
 
 
@@ -157,7 +159,7 @@ class CameraSection:
     gain: float = _opt(0.0, "e-/ADU; 0 means read it from the header", NONNEGATIVE)
     rdnoise: float = _opt(-1.0, "read noise, e-; negative means read it from the header")
     saturate: float = _opt(0.0, "saturation, ADU; 0 means read it from the header (else 65535)",
-        NONNEGATIVE)
+                           NONNEGATIVE)
     pixscale: float = _opt(0.0, "arcsec/px; 0 means read it from the header", NONNEGATIVE)
     zeropoint: float = _opt(17.0, "magnitude zero point: mag = zeropoint - 2.5 log10(flux_ADU / exptime_s)")
 
@@ -165,9 +167,9 @@ class CameraSection:
 @dataclass(frozen=True)
 class SiteSection:
     latitude: float = _opt(-29.0146, "deg, used when frames have no SITELAT (default: Las Campanas)",
-        _range(-90, 90))
+                           _range(-90, 90))
     longitude: float = _opt(-70.6926, "deg east, used when frames have no SITELONG",
-        _range(-360, 360))
+                            _range(-360, 360))
     altitude: float = _opt(2380.0, "m, used when frames have no SITEALT")
 
 
@@ -175,11 +177,11 @@ class SiteSection:
 class CalibrateSection:
     clip_sigma: float = _opt(3.0, "sigma clipping threshold when combining masters", POSITIVE)
     clip_iters: int = _opt(3, "sigma clipping iterations when combining masters",
-        _range(0, integer=True))
+                           _range(0, integer=True))
     block_rows: int = _opt(256, "rows per block when stacking (bounds memory)", COUNT)
     hot_sigma: float = _opt(8.0, "a dark pixel this many sigma above the median is hot", POSITIVE)
     dead_fraction: float = _opt(0.5, "a flat pixel below this fraction of its neighbourhood is dead",
-        FRACTION)
+                                FRACTION)
     min_frames: int = _opt(3, "minimum number of frames for a master", COUNT)
     overscan: str = _opt("row", "overscan level: row (median of the BIASSEC columns in each row), "
                                "median (one median of the BIASSEC region) or none",
@@ -187,11 +189,11 @@ class CalibrateSection:
     stack_mb: float = _opt(512.0, "memory budget of one row block of a master stack, MB "
                                   "(rows per block = min(block_rows, what fits))", POSITIVE)
     dead_box: int = _opt(32, "box size of the local flat median used to find dead pixels, px",
-        _range(3, integer=True))
+                         _range(3, integer=True))
     min_flat: float = _opt(0.05, "flat values below this are not divided (pixel flagged NOFLAT)",
-        FRACTION)
+                           FRACTION)
     max_bad_fraction: float = _opt(0.5, "a calibrated frame with more masked pixels than this fails",
-        _range(0, 1))
+                                   _range(0, 1))
 
 
 @dataclass(frozen=True)
@@ -202,29 +204,29 @@ class ExtractSection:
     minarea: int = _opt(3, "minimum number of connected pixels above threshold", COUNT)
     fit_shape: bool = _opt(True, "fit the elliptical Gaussian S, D, K to each source")
     fit_radius: int = _opt(3, "half-size of the shape-fit window, px (about 1.2 FWHM or more)",
-        COUNT)
+                           COUNT)
     filter_sigma: float = _opt(1.0, "sigma of the Gaussian matched filter before detection, px (0: none)",
-        NONNEGATIVE)
+                               NONNEGATIVE)
     min_sources: int = _opt(10, "a frame with fewer detected sources fails",
-        _range(0, integer=True))
+                            _range(0, integer=True))
 
 
 @dataclass(frozen=True)
 class AstrometrySection:
     sip_order: int = _opt(3, "order of the SIP distortion polynomial", _range(0, 9, integer=True))
     nbright: int = _opt(60, "number of bright sources/stars used for asterism matching",
-        _range(4, integer=True))
+                        _range(4, integer=True))
     match_radius: float = _opt(1.5, "match radius after the first solution, px", POSITIVE)
     max_median_residual: float = _opt(0.2, "frame fails when the median residual exceeds this, px",
-        POSITIVE)
+                                      POSITIVE)
     max_p90_residual: float = _opt(0.5, "frame fails when the 90th percentile residual exceeds this, px",
-        POSITIVE)
+                                   POSITIVE)
     min_matches: int = _opt(20, "frame fails with fewer matched stars", _range(3, integer=True))
     mag_limit: float = _opt(99.0, "faintest catalog magnitude used")
     search_radius: float = _opt(1.5, "largest error of the guessed pointing searched, deg",
-        _range(0, 180, strict=True))
+                                _range(0, 180, strict=True))
     scale_tolerance: float = _opt(0.1, "largest fractional error of the guessed pixel scale",
-        FRACTION)
+                                  FRACTION)
 
 
 @dataclass(frozen=True)
@@ -235,10 +237,10 @@ class PhotometrySection:
         _apertures,
     )
     sky_method: str = _opt("mode", "sky estimator: mode (3 median - 2 mean), median or mean",
-        _choice("mode", "median", "mean"))
+                           _choice("mode", "median", "mean"))
     sky_sigma: float = _opt(3.0, "sigma clipping threshold for the sky annulus", POSITIVE)
     sky_iters: int = _opt(2, "sigma clipping iterations for the sky annulus",
-        _range(0, integer=True))
+                          _range(0, integer=True))
     disjoint_radius: float = _opt(
         2.0, "annulus pixels within this distance of another star's aperture are left out, px",
         NONNEGATIVE)
@@ -252,7 +254,7 @@ class PhotometrySection:
 @dataclass(frozen=True)
 class MagfitSection:
     order: int = _opt(2, "order of the 2-D polynomial in x, y of the magnitude fit",
-        _range(0, 6, integer=True))
+                      _range(0, 6, integer=True))
     clip_sigma: float = _opt(3.0, "clipping threshold of the magnitude fit", POSITIVE)
     clip_iters: int = _opt(3, "clipping iterations of the magnitude fit", _range(0, integer=True))
     min_error: float = _opt(5e-3, "magnitude errors below this are raised to it for the weights, mag "
@@ -267,15 +269,15 @@ class SubtractSection:
     kernel: str = _opt("b/4;i/4;d=4/4", "kernel basis, fitsh ficonv syntax", _kernel)
     nref: int = _opt(20, "number of frames stacked into the photometric reference", COUNT)
     resample: str = _opt("flux", "resampling onto the reference grid: flux (conserving), bilinear, bicubic",
-        _choice("flux", "bilinear", "bicubic"))
+                         _choice("flux", "bilinear", "bicubic"))
     stamp_grid: int = _opt(8, "stamps are chosen on a grid of this many cells per side", COUNT)
     stamp_halfsize: int = _opt(10, "stamp half size, px", COUNT)
     stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky",
-        POSITIVE)
+                                  POSITIVE)
     stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median",
-        POSITIVE)
+                               POSITIVE)
     transform_order: int = _opt(3, "polynomial order of the frame-to-reference pixel map",
-        _range(1, 6, integer=True))
+                                _range(1, 6, integer=True))
     stack_block_rows: int = _opt(128, "rows per block when stacking the photometric reference "
                                       "(bounds memory to nref x rows x nx floats)", COUNT)
     replace_crowded: bool = _opt(False, "replace crowded stars' reference flux by the flux "
@@ -301,15 +303,15 @@ class DetrendSection:
     epd_reduced: tuple = _opt(["s", "d", "k", "bg", "airmass"],
                               "EPD parameters of nights too short for epd_parameters", _epd_names)
     epd_minimal: tuple = _opt(["s", "airmass"], "EPD parameters of nights too short for epd_reduced",
-        _epd_names)
+                              _epd_names)
     epd_smooth: int = _opt(21, "median filter width applied before the EPD fit, points "
                                "(at most a third of a night's frames)", COUNT)
     tfa_templates: int = _opt(0, "number of TFA templates (0: chosen from the number of frames)",
-        _range(0, integer=True))
+                              _range(0, integer=True))
     tfa_exclusion_radius: float = _opt(20.0, "templates closer than this to the target are excluded, px",
-        NONNEGATIVE)
+                                       NONNEGATIVE)
     template_frames: int = _opt(40, "frames sampled (spread over the archive) to choose the TFA templates",
-        COUNT)
+                                COUNT)
     template_pool: int = _opt(100, "TFA template candidates kept per column; a night uses the "
                                    "tfa_templates (or one per 20 frames) of them spread over the field",
         COUNT)

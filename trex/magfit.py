@@ -307,6 +307,14 @@ def _usable(table: np.ndarray, catalog, aperture: int, config: Config) -> np.nda
             & (catmag <= config.magfit.faint_mag))
 
 
+def corrected(table: np.ndarray, aperture: int) -> np.ndarray:
+    """Aperture-corrected magnitudes ``aim + apc`` (nstars,) of one aperture of an
+    ``aphot`` table (``aim`` alone for a product made before aperture corrections)."""
+    mag = table[f"aim_{aperture:03d}"].astype(float)
+    column = f"apc_{aperture:03d}"
+    return mag + table[column] if column in table.dtype.names else mag
+
+
 def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> np.ndarray:
     """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
     ``ref_mag`` (ncatalog, napertures).  Raises :class:`MagfitError` naming the
@@ -318,7 +326,7 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> n
     color = color if np.isfinite(color).sum() > 0.5 * len(color) else None
     mc = config.magfit
     for a in range(napertures):
-        mag = table[f"aim_{a:03d}"].astype(float)
+        mag = corrected(table, a)
         try:
             fit = fit_frame(mag, table[f"aie_{a:03d}"], _usable(table, catalog, a, config),
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,
@@ -374,7 +382,7 @@ class SingleFit:
 def _reference_mags(path: str, napertures: int, ncatalog: int) -> np.ndarray:
     """Good magnitudes (ncatalog, napertures) of the reference frame (cached per rank)."""
     ref = load_product(path, "aphot")
-    good = np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, ref[f"aim_{a:03d}"], np.nan)
+    good = np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, corrected(ref, a), np.nan)
                             for a in range(napertures)])
     return _expand(ref, good, ncatalog)
 

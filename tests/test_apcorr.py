@@ -65,7 +65,8 @@ def test_gaussian_psf_correction_is_the_enclosed_fraction():
     summing pixel values with circle-overlap weights smears the circle by a pixel."""
     image, x, y, flux, sigma = synthetic_frame(beta=0.0)
     ap_flux, ok = measured(image, x, y)
-    apc, info = apcorr.frame_corrections(image, x, y, ap_flux, ok, sigma, radius=8.0, gain=1e6)
+    apc, info = apcorr.frame_corrections(aperture_photometry, image, x, y, ap_flux, ok, sigma,
+                                         radius=8.0, gain=1e6)
     assert info["nstars"] >= 100
     assert info["tail"] < 2e-3                          # a Gaussian has no wings
     analytic = 2.5 * np.log10(1 - np.exp(-np.asarray(RADII) ** 2 / (2 * (sigma[:, None] ** 2
@@ -85,7 +86,8 @@ def test_moffat_wings_are_extrapolated():
     so corrected fluxes are the true ones, without a trend with the PSF width."""
     image, x, y, flux, sigma = synthetic_frame(beta=3.0)
     ap_flux, ok = measured(image, x, y)
-    apc, info = apcorr.frame_corrections(image, x, y, ap_flux, ok, sigma, radius=8.0, gain=1e6)
+    apc, info = apcorr.frame_corrections(aperture_photometry, image, x, y, ap_flux, ok, sigma,
+                                         radius=8.0, gain=1e6)
     assert info["beta"] == pytest.approx(3.0, abs=0.5)
     assert 0.003 < info["tail"] < 0.02
     corrected = -2.5 * np.log10(ap_flux / flux[:, None]) + apc
@@ -121,8 +123,9 @@ def test_off_or_too_few_stars_give_zero():
     table["xcc"] = table["ycc"] = np.arange(5) * 40.0 + 20
     image = np.zeros((256, 256), np.float32)
     off = Config().replace("photometry", apcorr_radius=0.0)
-    assert not apcorr.table_corrections(image, None, table, off, 1.0).any()
-    assert not apcorr.table_corrections(image, None, table, Config(), 1.0).any()
+    for config in (off, Config()):
+        assert not apcorr.table_corrections(aperture_photometry, image, None, table, config,
+                                            1.0).any()
 
 
 # --- a realistic night: arm against the truth over the field ------------------------------

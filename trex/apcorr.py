@@ -27,16 +27,20 @@ measured curve of growth.  Pure array code: no I/O, no logging of data.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 
-from trex import photometry
 from trex.config import Config
 
 log = logging.getLogger(__name__)
+
+#: ``trex.photometry.aperture_photometry`` (passed in: photometry calls this module)
+Photometer = Callable[..., dict]
+MAG_ERR_FACTOR = 2.5 / np.log(10.0)
 
 #: radii of the curve of growth beyond the apertures, as fractions of ``R``
 GROWTH_STEPS = (0.35, 0.45, 0.6, 0.8, 1.0)
@@ -80,17 +84,18 @@ def isolated(x: np.ndarray, y: np.ndarray, flux: np.ndarray, radius: float,
     return ~bad
 
 
-def growth_fluxes(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float,
-                  gain: float, mask: np.ndarray | None = None,
+def growth_fluxes(photometer: Photometer, image: np.ndarray, x: np.ndarray, y: np.ndarray,
+                  radius: float, gain: float, mask: np.ndarray | None = None,
                   sky_method: str = "mode") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fluxes of stars at (x, y) px in the radii ``GROWTH_STEPS`` x ``radius``, with the
-    sky of the annulus from ``radius + 2`` to ``radius + 8`` px.
+    sky of the annulus from ``radius + 2`` to ``radius + 8`` px, measured by
+    ``photometer`` (:func:`trex.photometry.aperture_photometry`).
 
     Returns (radii (nradii,) px, flux (nstars, nradii) ADU, snr (nstars,): flux / error
     at R, 0 where any radius is flagged).
     """
     radii = radius * np.asarray(GROWTH_STEPS)
-    res = photometry.aperture_photometry(image, x, y, radii, (radius + 2.0, radius + 8.0), gain=gain,
+    res = photometer(image, x, y, radii, (radius + 2.0, radius + 8.0), gain=gain,
                               mask=mask, sky_method=sky_method)
     clean = np.all(res["flag"] == 0, axis=1) & np.all(res["flux"] > 0, axis=1)
     return radii, res["flux"], np.where(clean, res["flux"][:, -1] / res["fluxerr"][:, -1], 0.0)
@@ -158,15 +163,16 @@ def evaluate(model: Model, width: np.ndarray) -> np.ndarray:
     return c0 + c1 * inside + c2 * inside**2 + slope * (width - model.w0 - inside)
 
 
-def frame_corrections(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
-                      ok: np.ndarray, width: np.ndarray, *, radius: float, gain: float,
-                      mask: np.ndarray | None = None, max_stars: int = 400,
-                      min_stars: int = 20, min_snr: float = 30.0, contrast: float = 0.01,
-                      sky_method: str = "mode") -> tuple[np.ndarray, dict]:
+def frame_corrections(photometer: Photometer, image: np.ndarray, x: np.ndarray,
+                      y: np.ndarray, flux: np.ndarray, ok: np.ndarray, width: np.ndarray, *,
+                      radius: float, gain: float, mask: np.ndarray | None = None,
+                      max_stars: int = 400, min_stars: int = 20, min_snr: float = 30.0,
+                      contrast: float = 0.01, sky_method: str = "mode") -> tuple[np.ndarray, dict]:
     """Aperture corrections of every star of one frame (see the module docstring).
 
     Parameters
     ----------
+    photometer : :func:`trex.photometry.aperture_photometry`.
     image : (ny, nx) calibrated frame, ADU; ``mask`` its bad pixels (non-zero).
     x, y : (nstars,) star positions, px.
     flux : (nstars, napertures) the stars' aperture fluxes, ADU (as measured
@@ -196,8 +202,8 @@ def frame_corrections(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.
     use &= isolated(x, y, np.where(np.isfinite(flux[:, -1]), flux[:, -1], 0.0), edge, contrast)
     index = np.flatnonzero(use)
     index = index[np.argsort(-flux[index, -1])[:max_stars]]
-    radii, growth, snr = growth_fluxes(image, x[index], y[index], radius, gain, mask,
-                                       sky_method)
+    radii, growth, snr = growth_fluxes(photometer, image, x[index], y[index], radius, gain,
+                                       mask, sky_method)
     good = snr >= min_snr
     index, growth, snr = index[good], growth[good], snr[good]
     if len(index) < min_stars:
@@ -207,14 +213,15 @@ def frame_corrections(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.
     beyond = moffat_outside(radius, width[index], tail)
     total = growth[:, -1] / (1.0 - beyond)
     measured = 2.5 * np.log10(flux[index] / total[:, None])
-    model = fit_model(width[index], measured, photometry.MAG_ERR_FACTOR / snr)
+    model = fit_model(width[index], measured, MAG_ERR_FACTOR / snr)
     info = {"nstars": len(index), "beta": tail.beta, "ratio": tail.ratio,
             "tail": float(np.median(beyond))}
     return evaluate(model, width), info
 
 
-def table_corrections(image: np.ndarray, mask: np.ndarray | None, table: np.ndarray,
-                      config: Config, gain: float, name: str = "frame") -> np.ndarray:
+def table_corrections(photometer: Photometer, image: np.ndarray, mask: np.ndarray | None,
+                      table: np.ndarray, config: Config, gain: float,
+                      name: str = "frame") -> np.ndarray:
     """Aperture corrections (nstars, napertures) mag of a frame's ``aphot`` table
     (its ``xcc``, ``ycc``, ``flux_NNN``, ``aiq_NNN``, ``fsv``/``fdv``/``fkv``), with the
     ``[photometry] apcorr_*`` settings.  Zero, with a warning naming ``name``, when
@@ -230,8 +237,8 @@ def table_corrections(image: np.ndarray, mask: np.ndarray | None, table: np.ndar
     try:
         if not np.isfinite(width).any():
             raise ApcorrError("no PSF shape map")
-        apc, info = frame_corrections(image, table["xcc"], table["ycc"], flux, ok, width,
-                                      radius=ph.apcorr_radius, gain=gain, mask=mask,
+        apc, info = frame_corrections(photometer, image, table["xcc"], table["ycc"], flux, ok,
+                                      width, radius=ph.apcorr_radius, gain=gain, mask=mask,
                                       min_snr=ph.apcorr_min_snr, sky_method=ph.sky_method)
     except ApcorrError as err:
         log.warning("%s: no aperture corrections (arm keeps the apertures' light loss): %s",

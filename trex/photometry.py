@@ -367,8 +367,8 @@ def run(frame: Frame, context: Context) -> Frame:
     table["bgv"], table["bge"] = res["bg"][:, -1], res["bgerr"][:, -1]
     table["star"], table["xcc"], table["ycc"] = star, x, y
     table["fsv"], table["fdv"], table["fkv"] = _psf_shapes(frame, x, y)
-    apc = apcorr.table_corrections(frame.image, frame.mask, table, config, meta.gain,
-                                   frame.rawpath.name)
+    apc = apcorr.table_corrections(aperture_photometry, frame.image, frame.mask, table, config,
+                                   meta.gain, frame.rawpath.name)
     for i in range(napertures):   # aperture corrections, mag: arm is made from aim + apc
         table[f"apc_{i:03d}"] = apc[:, i]
     table["rjd"] = meta.jd - 2400000.0

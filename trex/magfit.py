@@ -315,7 +315,8 @@ def corrected(table: np.ndarray, aperture: int) -> np.ndarray:
     return mag + table[column] if column in table.dtype.names else mag
 
 
-def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> np.ndarray:
+def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
+           apcorr: bool = True) -> np.ndarray:
     """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
     ``ref_mag`` (ncatalog, napertures).  Raises :class:`MagfitError` naming the
     aperture when a fit has too few usable stars."""
@@ -326,7 +327,7 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> n
     color = color if np.isfinite(color).sum() > 0.5 * len(color) else None
     mc = config.magfit
     for a in range(napertures):
-        mag = corrected(table, a)
+        mag = corrected(table, a) if apcorr else table[f"aim_{a:03d}"].astype(float)
         try:
             fit = fit_frame(mag, table[f"aie_{a:03d}"], _usable(table, catalog, a, config),
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,
@@ -496,7 +497,7 @@ def run(frame: Frame, context: Context) -> Frame:
     if table is None:
         raise FrameError(frame.rawpath, "magfit: no aperture photometry (photometry not done)")
     try:
-        arm = fit_to(table, master, context.catalogs[meta.field], context.config)
+        arm = fit_to(table, master, context.catalogs[meta.field], context.config, apcorr=False)
     except MagfitError as err:
         raise FrameError(frame.rawpath, f"magfit: {err}") from None
     for a in range(arm.shape[1]):

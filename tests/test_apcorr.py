@@ -4,13 +4,13 @@ The synthetic frames hold stars of known total flux whose PSF width grows by
 40 % from the centre to the corners (pixel-integrated Gaussian or Moffat,
 drawn by the simulator's renderer), on a flat sky with Gaussian noise.  The
 pipeline test runs a realistic 1024² night (Moffat PSF with wings, 35 %
-broader and 30 % elongated in the corners) and compares bright constant stars'
-``arm`` with their true magnitudes.
+broader and 30 % elongated in the corners, thin clouds, a twilight-flat
+gradient) and compares bright constant stars' ``arm`` with their true
+magnitudes: a fit of a + b rho² gives b = +0.33, +0.25, +0.19 mag without the
+corrections (``apcorr_radius = 0``) and -0.005 to -0.007 with them.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
@@ -130,17 +130,10 @@ def test_off_or_too_few_stars_give_zero():
 
 # --- a realistic night: arm against the truth over the field ------------------------------
 
-#: the realistic world without the field structure that is not the PSF's: thin clouds and
-#: the twilight-flat gradient put patterns into the reference frame that no aperture
-#: correction can know; transits and trails are left out to keep every bright star constant
-WORLD = dataclasses.replace(REALISTIC, cirrus=0.0, cloud_structure=0.0, flat_gradient=0.0,
-                            transits_bright=0, transits_crowded=0, trail_rate=0.0)
-
-
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     project = init_project(tmp_path_factory.mktemp("apcorr"))
-    simulate_project(project.root, realism=WORLD, frames=4, size=SIZE, stars=3000, seed=3)
+    simulate_project(project.root, realism=REALISTIC, frames=4, size=SIZE, stars=3000, seed=3)
     run_stages(project, ("calibrate", "extract", "astrometry", "photometry", "magfit"))
     return project.root
 

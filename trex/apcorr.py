@@ -1,6 +1,6 @@
 """Aperture corrections: the light a star loses outside its aperture, per star and frame.
 
-An aperture of 2-3 px holds 60-90 % of a star's light, and less where the PSF
+An aperture of 2-3 px holds 55-85 % of a star's light, and less where the PSF
 is broad (towards the corners of a wide-field frame, out of focus), so
 aperture magnitudes carry a trend over the field that the magnitude fit
 cannot see (it fits frames to a reference built from the same apertures).
@@ -11,7 +11,7 @@ This module measures, per frame, an empirical curve of growth:
    it; :func:`growth_fluxes`).
 2. The light beyond ``R`` is extrapolated with a Moffat profile
    ``1 - (1 + r²/α²)^(1-β)`` whose β and ratio α/w are fitted to the
-   curve of growth of those stars between ``inner`` and ``R``
+   curve of growth of those stars between 0.35 R and R
    (:func:`fit_tail`); w is the star's Gaussian PSF width from the frame's
    S, D, K map (σ² = 1/sqrt(S² - D² - K²), the geometric mean of the axes).
 3. Each star's correction ``2.5 log10(F_a / F_total)`` (mag, <= 0: the
@@ -21,7 +21,8 @@ This module measures, per frame, an empirical curve of growth:
 
 The PSF shape over the field thus enters through the S, D, K map (fitted on
 hundreds of sources), and the profile (its wings included) through the
-measured curve of growth.  Pure array code: no I/O, no logging of data.
+measured curve of growth.  Pure array code, no I/O; :func:`table_corrections`
+(the photometry stage's entry) logs a warning when a frame gets none.
 """
 
 from __future__ import annotations

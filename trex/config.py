@@ -250,6 +250,12 @@ class PhotometrySection:
                               "(below the largest aperture radius, OFF_FRAME flags follow)",
                          NONNEGATIVE)
     mag_limit: float = _opt(99.0, "faintest catalog magnitude measured")
+    apcorr_radius: float = _opt(
+        8.0, "aperture corrections (the light outside each aperture, applied to arm): the curve "
+             "of growth of bright isolated stars is measured out to this radius, px (sky from "
+             "radius+2 to radius+8 px; the light beyond from a fitted Moffat); 0: off")
+    apcorr_min_snr: float = _opt(30.0, "aperture corrections: stars measured in apcorr_radius "
+                                       "with a lower signal-to-noise ratio are not used")
 
 
 @dataclass(frozen=True)

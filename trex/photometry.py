@@ -60,7 +60,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from trex import _photometry
+from trex import _photometry, apcorr
 from trex.background import background
 from trex.catalog import propagate
 from trex.config import Config
@@ -302,7 +302,7 @@ def aphot_dtype(napertures: int) -> np.dtype:
     fields = [("star", "i8"), ("rjd", "f8"), ("bjd", "f8"), ("xcc", "f8"), ("ycc", "f8"),
               ("bgv", "f4"), ("bge", "f4"), ("fsv", "f4"), ("fdv", "f4"), ("fkv", "f4")]
     for name, dtype in (("aim", "f4"), ("aie", "f4"), ("aiq", "i2"), ("arm", "f4"),
-                        ("flux", "f8"), ("fluxerr", "f8")):
+                        ("flux", "f8"), ("fluxerr", "f8"), ("apc", "f4")):
         fields += [(f"{name}_{i:03d}", dtype) for i in range(napertures)]
     return np.dtype(fields)
 
@@ -416,6 +416,10 @@ def run(frame: Frame, context: Context) -> Frame:
     table["bgv"], table["bge"] = res["bg"][:, -1], res["bgerr"][:, -1]
     table["star"], table["xcc"], table["ycc"] = star, x, y
     table["fsv"], table["fdv"], table["fkv"] = _psf_shapes(frame, x, y)
+    apc = apcorr.table_corrections(aperture_photometry, frame.image, frame.mask, table, config,
+                                   meta.gain, frame.rawpath.name)
+    for i in range(napertures):   # aperture corrections, mag: arm is made from aim + apc
+        table[f"apc_{i:03d}"] = apc[:, i]
     table["rjd"] = meta.jd - 2400000.0
     table["bjd"] = bjd_tdb(meta.jd, ra, dec, site(meta.latitude, meta.longitude,
                                                    meta.altitude))[0]

@@ -22,7 +22,9 @@ templates, and runs in its own process(es) what ``trex run`` does with them:
    ``lcstats`` rows.
 
 Reported per configuration and phase: wall time (rank 0, the phase from plan
-to update, ranks in step), rows/s (ingest: ``ap_photometry`` rows; the
+to update, ranks in step), rank 0's CPU time (the PostgreSQL server's is not
+in it; MPICH ranks spin while they wait, so a waiting rank's CPU counts),
+rows/s (ingest: ``ap_photometry`` rows; the
 light-curve phases: light-curve rows, one per star and frame with all
 apertures), and the peak resident memory (``ru_maxrss``) of every rank after
 each phase, gathered on rank 0.  The ``mpiexec -n 2`` rows compare with the
@@ -258,7 +260,8 @@ def rows_of(result: dict, serial: dict | None, engine: str, size: str, nframes: 
         peer = sum(p["seconds"] for p in pick(serial)) if serial else float("nan")
         nrows = nframes * nstars * (NAPER if name.startswith("ingest") else 1)
         peaks = np.max([p["peak_mb"] for p in pick(result)], axis=0)
-        check = (f"{nrows / seconds / 1e3:.0f} k rows/s; peak RSS "
+        cpu = sum(p["cpu"][0] for p in pick(result))
+        check = (f"{nrows / seconds / 1e3:.0f} k rows/s; CPU rank 0 {cpu:.1f} s; peak RSS "
                  + ", ".join(f"rank {i} {mb:.0f} MiB" for i, mb in enumerate(peaks)))
         if names is None:
             c = result["check"]

@@ -18,7 +18,8 @@ Check: the table each loader left (rows, non-NULL ``v00``, sum of ``v00`` and
 The ``ap_photometry`` row is the pipeline's own write: 10^6 rows of the real
 table (schema of ``trex/db/sql``, its ``framekey`` index included) written one
 frame at a time (10^4 stars x 3 apertures per frame) with ``write_columns`` and
-``replace`` as the ledger records a frame; its peer is the server alone: one
+``replace`` as the ledger records a frame, one transaction per ``[run]
+batch_frames`` frames; its peer is the server alone: one
 psycopg2 binary COPY of the same rows encoded beforehand (not timed).  Two
 more rows time that COPY into the table without its ``framekey`` index and
 then also ``UNLOGGED`` (what a backfill could gain from them; trex keeps both:
@@ -37,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from trex.bench.common import Row, median_time
+from trex.config import Config
 from trex.db import connect
 
 NAME = "ingest"
@@ -88,8 +90,11 @@ def ap_photometry_rows(url: str, nrows: int) -> list[Row]:
     db.create_schema()
 
     def per_frame():
-        for f in frames:
-            db.write_columns("ap_photometry", f, replace=("framekey", f["framekey"][:1]))
+        batch = Config().run.batch_frames
+        for i in range(0, len(frames), batch):
+            with db.transaction():  # as the ledger records a batch of frames
+                for f in frames[i:i + batch]:
+                    db.write_columns("ap_photometry", f, replace=("framekey", f["framekey"][:1]))
 
     t_trex, _ = median_time(per_frame, reset=lambda: db.execute("TRUNCATE ap_photometry"))
     count = db.query("SELECT count(*), count(flux) FROM ap_photometry")[0]

@@ -26,8 +26,9 @@ to update, ranks in step), rank 0's CPU time (the PostgreSQL server's is not
 in it; MPICH ranks spin while they wait, so a waiting rank's CPU counts),
 rows/s (ingest: ``ap_photometry`` rows; the
 light-curve phases: light-curve rows, one per star and frame with all
-apertures), and the peak resident memory (``ru_maxrss``) of every rank after
-each phase, gathered on rank 0.  The ``mpiexec -n 2`` rows compare with the
+apertures), and the peak resident memory of every rank in each phase
+(``VmHWM``, reset before the phase), gathered on rank 0; the whole run's row
+gives the largest of them.  The ``mpiexec -n 2`` rows compare with the
 serial run of the same engine (ratio = speed-up).  Checks: ``ap_photometry``
 holds frames x stars x 3 rows, every star has a light curve of every frame,
 and the detrended columns are filled.
@@ -119,6 +120,24 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reset_phase_peak() -> None:
+    """Start a new high-water mark of resident memory (Linux ``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # not Linux, or not allowed: phase_peak_mb then gives the process peak
+        pass
+
+
+def phase_peak_mb() -> float:
+    """Resident memory high-water mark since :func:`reset_phase_peak`, MiB (``VmHWM``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024.0
+    except (OSError, StopIteration):
+        return peak_mb()
+
+
 class Ingest(Phase):
     """Every frame's ``ap_photometry`` rows recorded through the ledger, as the photometry
     stage's results are (the work reads the product instead of measuring a frame)."""
@@ -187,12 +206,14 @@ def child(root: str, url: str, nframes: int) -> None:
         at = 1 + next(i for i, p in enumerate(phases) if isinstance(p, Catalogs))
         for phase in phases[:at] + [Ingest(nframes)] + phases[at:]:
             comm.barrier()
+            reset_phase_peak()
             start, cpu = time.perf_counter(), time.process_time()
             context, done, _ = pipeline.run_phase(comm, ledger, context, phase, stop)
             comm.barrier()
             wall, cpus = time.perf_counter() - start, comm.gather(time.process_time() - cpu)
             out["phases"].append({"name": phase.name, "items": done, "seconds": wall,
-                                  "cpu": cpus, "peak_mb": comm.gather(peak_mb())})
+                                  "cpu": cpus, "peak_mb": comm.gather(peak_mb()),
+                                  "phase_peak_mb": comm.gather(phase_peak_mb())})
         if comm.rank == 0:
             out["check"] = _check(ledger.db, project)
             ledger.db.close()
@@ -259,7 +280,7 @@ def rows_of(result: dict, serial: dict | None, engine: str, size: str, nframes: 
         seconds = sum(p["seconds"] for p in pick(result))
         peer = sum(p["seconds"] for p in pick(serial)) if serial else float("nan")
         nrows = nframes * nstars * (NAPER if name.startswith("ingest") else 1)
-        peaks = np.max([p["peak_mb"] for p in pick(result)], axis=0)
+        peaks = np.max([p.get("phase_peak_mb", p["peak_mb"]) for p in pick(result)], axis=0)
         cpu = sum(p["cpu"][0] for p in pick(result))
         check = (f"{nrows / seconds / 1e3:.0f} k rows/s; CPU rank 0 {cpu:.1f} s; peak RSS "
                  + ", ".join(f"rank {i} {mb:.0f} MiB" for i, mb in enumerate(peaks)))

@@ -66,6 +66,7 @@ PER_NIGHT = 1000  # frames per night at most (30 s apart: 8.3 h)
 NAPER, PROJID, FIELD, NIGHT0 = 3, "7", "F1", 61000.55
 STAGES = ("lightcurves", "detrend")
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+PRODUCTS = "backfill-frames.txt"  # how many frames the products are of (their times)
 
 
 def frame_times(nframes: int) -> np.ndarray:
@@ -85,6 +86,7 @@ def make_products(project: Project, nframes: int, nstars: int, seed: int = 0) ->
     (project.cat / f"{FIELD}.csv").write_text("objectid,ra,dec,mag\n" + "".join(
         f"{o},{r!r},{d!r},{m!r}\n" for o, r, d, m in
         zip(ids, ra.tolist(), dec.tolist(), mag.tolist())))
+    (project.root / PRODUCTS).write_text(str(nframes))
     x, y = rng.uniform(20, 2000, nstars), rng.uniform(20, 2000, nstars)
     sigma = 0.002 * 10 ** (0.2 * (mag - 8))
     times = frame_times(nframes)
@@ -168,9 +170,10 @@ class Ingest(Phase):
         ledger.record_frame(result, context)
 
 
-def _frameinfo(db, nframes: int) -> None:
-    """The frames' ``frameinfo`` rows (what the inventory would have written)."""
-    times = frame_times(nframes)
+def _frameinfo(db, project: Project, nframes: int) -> None:
+    """The first ``nframes`` frames' ``frameinfo`` rows (what the inventory would have
+    written), at the times of their products."""
+    times = frame_times(int((project.root / PRODUCTS).read_text()))[:nframes]
     db.executemany("INSERT INTO frameinfo (framekey, rawpath, night, imagetyp, projid, field, jd, "
                    "isok) VALUES (?, ?, ?, 'object', ?, ?, ?, ?)",
                    [(i + 1, f"RAW/{night_of(t)}/{i + 1}.fits", night_of(t), PROJID, FIELD,
@@ -197,7 +200,7 @@ def child(root: str, url: str, nframes: int) -> None:
         if comm.rank == 0:
             db = connect(url)
             db.create_schema()
-            _frameinfo(db, nframes)
+            _frameinfo(db, project, nframes)
             ledger = Ledger(db, config)
         context = Context(project, config, recorded_masters(project, ledger.read.masters())) \
             if comm.rank == 0 else None

@@ -215,8 +215,7 @@ def child(root: str, url: str, nframes: int) -> None:
             comm.barrier()
             wall, cpus = time.perf_counter() - start, comm.gather(time.process_time() - cpu)
             out["phases"].append({"name": phase.name, "items": done, "seconds": wall,
-                                  "cpu": cpus, "peak_mb": comm.gather(peak_mb()),
-                                  "phase_peak_mb": comm.gather(phase_peak_mb())})
+                                  "cpu": cpus, "peak_mb": comm.gather(phase_peak_mb())})
         if comm.rank == 0:
             out["check"] = _check(ledger.db, project)
             ledger.db.close()
@@ -283,7 +282,7 @@ def rows_of(result: dict, serial: dict | None, engine: str, size: str, nframes: 
         seconds = sum(p["seconds"] for p in pick(result))
         peer = sum(p["seconds"] for p in pick(serial)) if serial else float("nan")
         nrows = nframes * nstars * (NAPER if name.startswith("ingest") else 1)
-        peaks = np.max([p.get("phase_peak_mb", p["peak_mb"]) for p in pick(result)], axis=0)
+        peaks = np.max([p["peak_mb"] for p in pick(result)], axis=0)
         cpu = sum(p["cpu"][0] for p in pick(result))
         check = (f"{nrows / seconds / 1e3:.0f} k rows/s; CPU rank 0 {cpu:.1f} s; peak RSS "
                  + ", ".join(f"rank {i} {mb:.0f} MiB" for i, mb in enumerate(peaks)))

@@ -14,7 +14,7 @@ cheaply before each measured night: *synthetic nights*, copies of the first
 night's light-curve rows shifted by whole days before it (new frame keys),
 are written into every star's light curve with trex's own writer
 (:func:`trex.lcformat.write_lightcurve`, NIGHTnnn cards from
-:func:`trex.lcformat.night_cards`), their statistics recorded with
+:func:`trex.lccards.night_cards`), their statistics recorded with
 ``Ledger.record_lightcurves`` (combined with the recorded ones, as a run does),
 and the first night's ``frameinfo``, ``calibratedframes`` and ``framestatus``
 rows are copied for each synthetic night (with an empty ``RAW/<night>`` folder
@@ -52,7 +52,8 @@ from trex.bench.common import Row
 from trex.bench.endtoend import single_thread_env
 from trex.db import connect
 from trex.db.queries import Queries
-from trex.lcformat import header_cards, night_cards, read_rows, write_lightcurve
+from trex.lccards import header_cards, night_cards
+from trex.lcformat import read_rows, write_lightcurve
 from trex.lcstats import star_rows
 from trex.ledger import Ledger
 from trex.project import Project, init_project

@@ -2,17 +2,22 @@
 """PostgreSQL binary COPY row encoder (arrays in, bytes out; no I/O).
 
 Each row is a 16-bit field count, then per field a 32-bit big-endian length
-(-1 for NULL) and the big-endian value.  Numeric columns arrive as float64 or
-int64 arrays with a per-column type code; text columns as a fixed-width bytes
-array (numpy ``S``) with the length of each value.
+(-1 for NULL) and the big-endian value.  Columns arrive as they are stored in
+numpy (no conversion copies): float64/float32 (NaN is NULL), signed integers
+of 1-8 bytes, unsigned bytes or booleans, fixed-width bytes (``S``, UTF-8)
+or fixed-width ASCII ``U`` (UCS-4) strings, each with an optional NULL mask.
+The payload of rows ``start:stop`` is built in two passes over contiguous
+columns: its exact size, then the rows, written straight into the bytes
+object handed to the COPY.
 """
 import numpy as np
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-# type codes, in the order of trex.db.pgcopy.KINDS
+# target (PostgreSQL) type codes, in the order of trex.db.pgcopy.KINDS
 cdef enum:
     F8 = 0
     F4 = 1
@@ -22,7 +27,23 @@ cdef enum:
     BOOL = 5
     TEXT = 6
 
+# source (numpy) storage codes
+cdef enum:
+    SRC_FLOAT = 0   # float64 or float32 (by itemsize)
+    SRC_INT = 1     # signed integer of itemsize bytes
+    SRC_UINT = 2    # unsigned byte or boolean
+    SRC_BYTES = 3   # numpy S, itemsize bytes, trailing NULs are padding
+    SRC_UCS4 = 4    # numpy U, itemsize / 4 code points, all < 128
+
 cdef int[7] WIDTH = [8, 4, 8, 4, 2, 1, 0]
+
+
+ctypedef struct Column:
+    const uint8_t* data
+    const uint8_t* nulls   # NULL when the column has no mask
+    Py_ssize_t itemsize
+    int source
+    int kind
 
 
 cdef inline uint8_t* put16(uint8_t* p, uint16_t v) noexcept nogil:
@@ -44,118 +65,177 @@ cdef inline uint8_t* put64(uint8_t* p, uint64_t v) noexcept nogil:
     return put32(p, <uint32_t>(v & 0xffffffffU))
 
 
-def encode_rows(const double[:, ::1] floats, const int64_t[:, ::1] ints,
-                const uint8_t[:, ::1] nulls, const int[::1] kinds,
-                const int[::1] slots, list texts, list text_lengths,
-                bytes header=b"", bytes trailer=b""):
-    """Binary COPY payload: ``header``, the rows, ``trailer``.
+cdef inline double get_float(const Column* c, Py_ssize_t i) noexcept nogil:
+    if c.itemsize == 8:
+        return (<const double*>c.data)[i]
+    return (<const float*>c.data)[i]
+
+
+cdef inline int64_t get_int(const Column* c, Py_ssize_t i) noexcept nogil:
+    if c.source == SRC_UINT:
+        return c.data[i]
+    if c.itemsize == 8:
+        return (<const int64_t*>c.data)[i]
+    if c.itemsize == 4:
+        return (<const int32_t*>c.data)[i]
+    if c.itemsize == 2:
+        return (<const int16_t*>c.data)[i]
+    return (<const int8_t*>c.data)[i]
+
+
+cdef inline Py_ssize_t text_length(const Column* c, Py_ssize_t i) noexcept nogil:
+    """Bytes of value ``i`` of a text column (UCS-4: code points, all ASCII)."""
+    cdef Py_ssize_t n
+    cdef const uint8_t* b
+    cdef const uint32_t* u
+    if c.source == SRC_BYTES:
+        b = c.data + i * c.itemsize
+        n = c.itemsize
+        while n > 0 and b[n - 1] == 0:
+            n -= 1
+        return n
+    u = <const uint32_t*>(c.data + i * c.itemsize)
+    n = c.itemsize // 4
+    while n > 0 and u[n - 1] == 0:
+        n -= 1
+    return n
+
+
+cdef inline bint is_null(const Column* c, Py_ssize_t i) noexcept nogil:
+    cdef double v
+    if c.nulls != NULL and c.nulls[i]:
+        return True
+    if c.source == SRC_FLOAT and c.kind != TEXT:
+        v = get_float(c, i)
+        return v != v
+    return False
+
+
+def encode_rows(list columns, list nulls, const int[::1] kinds, Py_ssize_t start,
+                Py_ssize_t stop, bytes header=b"", bytes trailer=b""):
+    """Binary COPY payload: ``header``, rows ``start:stop``, ``trailer``.
 
     Parameters
     ----------
-    floats : float64, shape (nfloat, nrows): values of the float columns.
-    ints : int64, shape (nint, nrows): values of the integer/boolean columns.
-    nulls : uint8, shape (ncols, nrows): 1 where the value is NULL.
-    kinds : int32, shape (ncols,): type code of each column (F8..TEXT).
-    slots : int32, shape (ncols,): row of ``floats``/``ints`` or index into
-        ``texts`` holding each column.
-    texts : list of numpy ``S`` arrays (nrows,), the text columns, UTF-8.
-    text_lengths : list of int32 arrays (nrows,), byte length of each text value.
+    columns : list of C-contiguous 1-d numpy arrays, all of the same length:
+        float64/float32, int8-int64, uint8/bool, ``S`` (UTF-8) or ``U`` (ASCII only).
+    nulls : list (one per column) of None or a uint8/bool array, 1 where NULL
+        (float values that are NaN are NULL without a mask).
+    kinds : int32, shape (ncols,): PostgreSQL type code of each column (F8..TEXT).
+    start, stop : the rows to encode.
 
     Returns
     -------
-    bytearray
+    bytes
     """
-    cdef Py_ssize_t ncols = kinds.shape[0], nrows = nulls.shape[1], i, j, k
-    cdef int64_t total = 0
-    cdef int kind
-    cdef Py_ssize_t ntext = len(texts)
-    cdef const uint8_t** tptr = NULL
-    cdef Py_ssize_t* twidth = NULL
-    cdef const int** tlen = NULL
-    cdef const uint8_t[::1] tview
-    cdef const int[::1] lview
-    cdef unsigned char[::1] outview
-    cdef Py_ssize_t nhead
-    keep = []  # holds the buffers the raw pointers point into
-    tarrays = [np.ascontiguousarray(t) for t in texts]
-    larrays = [np.ascontiguousarray(n, dtype=np.int32) for n in text_lengths]
-    tptr = <const uint8_t**>PyMem_Malloc(max(ntext, 1) * sizeof(void*))
-    twidth = <Py_ssize_t*>PyMem_Malloc(max(ntext, 1) * sizeof(Py_ssize_t))
-    tlen = <const int**>PyMem_Malloc(max(ntext, 1) * sizeof(void*))
+    cdef Py_ssize_t ncols = len(columns), j
+    cdef uint8_t* p
+    cdef Py_ssize_t nrows = max(stop - start, 0)
+    cdef Py_ssize_t nhead = len(header), ntrail = len(trailer)
+    cdef int64_t total = nhead + ntrail + 2 * nrows
+    cdef Column* cols = <Column*>PyMem_Malloc(max(ncols, 1) * sizeof(Column))
+    cdef const uint8_t[::1] view
+    keep = []  # the buffers the raw pointers point into
+    if cols == NULL:
+        raise MemoryError()
     try:
-        for k in range(ntext):
-            twidth[k] = tarrays[k].dtype.itemsize
-            tview = tarrays[k].view(np.uint8).ravel() if twidth[k] else np.zeros(1, np.uint8)
-            lview = larrays[k]
-            keep.append((tview, lview))
-            tptr[k] = &tview[0]
-            tlen[k] = &lview[0]
-        # size of the payload
-        nhead = len(header)
-        total = nrows * 2 + nhead + len(trailer)
+        for j in range(ncols):
+            array = columns[j]
+            cols[j].itemsize = array.dtype.itemsize
+            cols[j].kind = kinds[j]
+            cols[j].source = _source(array.dtype)
+            view = array.view(np.uint8).reshape(-1) if array.size else np.zeros(1, np.uint8)
+            keep.append(view)
+            cols[j].data = &view[0]
+            cols[j].nulls = NULL
+            if nulls[j] is not None:
+                view = nulls[j].view(np.uint8) if len(nulls[j]) else np.zeros(1, np.uint8)
+                keep.append(view)
+                cols[j].nulls = &view[0]
         with nogil:
             for j in range(ncols):
-                kind = kinds[j]
-                for i in range(nrows):
-                    total += 4
-                    if not nulls[j, i]:
-                        total += tlen[slots[j]][i] if kind == TEXT else WIDTH[kind]
-        out = bytearray(total)
-        out[:len(header)] = header
-        out[total - len(trailer):] = trailer
-        outview = out
+                total += _column_bytes(&cols[j], start, stop)
+        out = PyBytes_FromStringAndSize(NULL, total)
+        p = <uint8_t*>PyBytes_AS_STRING(out)
+        memcpy(p, <const char*>header, nhead)
+        memcpy(p + total - ntrail, <const char*>trailer, ntrail)
         with nogil:
-            _fill(outview, nhead, floats, ints, nulls, kinds, slots, tptr, twidth, tlen,
-                  nrows, ncols)
+            _fill(p + nhead, cols, ncols, start, stop)
         return out
     finally:
-        PyMem_Free(tptr)
-        PyMem_Free(twidth)
-        PyMem_Free(tlen)
+        PyMem_Free(cols)
 
 
-cdef void _fill(unsigned char[::1] out, Py_ssize_t start, const double[:, ::1] floats, const int64_t[:, ::1] ints,
-                const uint8_t[:, ::1] nulls, const int[::1] kinds, const int[::1] slots,
-                const uint8_t** tptr, Py_ssize_t* twidth, const int** tlen,
-                Py_ssize_t nrows, Py_ssize_t ncols) noexcept nogil:
-    cdef uint8_t* p = &out[start]
-    cdef Py_ssize_t i, j
-    cdef int kind, slot, n
+cdef int _source(dtype) except -1:
+    if dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return SRC_FLOAT
+    if dtype.kind == "i" and dtype.itemsize in (1, 2, 4, 8):
+        return SRC_INT
+    if dtype.kind in "ub" and dtype.itemsize == 1:
+        return SRC_UINT
+    if dtype.kind == "S":
+        return SRC_BYTES
+    if dtype.kind == "U":
+        return SRC_UCS4
+    raise TypeError(f"no binary COPY encoding of numpy {dtype}")
+
+
+cdef int64_t _column_bytes(const Column* c, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """Bytes of the column's fields (length words included) in rows ``start:stop``."""
+    cdef int64_t total = 4 * (stop - start)
+    cdef Py_ssize_t i
+    for i in range(start, stop):
+        if not is_null(c, i):
+            total += text_length(c, i) if c.kind == TEXT else WIDTH[c.kind]
+    return total
+
+
+cdef void _fill(uint8_t* p, const Column* cols, Py_ssize_t ncols, Py_ssize_t start,
+                Py_ssize_t stop) noexcept nogil:
+    cdef Py_ssize_t i, j, k, n
+    cdef const Column* c
     cdef double dv
     cdef float fv
-    cdef int64_t iv
-    for i in range(nrows):
+    cdef uint64_t bits64
+    cdef uint32_t bits32
+    cdef const uint32_t* ucs
+    for i in range(start, stop):
         p = put16(p, <uint16_t>ncols)
         for j in range(ncols):
-            if nulls[j, i]:
+            c = &cols[j]
+            if is_null(c, i):
                 p = put32(p, 0xffffffffU)
                 continue
-            kind = kinds[j]
-            slot = slots[j]
-            if kind == F8:
-                dv = floats[slot, i]
+            if c.kind == F8:
+                dv = get_float(c, i) if c.source == SRC_FLOAT else <double>get_int(c, i)
+                memcpy(&bits64, &dv, 8)
                 p = put32(p, 8)
-                p = put64(p, (<uint64_t*>&dv)[0])
-            elif kind == F4:
-                fv = <float>floats[slot, i]
+                p = put64(p, bits64)
+            elif c.kind == F4:
+                fv = <float>get_float(c, i) if c.source == SRC_FLOAT else <float>get_int(c, i)
+                memcpy(&bits32, &fv, 4)
                 p = put32(p, 4)
-                p = put32(p, (<uint32_t*>&fv)[0])
-            elif kind == I8:
-                iv = ints[slot, i]
+                p = put32(p, bits32)
+            elif c.kind == I8:
                 p = put32(p, 8)
-                p = put64(p, <uint64_t>iv)
-            elif kind == I4:
+                p = put64(p, <uint64_t>get_int(c, i))
+            elif c.kind == I4:
                 p = put32(p, 4)
-                p = put32(p, <uint32_t>(<int>ints[slot, i]))
-            elif kind == I2:
+                p = put32(p, <uint32_t>(<int32_t>get_int(c, i)))
+            elif c.kind == I2:
                 p = put32(p, 2)
-                p = put16(p, <uint16_t>(<short>ints[slot, i]))
-            elif kind == BOOL:
+                p = put16(p, <uint16_t>(<int16_t>get_int(c, i)))
+            elif c.kind == BOOL:
                 p = put32(p, 1)
-                p[0] = 1 if ints[slot, i] else 0
+                p[0] = 1 if get_int(c, i) else 0
                 p += 1
             else:
-                n = tlen[slot][i]
+                n = text_length(c, i)
                 p = put32(p, <uint32_t>n)
-                memcpy(p, tptr[slot] + i * twidth[slot], n)
+                if c.source == SRC_BYTES:
+                    memcpy(p, c.data + i * c.itemsize, n)
+                else:
+                    ucs = <const uint32_t*>(c.data + i * c.itemsize)
+                    for k in range(n):
+                        p[k] = <uint8_t>ucs[k]
                 p += n

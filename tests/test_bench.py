@@ -172,21 +172,37 @@ def test_fiphot_peer_reads_back_its_fluxes(small_frame, tmp_path):
     assert abs(float(check.split()[2]) - 1.0) < 0.01, check
 
 
-def test_nights_run_times_the_transposition_inside_trex_run(tmp_path):
+def test_nights_archive_grows_with_synthetic_nights_the_run_leaves_alone(tmp_path):
     from trex.bench import nights
     from trex.db import connect
+    from trex.lcformat import read_rows
     from trex.project import init_project
     from trex.simulate import simulate_project
 
     root = tmp_path / "night"
     init_project(root)
     simulate_project(root, frames=3, size=256, stars=150, seed=2, ncal=3)
-    run = nights.trex_run(root, tmp_path)
+    first = nights.run_night(root)
+    assert first["frames"] == 3 and first["written"] > 0 and first["cpu"] > 0
+    assert {"calibrate+extract+astrometry+photometry", "light curves: merge"} <= {
+        p[0] for p in first["phases"]}
     with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
-        nlc = db.query("SELECT count(*) FROM lcinfo")[0][0]
-    assert run["files"] == nlc > 0  # light curves the timed transposition reported
-    assert 0 < run["lc_seconds"] < run["seconds"]
-    assert nights.counts(root)[0] == 3
+        before = db.query("SELECT count(*) FROM framestatus")[0][0]
+    archive = nights.Archive(root)
+    path = archive.files[0]
+    base = len(archive.base[path])
+    archive.grow(2)
+    rows, header = read_rows(path)
+    assert len(rows) == 3 * base and np.all(np.diff(rows["rjd"]) > 0)
+    assert len(np.unique(rows["framekey"])) == len(rows)
+    assert sorted(str(header[f"NIGHT{i:03d}"]).split()[0] for i in range(3)) == \
+        ["2026-11-27", "2026-11-28", "2026-11-29"]
+    low, high = nights.rows_per_star(root)
+    assert high == 3 * max(len(r) for r in archive.base.values())
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        assert db.query("SELECT count(*) FROM framestatus")[0][0] == 3 * before
+    again = nights.run_night(root)  # the synthetic nights are done: nothing to redo
+    assert again["frames"] == 0 and len(read_rows(path)[0]) == 3 * base
 
 
 @pytest.mark.skipif(bool(__import__("trex.bench.fitshchain", fromlist=["x"]).missing_tools()),
@@ -222,3 +238,21 @@ def test_ficonv_stamp_files_hold_trex_stamps(tmp_path):
     assert subtract.stamp_pixels(np.array([[5, 5], [6, 5]]), 1) == 12  # overlap counted once
     grid = subtract.grid_centres((2048, 2048))
     assert grid.shape == (900, 2) and grid.min() == 34 and grid.max() == 2013
+
+
+def test_backfill_ingests_transposes_and_detrends_every_row(tmp_path):
+    from trex.bench import backfill
+    from trex.project import init_project
+
+    project = init_project(tmp_path / "p")
+    backfill.make_products(project, 24, 30)
+    result = backfill.measure(project, "sqlite", 1, 24)
+    check = result["check"]
+    assert check["ap_rows"] == 24 * 30 * backfill.NAPER
+    assert check["lc_files"] == check["lcstats_stars"] == 30
+    assert check["arm_n"] == 24 * 30 and 0 < check["aep_n"] <= check["arm_n"]
+    names = [p["name"] for p in result["phases"]]
+    assert names.index("ingest") < names.index("light curves: merge")
+    assert all(len(p["peak_mb"]) == 1 and p["peak_mb"][0] > 0 for p in result["phases"])
+    rows = backfill.rows_of(result, None, "sqlite", "24 x 30", 24, 30)
+    assert rows[0].operation.startswith("backfill SQLite, serial: ingest") and rows[0].trex > 0

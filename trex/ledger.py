@@ -206,7 +206,10 @@ class Ledger:
             self.db.executemany("INSERT INTO frameinfo (rawpath, night, isok, reason) "
                                 "VALUES (?, ?, ?, 'not read yet')",
                                 [(rel, night, False) for night, rel in files])
-        keys = dict(self.db.query("SELECT rawpath, framekey FROM frameinfo WHERE filesize IS NULL"))
+        keys = {}
+        for night in sorted({night for night, _ in files}):  # by night: indexed, not the archive
+            keys.update(self.db.query("SELECT rawpath, framekey FROM frameinfo WHERE night = ? "
+                                      "AND filesize IS NULL", (night,)))
         return [int(keys[rel]) for _, rel in files]
 
     def record_raw(self, row: dict, framekey: int) -> None:

@@ -317,18 +317,18 @@ class Trends(Phase):
         catalog = context.catalogs[field]
         streams, stars, spans = _read_stars(PartitionReader(), _scratch(project, projid, field),
                                             partition_name(TEMPLATES), napertures)
-        reread = [n for n in nights if n[3]]  # nights with frames merged before
-        rows_of = {}
-        for k, star in enumerate(stars.tolist()):
-            info = _star_info(catalog, star, projid, field)
-            rows = new_rows(_products_of(streams, spans, k), frames, napertures)
-            if reread:
-                rows = merged_rows(lc_path(project, config, projid, info["objectid"]), rows)[0]
-            rows_of[info["objectid"]] = (rows, info["ra"], info["dec"])
+        infos = [_star_info(catalog, star, projid, field) for star in stars.tolist()]
         trends = []
-        for interval, keys, times, _ in nights:
-            night = {o: (r[(r["rjd"] >= interval[0]) & (r["rjd"] <= interval[1])], ra, dec)
-                     for o, (r, ra, dec) in rows_of.items()}
+        for interval, keys, times, reread in nights:  # one night's rows in memory at a time
+            night = {}
+            for k, info in enumerate(infos):
+                products = {kind: (rows, rowkeys, index[np.isin(rowkeys[index], keys)])
+                            for kind, (rows, rowkeys, index) in _products_of(streams, spans, k).items()}
+                rows = new_rows(products, frames, napertures)
+                if reread:  # the night had frames merged before: the file's rows too
+                    rows = merged_rows(lc_path(project, config, projid, info["objectid"]), rows)[0]
+                inside = (rows["rjd"] >= interval[0]) & (rows["rjd"] <= interval[1])
+                night[info["objectid"]] = (rows[inside], info["ra"], info["dec"])
             trends.append(night_trend(interval, keys, times, context.templates[(projid, field)],
                                       night, config))
         return (projid, field), trends

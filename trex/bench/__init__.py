@@ -22,8 +22,8 @@ from trex import __version__
 log = logging.getLogger(__name__)
 
 #: benchmark modules, in the order of the table
-MODULES = ("photometry", "extract", "subtract", "calibrate", "transpose", "ingest", "endtoend",
-           "nights", "chain")
+MODULES = ("photometry", "extract", "subtract", "calibrate", "transpose", "ingest", "backfill",
+           "endtoend", "nights", "chain")
 
 
 class _NoteCollector(logging.Handler):

@@ -14,6 +14,16 @@ Peers (each from the same numpy columns, their conversion timed with them):
 
 Check: the table each loader left (rows, non-NULL ``v00``, sum of ``v00`` and
 ``flag``) against the numpy columns it was given.
+
+The ``ap_photometry`` row is the pipeline's own write: 10^6 rows of the real
+table (schema of ``trex/db/sql``, its ``framekey`` index included) written one
+frame at a time (10^4 stars x 3 apertures per frame) with ``write_columns`` and
+``replace`` as the ledger records a frame, one transaction per ``[run]
+batch_frames`` frames; its peer is the server alone: one
+psycopg2 binary COPY of the same rows encoded beforehand (not timed).  Two
+more rows time that COPY into the table without its ``framekey`` index and
+then also ``UNLOGGED`` (what a backfill could gain from them; trex keeps both:
+the index serves the per-frame replace, the WAL the crash safety).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from trex.bench.common import Row, median_time
+from trex.config import Config
 from trex.db import connect
 
 NAME = "ingest"
@@ -47,6 +58,80 @@ def _columns(nrows: int, seed: int = 0) -> dict[str, np.ndarray]:
     cols["flag"] = rng.integers(0, 64, nrows).astype(np.int32)
     cols["aperture"] = (np.arange(nrows) % 3).astype(np.int16)
     return cols
+
+
+def ap_frames(nframes: int, nstars: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``ap_photometry`` columns of ``nframes`` frames of ``nstars`` stars x 3 apertures
+    (as :func:`trex.photometry.ap_photometry_rows` makes them; NaN in 1 % of fluxes)."""
+    from trex.photometry import ap_photometry_rows, aphot_dtype
+
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"HAT-123-{i:07d}" for i in range(nstars)])
+    frames = []
+    for key in range(1, nframes + 1):
+        table = np.zeros(nstars, aphot_dtype(3))
+        for name in table.dtype.names[1:]:
+            table[name] = rng.normal(10, 1, nstars)
+        table["flux_000"][rng.random(nstars) < 0.01] = np.nan
+        frames.append(ap_photometry_rows(key, "0123456789abcdef", table, ids))
+    return frames
+
+
+def ap_photometry_rows(url: str, nrows: int) -> list[Row]:
+    """Rows/s of the ``ap_photometry`` table written frame by frame (trex) against one
+    COPY of the same rows encoded beforehand (the server alone), median of 3."""
+    import psycopg2
+
+    from trex.db import pgcopy
+
+    frames = ap_frames(max(1, round(nrows / 30_000)), 10_000)
+    nrows = sum(len(f["framekey"]) for f in frames)
+    db = connect(url)
+    db.create_schema()
+
+    def per_frame():
+        batch = Config().run.batch_frames
+        for i in range(0, len(frames), batch):
+            with db.transaction():  # as the ledger records a batch of frames
+                for f in frames[i:i + batch]:
+                    db.write_columns("ap_photometry", f, replace=("framekey", f["framekey"][:1]))
+
+    t_trex, _ = median_time(per_frame, reset=lambda: db.execute("TRUNCATE ap_photometry"))
+    count = db.query("SELECT count(*), count(flux) FROM ap_photometry")[0]
+    names = list(frames[0])
+    known = db.columns("ap_photometry")
+    payload = pgcopy.encode([np.concatenate([f[n] for f in frames]) for n in names],
+                            [known[n] for n in names])
+    db.close()
+    conn = psycopg2.connect(url)
+
+    def copy():
+        conn.cursor().copy_expert(f"COPY ap_photometry ({', '.join(names)}) FROM STDIN WITH "
+                                  "(FORMAT binary)", io.BytesIO(payload))
+        conn.commit()
+
+    def truncate():
+        conn.cursor().execute("TRUNCATE ap_photometry")
+        conn.commit()
+
+    t_copy, _ = median_time(copy, reset=truncate)
+    conn.cursor().execute("DROP INDEX ap_photometry_framekey")
+    t_noindex, _ = median_time(copy, reset=truncate)
+    conn.cursor().execute("ALTER TABLE ap_photometry SET UNLOGGED")
+    t_unlogged, _ = median_time(copy, reset=truncate)
+    conn.close()
+    nulls = sum(int(np.isnan(f["flux"]).sum()) for f in frames)
+    same = tuple(count) == (nrows, nrows - nulls)
+    size = f"{nrows:.1e} rows, {len(frames)} frames"
+    return [Row("ingest ap_photometry, frame by frame (trex write_columns)", size, t_trex,
+                "psycopg2 binary COPY, encoded beforehand", t_copy,
+                f"trex {nrows / t_trex / 1e3:.0f} k rows/s, server alone "
+                f"{nrows / t_copy / 1e3:.0f} k rows/s; {count[0]} rows, "
+                f"{'NULLs as numpy' if same else 'DIFFER from numpy'}"),
+            Row("ingest ap_photometry: server alone, no framekey index", size, t_noindex,
+                "same with the index", t_copy, f"{nrows / t_noindex / 1e3:.0f} k rows/s"),
+            Row("ingest ap_photometry: server alone, no index, UNLOGGED table", size, t_unlogged,
+                "same with the index, logged", t_copy, f"{nrows / t_unlogged / 1e3:.0f} k rows/s")]
 
 
 def _ddl(engine: str) -> str:
@@ -103,6 +188,7 @@ def run(quick: bool = False) -> list[Row]:
                         f"peer {sub / t_values / 1e3:.1f} k rows/s, {scaled}; "
                         f"{table_check(db, cols, sub)}"))
         db.close()
+        rows += ap_photometry_rows(url, nrows)
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()

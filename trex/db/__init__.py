@@ -15,7 +15,6 @@ transaction, so writing a frame twice leaves one copy.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
@@ -301,10 +300,9 @@ class Database:
                              [(k, *values) for k in keys])
 
     def _copy(self, table, names, arrays, types) -> None:
-        payload = pgcopy.encode(arrays, types)
         cur = self.conn.cursor()
         cur.copy_expert(f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT binary)",
-                        io.BytesIO(payload))
+                        pgcopy.CopyStream(arrays, types))
         cur.close()
         self.last_write_method = "copy"
 

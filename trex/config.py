@@ -164,6 +164,7 @@ class SubtractSection:
     nref: int = _opt(20, "number of frames stacked into the photometric reference")
     resample: str = _opt("flux", "resampling onto the reference grid: flux (conserving), bilinear, bicubic")
     stamp_grid: int = _opt(8, "stamps are chosen on a grid of this many cells per side")
+    stamps_per_cell: int = _opt(1, "stamps on this many of the brightest suitable stars per grid cell")
     stamp_halfsize: int = _opt(10, "stamp half size, px")
     stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky")
     stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median")

@@ -123,14 +123,15 @@ def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, 
 
 def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
                   mask: np.ndarray | None = None, saturation: float | None = None,
-                  threshold: float = 10.0, tries: int = 16) -> np.ndarray:
-    """Centres (x, y) of one stamp per grid cell, on the brightest suitable star.
+                  threshold: float = 10.0, tries: int = 16, per_cell: int = 1) -> np.ndarray:
+    """Centres (x, y) of stamps on the ``per_cell`` brightest suitable stars of each grid cell.
 
     A star qualifies when its peak is ``threshold`` sky noises above the sky, no
     brighter pixel lies in its stamp, and the stamp (grown by ``border``, the
     kernel half-size) lies inside the frame and holds no masked, saturated
     (``>= saturation``) or non-finite pixel.  The ``tries`` brightest peaks
     of each cell are examined; cells without a qualifying star get no stamp.
+    Stamps of two qualifying stars never hold each other's centre.
 
     Returns
     -------
@@ -166,8 +167,8 @@ def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, bor
     ok = ~_cutouts(bad, cand, lo).any(axis=(1, 2))
     ok &= _cutouts(ref, cand, halfsize).max(axis=(1, 2)) <= ref[cand[:, 1], cand[:, 0]]
     cand, cell = cand[ok], cell[order][ok]
-    _, pick = np.unique(cell, return_index=True)
-    return cand[pick]
+    rank = np.arange(cell.size) - np.searchsorted(cell, cell)
+    return cand[rank < per_cell]
 
 
 def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
@@ -177,19 +178,6 @@ def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
     cols = (centres[:, 0, None] + span)[:, None, :]
     cut = np.asarray(array[rows, cols], dtype=np.float64)
     return np.nan_to_num(cut, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _stamp_basis(ref: np.ndarray, centres: np.ndarray, basis: Basis, halfsize: int) -> np.ndarray:
-    """Basis vectors on the stamps, pixel-major: float64 (nstamp, npix, nbasis [+ 1])."""
-    h, side = basis.halfsize, 2 * halfsize + 1
-    cut = _cutouts(ref, centres, halfsize + h)
-    win = np.lib.stride_tricks.sliding_window_view(cut, (side, side), axis=(1, 2))
-    win = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(-1, (2 * h + 1) ** 2)
-    flipped = basis.images[:, ::-1, ::-1].reshape(len(basis.images), -1)
-    vt = (win @ flipped.T).reshape(len(centres), side * side, -1)
-    if basis.background_order >= 0:
-        vt = np.concatenate([vt, np.ones((len(centres), side * side, 1))], axis=2)
-    return vt
 
 
 def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -206,56 +194,116 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return sol * scale
 
 
-def _solve_stamps(vt: np.ndarray, data: np.ndarray, w: np.ndarray, poly: np.ndarray,
-                  nterm: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Weighted least squares over the kept stamps: (nbasis, nterms) coefficients."""
-    ns, nb = int(keep.sum()), vt.shape[2]
-    cross, rstamp = np.empty((ns, nb, nb)), np.empty((ns, nb))
-    _subtract.stamp_cross(vt[keep], data[keep], np.ascontiguousarray(w[keep]), cross, rstamp)
-    nunk = int(nterm.sum())
-    matrix, rhs = np.empty((nunk, nunk)), np.empty(nunk)
-    _subtract.normal_equations(cross, rstamp, np.ascontiguousarray(poly[keep]), nterm, matrix, rhs)
+def _taps(basis: Basis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The basis images as sparse taps for ``_subtract.stamp_normals``: (n, m) offsets
+    (ntap, 2), their values (ntap,) and each basis's first tap (nbasis + 1,)."""
+    h = basis.halfsize
+    taps, values, first = [], [], [0]
+    for image in basis.images:
+        rows, cols = np.nonzero(image)
+        taps += [(r - h, c - h) for r, c in zip(rows, cols)]
+        values += image[rows, cols].tolist()
+        first.append(len(taps))
+    return (np.array(taps, dtype=np.int64).reshape(-1, 2), np.array(values, dtype=np.float64),
+            np.array(first, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class StampNormals:
+    """Per-stamp normal-equation blocks (``_subtract.stamp_normals``) for one weighting."""
+
+    cross: np.ndarray    # (ns, nb, nb)
+    rhs: np.ndarray      # (ns, nb)
+    dwd: np.ndarray      # (ns,)
+    npix: np.ndarray     # (ns,)
+
+    def chi2(self, coef: np.ndarray) -> np.ndarray:
+        """Reduced chi^2 per stamp of the model coefficients ``coef`` (ns, nb)."""
+        quad = np.einsum("sb,sbc,sc->s", coef, self.cross, coef)
+        chi2 = self.dwd - 2.0 * np.einsum("sb,sb->s", coef, self.rhs) + quad
+        return np.maximum(chi2, 0.0) / np.maximum(self.npix, 1.0)
+
+
+def stamp_normals(image: np.ndarray, reference: np.ndarray, bad: np.ndarray,
+                  centres: np.ndarray, basis: Basis, halfsize: int, coef: np.ndarray | None,
+                  gain: float, rdnoise: float) -> StampNormals:
+    """:class:`StampNormals` of the stamps (float32 frames, uint8 ``bad``; ``coef``
+    (ns, nb) the model of the weights, None: the reference)."""
+    taps, values, first = _taps(basis)
+    ns, nb = len(centres), len(basis.images) + (basis.background_order >= 0)
+    out = StampNormals(np.empty((ns, nb, nb)), np.empty((ns, nb)), np.empty(ns), np.empty(ns))
+    coef = np.empty((0, 0)) if coef is None else np.ascontiguousarray(coef, dtype=np.float64)
+    _subtract.stamp_normals(reference, image, bad, np.ascontiguousarray(centres, dtype=np.int64),
+                            halfsize, taps, values, first, basis.background_order >= 0, coef,
+                            gain, rdnoise, out.cross, out.rhs, out.dwd, out.npix)
+    return out
+
+
+def normal_equations(cross: np.ndarray, rhs: np.ndarray, poly: np.ndarray,
+                     nterm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The normal equations of the spatially varying model from per-stamp blocks.
+
+    Within a stamp the polynomial factors are taken constant (they vary by ~1 %
+    over it): ``matrix[(b, p), (c, q)] = sum_s poly[s, p] poly[s, q] cross[s, b, c]``
+    and ``rhs[(b, p)] = sum_s poly[s, p] rhs[s, b]``, one matrix product each,
+    keeping the terms ``p < nterm[b]``.  cross (ns, nb, nb), rhs (ns, nb), poly
+    (ns, npoly); returns ((nunk, nunk), (nunk,)) with nunk = sum(nterm).
+    """
+    ns, nb = rhs.shape
+    npoly = poly.shape[1]
+    pairs = (poly[:, :, None] * poly[:, None, :]).reshape(ns, -1)
+    full = (pairs.T @ cross.reshape(ns, -1)).reshape(npoly, npoly, nb, nb)
+    full = full.transpose(2, 0, 3, 1).reshape(nb * npoly, nb * npoly)
+    keep = (np.arange(npoly)[None, :] < nterm[:, None]).ravel()
+    return full[np.ix_(keep, keep)], (poly.T @ rhs).T.ravel()[keep]
+
+
+def _solve_stamps(normals: StampNormals, poly: np.ndarray, nterm: np.ndarray,
+                  keep: np.ndarray) -> np.ndarray:
+    """Weighted least squares over the kept stamps: (nbasis, npoly) coefficients."""
+    matrix, rhs = normal_equations(normals.cross[keep], normals.rhs[keep], poly[keep], nterm)
     params = np.zeros((len(nterm), poly.shape[1]))
     params[np.arange(poly.shape[1]) < nterm[:, None]] = _solve(matrix, rhs)
     return params
 
 
 def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
-               spec: KernelSpec, *, weight: np.ndarray, halfsize: int = 10,
+               spec: KernelSpec, *, bad: np.ndarray, halfsize: int = 10,
                gain: float = 1.0, rdnoise: float = 0.0, reject: float = 3.0,
                maxiter: int = 3) -> Solution:
     """Least-squares kernel fit on stamps, with iterative rejection of bad stamps.
 
     ``centres`` (n, 2) are stamp centres (x, y) at least ``halfsize`` + H from
-    the border; ``weight`` (image shape) is 0 on pixels to ignore.  The pixel
-    variance is ``max(model, 0) / gain + (rdnoise / gain)**2``, the reference
-    standing in for the model on the first pass.  A stamp is rejected when its
-    reduced chi^2 exceeds the median by ``reject`` robust sigmas; the fit is
-    repeated (with model variances) until no stamp is rejected or ``maxiter``.
+    the border; ``bad`` (image shape) is non-zero on pixels to ignore.  The
+    pixel variance is ``max(model, 0) / gain + (rdnoise / gain)**2``: a first
+    fit with the reference standing in for the model gives the model of the
+    second, final weighting.  Then a stamp is rejected when its reduced chi^2
+    exceeds the median by ``reject`` robust sigmas and the fit repeated, until
+    no stamp is rejected or ``maxiter`` times.
     """
     basis = spec.basis()
     ny, nx = reference.shape
     norm = (0.5 * (nx - 1), max(0.5 * (nx - 1), 1.0), 0.5 * (ny - 1), max(0.5 * (ny - 1), 1.0))
-    vt = _stamp_basis(reference, centres, basis, halfsize)
-    data = _cutouts(image, centres, halfsize).reshape(len(centres), -1)
-    wmask = _cutouts(weight, centres, halfsize).reshape(len(centres), -1)
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
+    bad = np.ascontiguousarray(bad, dtype=np.uint8)
     orders = list(basis.orders) + ([basis.background_order] if basis.background_order >= 0 else [])
     nterm = np.array([nterms(int(o)) for o in orders], dtype=np.int64)
     poly = poly_terms((centres[:, 0] - norm[0]) / norm[1], (centres[:, 1] - norm[2]) / norm[3],
                       basis.max_order).T
-    model = vt[:, :, 0]  # the reference stands in for the model on the first pass
     keep = np.ones(len(centres), dtype=bool)
-    npix = np.maximum(wmask.sum(axis=1), 1.0)
+    first = stamp_normals(img, ref, bad, centres, basis, halfsize, None, gain, rdnoise)
+    params = _solve_stamps(first, poly, nterm, keep)
+    normals = stamp_normals(img, ref, bad, centres, basis, halfsize, poly @ params.T, gain,
+                            rdnoise)
     for it in range(maxiter + 1):
-        w = wmask / (np.maximum(model, 0.0) / gain + (rdnoise / gain) ** 2 + 1e-12)
-        params = _solve_stamps(vt, data, w, poly, nterm, keep)
-        model = np.einsum("spb,sb->sp", vt, poly @ params.T)
-        chi2 = (w * (data - model) ** 2).sum(axis=1) / npix
+        params = _solve_stamps(normals, poly, nterm, keep)
+        chi2 = normals.chi2(poly @ params.T)
         med = np.median(chi2[keep])
         mad = 1.4826 * np.median(np.abs(chi2[keep] - med))
         new = keep & (chi2 <= med + reject * max(mad, 1e-3 * med))
         log.debug("kernel fit pass %d: %d stamps, median chi2 %.3f", it, keep.sum(), med)
-        too_few = new.sum() * data.shape[1] <= 2 * nterm.sum()
+        too_few = normals.npix[new].sum() <= 2 * nterm.sum()
         if it == maxiter or too_few or np.array_equal(new, keep):
             break
         keep = new
@@ -268,7 +316,7 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
 def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
              mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
              gain: float = 1.0, rdnoise: float = 0.0, saturation: float | None = None,
-             ngrid: int = 8, halfsize: int = 10, threshold: float = 10.0,
+             ngrid: int = 8, per_cell: int = 1, halfsize: int = 10, threshold: float = 10.0,
              reject: float = 3.0, maxiter: int = 3) -> tuple[np.ndarray, Solution]:
     """Difference image ``D = I - (R conv K + B)`` and the fitted kernel.
 
@@ -278,7 +326,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     kernel : fitsh-style kernel specification (:mod:`trex.kernelspec`).
     mask : (ny, nx), non-zero on pixels to leave out of the fit (either frame).
     stamps : (n, 2) stamp centres (x, y), px; default: :func:`select_stamps`
-        on the reference over an ``ngrid`` x ``ngrid`` grid.
+        on the reference, ``per_cell`` stars in each cell of an ``ngrid`` x ``ngrid`` grid.
     gain, rdnoise : image gain (e-/ADU) and read noise (e-) for the weights.
     saturation : reference pixels at or above it (ADU) disqualify a stamp.
     halfsize : stamp half-size, px.
@@ -300,7 +348,8 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     if mask is not None:
         bad |= np.asarray(mask) != 0
     if stamps is None:
-        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation, threshold)
+        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation, threshold,
+                               per_cell=per_cell)
     stamps = np.asarray(stamps).round().astype(np.int64).reshape(-1, 2)
     lim = halfsize + h
     inside = ((stamps[:, 0] >= lim) & (stamps[:, 0] < ref.shape[1] - lim)
@@ -308,7 +357,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     stamps = stamps[inside]
     if len(stamps) == 0:
         raise ValueError("no usable stamp: no bright unsaturated star away from the border")
-    solution = fit_kernel(img, ref, stamps, spec, weight=~bad, halfsize=halfsize,
+    solution = fit_kernel(img, ref, stamps, spec, bad=bad, halfsize=halfsize,
                           gain=gain, rdnoise=rdnoise, reject=reject, maxiter=maxiter)
     diff = img - solution.model(np.where(np.isfinite(ref), ref, 0.0))
     log.debug("subtracted with %s: %d stamps kept, %d rejected", spec.text,
@@ -345,8 +394,9 @@ def run(frame: Frame, context: Context) -> Frame:
     try:
         diff, sol = subtract(reg, image, kernel=sub.kernel, mask=mask != 0, gain=meta.gain,
                              rdnoise=meta.rdnoise, saturation=0.95 * header["SATURATE"],
-                             ngrid=sub.stamp_grid, halfsize=sub.stamp_halfsize,
-                             threshold=sub.stamp_threshold, reject=sub.stamp_reject)
+                             ngrid=sub.stamp_grid, per_cell=sub.stamps_per_cell,
+                             halfsize=sub.stamp_halfsize, threshold=sub.stamp_threshold,
+                             reject=sub.stamp_reject)
     except ValueError as err:
         raise FrameError(frame.rawpath, f"subtract: {err}") from None
     model = reg - diff

@@ -48,6 +48,9 @@ from trex.times import utcnow
 
 log = logging.getLogger(__name__)
 
+#: stamps of the first fit, which only sets the model of the pixel weights
+WEIGHT_STAMPS = 128
+
 
 @dataclass(frozen=True)
 class Solution:
@@ -245,25 +248,37 @@ def normal_equations(cross: np.ndarray, rhs: np.ndarray, poly: np.ndarray,
 
     Within a stamp the polynomial factors are taken constant (they vary by ~1 %
     over it): ``matrix[(b, p), (c, q)] = sum_s poly[s, p] poly[s, q] cross[s, b, c]``
-    and ``rhs[(b, p)] = sum_s poly[s, p] rhs[s, b]``, one matrix product each,
-    keeping the terms ``p < nterm[b]``.  cross (ns, nb, nb), rhs (ns, nb), poly
-    (ns, npoly); returns ((nunk, nunk), (nunk,)) with nunk = sum(nterm).
+    and ``rhs[(b, p)] = sum_s poly[s, p] rhs[s, b]`` for ``p < nterm[b]``,
+    ``q < nterm[c]``: one matrix product per pair of basis groups of one order.
+    cross (ns, nb, nb), rhs (ns, nb), poly (ns, npoly); returns ((nunk, nunk),
+    (nunk,)) with nunk = sum(nterm), unknowns ordered (b, p).
     """
     ns, nb = rhs.shape
-    npoly = poly.shape[1]
-    pairs = (poly[:, :, None] * poly[:, None, :]).reshape(ns, -1)
-    full = (pairs.T @ cross.reshape(ns, -1)).reshape(npoly, npoly, nb, nb)
-    full = full.transpose(2, 0, 3, 1).reshape(nb * npoly, nb * npoly)
-    keep = (np.arange(npoly)[None, :] < nterm[:, None]).ravel()
-    return full[np.ix_(keep, keep)], (poly.T @ rhs).T.ravel()[keep]
+    start = np.concatenate([[0], np.cumsum(nterm)])
+    groups = [np.flatnonzero(nterm == n) for n in np.unique(nterm) if n > 0]
+    index = [(start[g][:, None] + np.arange(nterm[g[0]])).ravel() for g in groups]
+    matrix, vector = np.empty((start[-1], start[-1])), np.empty(start[-1])
+    for a, ga in enumerate(groups):
+        na = nterm[ga[0]]
+        vector[index[a]] = (poly[:, :na].T @ rhs[:, ga]).T.ravel()
+        for b in range(a, len(groups)):
+            gb = groups[b]
+            nb_ = nterm[gb[0]]
+            pairs = (poly[:, :na, None] * poly[:, None, :nb_]).reshape(ns, -1)
+            sub = cross if len(groups) == 1 else cross[:, ga][:, :, gb]
+            block = (pairs.T @ sub.reshape(ns, -1)).reshape(na, nb_, len(ga), len(gb))
+            block = block.transpose(2, 0, 3, 1).reshape(len(ga) * na, len(gb) * nb_)
+            if len(groups) == 1:
+                return block, vector
+            matrix[np.ix_(index[a], index[b])] = block
+            matrix[np.ix_(index[b], index[a])] = block.T
+    return matrix, vector
 
 
-def _solve_stamps(normals: StampNormals, poly: np.ndarray, nterm: np.ndarray,
-                  keep: np.ndarray) -> np.ndarray:
-    """Weighted least squares over the kept stamps: (nbasis, npoly) coefficients."""
-    matrix, rhs = normal_equations(normals.cross[keep], normals.rhs[keep], poly[keep], nterm)
-    params = np.zeros((len(nterm), poly.shape[1]))
-    params[np.arange(poly.shape[1]) < nterm[:, None]] = _solve(matrix, rhs)
+def _params(matrix: np.ndarray, rhs: np.ndarray, nterm: np.ndarray, npoly: int) -> np.ndarray:
+    """Solve the normal equations: (nbasis, npoly) coefficients, 0 beyond each order."""
+    params = np.zeros((len(nterm), npoly))
+    params[np.arange(npoly) < nterm[:, None]] = _solve(matrix, rhs)
     return params
 
 
@@ -276,10 +291,11 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
     ``centres`` (n, 2) are stamp centres (x, y) at least ``halfsize`` + H from
     the border; ``bad`` (image shape) is non-zero on pixels to ignore.  The
     pixel variance is ``max(model, 0) / gain + (rdnoise / gain)**2``: a first
-    fit with the reference standing in for the model gives the model of the
-    second, final weighting.  Then a stamp is rejected when its reduced chi^2
-    exceeds the median by ``reject`` robust sigmas and the fit repeated, until
-    no stamp is rejected or ``maxiter`` times.
+    fit on ``WEIGHT_STAMPS`` of the stamps, with the reference standing in for
+    the model, gives the model of the final weighting.  Then a stamp is
+    rejected when its reduced chi^2 exceeds the median by ``reject`` robust
+    sigmas and the fit repeated (the rejected stamps' share taken out of the
+    normal equations), until no stamp is rejected or ``maxiter`` times.
     """
     basis = spec.basis()
     ny, nx = reference.shape
@@ -291,13 +307,16 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
     nterm = np.array([nterms(int(o)) for o in orders], dtype=np.int64)
     poly = poly_terms((centres[:, 0] - norm[0]) / norm[1], (centres[:, 1] - norm[2]) / norm[3],
                       basis.max_order).T
-    keep = np.ones(len(centres), dtype=bool)
-    first = stamp_normals(img, ref, bad, centres, basis, halfsize, None, gain, rdnoise)
-    params = _solve_stamps(first, poly, nterm, keep)
+    npoly = poly.shape[1]
+    sample = slice(None, None, max(1, len(centres) // WEIGHT_STAMPS))
+    first = stamp_normals(img, ref, bad, centres[sample], basis, halfsize, None, gain, rdnoise)
+    params = _params(*normal_equations(first.cross, first.rhs, poly[sample], nterm), nterm, npoly)
     normals = stamp_normals(img, ref, bad, centres, basis, halfsize, poly @ params.T, gain,
                             rdnoise)
+    matrix, rhs = normal_equations(normals.cross, normals.rhs, poly, nterm)
+    keep = np.ones(len(centres), dtype=bool)
     for it in range(maxiter + 1):
-        params = _solve_stamps(normals, poly, nterm, keep)
+        params = _params(matrix, rhs, nterm, npoly)
         chi2 = normals.chi2(poly @ params.T)
         med = np.median(chi2[keep])
         mad = 1.4826 * np.median(np.abs(chi2[keep] - med))
@@ -306,7 +325,9 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
         too_few = normals.npix[new].sum() <= 2 * nterm.sum()
         if it == maxiter or too_few or np.array_equal(new, keep):
             break
-        keep = new
+        drop = keep & ~new  # take the rejected stamps' share out of the equations
+        dmatrix, drhs = normal_equations(normals.cross[drop], normals.rhs[drop], poly[drop], nterm)
+        matrix, rhs, keep = matrix - dmatrix, rhs - drhs, new
     nk = len(basis.orders)
     kcoef = np.einsum("bp,bij->pij", params[:nk], basis.images)
     bcoef = params[nk] if basis.background_order >= 0 else np.zeros(poly.shape[1])

@@ -163,8 +163,9 @@ class SubtractSection:
     kernel: str = _opt("b/4;i/4;d=4/4", "kernel basis, fitsh ficonv syntax")
     nref: int = _opt(20, "number of frames stacked into the photometric reference")
     resample: str = _opt("flux", "resampling onto the reference grid: flux (conserving), bilinear, bicubic")
-    stamp_grid: int = _opt(8, "stamps are chosen on a grid of this many cells per side")
-    stamps_per_cell: int = _opt(1, "stamps on this many of the brightest suitable stars per grid cell")
+    stamp_grid: int = _opt(16, "stamps are chosen on a grid of this many cells per side")
+    stamps_per_cell: int = _opt(4, "stamps on this many of the brightest suitable stars per grid "
+                                   "cell (up to stamp_grid^2 x stamps_per_cell stamps)")
     stamp_halfsize: int = _opt(10, "stamp half size, px")
     stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky")
     stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median")

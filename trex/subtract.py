@@ -4,10 +4,16 @@ The model of the image is ``M = R conv K(x, y) + B(x, y)``: the reference
 convolved with a kernel whose basis coefficients (see :mod:`trex.kernelspec`)
 are polynomials in the normalised pixel coordinates, plus a background
 polynomial.  The coefficients are fitted by weighted linear least squares on
-stamps around bright, unsaturated stars spread over the frame, rejecting
-stamps whose chi^2 stands out; the normal equations are assembled and the
-varying kernel applied in Cython (``trex._subtract``).  Pixel coordinates are
-0-based, pixel centres at integers.
+stamps around bright, unsaturated stars spread over the frame (by default up
+to 4 in each cell of a 16 x 16 grid: ~1000 stamps of 21 x 21 px, so that the
+1230 unknowns of ``b/4;i/4;d=4/4`` are fitted on ~20 times as many stellar
+pixels and the kernel's own noise stays well below the photon noise of bright
+stars), rejecting stamps whose chi^2 stands out.  Each stamp's block of the
+normal equations is built in one Cython pass (``trex._subtract.stamp_normals``:
+the delta and Gauss-Hermite bases as sparse taps, BLAS for the products),
+the blocks are combined with the polynomial terms in one matrix product, and
+the varying kernel is applied in Cython.  Pixel coordinates are 0-based,
+pixel centres at integers.
 
 >>> diff, sol = subtract(image, reference, kernel="b/4;i/4;d=4/4", gain=2.7)
 >>> sol.flux_scale(1024.0, 1024.0), sol.kernel(1024.0, 1024.0).shape
@@ -124,9 +130,9 @@ def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, 
     return [(ye[j], ye[j + 1], xe[i], xe[i + 1]) for j in range(ngrid) for i in range(ngrid)]
 
 
-def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
+def select_stamps(reference: np.ndarray, ngrid: int = 16, halfsize: int = 10, border: int = 4,
                   mask: np.ndarray | None = None, saturation: float | None = None,
-                  threshold: float = 10.0, tries: int = 16, per_cell: int = 1) -> np.ndarray:
+                  threshold: float = 10.0, tries: int = 16, per_cell: int = 4) -> np.ndarray:
     """Centres (x, y) of stamps on the ``per_cell`` brightest suitable stars of each grid cell.
 
     A star qualifies when its peak is ``threshold`` sky noises above the sky, no
@@ -337,7 +343,7 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
 def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
              mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
              gain: float = 1.0, rdnoise: float = 0.0, saturation: float | None = None,
-             ngrid: int = 8, per_cell: int = 1, halfsize: int = 10, threshold: float = 10.0,
+             ngrid: int = 16, per_cell: int = 4, halfsize: int = 10, threshold: float = 10.0,
              reject: float = 3.0, maxiter: int = 3) -> tuple[np.ndarray, Solution]:
     """Difference image ``D = I - (R conv K + B)`` and the fitted kernel.
 

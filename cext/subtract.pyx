@@ -8,6 +8,8 @@ coefficient arrays ``c[i, j]`` of ``xn**i * yn**j`` in normalised coordinates
 from libc.math cimport fmax, isfinite, sqrt
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport ddot, dgemv, dsyrk
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from trex.kernels import check
 
 
 def stamp_normals(const float[:, ::1] ref, const float[:, ::1] image,
@@ -56,25 +58,26 @@ def stamp_normals(const float[:, ::1] ref, const float[:, ::1] image,
     cdef char trans = b'N'
     cdef bint with_coef = coef.shape[0] > 0
     if image.shape[0] != ny or image.shape[1] != nx or bad.shape[0] != ny or bad.shape[1] != nx:
-        raise ValueError("ref, image and bad must have one shape")
+        check(BAD_ARGUMENT, "stamp_normals: ref, image and bad must have one shape")
     if (nk < 1 or cross.shape[0] != ns or cross.shape[1] != nb or cross.shape[2] != nb
             or rhs.shape[0] != ns or rhs.shape[1] != nb or dwd.shape[0] != ns
             or npix.shape[0] != ns or centres.shape[1] != 2 or taps.shape[1] != 2
             or first[0] != 0 or first[nk] != taps.shape[0] or values.shape[0] != taps.shape[0]):
-        raise ValueError("centres, taps, first, cross, rhs, dwd and npix disagree in shape")
+        check(BAD_ARGUMENT, "stamp_normals: centres, taps, first, cross, rhs, dwd and npix "
+              "disagree in shape")
     if with_coef and (coef.shape[0] != ns or coef.shape[1] != nb):
-        raise ValueError("coef must be (nstamps, nbasis) or empty")
+        check(BAD_ARGUMENT, "stamp_normals: coef must be (nstamps, nbasis) or empty")
     if not gain > 0.0 or half < 0:
-        raise ValueError("gain must be positive and half non-negative")
+        check(BAD_ARGUMENT, "stamp_normals: gain must be positive and half non-negative")
     for t in range(taps.shape[0]):
         reach = max(reach, abs(taps[t, 0]), abs(taps[t, 1]))
     for s in range(ns):
         x, y = centres[s, 0], centres[s, 1]
         if x < half + reach or y < half + reach or x >= nx - half - reach or y >= ny - half - reach:
-            raise ValueError("a stamp reaches beyond the frame")
+            check(BAD_ARGUMENT, "stamp_normals: a stamp reaches beyond the frame")
     a = <double*>malloc(npx * (nb + 1) * sizeof(double))
     if a == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "stamp_normals: no memory for the work buffer")
     d = a + npx * nb
     n_i, k_i = <int>nb, <int>npx
     try:
@@ -177,16 +180,18 @@ def convolve_varying(const float[:, ::1] ref, const double[:, :, :, ::1] kcoef,
     cdef const float* rrow
     cdef float a0, a1, a2, a3, a4
     if kcoef.shape[1] != size or size % 2 != 1 or kcoef.shape[3] != n:
-        raise ValueError("kcoef must have shape (2H+1, 2H+1, N+1, N+1)")
+        check(BAD_ARGUMENT, "convolve_varying: kcoef must have shape (2H+1, 2H+1, N+1, N+1)")
     if bcoef.shape[0] != n or bcoef.shape[1] != n or norm.shape[0] != 4:
-        raise ValueError("bcoef must be (N+1, N+1) and norm must hold x0, sx, y0, sy")
+        check(BAD_ARGUMENT, "convolve_varying: "
+              "bcoef must be (N+1, N+1) and norm must hold x0, sx, y0, sy")
     if out.shape[0] != ny or out.shape[1] != nx or ny <= 2 * h or nx <= 2 * h:
-        raise ValueError("out must have the shape of ref, larger than the kernel")
+        check(BAD_ARGUMENT, "convolve_varying: "
+              "out must have the shape of ref, larger than the kernel")
     cdef float* xn = <float*>malloc((3 * nx + n) * sizeof(float))
     cdef Py_ssize_t* active = <Py_ssize_t*>malloc(size * size * sizeof(Py_ssize_t))
     if xn == NULL or active == NULL:
         free(xn); free(active)
-        raise MemoryError()
+        check(NO_MEMORY, "convolve_varying: no memory for the work buffers")
     cdef float* acc = xn + nx
     cdef float* coef = xn + 2 * nx
     cdef float* a = xn + 3 * nx

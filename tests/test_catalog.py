@@ -19,15 +19,8 @@ from trex.catalog import find_catalog, objectinfo_columns, propagate, read_catal
 from trex.cli import main
 from trex.db import connect
 from trex.db.queries import Queries
-from trex.lcformat import (
-    empty_rows,
-    header_cards,
-    id_from_text,
-    id_text,
-    read_lightcurve,
-    read_rows,
-    write_lightcurve,
-)
+from trex.lccards import header_cards, id_from_text, id_text
+from trex.lcformat import empty_rows, read_lightcurve, read_rows, write_lightcurve
 from trex.lcstats import star_rows
 from trex.project import RESERVED, init_project, lc_filename
 from trex.simulate import load_truth, simulate_project

@@ -12,7 +12,7 @@ from trex.db import connect
 from trex.db.queries import Queries
 from trex.epd import epd, local_sidereal_time, parameter_names, sky_geometry
 from trex.flags import PHOT
-from trex.lcformat import header_cards
+from trex.lccards import header_cards
 from trex.lcstats import robust_stats, wide_table
 from trex.project import init_project
 from trex.tfa import default_template_count, exclusion, select_templates, tfa

@@ -12,7 +12,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 
-from trex import lcformat, lightcurves
+from trex import lccards, lcformat, lightcurves
 from trex.config import Config
 from trex.fitstable import card, write_table
 from trex.flags import PHOT
@@ -45,9 +45,9 @@ def sample_rows(n: int = 6) -> np.ndarray:
 def write_sample(path, rows=None) -> np.ndarray:
     rows = sample_rows() if rows is None else rows
     config = Config()
-    night = lcformat.night_cards(None, np.array([len(rows)]), np.array([len(rows)]),
+    night = lccards.night_cards(None, np.array([len(rows)]), np.array([len(rows)]),
                                  ("2026-11-29",), config)
-    lcformat.write_lightcurve(path, rows, lcformat.star_cards(INFO, config) + night)
+    lcformat.write_lightcurve(path, rows, lccards.star_cards(INFO, config) + night)
     return rows
 
 
@@ -125,19 +125,19 @@ def test_descriptions_fit_their_cards_at_the_widest_table():
 def test_night_cards_round_trip_with_long_versions(tmp_path, monkeypatch):
     import fitsio
 
-    monkeypatch.setattr(lcformat, "__version__", "0.1.0.dev1234+g0123456789abcdef.d20261130")
+    monkeypatch.setattr(lccards, "__version__", "0.1.0.dev1234+g0123456789abcdef.d20261130")
     config = Config()
     path = tmp_path / "lc.fits"
     rows = sample_rows()
-    first = lcformat.night_cards(None, np.array([4, 0]), np.array([4, 0]),
+    first = lccards.night_cards(None, np.array([4, 0]), np.array([4, 0]),
                                  ("2026-11-28", "2026-11-29"), config)
-    lcformat.write_lightcurve(path, rows, lcformat.star_cards(INFO, config) + first)
+    lcformat.write_lightcurve(path, rows, lccards.star_cards(INFO, config) + first)
     _, header = lcformat.read_rows(path)
-    again = lcformat.night_cards(header, np.array([3, 2]), np.array([1, 2]),
+    again = lccards.night_cards(header, np.array([3, 2]), np.array([1, 2]),
                                  ("2026-11-28", "2026-11-29"), config)
-    lcformat.write_lightcurve(path, rows, lcformat.star_cards(INFO, config) + again)
-    expected = [f"2026-11-28 rows=5 trex={lcformat.__version__} config={config.sha}",
-                f"2026-11-29 rows=2 trex={lcformat.__version__} config={config.sha}"]
+    lcformat.write_lightcurve(path, rows, lccards.star_cards(INFO, config) + again)
+    expected = [f"2026-11-28 rows=5 trex={lccards.__version__} config={config.sha}",
+                f"2026-11-29 rows=2 trex={lccards.__version__} config={config.sha}"]
     assert [c["value"] for c in again] == expected
     _, mine = lcformat.read_rows(path)
     peer = fitsio.read_header(str(path), ext=1)

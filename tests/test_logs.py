@@ -118,7 +118,16 @@ def test_a_run_at_warning_shows_progress_and_the_summary(small_run):
         assert any(re.search(rf"trex.progress: {re.escape(phase)}: (\d+)/\1 \(100 %\), "
                              r"[\d.]+/s, elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d$", line)
                    for line in progress), phase
-    assert "trex run done in" in progress[-1] and "magfit+subtract 6" in progress[-1]
+    root, _ = small_run
+    written = len(list((root / "LC").rglob("*.fits")))
+    summary = progress[-1]
+    assert re.search(r"trex run done in \d+:\d\d:\d\d: ", summary), summary
+    # the raw files (6 object + the simulator's calibration frames), frames per pass,
+    # and the light curves written, as counted on disk
+    raw = len([p for p in (root / "RAW").rglob("*") if p.is_file()])
+    for part in (f"{raw} raw files read (0 bad)", "calibrate+extract+astrometry+photometry 6 frames",
+                 "magfit+subtract 6 frames", f"{written} light curves written"):
+        assert part in summary, (part, summary)
     assert len(progress) == len(lines)  # nothing else at WARNING on a good night
 
 

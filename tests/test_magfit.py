@@ -105,3 +105,59 @@ def test_master_reference_converges_to_the_true_magnitudes():
     arm = [f - fit_frame(f, err, ok, master, x, y, catmag, color).correction for f in frames]
     scatter = np.std(np.array(arm[1:]) - true, axis=0)
     assert np.median(scatter / err) == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("local_scale", [0.0, 300.0])
+def test_a_star_own_signal_never_enters_its_correction(local_scale):
+    """A 1 % dip of one fitted star leaves its own correction unchanged to 1e-10 mag
+    (leave-one-out), while the plain fit follows it by its leverage."""
+    rng, x, y, catmag, color, true, err = simulated_field(4)
+    ref = true + rng.normal(0, err)
+    mag = true + pattern(x, y, color, 1) + rng.normal(0, err)
+    ok = np.ones(NSTARS, bool)
+    star = int(np.argmax(np.hypot(x - SIZE / 2, y - SIZE / 2)))   # most leverage: a corner
+    dipped = mag.copy()
+    dipped[star] += 0.01
+
+    def correction(m, loo):
+        return fit_frame(m, err, ok, ref, x, y, catmag, color, clip_iters=0,
+                         leave_one_out=loo, local_scale=local_scale).correction
+
+    assert correction(dipped, True)[star] == pytest.approx(correction(mag, True)[star], abs=1e-10)
+    assert abs(correction(dipped, False)[star] - correction(mag, False)[star]) > 2e-5
+
+
+def test_leave_one_out_equals_the_fit_without_the_star():
+    """The deletion formula gives what a refit without the star gives, for every star."""
+    rng, x, y, catmag, color, true, err = simulated_field(5)
+    ref = true + rng.normal(0, err)
+    mag = true + pattern(x, y, color, 2) + rng.normal(0, err)
+    ok = np.ones(NSTARS, bool)
+    loo = fit_frame(mag, err, ok, ref, x, y, catmag, color, clip_iters=0).correction
+    for star in rng.choice(NSTARS, 5, replace=False):
+        without = ok.copy()
+        without[star] = False
+        refit = fit_frame(mag, err, without, ref, x, y, catmag, color, clip_iters=0,
+                          leave_one_out=False).correction
+        assert loo[star] == pytest.approx(refit[star], abs=1e-9)
+
+
+def test_local_term_follows_a_cloud():
+    """A 50 mmag cloud 150 px across, which an order-2 polynomial cannot follow, is taken
+    out to a fifth of its depth by the local residual term (a Gaussian of sigma 60 px
+    smooths the cloud's 50 mmag to 43)."""
+    rng, x, y, catmag, color, true, err = simulated_field(6)
+    x, y = np.concatenate([x, rng.uniform(0, SIZE, 3000)]), np.concatenate([y, rng.uniform(0, SIZE, 3000)])
+    n = x.size
+    catmag = np.concatenate([catmag, rng.uniform(8.0, 13.0, 3000)])
+    color = np.concatenate([color, rng.normal(0.8, 0.3, 3000)])
+    err = 0.002 * 10 ** (0.2 * (catmag - 8.0))
+    cloud = 0.05 * np.exp(-0.5 * (np.hypot(x - 700, y - 1300) / 150.0) ** 2)
+    ref = catmag + rng.normal(0, err)
+    mag = catmag + cloud + rng.normal(0, err)
+    ok = np.ones(n, bool)
+    inside = np.hypot(x - 700, y - 1300) < 100
+    for scale, limit in ((0.0, 0.5), (60.0, 0.2)):
+        fit = fit_frame(mag, err, ok, ref, x, y, catmag, color, local_scale=scale)
+        left = np.median(cloud[inside] - fit.correction[inside])
+        assert abs(left) < limit * 0.05 if scale else abs(left) > 0.3 * 0.05

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trex import lcformat
+from trex import lccards, lcformat
 from trex.config import Config
 from trex.epd import epd, external_parameters, local_sidereal_time, parameter_names, sky_geometry
 from trex.errors import FrameError
@@ -619,7 +619,7 @@ class DetrendFiles(Phase):
             info = {**file_info(header), "projid": group[0]}
             info["x"], info["y"] = position(rows, context.config.detrend.night_gap)
             detrend_nights([(rows, info)], trends, context.config)
-            cards = [c for c in lcformat.header_cards(header) if not c["name"].startswith("DETR")]
+            cards = [c for c in lccards.header_cards(header) if not c["name"].startswith("DETR")]
             lcformat.write_lightcurve(path, rows, cards + detrend_cards(header, trends, rows))
             info_rows.append({"projid": group[0], "objectid": info["objectid"], "path": rel,
                               "rjd_min": float(np.nanmin(rows["rjd"])),

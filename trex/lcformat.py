@@ -16,39 +16,29 @@ point with ``TCTYPn = 'UTC'``, ``TRPOSn = 'TOPOCENTER'`` and ``TCRVLn =
 2400000`` (JD = rjd + 2400000).  The primary header names the star (``OBJECT``,
 ``RA_OBJ``, ...); see README "Light curves" for every keyword.
 
-The header keeps the star's ids exactly: ``OBJECTID`` (the pipeline's id) and
-``CATID`` (the id in the field catalog).  An id longer than one card goes on
-CONTINUE cards; an id with characters a FITS header cannot hold (anything but
-printable ASCII: tabs, newlines, accents, ...; or a ``%``) is written
-percent-encoded (:func:`id_text`: UTF-8 bytes as ``%XX``, ``%`` as ``%25``) in
-both cards, and the card ``IDENC`` says so; :func:`read_rows` and
-:func:`read_lightcurve` decode it.
+Header cards (the star, its nights, its ids) are made by :mod:`trex.lccards`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import quote, unquote
 
 import numpy as np
 from astropy.table import Table
 from astropy.time import Time
 
-from trex import __version__
 from trex.fits import atomic_write
 from trex.fitstable import ColumnSpec, Header, Layout, append_rows, read_file, write_table
 from trex.fitstable import read_layout as fitstable_layout
 from trex.flags import PHOT
+from trex.lccards import decode_ids, is_layout_card, primary_cards, table_cards
 
 if TYPE_CHECKING:
     import lightkurve
 
-    from trex.config import Config
 
 
 class LCColumn(NamedTuple):
@@ -98,22 +88,8 @@ TIME_COLUMNS = {
 #: detrended value column -> its flag column: "not detrended" is PHOT NOT_FITTED there,
 #: never in ``aiq``/``irq``
 DETREND_FLAGS = {"aep": "adq", "atf": "adq", "iep": "idq", "itf": "idq"}
-#: cards of the table header that write_lightcurve derives from the rows, never copied
-_DERIVED = {"TIMESYS", "JDREF", "MJDREF", "MJDREFI", "MJDREFF", "JDREFI", "JDREFF", "BJDREFI",
-            "BJDREFF", "TIMEUNIT", "TREFPOS", "TIMEREF", "TIMEPIXR", "TSTART", "TSTOP", "DATE",
-            "NROWS", "RJDSTART", "RJDSTOP"}
 #: blank cards kept in a new table header for the cards of later appends (one per night)
 APPEND_ROOM = 36
-#: cards that describe the FITS layout (with the column keywords, ``_COLUMN_KEY``)
-_STRUCTURAL = {"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT",
-               "GCOUNT", "TFIELDS", "EXTNAME", "CONTINUE"}
-_COLUMN_KEY = re.compile(r"T(TYPE|FORM|UNIT|NULL|SCAL|ZERO|DISP|DIM|CTYP|CUNI|CRPX|CRVL|CDLT|"
-                         r"RPOS)\d+$")
-#: primary-header keyword <- table-header keyword it repeats
-_PRIMARY = (("OBJECT", "OBJECTID"), ("TELESCOP", "TELESCOP"), ("INSTRUME", "INSTRUME"),
-            ("OBJECTID", "OBJECTID"), ("RA_OBJ", "RA"), ("DEC_OBJ", "DEC"),
-            ("RADESYS", "RADESYS"), ("EQUINOX", "EQUINOX"), ("PROJID", "PROJID"),
-            ("FIELD", "FIELD"), ("TREXVER", "TREXVER"))
 
 
 def _per_aperture(napertures: int):
@@ -210,190 +186,22 @@ def column_spec(napertures: int) -> ColumnSpec:
     return tuple(spec)
 
 
-def star_cards(info: dict, config: Config) -> list[dict]:
-    """Table-header cards of a star: identity, catalog position and magnitude, apertures,
-    zero point, provenance and observatory.  ``info`` has ``objectid``, ``ra``, ``dec``
-    (deg, ICRS), ``mag``, ``projid``, ``field`` and, when known, ``telescope``,
-    ``instrument`` and ``site`` ((latitude deg, east longitude deg, altitude m) of the
-    frames; else ``config.site``)."""
-    site = info.get("site") or (config.site.latitude, config.site.longitude,
-                                config.site.altitude)
-    cards = [{"name": "OBJECTID", "value": str(info["objectid"]), "comment": "trex object id"},
-             {"name": "CATID", "value": str(info.get("catid", info["objectid"])),
-              "comment": "id in the field catalog"},
-             {"name": "TELESCOP", "value": str(info.get("telescope") or "UNKNOWN"),
-              "comment": "telescope"}]
-    if info.get("instrument"):
-        cards.append({"name": "INSTRUME", "value": str(info["instrument"]),
-                      "comment": "camera"})
-    cards += [
-        {"name": "RA", "value": float(info["ra"]), "comment": "[deg] catalog right ascension"},
-        {"name": "DEC", "value": float(info["dec"]), "comment": "[deg] catalog declination"},
-        {"name": "RADESYS", "value": "ICRS", "comment": "frame of RA, DEC"},
-        {"name": "EQUINOX", "value": 2000.0, "comment": "[yr] equinox of RA, DEC"},
-        {"name": "MAG", "value": float(info["mag"]), "comment": "[mag] catalog magnitude"},
-        {"name": "PROJID", "value": str(info["projid"]), "comment": "project id"},
-        {"name": "FIELD", "value": str(info["field"]), "comment": "field name"},
-        {"name": "ZP", "value": float(config.camera.zeropoint), "comment": "[mag] zero point"},
-        {"name": "OBSGEO-B", "value": float(site[0]), "comment": "[deg] observatory latitude"},
-        {"name": "OBSGEO-L", "value": float(site[1]), "comment": "[deg] observatory E longitude"},
-        {"name": "OBSGEO-H", "value": float(site[2]), "comment": "[m] observatory altitude"},
-        {"name": "TREXVER", "value": __version__, "comment": "trex version"},
-        {"name": "CONFSHA", "value": config.sha, "comment": "configuration hash"},
-    ]
-    for i, spec in enumerate(config.photometry.apertures):
-        cards.append({"name": f"APER_{i:03d}", "value": float(spec.split(":")[0]),
-                      "comment": "[pix] aperture radius"})
-    return cards
-
-
-def night_cards(old_header, night_rows: np.ndarray, night_added: np.ndarray,
-                night_names: tuple[str, ...], config: Config) -> list[dict]:
-    """NIGHTnnn cards, value ``<night> rows=<n> trex=<version> config=<hash>``: per
-    contributing night its row count, trex version and configuration hash (of the
-    last run that added rows of that night).
-
-    ``night_rows`` and ``night_added`` count, per night of ``night_names``, the new
-    rows and those of them whose frame was not in the file before (``old_header``,
-    None for a new file).
-    """
-    nights: dict[str, tuple[int, str]] = {}
-    if old_header is not None:
-        for rec in old_header.records():
-            if rec["name"].startswith("NIGHT") and rec["name"][5:].isdigit():
-                night, count, text = str(rec["value"]).split(" ", 2)
-                nights[night] = (int(count.split("=")[1]), text)
-    for night, touched, extra in zip(night_names, night_rows.tolist(), night_added.tolist()):
-        if touched:
-            before = nights.get(night, (0, ""))[0]
-            nights[night] = (before + extra, f"trex={__version__} config={config.sha}")
-    return [{"name": f"NIGHT{i:03d}", "value": f"{night} rows={n} {text}",
-             "comment": "provenance"} for i, (night, (n, text)) in enumerate(sorted(nights.items()))]
-
-
-def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
-    """Least and greatest finite value, None if there is none."""
-    low, high = float(values.min(initial=np.inf)), float(values.max(initial=-np.inf))
-    if np.isfinite(low) and np.isfinite(high):
-        return low, high
-    finite = values[np.isfinite(values)]  # a NaN among them, or no value
-    return (float(finite.min()), float(finite.max())) if len(finite) else None
-
-
-def _extent(rows: np.ndarray, name: str, previous: Header | None,
-            keys: tuple[str, str]) -> tuple[float, float] | None:
-    """Least and greatest finite ``name`` of ``rows`` and of the rows before them (their
-    range in the ``keys`` cards of ``previous``)."""
-    found = _finite_range(rows[name]) if name in rows.dtype.names else None
-    if previous is not None and keys[0] in previous:
-        old = (float(previous[keys[0]]), float(previous[keys[1]]))
-        found = old if found is None else (min(old[0], found[0]), max(old[1], found[1]))
-    return found
-
-
-def _derived(rows: np.ndarray, previous: Header | None = None) -> list[dict]:
-    """Table cards that follow from the rows (and from the table they are appended to,
-    whose header is ``previous``): the time frame, extent and file date."""
-    cards = [
-        {"name": "TIMESYS", "value": "TDB", "comment": "time scale of bjd, TSTART, TSTOP"},
-        {"name": "JDREF", "value": 0.0, "comment": "[d] times are JD (rjd: + TCRVL)"},
-        {"name": "TIMEUNIT", "value": "d", "comment": "unit of times"},
-        {"name": "TREFPOS", "value": "BARYCENTER", "comment": "where bjd, TSTART, TSTOP hold"},
-        {"name": "TIMEREF", "value": "SOLARSYSTEM", "comment": "(OGIP) barycentric times"},
-        {"name": "TIMEPIXR", "value": 0.5, "comment": "times mark mid-exposure"},
-        {"name": "BJDREFI", "value": 0, "comment": "[d] bjd is the full BJD_TDB"},
-        {"name": "BJDREFF", "value": 0.0, "comment": "[d] bjd is the full BJD_TDB"},
-    ]
-    bjd = _extent(rows, "bjd", previous, ("TSTART", "TSTOP"))
-    if bjd:
-        cards += [{"name": "TSTART", "value": bjd[0], "comment": "[d] first bjd (mid-exposure)"},
-                  {"name": "TSTOP", "value": bjd[1], "comment": "[d] last bjd (mid-exposure)"}]
-    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    cards += [{"name": "DATE", "value": now, "comment": "file written (UTC)"},
-              {"name": "NROWS", "value": len(rows) + (previous.get("NROWS", 0) if previous else 0),
-               "comment": "frames in this light curve"}]
-    rjd = _extent(rows, "rjd", previous, ("RJDSTART", "RJDSTOP"))
-    if rjd:
-        cards += [{"name": "RJDSTART", "value": rjd[0], "comment": "[d] first rjd (UTC)"},
-                  {"name": "RJDSTOP", "value": rjd[1], "comment": "[d] last rjd (UTC)"}]
-    return cards
-
-
-def _primary_cards(table_cards: list[dict], date: str) -> list[dict]:
-    """The primary header: who wrote the file and which star it is (repeated from the
-    table cards).  No CREATOR: lightkurve would then take the file for a mission's."""
-    values = {c["name"]: c for c in table_cards}
-    cards = [{"name": "ORIGIN", "value": "trex", "comment": "software that wrote this file"},
-             {"name": "DATE", "value": date, "comment": "file written (UTC)"}]
-    for key, source in _PRIMARY:
-        if source in values:
-            cards.append({**values[source], "name": key})
-    return cards
-
-
-#: header cards holding an object id
-ID_CARDS = ("OBJECTID", "CATID")
-#: header card present when the id cards are percent-encoded
-IDENC = "IDENC"
-#: characters an id keeps in its FITS text form: printable ASCII but ``%``
-_KEPT = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
-
-
-def id_text(objectid: str) -> str:
-    """FITS (printable ASCII) text of an object id: characters other than
-    printable ASCII, and ``%``, become ``%XX`` per UTF-8 byte; any other id is
-    its own text.  :func:`id_from_text` undoes it."""
-    return quote(objectid, safe=_KEPT)
-
-
-def id_from_text(text: str) -> str:
-    """The object id whose :func:`id_text` is ``text``."""
-    return unquote(text, errors="strict")
-
-
-def encode_ids(cards: list[dict]) -> list[dict]:
-    """Header cards as written: if an id card's value is not its own
-    :func:`id_text`, every id card holds its text and ``IDENC`` is added."""
-    cards = [c for c in cards if c["name"] != IDENC]
-    if all(id_text(str(c["value"])) == c["value"] for c in cards if c["name"] in ID_CARDS):
-        return cards
-    out = [dict(c, value=id_text(str(c["value"]))) if c["name"] in ID_CARDS else c
-           for c in cards]
-    return out + [{"name": IDENC, "value": "percent-encoded UTF-8",
-                   "comment": "OBJECTID, CATID: %XX is a byte"}]
-
-
-def decode_ids(header: Header) -> Header:
-    """``header`` with the id cards decoded (as :func:`encode_ids` wrote them)."""
-    if IDENC not in header:
-        return header
-    return Header([(r["name"], id_from_text(r["value"]) if r["name"] in ID_CARDS
-                    else r["value"], r["comment"]) for r in header.records()
-                   if r["name"] != IDENC])
-
-
 def write_lightcurve(path: Path | str, rows: np.ndarray, header: list[dict]) -> Path:
     """Write ``rows`` (``lc_dtype``) as the LIGHTCURVE table of ``path``, atomically.
 
-    ``header`` are the table cards (:func:`star_cards` and :func:`night_cards`, or the
+    ``header`` are the table cards (``lccards.star_cards`` and ``night_cards``, or the
     cards of a file read before); the column keywords, the time frame and extent,
     ``DATE``, ``NROWS`` and ``RJDSTART``/``RJDSTOP`` are made here from the rows, and
     the primary header from the star's cards.
     """
     napertures = _napertures(rows.dtype)
-    cards = _table_cards(rows, header, None)
+    cards = table_cards(rows, header, None)
     date = next(c["value"] for c in cards if c["name"] == "DATE")
     room = max(APPEND_ROOM, sum(c["name"].startswith(("NIGHT", "DETR")) for c in cards))
     with atomic_write(path) as tmp:
         write_table(tmp, rows, "LIGHTCURVE", cards, column_spec(napertures),
-                    _primary_cards(cards, date), blank=room)
+                    primary_cards(cards, date), blank=room)
     return Path(path)
-
-
-def _table_cards(rows: np.ndarray, header: list[dict], previous: Header | None) -> list[dict]:
-    derived = _derived(rows, previous)
-    return encode_ids(derived + [c for c in header if c["name"] not in _DERIVED | _STRUCTURAL
-                                 and not _COLUMN_KEY.match(c["name"])])
 
 
 def read_layout(path: Path | str) -> Layout | None:
@@ -413,16 +221,9 @@ def append_lightcurve(path: Path | str, layout: Layout, rows: np.ndarray,
     Bytes written are those of the new rows and one header: a night added to an
     archive costs the night (the header keeps ``APPEND_ROOM`` or more blank cards
     for new ``NIGHTnnn`` cards, the room doubling as they fill it)."""
-    cards = _table_cards(rows, header, layout.header)
+    cards = table_cards(rows, header, layout.header)
     return append_rows(path, layout, rows, "LIGHTCURVE", cards,
                        column_spec(_napertures(rows.dtype)))
-
-
-def header_cards(header: Header) -> list[dict]:
-    """The cards of a light curve's table header, to write them again (the structural,
-    column and derived cards are made anew by :func:`write_lightcurve`)."""
-    return [{"name": r["name"], "value": r["value"], "comment": r.get("comment", "")}
-            for r in header.records() if r.get("name")]
 
 
 def upgrade(rows: np.ndarray) -> np.ndarray:
@@ -472,7 +273,7 @@ def read_lightcurve(path: Path | str) -> Table:
     table.add_column(Time(np.ma.masked_invalid(bjd) if np.isnan(bjd).any() else bjd,
                           format="jd", scale="tdb"), index=0, name="time")
     for rec in primary.records() + table_header.records():
-        if rec["name"] not in _STRUCTURAL and not _COLUMN_KEY.match(rec["name"]):
+        if not is_layout_card(rec["name"]):
             table.meta[rec["name"]] = rec["value"]
     return table
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trex import lcformat
+from trex import lccards, lcformat
 from trex.catalog import star_info
 from trex.config import Config
 from trex.detrend import (
@@ -213,7 +213,7 @@ class Scatter(Phase):
     def plan(self, ledger, context: Context) -> list[tuple[FrameEntry, int]]:
         self.entries = [FrameEntry(int(k), r, n, p, f, float("nan") if jd is None else jd - 2400000.0)
                         for k, r, n, p, f, jd in ledger.read.frames_to_merge()
-                        if f in context.catalogs]
+                        if f in context.catalogs and context.of_nights(n)]
         scratch = context.project.redtemp / "lc"
         if scratch.exists():
             shutil.rmtree(scratch)  # leftovers of a killed run
@@ -416,8 +416,8 @@ class Merge(Phase):
             detrend_nights([(star.rows, star.info) for star in chunk], trends, config)
         napertures, gap = len(config.photometry.apertures), config.detrend.night_gap
         for star in chunk:
-            header = (lcformat.star_cards(star.info, config)
-                      + lcformat.night_cards(star.old_header, *_night_counts(
+            header = (lccards.star_cards(star.info, config)
+                      + lccards.night_cards(star.old_header, *_night_counts(
                           frames, star.fresh["framekey"], star.added), config)
                       + detrend_cards(star.old_header, trends, star.rows))
             rows, kind = star.rows, "added"
@@ -448,6 +448,10 @@ class Merge(Phase):
 
     def label(self, task: tuple[str, str, str]) -> str:
         return "/".join(task)
+
+    def summary(self, done: int, failed: int) -> str:
+        return f"{self.files} light curves written" + (f" ({failed} partitions failed)"
+                                                        if failed else "")
 
 
 def _night_counts(frames: FrameTable, keys: np.ndarray, added: np.ndarray):

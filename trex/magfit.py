@@ -6,12 +6,20 @@ The fits are pure array code (numpy, no I/O).  The recipe, as in HATpipe:
    difference ``mag - ref_mag`` (frame minus a chosen reference frame) as a
    2-D polynomial in (x, y) plus linear terms in catalog magnitude and colour,
    weighted by the errors, with iterative clipping, on good-flag stars only;
-   the frame's fitted magnitudes are ``mag - correction``.
+   the frame's fitted magnitudes are ``mag - correction``.  Here ``mag`` and
+   ``ref_mag`` are aperture-corrected, ``aim + apc`` (:mod:`trex.apcorr`:
+   the light outside the aperture, which grows towards the corners where
+   the PSF is broader); without this the reference's light loss, a
+   centre-to-corner trend of 0.2-0.35 mag, passes into the master and arm.
 2. :func:`master_reference` streams over the single-fitted frames and gives
    each star's clipped mean magnitude; memory is O(nstars) whatever the
-   number of frames (one pass over the frames per clipping iteration).
-3. Master-reference pass: :func:`fit_frame` again, against the master; the
-   results are the ``arm_NNN`` magnitudes.
+   number of frames (one pass over the frames per clipping iteration).  The
+   per-frame noise of the corrections averages out here.
+3. Master-reference pass: :func:`fit_frame` again, of ``aim`` (not
+   corrected: the polynomial carries each frame's light loss over to the
+   master's system, and no per-frame noise of the corrections enters a light
+   curve) against the master; the results are the ``arm_NNN`` magnitudes, on
+   the catalog system over the field up to a constant.
 
 Coordinates are scaled to [-1, 1] over ``extent`` (default: the range of the
 stars used) so that the polynomial coefficients are well conditioned.
@@ -49,6 +57,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from trex import photometry
 from trex.astrometry import choose_reference
@@ -115,7 +124,8 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
               x: np.ndarray, y: np.ndarray, catmag: np.ndarray | None = None,
               color: np.ndarray | None = None, order: int = 2, clip_sigma: float = 3.0,
               clip_iters: int = 3, extent: tuple | None = None,
-              min_error: float = MIN_ERROR) -> FrameFit:
+              min_error: float = MIN_ERROR, leave_one_out: bool = True,
+              local_scale: float = 0.0) -> FrameFit:
     """Fit ``mag - ref_mag`` over one frame (all arrays (nstars,), same star order).
 
     Parameters
@@ -132,10 +142,19 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
     extent : (xmin, xmax, ymin, ymax) px for the coordinate scaling
         (default: the stars used).
     min_error : errors below it are raised to it in the weights, mag.
+    leave_one_out : each star kept in the fit gets the correction of the fit
+        without it (exact deletion formula, no refit), so that a star's own
+        signal (a transit, an eclipse) never drives its own correction; stars
+        left out (flags, clipping) get the fit's value, which does not use them.
+    local_scale : > 0: add to every star's correction the Gaussian-weighted
+        (sigma ``local_scale`` px) mean residual of the kept stars around it,
+        itself excluded (:func:`local_residual`): follows structure finer
+        than the polynomial (thin clouds, vignetting); 0: off.
 
     Returns
     -------
-    FrameFit: ``correction`` to subtract from ``mag``, ``params``, ``rms``, ``nused``.
+    FrameFit: ``correction`` to subtract from ``mag`` (leave-one-out for the
+    stars kept), ``params`` (the fit with every kept star), ``rms``, ``nused``.
     Raises :class:`MagfitError` with fewer than twice as many usable stars as terms.
     """
     mag, magerr, ref_mag = (np.asarray(a, float) for a in (mag, magerr, ref_mag))
@@ -157,18 +176,88 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
         if iteration == clip_iters:
             break
         chi = (diff - design @ coef) * weight
+        if local_scale > 0:   # judge stars against the local structure, not the polynomial
+            kept = Deletion(np.flatnonzero(use), chi[use] / weight[use], weight[use], None)
+            chi -= local_residual(x, y, kept, local_scale, leave_one_out=False) * weight
         scale = 1.4826 * np.median(np.abs(chi[use] - np.median(chi[use])))
         keep = use & (np.abs(chi) <= clip_sigma * scale)
         if scale == 0 or keep.sum() == use.sum() or keep.sum() < 2 * nterms:
             break
         use = keep
-    residual = (diff - design @ coef)[use]
+    model = design @ coef
+    residual = (diff - model)[use]
     w2 = weight[use] ** 2
     params["coef"] = coef
     params["terms"] = [f"x^{i} y^{j}" for i, j in polynomial_terms(order)] + (
         ["catmag"] if catmag is not None else []) + (["color"] if color is not None else [])
-    return FrameFit(design @ coef, params, float(np.sqrt(np.sum(w2 * residual**2) / w2.sum())),
+    if leave_one_out or local_scale > 0:
+        fitted = Deletion(np.flatnonzero(use), residual, weight[use],
+                          np.linalg.qr(design[use] * weight[use, None])[0])
+        if leave_one_out:
+            model[use] -= residual * fitted.factor
+        if local_scale > 0:
+            model += local_residual(x, y, fitted, local_scale, leave_one_out)
+    return FrameFit(model, params, float(np.sqrt(np.sum(w2 * residual**2) / w2.sum())),
                     int(use.sum()))
+
+
+class Deletion(NamedTuple):
+    """What removing one kept star does to a weighted linear fit (arrays (nkept,))."""
+
+    kept: np.ndarray      # indices of the kept stars among all the stars
+    residual: np.ndarray  # their residuals, mag
+    weight: np.ndarray    # their weights, 1 / error
+    q: np.ndarray | None  # (nkept, nterms): orthonormal basis of the weighted design (QR)
+
+    @property
+    def leverage(self) -> np.ndarray:
+        """h, the hat-matrix diagonal (capped at 0.99: a star alone in its corner)."""
+        return np.minimum(np.sum(self.q * self.q, axis=1), 0.99)
+
+    @property
+    def factor(self) -> np.ndarray:
+        """h / (1 - h): a star's fitted value without it is its value minus this times
+        its residual (the exact deletion formula of linear least squares)."""
+        h = self.leverage
+        return h / (1.0 - h)
+
+    def shift(self, star: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """Change of kept star ``other``'s residual when kept star ``star`` leaves the fit
+        (positions among the kept): (q_o . q_s) (w_s / w_o) e_s / (1 - h_s)."""
+        cross = np.einsum("ij,ij->i", self.q[other], self.q[star])
+        return (cross * self.weight[star] / self.weight[other] * self.residual[star]
+                / (1.0 - self.leverage[star]))
+
+
+def local_residual(x: np.ndarray, y: np.ndarray, fitted: Deletion, scale: float,
+                   leave_one_out: bool = True) -> np.ndarray:
+    """Each star's weighted mean of the residuals of the kept stars near it, itself left out.
+
+    ``x``, ``y`` (nstars,) px of every star; ``fitted`` the kept stars' fit.
+    Neighbours within 3 ``scale`` px count with ``weight^2 exp(-d^2 / 2
+    scale^2)``; the sum of weights is padded with the median weight^2, so
+    that a star with few neighbours keeps most of the polynomial's value.
+    With ``leave_one_out`` a kept star sees its neighbours' residuals from the
+    fit without it, so that its own signal reaches its correction neither
+    directly nor through the polynomial.  Returns (nstars,) mag.
+    """
+    kept = fitted.kept
+    everyone = cKDTree(np.column_stack([x, y]))
+    near = cKDTree(np.column_stack([x[kept], y[kept]]))
+    pairs = everyone.sparse_distance_matrix(near, 3.0 * scale, output_type="ndarray")
+    star, other, dist = pairs["i"], pairs["j"], pairs["v"]
+    apart = star != kept[other]                 # never the star itself
+    star, other, dist = star[apart], other[apart], dist[apart]
+    residual = fitted.residual[other]
+    if leave_one_out:
+        position = np.full(x.size, -1)
+        position[kept] = np.arange(kept.size)
+        own = position[star] >= 0
+        residual[own] += fitted.shift(position[star[own]], other[own])
+    w2 = fitted.weight**2
+    k = w2[other] * np.exp(-0.5 * (dist / scale) ** 2)
+    total = np.bincount(star, k, minlength=x.size) + np.median(w2)
+    return np.bincount(star, k * residual, minlength=x.size) / total
 
 
 def master_reference(frames: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
@@ -226,10 +315,21 @@ def _usable(table: np.ndarray, catalog, aperture: int, config: Config) -> np.nda
             & (catmag <= config.magfit.faint_mag))
 
 
-def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> np.ndarray:
+def corrected(table: np.ndarray, aperture: int) -> np.ndarray:
+    """Aperture-corrected magnitudes ``aim + apc`` (nstars,) of one aperture of an
+    ``aphot`` table (``aim`` alone for a product made before aperture corrections)."""
+    mag = table[f"aim_{aperture:03d}"].astype(float)
+    column = f"apc_{aperture:03d}"
+    return mag + table[column] if column in table.dtype.names else mag
+
+
+def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
+           apcorr: bool = True) -> np.ndarray:
     """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
-    ``ref_mag`` (ncatalog, napertures).  Raises :class:`MagfitError` naming the
-    aperture when a fit has too few usable stars."""
+    ``ref_mag`` (ncatalog, napertures): of ``aim + apc`` with ``apcorr``, else of
+    ``aim`` (the polynomial then takes the frame's light loss onto the reference's
+    system).  Raises :class:`MagfitError` naming the aperture when a fit has too
+    few usable stars."""
     napertures = ref_mag.shape[1]
     out = np.full((len(table), napertures), np.nan)
     catmag = np.asarray(catalog["mag"], float)[table["star"]]
@@ -237,12 +337,13 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> n
     color = color if np.isfinite(color).sum() > 0.5 * len(color) else None
     mc = config.magfit
     for a in range(napertures):
-        mag = table[f"aim_{a:03d}"].astype(float)
+        mag = corrected(table, a) if apcorr else table[f"aim_{a:03d}"].astype(float)
         try:
             fit = fit_frame(mag, table[f"aie_{a:03d}"], _usable(table, catalog, a, config),
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,
                             color, order=mc.order, clip_sigma=mc.clip_sigma,
-                            clip_iters=mc.clip_iters, min_error=mc.min_error)
+                            clip_iters=mc.clip_iters, min_error=mc.min_error,
+                            local_scale=mc.local_scale)
         except MagfitError as err:
             raise MagfitError(f"aperture {a}: {err}") from None
         out[:, a] = mag - fit.correction
@@ -292,7 +393,7 @@ class SingleFit:
 def _reference_mags(path: str, napertures: int, ncatalog: int) -> np.ndarray:
     """Good magnitudes (ncatalog, napertures) of the reference frame (cached per rank)."""
     ref = load_product(path, "aphot")
-    good = np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, ref[f"aim_{a:03d}"], np.nan)
+    good = np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, corrected(ref, a), np.nan)
                             for a in range(napertures)])
     return _expand(ref, good, ncatalog)
 
@@ -406,7 +507,7 @@ def run(frame: Frame, context: Context) -> Frame:
     if table is None:
         raise FrameError(frame.rawpath, "magfit: no aperture photometry (photometry not done)")
     try:
-        arm = fit_to(table, master, context.catalogs[meta.field], context.config)
+        arm = fit_to(table, master, context.catalogs[meta.field], context.config, apcorr=False)
     except MagfitError as err:
         raise FrameError(frame.rawpath, f"magfit: {err}") from None
     for a in range(arm.shape[1]):

@@ -85,6 +85,10 @@ class Phase:
         """A short name of ``item`` for the log and the ledger."""
         return str(item)
 
+    def summary(self, done: int, failed: int) -> str:
+        """What this run's part of the phase came to, for the run's summary line."""
+        return f"{self.name} {done}" + (f" ({failed} failed)" if failed else "")
+
 
 def attempt(phase: Phase, item, context: Context):
     """``phase.work(item)``; a bad item becomes a :class:`Failure`, a failed write a

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,7 @@ class FramePass(Phase):
     def __init__(self, chain: tuple[Stage, ...], retry_failed: bool = False):
         self.chain, self.retry_failed = chain, retry_failed
         self.name = "+".join(s.name for s in chain)
+        self.failures: Counter = Counter()  # rank 0: stage -> frames that failed at it
 
     def plan(self, ledger, context: Context) -> list[Task]:
         tasks = ledger.pending(self.chain, context, self.retry_failed)
@@ -128,9 +130,14 @@ class FramePass(Phase):
 
     def record(self, ledger, result: FrameResult, context: Context) -> None:
         ledger.record_frame(result, context)
+        self.failures.update(stage for stage, _ in result.failed)
 
     def failed(self, result: FrameResult) -> bool:
         return bool(result.failed)
 
     def label(self, task: Task) -> str:
         return task.rawpath
+
+    def summary(self, done: int, failed: int) -> str:
+        stages = ", ".join(f"{stage} {n}" for stage, n in self.failures.items())
+        return f"{self.name} {done} frames" + (f" ({failed} failed: {stages})" if failed else "")

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
+from trex.config import Config
+from trex.diffphot import difference_photometry
 from trex.kernelspec import dense_coefficients, nterms, parse_kernel, poly_terms
 from trex.subtract import (
     Solution,
@@ -397,3 +399,36 @@ def test_flux_changes_are_measured_on_the_difference(varying_pair):
         z.append((measured - change[i]) / sigma)
     z = np.array(z)
     assert abs(np.mean(z)) < 3 / np.sqrt(len(z)) + 0.1 and np.std(z) < 1.5, z
+
+
+def test_difference_sky_is_the_least_noisy_estimator():
+    """On a noise-only D (no star left, as for constant stars), the difference photometry
+    with the default clipped-mean sky scatters within its error; the mode estimator of the
+    frames' photometry (3 median - 2 mean) adds > 8 % (measured 12 %), both unbiased."""
+    n, sky, gain = 1024, 800.0, 2.0
+    grid = np.arange(20, n - 20, 26.0)
+    x, y = (a.ravel() + 0.3 for a in np.meshgrid(grid, grid))
+    fields = [("star", "i8"), ("x", "f8"), ("y", "f8")] + [
+        (f"{k}_{i:03d}", t) for k, t in (("flux", "f8"), ("fluxerr", "f8"), ("flag", "i4"))
+        for i in range(3)]
+    refphot = np.zeros(len(x), dtype=fields)
+    refphot["star"], refphot["x"], refphot["y"] = np.arange(len(x)), x, y
+    for i in range(3):
+        refphot[f"flux_{i:03d}"], refphot[f"fluxerr_{i:03d}"] = 1e4, 1e3
+    model = np.full((n, n), sky, np.float32)
+    mask = np.zeros((n, n), np.uint8)
+    spread = {}
+    for method in ("mean", "mode"):
+        config = Config().replace("subtract", diff_sky_method=method)
+        z = []
+        for seed in range(2):
+            diff = np.random.default_rng(seed).normal(0, np.sqrt(sky / gain), (n, n))
+            table, _ = difference_photometry(
+                diff.astype(np.float32), model, lambda a, b: np.ones_like(a), refphot, config,
+                gain=gain, rdnoise=0.0, exptime=10.0, mask=mask)
+            z.append(table["dfl_001"] / table["ife_001"])
+        z = np.concatenate(z)
+        assert abs(z.mean()) < 0.1
+        spread[method] = z.std()
+    assert Config().subtract.diff_sky_method == "mean"
+    assert spread["mean"] < 1.0 and spread["mode"] > 1.08 * spread["mean"], spread

@@ -289,6 +289,10 @@ class SubtractSection:
                                   POSITIVE)
     stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median",
                                POSITIVE)
+    diff_sky_method: str = _opt("mean", "sky estimator of the annuli on the difference image: "
+                                        "mean, median or mode (D has no sky, only noise and "
+                                        "residuals: the clipped mean is the least noisy)",
+                                _choice("mean", "median", "mode"))
     transform_order: int = _opt(3, "polynomial order of the frame-to-reference pixel map",
                                 _range(1, 6, integer=True))
     stack_block_rows: int = _opt(128, "rows per block when stacking the photometric reference "

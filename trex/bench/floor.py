@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from trex.photometry import MAG_ERR_FACTOR
+
 #: magnitude bins of the per-bin table (true magnitude, lower edges and the last upper edge)
 BINS = tuple(float(m) for m in range(7, 15))
-MAG_ERR_FACTOR = 2.5 / np.log(10.0)
 
 
 def robust_rms(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -47,8 +48,8 @@ def floor_ratios(mags: np.ndarray, truth: dict, min_fraction: float = 0.5) -> np
     with np.errstate(invalid="ignore", divide="ignore"):
         floor_rms = np.sqrt(np.nansum(np.where(measured, floor**2, 0.0), axis=0)
                             / measured.sum(axis=0))
-        ratio = robust_rms(mags, axis=0) / floor_rms
         rms = robust_rms(mags, axis=0)
+        ratio = rms / floor_rms
     enough = measured.sum(axis=0) >= max(3, min_fraction * nframes)
     rms = np.where(enough & np.isfinite(ratio), rms, np.inf)
     best = np.argmin(rms, axis=1)

@@ -114,8 +114,8 @@ def test_field_names_stay_data(backfill):
     never a path outside the project."""
     root = backfill.root
     assert [p.name for p in backfill.base.rglob("*") if root not in (p, *p.parents)] == ["proj"]
-    assert {p.name for p in root.iterdir()} == {"trex.toml", "trex.sqlite", "BASE", "LC", "PROJ",
-                                                "RAW", "RED", "REDTEMP"}
+    assert {p.name for p in root.iterdir()} == {"trex.toml", "trex.sqlite", "trex.lock", "BASE",
+                                                "LC", "PROJ", "RAW", "RED", "REDTEMP"}
     assert {p.name for p in (root / "BASE").iterdir()} == {"CAL", "CAT", "reference-frames"}
     with connect(backfill.url) as db:
         fields = {r[0] for r in db.query("SELECT DISTINCT field FROM frameinfo")}

@@ -1,125 +1,126 @@
 # cython: language_level=3
-"""Image-subtraction kernels: normal equations and the spatially varying convolution.
+"""Image-subtraction kernels: per-stamp normal equations and the spatially varying convolution.
 
 Arrays in, arrays out; no I/O, no globals, no logging.  Polynomials are dense
 coefficient arrays ``c[i, j]`` of ``xn**i * yn**j`` in normalised coordinates
 ``xn = (x - x0) / sx``, ``yn = (y - y0) / sy``; ``norm = (x0, sx, y0, sy)``.
 """
+from libc.math cimport fmax, isfinite, sqrt
 from libc.stdlib cimport malloc, free
+from scipy.linalg.cython_blas cimport ddot, dgemv, dsyrk
 from kernels cimport BAD_ARGUMENT, NO_MEMORY
 from trex.kernels import check
 
 
-def stamp_cross(const double[:, :, ::1] vt, const double[:, ::1] data,
-                const double[:, ::1] weight, double[:, :, ::1] cross, double[:, ::1] rhs):
-    """Weighted cross-products of the basis vectors on each stamp.
+def stamp_normals(const float[:, ::1] ref, const float[:, ::1] image,
+                  const unsigned char[:, ::1] bad, const long[:, ::1] centres, Py_ssize_t half,
+                  const long[:, ::1] taps, const double[::1] values, const long[::1] first,
+                  bint background, const double[:, ::1] coef, double gain, double rdnoise,
+                  double[:, :, ::1] cross, double[:, ::1] rhs, double[::1] dwd,
+                  double[::1] npix):
+    """Weighted normal-equation blocks of the kernel basis on each stamp.
 
-    ``cross[s, b, c] = sum_p w[s, p] vt[s, p, b] vt[s, p, c]`` and
-    ``rhs[s, b] = sum_p w[s, p] vt[s, p, b] data[s, p]``.
-
-    Parameters
-    ----------
-    vt : float64, (nstamp, npix, nbasis): basis vectors, pixel-major.
-    data, weight : float64, (nstamp, npix): image pixels and 1 / variance.
-    cross : float64, (nstamp, nbasis, nbasis), written.
-    rhs : float64, (nstamp, nbasis), written.
-    """
-    cdef Py_ssize_t ns = vt.shape[0], npix = vt.shape[1], nb = vt.shape[2]
-    cdef Py_ssize_t s, p, b, c
-    cdef double wp, dp, t
-    if (data.shape[0] != ns or data.shape[1] != npix or weight.shape[0] != ns
-            or weight.shape[1] != npix or cross.shape[0] != ns or cross.shape[1] != nb
-            or cross.shape[2] != nb or rhs.shape[0] != ns or rhs.shape[1] != nb):
-        check(BAD_ARGUMENT, "stamp_cross: vt, data, weight, cross and rhs disagree in shape")
-    with nogil:
-        for s in range(ns):
-            for b in range(nb):
-                rhs[s, b] = 0.0
-                for c in range(nb):
-                    cross[s, b, c] = 0.0
-            for p in range(npix):
-                wp = weight[s, p]
-                if wp == 0.0:
-                    continue
-                dp = wp * data[s, p]
-                for b in range(nb):
-                    t = wp * vt[s, p, b]
-                    rhs[s, b] += dp * vt[s, p, b]
-                    for c in range(b, nb):  # upper triangle, contiguous in c
-                        cross[s, b, c] += t * vt[s, p, c]
-            for b in range(nb):
-                for c in range(b + 1, nb):
-                    cross[s, c, b] = cross[s, b, c]
-
-
-def normal_equations(const double[:, :, ::1] cross, const double[:, ::1] rhs_stamp,
-                     const double[:, ::1] poly, const long[::1] nterm,
-                     double[:, ::1] matrix, double[::1] rhs):
-    """Assemble the normal equations of a spatially varying linear model.
-
-    Within a stamp the polynomial factors are taken constant (they vary by
-    ~1 % over a stamp), so the full matrix is a sum over stamps of the
-    per-stamp basis cross-products times products of polynomial terms:
-    ``matrix[(b, p), (c, q)] = sum_s poly[s, p] poly[s, q] cross[s, b, c]``.
+    On stamp s (the box of half-size ``half`` around ``centres[s] = (x, y)``)
+    basis vector b at pixel (x, y) is ``V[p, b] = sum_t values[t] *
+    ref[y - taps[t, 0], x - taps[t, 1]]`` over its taps ``first[b] <= t <
+    first[b + 1]`` (the non-zero pixels (n, m) of its kernel image), plus a
+    constant column of ones when ``background``.  Pixel weights: 0 on ``bad``
+    pixels and non-finite image pixels, else ``1 / (max(model, 0) / gain +
+    (rdnoise / gain)**2)`` with ``model = V[p] . coef[s]`` (``coef`` with no
+    rows: the reference pixel itself, basis 0 being the identity).
+    Non-finite reference pixels count as 0.  Then, with BLAS:
+    ``cross[s] = V^T W V``, ``rhs[s] = V^T W d``, ``dwd[s] = d^T W d`` and
+    ``npix[s]`` = the pixels with w > 0.
 
     Parameters
     ----------
-    cross : float64, (nstamp, nbasis, nbasis): weighted basis cross-products.
-    rhs_stamp : float64, (nstamp, nbasis): weighted basis-data products.
-    poly : float64, (nstamp, nterms): polynomial terms at each stamp centre.
-    nterm : int64, (nbasis,): polynomial terms used by each basis (<= nterms).
-    matrix : float64, (nunk, nunk), written; nunk = sum(nterm).
-    rhs : float64, (nunk,), written.
+    ref, image : float32, (ny, nx): reference and image on one grid, ADU.
+    bad : uint8, (ny, nx): non-zero on pixels to leave out.
+    centres : int64, (ns, 2): stamp centres x, y, px, at least ``half`` + the
+        largest tap offset inside the frame (else ValueError).
+    taps : int64, (ntap, 2): (n, m) offsets; values : float64, (ntap,).
+    first : int64, (nk + 1,): the taps of kernel basis k are first[k]:first[k + 1].
+    coef : float64, (ns, nb) or (0, 0): model coefficients per stamp.
+    gain, rdnoise : e-/ADU and e-.
+    cross : float64, (ns, nb, nb); rhs : (ns, nb); dwd, npix : (ns,), written;
+        nb = nk + 1 with ``background``, else nk.
     """
-    cdef Py_ssize_t ns = cross.shape[0], nb = cross.shape[1], npoly = poly.shape[1]
-    cdef Py_ssize_t s, b, c, p, q, nunk = rhs.shape[0], ntb, ntc
-    cdef double qbc, pp, acc
-    cdef double* block
-    if rhs_stamp.shape[0] != ns or poly.shape[0] != ns or nterm.shape[0] != nb:
-        check(BAD_ARGUMENT, "normal_equations: cross, rhs_stamp, poly and nterm disagree in size")
-    cdef Py_ssize_t* start = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
-    if start == NULL:
-        check(NO_MEMORY, "normal_equations: no memory for the work buffers")
-    start[0] = 0
-    for b in range(nb):
-        if nterm[b] > npoly or nterm[b] < 0:
-            free(start)
-            check(BAD_ARGUMENT, "normal_equations: nterm exceeds the polynomial terms given")
-        start[b + 1] = start[b] + nterm[b]
-    if start[nb] != nunk or matrix.shape[0] != nunk or matrix.shape[1] != nunk:
-        free(start)
-        check(BAD_ARGUMENT, "normal_equations: matrix and rhs must have sum(nterm) rows")
-    block = <double*>malloc(npoly * npoly * sizeof(double))
-    if block == NULL:
-        free(start)
-        check(NO_MEMORY, "normal_equations: no memory for the work buffers")
+    cdef Py_ssize_t ny = ref.shape[0], nx = ref.shape[1], ns = centres.shape[0]
+    cdef Py_ssize_t nk = first.shape[0] - 1, nb = nk + (1 if background else 0)
+    cdef Py_ssize_t side = 2 * half + 1, npx = side * side
+    cdef Py_ssize_t s, j, i, p, b, t, x, y, reach = 0
+    cdef double v, w, model, rn2 = (rdnoise / gain) ** 2, one = 1.0, zero = 0.0
+    cdef float r
+    cdef double* a
+    cdef double* d
+    cdef int n_i, k_i, inc = 1
+    cdef char uplo = b'U'
+    cdef char trans = b'N'
+    cdef bint with_coef = coef.shape[0] > 0
+    if image.shape[0] != ny or image.shape[1] != nx or bad.shape[0] != ny or bad.shape[1] != nx:
+        check(BAD_ARGUMENT, "stamp_normals: ref, image and bad must have one shape")
+    if (nk < 1 or cross.shape[0] != ns or cross.shape[1] != nb or cross.shape[2] != nb
+            or rhs.shape[0] != ns or rhs.shape[1] != nb or dwd.shape[0] != ns
+            or npix.shape[0] != ns or centres.shape[1] != 2 or taps.shape[1] != 2
+            or first[0] != 0 or first[nk] != taps.shape[0] or values.shape[0] != taps.shape[0]):
+        check(BAD_ARGUMENT, "stamp_normals: centres, taps, first, cross, rhs, dwd and npix "
+              "disagree in shape")
+    if with_coef and (coef.shape[0] != ns or coef.shape[1] != nb):
+        check(BAD_ARGUMENT, "stamp_normals: coef must be (nstamps, nbasis) or empty")
+    if not gain > 0.0 or half < 0:
+        check(BAD_ARGUMENT, "stamp_normals: gain must be positive and half non-negative")
+    for t in range(taps.shape[0]):
+        reach = max(reach, abs(taps[t, 0]), abs(taps[t, 1]))
+    for s in range(ns):
+        x, y = centres[s, 0], centres[s, 1]
+        if x < half + reach or y < half + reach or x >= nx - half - reach or y >= ny - half - reach:
+            check(BAD_ARGUMENT, "stamp_normals: a stamp reaches beyond the frame")
+    a = <double*>malloc(npx * (nb + 1) * sizeof(double))
+    if a == NULL:
+        check(NO_MEMORY, "stamp_normals: no memory for the work buffer")
+    d = a + npx * nb
+    n_i, k_i = <int>nb, <int>npx
     try:
         with nogil:
-            for b in range(nb):
-                ntb = nterm[b]
-                for p in range(ntb):
-                    acc = 0.0
-                    for s in range(ns):
-                        acc = acc + poly[s, p] * rhs_stamp[s, b]
-                    rhs[start[b] + p] = acc
-                # one (b, c) block at a time, accumulated over stamps in cache
-                for c in range(b, nb):
-                    ntc = nterm[c]
-                    for p in range(ntb * ntc):
-                        block[p] = 0.0
-                    for s in range(ns):
-                        qbc = cross[s, b, c]
-                        for p in range(ntb):
-                            pp = poly[s, p] * qbc
-                            for q in range(ntc):
-                                block[p * ntc + q] += pp * poly[s, q]
-                    for p in range(ntb):
-                        for q in range(ntc):
-                            matrix[start[b] + p, start[c] + q] = block[p * ntc + q]
-                            matrix[start[c] + q, start[b] + p] = block[p * ntc + q]
+            for s in range(ns):
+                npix[s] = 0.0
+                p = 0
+                for j in range(-half, half + 1):
+                    y = centres[s, 1] + j
+                    for i in range(-half, half + 1):
+                        x = centres[s, 0] + i
+                        for b in range(nk):
+                            v = 0.0
+                            for t in range(first[b], first[b + 1]):
+                                r = ref[y - taps[t, 0], x - taps[t, 1]]
+                                if isfinite(r):
+                                    v = v + values[t] * r
+                            a[p * nb + b] = v
+                        if background:
+                            a[p * nb + nk] = 1.0
+                        if with_coef:
+                            model = 0.0
+                            for b in range(nb):
+                                model = model + a[p * nb + b] * coef[s, b]
+                        else:
+                            model = a[p * nb]
+                        w = 0.0
+                        if bad[y, x] == 0 and isfinite(image[y, x]):
+                            w = sqrt(1.0 / (fmax(model, 0.0) / gain + rn2 + 1e-12))
+                            npix[s] += 1.0
+                        for b in range(nb):
+                            a[p * nb + b] *= w
+                        d[p] = w * image[y, x] if w > 0.0 else 0.0
+                        p += 1
+                # a is column-major (nb x npx): cross = a a^T, rhs = a d
+                dsyrk(&uplo, &trans, &n_i, &k_i, &one, a, &n_i, &zero, &cross[s, 0, 0], &n_i)
+                dgemv(&trans, &n_i, &k_i, &one, a, &n_i, d, &inc, &zero, &rhs[s, 0], &inc)
+                dwd[s] = ddot(&k_i, d, &inc, d, &inc)
+                for b in range(nb):  # the column-major upper triangle is the C lower one
+                    for t in range(b + 1, nb):
+                        cross[s, b, t] = cross[s, t, b]
     finally:
-        free(start)
-        free(block)
+        free(a)
 
 
 cdef inline void _row_poly(const double* c, Py_ssize_t n, double yn, float* a) noexcept nogil:

@@ -64,8 +64,9 @@ def scene():
 def test_flux_change_in_reference_units(scene):
     reference, image, x, y, clean = scene
     config = Config()
+    # one stamp per cell: the 3 % fainter star 0 is then no stamp (a stamp star fits itself)
     diff, sol = subtract(image, reference, kernel="b/1;i/1;d=4/1", gain=GAIN, rdnoise=RDNOISE,
-                         ngrid=6)
+                         ngrid=6, per_cell=1)
     refphot = refphot_of(reference, x, y, config)
     table, info = difference_photometry(diff, image - diff, sol.flux_scale, refphot, config,
                                         gain=GAIN, rdnoise=RDNOISE, exptime=30.0,
@@ -91,7 +92,7 @@ def test_negative_flux_differences_are_not_flagged(scene):
     config = Config()
     diff, sol = subtract(image, reference, kernel="b/1;i/1;d=4/1", gain=GAIN, ngrid=6)
     refphot = refphot_of(reference, x, y, config)
-    refphot["flux_000"][1] = -5.0  # F = F_ref + dF <= 0: NONPOSITIVE, no magnitude
+    refphot["flux_000"][1] = -1000.0  # F = F_ref + dF <= 0 (dF ~ 250 ADU rms): NONPOSITIVE
     table, _ = difference_photometry(diff, image - diff, sol.flux_scale, refphot, config,
                                      gain=GAIN, rdnoise=RDNOISE, exptime=30.0,
                                      mask=np.zeros(image.shape, np.uint8))

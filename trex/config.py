@@ -281,12 +281,18 @@ class SubtractSection:
     nref: int = _opt(20, "number of frames stacked into the photometric reference", COUNT)
     resample: str = _opt("flux", "resampling onto the reference grid: flux (conserving), bilinear, bicubic",
                          _choice("flux", "bilinear", "bicubic"))
-    stamp_grid: int = _opt(8, "stamps are chosen on a grid of this many cells per side", COUNT)
+    stamp_grid: int = _opt(16, "stamps are chosen on a grid of this many cells per side", COUNT)
+    stamps_per_cell: int = _opt(4, "stamps on this many of the brightest suitable stars per grid "
+                                   "cell (up to stamp_grid^2 x stamps_per_cell stamps)", COUNT)
     stamp_halfsize: int = _opt(10, "stamp half size, px", COUNT)
     stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky",
                                   POSITIVE)
     stamp_reject: float = _opt(3.0, "drop stamps with chi2 this many robust sigmas over the median",
                                POSITIVE)
+    diff_sky_method: str = _opt("mean", "sky estimator of the annuli on the difference image: "
+                                        "mean, median or mode (D has no sky, only noise and "
+                                        "residuals: the clipped mean is the least noisy)",
+                                _choice("mean", "median", "mode"))
     transform_order: int = _opt(3, "polynomial order of the frame-to-reference pixel map",
                                 _range(1, 6, integer=True))
     stack_block_rows: int = _opt(128, "rows per block when stacking the photometric reference "

@@ -204,8 +204,8 @@ class Matches(Phase):
             _, sol = subtract(target, reg0, kernel=sub.kernel, mask=(bad != 0) | (t_bad != 0),
                               gain=t_meta.gain, rdnoise=t_meta.rdnoise,
                               saturation=0.95 * plan.metas[i].saturate, ngrid=sub.stamp_grid,
-                              halfsize=sub.stamp_halfsize, threshold=sub.stamp_threshold,
-                              reject=sub.stamp_reject)
+                              per_cell=sub.stamps_per_cell, halfsize=sub.stamp_halfsize,
+                              threshold=sub.stamp_threshold, reject=sub.stamp_reject)
         except ValueError as err:  # no usable stamp: this candidate is left out
             raise PhaseError(self.label(item), f"not matched to the target: {err}") from None
         matched = sol.model(reg0)

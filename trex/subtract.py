@@ -4,10 +4,16 @@ The model of the image is ``M = R conv K(x, y) + B(x, y)``: the reference
 convolved with a kernel whose basis coefficients (see :mod:`trex.kernelspec`)
 are polynomials in the normalised pixel coordinates, plus a background
 polynomial.  The coefficients are fitted by weighted linear least squares on
-stamps around bright, unsaturated stars spread over the frame, rejecting
-stamps whose chi^2 stands out; the normal equations are assembled and the
-varying kernel applied in Cython (``trex._subtract``).  Pixel coordinates are
-0-based, pixel centres at integers.
+stamps around bright, unsaturated stars spread over the frame (by default up
+to 4 in each cell of a 16 x 16 grid: ~1000 stamps of 21 x 21 px, so that the
+1230 unknowns of ``b/4;i/4;d=4/4`` are fitted on ~20 times as many stellar
+pixels and the kernel's own noise stays well below the photon noise of bright
+stars), rejecting stamps whose chi^2 stands out.  Each stamp's block of the
+normal equations is built in one Cython pass (``trex._subtract.stamp_normals``:
+the delta and Gauss-Hermite bases as sparse taps, BLAS for the products),
+the blocks are combined with the polynomial terms in one matrix product, and
+the varying kernel is applied in Cython.  Pixel coordinates are 0-based,
+pixel centres at integers.
 
 >>> diff, sol = subtract(image, reference, kernel="b/4;i/4;d=4/4", gain=2.7)
 >>> sol.flux_scale(1024.0, 1024.0), sol.kernel(1024.0, 1024.0).shape
@@ -47,6 +53,9 @@ from trex.register import register_frame
 from trex.times import utcnow
 
 log = logging.getLogger(__name__)
+
+#: stamps of the first fit, which only sets the model of the pixel weights
+WEIGHT_STAMPS = 128
 
 
 @dataclass(frozen=True)
@@ -121,16 +130,17 @@ def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, 
     return [(ye[j], ye[j + 1], xe[i], xe[i + 1]) for j in range(ngrid) for i in range(ngrid)]
 
 
-def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
+def select_stamps(reference: np.ndarray, ngrid: int = 16, halfsize: int = 10, border: int = 4,
                   mask: np.ndarray | None = None, saturation: float | None = None,
-                  threshold: float = 10.0, tries: int = 16) -> np.ndarray:
-    """Centres (x, y) of one stamp per grid cell, on the brightest suitable star.
+                  threshold: float = 10.0, tries: int = 16, per_cell: int = 4) -> np.ndarray:
+    """Centres (x, y) of stamps on the ``per_cell`` brightest suitable stars of each grid cell.
 
     A star qualifies when its peak is ``threshold`` sky noises above the sky, no
     brighter pixel lies in its stamp, and the stamp (grown by ``border``, the
     kernel half-size) lies inside the frame and holds no masked, saturated
     (``>= saturation``) or non-finite pixel.  The ``tries`` brightest peaks
     of each cell are examined; cells without a qualifying star get no stamp.
+    Stamps of two qualifying stars never hold each other's centre.
 
     Returns
     -------
@@ -166,8 +176,8 @@ def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, bor
     ok = ~_cutouts(bad, cand, lo).any(axis=(1, 2))
     ok &= _cutouts(ref, cand, halfsize).max(axis=(1, 2)) <= ref[cand[:, 1], cand[:, 0]]
     cand, cell = cand[ok], cell[order][ok]
-    _, pick = np.unique(cell, return_index=True)
-    return cand[pick]
+    rank = np.arange(cell.size) - np.searchsorted(cell, cell)
+    return cand[rank < per_cell]
 
 
 def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
@@ -177,19 +187,6 @@ def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
     cols = (centres[:, 0, None] + span)[:, None, :]
     cut = np.asarray(array[rows, cols], dtype=np.float64)
     return np.nan_to_num(cut, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _stamp_basis(ref: np.ndarray, centres: np.ndarray, basis: Basis, halfsize: int) -> np.ndarray:
-    """Basis vectors on the stamps, pixel-major: float64 (nstamp, npix, nbasis [+ 1])."""
-    h, side = basis.halfsize, 2 * halfsize + 1
-    cut = _cutouts(ref, centres, halfsize + h)
-    win = np.lib.stride_tricks.sliding_window_view(cut, (side, side), axis=(1, 2))
-    win = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(-1, (2 * h + 1) ** 2)
-    flipped = basis.images[:, ::-1, ::-1].reshape(len(basis.images), -1)
-    vt = (win @ flipped.T).reshape(len(centres), side * side, -1)
-    if basis.background_order >= 0:
-        vt = np.concatenate([vt, np.ones((len(centres), side * side, 1))], axis=2)
-    return vt
 
 
 def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -206,59 +203,137 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return sol * scale
 
 
-def _solve_stamps(vt: np.ndarray, data: np.ndarray, w: np.ndarray, poly: np.ndarray,
-                  nterm: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Weighted least squares over the kept stamps: (nbasis, nterms) coefficients."""
-    ns, nb = int(keep.sum()), vt.shape[2]
-    cross, rstamp = np.empty((ns, nb, nb)), np.empty((ns, nb))
-    _subtract.stamp_cross(vt[keep], data[keep], np.ascontiguousarray(w[keep]), cross, rstamp)
-    nunk = int(nterm.sum())
-    matrix, rhs = np.empty((nunk, nunk)), np.empty(nunk)
-    _subtract.normal_equations(cross, rstamp, np.ascontiguousarray(poly[keep]), nterm, matrix, rhs)
-    params = np.zeros((len(nterm), poly.shape[1]))
-    params[np.arange(poly.shape[1]) < nterm[:, None]] = _solve(matrix, rhs)
+def _taps(basis: Basis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The basis images as sparse taps for ``_subtract.stamp_normals``: (n, m) offsets
+    (ntap, 2), their values (ntap,) and each basis's first tap (nbasis + 1,)."""
+    h = basis.halfsize
+    taps, values, first = [], [], [0]
+    for image in basis.images:
+        rows, cols = np.nonzero(image)
+        taps += [(r - h, c - h) for r, c in zip(rows, cols)]
+        values += image[rows, cols].tolist()
+        first.append(len(taps))
+    return (np.array(taps, dtype=np.int64).reshape(-1, 2), np.array(values, dtype=np.float64),
+            np.array(first, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class StampNormals:
+    """Per-stamp normal-equation blocks (``_subtract.stamp_normals``) for one weighting."""
+
+    cross: np.ndarray    # (ns, nb, nb)
+    rhs: np.ndarray      # (ns, nb)
+    dwd: np.ndarray      # (ns,)
+    npix: np.ndarray     # (ns,)
+
+    def chi2(self, coef: np.ndarray) -> np.ndarray:
+        """Reduced chi^2 per stamp of the model coefficients ``coef`` (ns, nb)."""
+        quad = np.einsum("sb,sbc,sc->s", coef, self.cross, coef)
+        chi2 = self.dwd - 2.0 * np.einsum("sb,sb->s", coef, self.rhs) + quad
+        return np.maximum(chi2, 0.0) / np.maximum(self.npix, 1.0)
+
+
+def stamp_normals(image: np.ndarray, reference: np.ndarray, bad: np.ndarray,
+                  centres: np.ndarray, basis: Basis, halfsize: int, coef: np.ndarray | None,
+                  gain: float, rdnoise: float) -> StampNormals:
+    """:class:`StampNormals` of the stamps (float32 frames, uint8 ``bad``; ``coef``
+    (ns, nb) the model of the weights, None: the reference)."""
+    taps, values, first = _taps(basis)
+    ns, nb = len(centres), len(basis.images) + (basis.background_order >= 0)
+    out = StampNormals(np.empty((ns, nb, nb)), np.empty((ns, nb)), np.empty(ns), np.empty(ns))
+    coef = np.empty((0, 0)) if coef is None else np.ascontiguousarray(coef, dtype=np.float64)
+    _subtract.stamp_normals(reference, image, bad, np.ascontiguousarray(centres, dtype=np.int64),
+                            halfsize, taps, values, first, basis.background_order >= 0, coef,
+                            gain, rdnoise, out.cross, out.rhs, out.dwd, out.npix)
+    return out
+
+
+def normal_equations(cross: np.ndarray, rhs: np.ndarray, poly: np.ndarray,
+                     nterm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The normal equations of the spatially varying model from per-stamp blocks.
+
+    Within a stamp the polynomial factors are taken constant (they vary by ~1 %
+    over it): ``matrix[(b, p), (c, q)] = sum_s poly[s, p] poly[s, q] cross[s, b, c]``
+    and ``rhs[(b, p)] = sum_s poly[s, p] rhs[s, b]`` for ``p < nterm[b]``,
+    ``q < nterm[c]``: one matrix product per pair of basis groups of one order.
+    cross (ns, nb, nb), rhs (ns, nb), poly (ns, npoly); returns ((nunk, nunk),
+    (nunk,)) with nunk = sum(nterm), unknowns ordered (b, p).
+    """
+    ns, nb = rhs.shape
+    start = np.concatenate([[0], np.cumsum(nterm)])
+    groups = [np.flatnonzero(nterm == n) for n in np.unique(nterm) if n > 0]
+    index = [(start[g][:, None] + np.arange(nterm[g[0]])).ravel() for g in groups]
+    matrix, vector = np.empty((start[-1], start[-1])), np.empty(start[-1])
+    for a, ga in enumerate(groups):
+        na = nterm[ga[0]]
+        vector[index[a]] = (poly[:, :na].T @ rhs[:, ga]).T.ravel()
+        for b in range(a, len(groups)):
+            gb = groups[b]
+            nb_ = nterm[gb[0]]
+            pairs = (poly[:, :na, None] * poly[:, None, :nb_]).reshape(ns, -1)
+            sub = cross if len(groups) == 1 else cross[:, ga][:, :, gb]
+            block = (pairs.T @ sub.reshape(ns, -1)).reshape(na, nb_, len(ga), len(gb))
+            block = block.transpose(2, 0, 3, 1).reshape(len(ga) * na, len(gb) * nb_)
+            if len(groups) == 1:
+                return block, vector
+            matrix[np.ix_(index[a], index[b])] = block
+            matrix[np.ix_(index[b], index[a])] = block.T
+    return matrix, vector
+
+
+def _params(matrix: np.ndarray, rhs: np.ndarray, nterm: np.ndarray, npoly: int) -> np.ndarray:
+    """Solve the normal equations: (nbasis, npoly) coefficients, 0 beyond each order."""
+    params = np.zeros((len(nterm), npoly))
+    params[np.arange(npoly) < nterm[:, None]] = _solve(matrix, rhs)
     return params
 
 
 def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
-               spec: KernelSpec, *, weight: np.ndarray, halfsize: int = 10,
+               spec: KernelSpec, *, bad: np.ndarray, halfsize: int = 10,
                gain: float = 1.0, rdnoise: float = 0.0, reject: float = 3.0,
                maxiter: int = 3) -> Solution:
     """Least-squares kernel fit on stamps, with iterative rejection of bad stamps.
 
     ``centres`` (n, 2) are stamp centres (x, y) at least ``halfsize`` + H from
-    the border; ``weight`` (image shape) is 0 on pixels to ignore.  The pixel
-    variance is ``max(model, 0) / gain + (rdnoise / gain)**2``, the reference
-    standing in for the model on the first pass.  A stamp is rejected when its
-    reduced chi^2 exceeds the median by ``reject`` robust sigmas; the fit is
-    repeated (with model variances) until no stamp is rejected or ``maxiter``.
+    the border; ``bad`` (image shape) is non-zero on pixels to ignore.  The
+    pixel variance is ``max(model, 0) / gain + (rdnoise / gain)**2``: a first
+    fit on ``WEIGHT_STAMPS`` of the stamps, with the reference standing in for
+    the model, gives the model of the final weighting.  Then a stamp is
+    rejected when its reduced chi^2 exceeds the median by ``reject`` robust
+    sigmas and the fit repeated (the rejected stamps' share taken out of the
+    normal equations), until no stamp is rejected or ``maxiter`` times.
     """
     basis = spec.basis()
     ny, nx = reference.shape
     norm = (0.5 * (nx - 1), max(0.5 * (nx - 1), 1.0), 0.5 * (ny - 1), max(0.5 * (ny - 1), 1.0))
-    vt = _stamp_basis(reference, centres, basis, halfsize)
-    data = _cutouts(image, centres, halfsize).reshape(len(centres), -1)
-    wmask = _cutouts(weight, centres, halfsize).reshape(len(centres), -1)
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
+    bad = np.ascontiguousarray(bad, dtype=np.uint8)
     orders = list(basis.orders) + ([basis.background_order] if basis.background_order >= 0 else [])
     nterm = np.array([nterms(int(o)) for o in orders], dtype=np.int64)
     poly = poly_terms((centres[:, 0] - norm[0]) / norm[1], (centres[:, 1] - norm[2]) / norm[3],
                       basis.max_order).T
-    model = vt[:, :, 0]  # the reference stands in for the model on the first pass
+    npoly = poly.shape[1]
+    sample = slice(None, None, max(1, len(centres) // WEIGHT_STAMPS))
+    first = stamp_normals(img, ref, bad, centres[sample], basis, halfsize, None, gain, rdnoise)
+    params = _params(*normal_equations(first.cross, first.rhs, poly[sample], nterm), nterm, npoly)
+    normals = stamp_normals(img, ref, bad, centres, basis, halfsize, poly @ params.T, gain,
+                            rdnoise)
+    matrix, rhs = normal_equations(normals.cross, normals.rhs, poly, nterm)
     keep = np.ones(len(centres), dtype=bool)
-    npix = np.maximum(wmask.sum(axis=1), 1.0)
     for it in range(maxiter + 1):
-        w = wmask / (np.maximum(model, 0.0) / gain + (rdnoise / gain) ** 2 + 1e-12)
-        params = _solve_stamps(vt, data, w, poly, nterm, keep)
-        model = np.einsum("spb,sb->sp", vt, poly @ params.T)
-        chi2 = (w * (data - model) ** 2).sum(axis=1) / npix
+        params = _params(matrix, rhs, nterm, npoly)
+        chi2 = normals.chi2(poly @ params.T)
         med = np.median(chi2[keep])
         mad = 1.4826 * np.median(np.abs(chi2[keep] - med))
         new = keep & (chi2 <= med + reject * max(mad, 1e-3 * med))
         log.debug("kernel fit pass %d: %d stamps, median chi2 %.3f", it, keep.sum(), med)
-        too_few = new.sum() * data.shape[1] <= 2 * nterm.sum()
+        too_few = normals.npix[new].sum() <= 2 * nterm.sum()
         if it == maxiter or too_few or np.array_equal(new, keep):
             break
-        keep = new
+        drop = keep & ~new  # take the rejected stamps' share out of the equations
+        dmatrix, drhs = normal_equations(normals.cross[drop], normals.rhs[drop], poly[drop], nterm)
+        matrix, rhs, keep = matrix - dmatrix, rhs - drhs, new
     nk = len(basis.orders)
     kcoef = np.einsum("bp,bij->pij", params[:nk], basis.images)
     bcoef = params[nk] if basis.background_order >= 0 else np.zeros(poly.shape[1])
@@ -268,7 +343,7 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
 def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
              mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
              gain: float = 1.0, rdnoise: float = 0.0, saturation: float | None = None,
-             ngrid: int = 8, halfsize: int = 10, threshold: float = 10.0,
+             ngrid: int = 16, per_cell: int = 4, halfsize: int = 10, threshold: float = 10.0,
              reject: float = 3.0, maxiter: int = 3) -> tuple[np.ndarray, Solution]:
     """Difference image ``D = I - (R conv K + B)`` and the fitted kernel.
 
@@ -278,7 +353,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     kernel : fitsh-style kernel specification (:mod:`trex.kernelspec`).
     mask : (ny, nx), non-zero on pixels to leave out of the fit (either frame).
     stamps : (n, 2) stamp centres (x, y), px; default: :func:`select_stamps`
-        on the reference over an ``ngrid`` x ``ngrid`` grid.
+        on the reference, ``per_cell`` stars in each cell of an ``ngrid`` x ``ngrid`` grid.
     gain, rdnoise : image gain (e-/ADU) and read noise (e-) for the weights.
     saturation : reference pixels at or above it (ADU) disqualify a stamp.
     halfsize : stamp half-size, px.
@@ -300,7 +375,8 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     if mask is not None:
         bad |= np.asarray(mask) != 0
     if stamps is None:
-        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation, threshold)
+        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation, threshold,
+                               per_cell=per_cell)
     stamps = np.asarray(stamps).round().astype(np.int64).reshape(-1, 2)
     lim = halfsize + h
     inside = ((stamps[:, 0] >= lim) & (stamps[:, 0] < ref.shape[1] - lim)
@@ -308,7 +384,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     stamps = stamps[inside]
     if len(stamps) == 0:
         raise ValueError("no usable stamp: no bright unsaturated star away from the border")
-    solution = fit_kernel(img, ref, stamps, spec, weight=~bad, halfsize=halfsize,
+    solution = fit_kernel(img, ref, stamps, spec, bad=bad, halfsize=halfsize,
                           gain=gain, rdnoise=rdnoise, reject=reject, maxiter=maxiter)
     diff = img - solution.model(np.where(np.isfinite(ref), ref, 0.0))
     log.debug("subtracted with %s: %d stamps kept, %d rejected", spec.text,
@@ -345,8 +421,9 @@ def run(frame: Frame, context: Context) -> Frame:
     try:
         diff, sol = subtract(reg, image, kernel=sub.kernel, mask=mask != 0, gain=meta.gain,
                              rdnoise=meta.rdnoise, saturation=0.95 * header["SATURATE"],
-                             ngrid=sub.stamp_grid, halfsize=sub.stamp_halfsize,
-                             threshold=sub.stamp_threshold, reject=sub.stamp_reject)
+                             ngrid=sub.stamp_grid, per_cell=sub.stamps_per_cell,
+                             halfsize=sub.stamp_halfsize, threshold=sub.stamp_threshold,
+                             reject=sub.stamp_reject)
     except ValueError as err:
         raise FrameError(frame.rawpath, f"subtract: {err}") from None
     model = reg - diff

@@ -23,7 +23,12 @@ run).  Checks: the fitsh sub-phases, the light curves each chain wrote (stars
 with at least half the frames measured, stars in both) and the median robust
 RMS (1.4826 MAD) of catalog-magnitude 8.5-10.5 stars (1-3 mag below
 saturation) in the 2.45 px aperture after the magnitude fit (arm) and from
-the difference images (irm), to show both chains worked.
+the difference images (irm), to show both chains worked.  Then the quality
+rows: per magnitude bin, the median over constant stars of the RMS over the
+simulator's noise floor at each star's best aperture (:mod:`trex.bench.floor`)
+of trex's irm against fitsh's on pipe-trex's grid (ratio = fitsh / trex: above
+1 means trex's light curves are closer to the floor), with arm of both and
+fitsh's irm on trex's stamps in the check.
 """
 
 from __future__ import annotations
@@ -35,18 +40,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fitsio
 import numpy as np
 
-from trex.bench import fitshchain
+from trex.bench import fitshchain, floor
 from trex.bench import fitshdata as fd
 from trex.bench.common import Row
 from trex.bench.endtoend import lightcurve_files, single_thread_env
 from trex.project import init_project
 from trex.simulate import simulate_project
+from trex.simulate.truth import load_truth
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +138,86 @@ def fitsh_lightcurves(lcdir: Path, ids: np.ndarray, nframes: int,
     return summarise(curves, len(files), nframes, catmag)
 
 
+APERTURES = 3
+MAG_COLUMNS = {"arm": [f"arm_{a:03d}" for a in range(APERTURES)],
+               "irm": [f"irm_{a:03d}" for a in range(APERTURES)]}
+
+
+def trex_magnitudes(root: Path, truth: dict) -> dict[str, np.ndarray]:
+    """{"arm", "irm"}: (truth frames, truth stars, apertures) magnitudes of trex's light
+    curves (NaN where not measured)."""
+    index = {str(o): i for i, o in enumerate(truth["objectid"])}
+    shape = (len(truth["jd"]), len(truth["objectid"]), APERTURES)
+    out = {kind: np.full(shape, np.nan) for kind in MAG_COLUMNS}
+    for rel in lightcurve_files(root):
+        star = index.get(rel.name[:-len(".fits")])  # simulated ids are plain file names
+        if star is None:
+            continue
+        table = fitsio.read(str(root / rel), ext="LIGHTCURVE",
+                            columns=["rjd", *MAG_COLUMNS["arm"], *MAG_COLUMNS["irm"]])
+        frames = floor.frame_index(np.asarray(table["rjd"], float), truth)
+        ok = frames >= 0
+        for kind, columns in MAG_COLUMNS.items():
+            for a, column in enumerate(columns):
+                out[kind][frames[ok], star, a] = table[column][ok]
+    return out
+
+
+def fitsh_magnitudes(result: fitshchain.ChainResult, truth: dict) -> dict[str, np.ndarray]:
+    """As :func:`trex_magnitudes` for grcollect's files (``arm``, ``irm``) and the
+    difference photometry on pipe-trex's grid (``grid``, when it was run)."""
+    index = {str(o): i for i, o in enumerate(truth["objectid"])}
+    ids = result.catalog[0]
+    stars = np.array([index.get(str(i), -1) for i in ids])
+    shape = (len(truth["jd"]), len(truth["objectid"]), APERTURES)
+    out = {kind: np.full(shape, np.nan) for kind in ("arm", "irm")}
+    for path in sorted(result.lcdir.glob("*.lc")):
+        table = np.loadtxt(path, ndmin=2)
+        star, frames = stars[int(path.stem)], floor.frame_index(table[:, 1], truth)
+        ok = frames >= 0
+        if star >= 0:
+            out["arm"][frames[ok], star] = table[ok, 4:4 + APERTURES]
+            out["irm"][frames[ok], star] = table[ok, 4 + APERTURES:4 + 2 * APERTURES]
+    names = [str(f).split(".")[0] for f in truth["frame"]]
+    grid = np.full(shape, np.nan)
+    for stem in result.stems:
+        path = result.work / f"{stem}.giphot"
+        if not path.exists() or stem.split(".")[0] not in names:
+            continue
+        phot_ids, _, _, mags = fd.read_phot(path, APERTURES)
+        rows = stars[phot_ids]
+        grid[names.index(stem.split(".")[0]), rows[rows >= 0]] = mags[rows >= 0]
+    if np.isfinite(grid).any():
+        out["grid"] = grid
+    return out
+
+
+def quality(root: Path, result: fitshchain.ChainResult) -> dict[str, list]:
+    """Per-bin RMS / floor (:func:`trex.bench.floor.per_bin`) of trex's arm and irm
+    ("trex arm", "trex irm") and fitsh's ("fitsh arm", "fitsh irm", "fitsh grid irm")."""
+    truth = load_truth(root)
+    found = {f"trex {k}": v for k, v in trex_magnitudes(root, truth).items()}
+    found.update({f"fitsh {'grid irm' if k == 'grid' else k}": v
+                  for k, v in fitsh_magnitudes(result, truth).items()})
+    return {name: floor.per_bin(floor.floor_ratios(mags, truth), truth["mag"])
+            for name, mags in found.items()}
+
+
+def quality_rows(label: str, bins: dict[str, list]) -> list[Row]:
+    """One row per magnitude bin: trex's irm RMS/floor against fitsh's on pipe-trex's grid
+    (or on trex's stamps without the grid run)."""
+    peer = "fitsh grid irm" if "fitsh grid irm" in bins else "fitsh irm"
+    rows = []
+    for k, (lo, hi, value, count) in enumerate(bins["trex irm"]):
+        others = "; ".join(f"{name} {bins[name][k][2]:.3f}" for name in bins
+                           if name not in ("trex irm", peer))
+        rows.append(Row(f"chain quality: irm RMS/floor, mag {lo:g}-{hi:g}", label, value,
+                        f"fitsh ficonv ({'pipe-trex grid' if 'grid' in peer else 'trex stamps'})",
+                        bins[peer][k][2], f"{others}; {count} constant stars; median over "
+                        "stars of robust RMS / expected noise, best aperture"))
+    return rows
+
+
 def trex_run(root: Path, stages: tuple[str, ...]) -> float:
     """Wall time of ``trex run ROOT --stages ...`` in a subprocess, one thread."""
     command = [sys.executable, "-m", "trex", "--log-level", "WARNING", "run", str(root),
@@ -208,6 +294,7 @@ class Measurement:
     fitsh: fitshchain.ChainResult
     lightcurves: tuple[LightCurves, LightCurves]
     grid_rms_irm: float   # as LightCurves.rms_irm, fitsh with pipe-trex's stamps (NaN: not run)
+    bins: dict = field(default_factory=dict)  # :func:`quality`
 
 
 def measure(folder: Path, params: dict, realism: str | None = None,
@@ -235,7 +322,9 @@ def measure(folder: Path, params: dict, realism: str | None = None,
     grid_irm = {str(ids[star]): values
                 for star, values in fitshchain.grid_magnitudes(fitsh).items()}
     grid_rms, _ = bright_rms(grid_irm, lcs[1].stars, catmag)
-    return Measurement(label, trex_times, whole, idle, fitsh, lcs, grid_rms)
+    bins = quality(root, fitsh)
+    log.info("chain: RMS / floor per magnitude bin\n%s", floor.table_text(bins))
+    return Measurement(label, trex_times, whole, idle, fitsh, lcs, grid_rms, bins)
 
 
 def run(quick: bool = False, frames: int | None = None, size: int | None = None,
@@ -250,7 +339,8 @@ def run(quick: bool = False, frames: int | None = None, size: int | None = None,
     params.update({k: v for k, v in (("frames", frames), ("size", size), ("stars", stars)) if v})
     with tempfile.TemporaryDirectory(prefix="trex-bench-chain-") as tmp:
         try:
-            return chain_rows(measure(Path(tmp), params, realism, grid))
+            m = measure(Path(tmp), params, realism, grid)
+            return chain_rows(m) + quality_rows(m.label, m.bins)
         except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
             log.error("chain: left out: %s", getattr(err, "stderr", None) or err)
             return []

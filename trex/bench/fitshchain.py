@@ -21,8 +21,8 @@ photref        the ``NREF`` best frames (registered) matched to the broadest-PSF
                one with ``ficonv -o`` (as trex and pipe-trex do), ``ficombine``
                median, ``fiphot --output-raw-photometry`` of the stack
 subtract       ``ficonv -k 'b/4;i/4;d=4/4' --input-stamps``: stamps chosen on the
-               reference as trex does (:func:`trex.subtract.select_stamps`, 8 x 8
-               cells, 21 x 21 px)
+               reference as trex does (:func:`trex.subtract.select_stamps` with the
+               default ``[subtract]`` stamp grid, stars per cell and size)
 diffphot       ``fiphot --input-subtracted`` with the reference's raw photometry and
                the frame's kernel
 lightcurves    numpy per-frame rows (join of magfit and difference photometry),
@@ -38,7 +38,7 @@ in numpy rather than ``ficalib``; astrometry by grmatch against the projected
 catalog rather than astrometry.net; the registration map fitted to the
 catalog positions of both frames rather than a second grmatch (fistar list to
 fistar list, order 4); no ``--magfit`` in the difference photometry (see
-:func:`fiphot_args`); ficonv on trex's 64 stamps rather than the grid.
+:func:`fiphot_args`); ficonv on trex's stamps rather than the grid.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ from trex.bench.subtract import (
     GRID,
     GRID_HALFSIZE,
     KERNEL,
-    STAMP_HALFSIZE,
     grid_centres,
     write_stamps,
 )
+from trex.config import SubtractSection
 from trex.subtract import select_stamps
 
 log = logging.getLogger(__name__)
@@ -190,10 +190,13 @@ def register(frame: fd.Frame, ref: fd.Frame, work: Path) -> Path:
 
 
 def stamps_for(image: Path, saturate: float, out: Path) -> int:
-    """trex's stamp choice on a reference image, written for ficonv; returns the count."""
-    centres = select_stamps(fitsio.read(str(image)), halfsize=STAMP_HALFSIZE,
-                            saturation=saturate)
-    write_stamps(out, centres, STAMP_HALFSIZE)
+    """trex's stamp choice (its default ``[subtract]`` settings) on a reference image,
+    written for ficonv; returns the count."""
+    sub = SubtractSection()
+    centres = select_stamps(fitsio.read(str(image)), ngrid=sub.stamp_grid,
+                            halfsize=sub.stamp_halfsize, saturation=saturate,
+                            per_cell=sub.stamps_per_cell)
+    write_stamps(out, centres, sub.stamp_halfsize)
     return len(centres)
 
 

@@ -12,10 +12,14 @@ object handed to the COPY.
 """
 import numpy as np
 
+from trex.kernels import check
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
 
 # target (PostgreSQL) type codes, in the order of trex.db.pgcopy.KINDS
 cdef enum:
@@ -137,7 +141,7 @@ def encode_rows(list columns, list nulls, const int[::1] kinds, Py_ssize_t start
     cdef const uint8_t[::1] view
     keep = []  # the buffers the raw pointers point into
     if cols == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "copy encoder: no memory for the column table")
     try:
         for j in range(ncols):
             array = columns[j]
@@ -177,7 +181,8 @@ cdef int _source(dtype) except -1:
         return SRC_BYTES
     if dtype.kind == "U":
         return SRC_UCS4
-    raise TypeError(f"no binary COPY encoding of numpy {dtype}")
+    check(BAD_ARGUMENT, f"copy encoder: no binary COPY encoding of numpy {dtype}")
+    return -1
 
 
 cdef int64_t _column_bytes(const Column* c, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:

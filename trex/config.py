@@ -281,8 +281,8 @@ class SubtractSection:
     nref: int = _opt(20, "number of frames stacked into the photometric reference", COUNT)
     resample: str = _opt("flux", "resampling onto the reference grid: flux (conserving), bilinear, bicubic",
                          _choice("flux", "bilinear", "bicubic"))
-    stamp_grid: int = _opt(16, "stamps are chosen on a grid of this many cells per side", COUNT)
-    stamps_per_cell: int = _opt(4, "stamps on this many of the brightest suitable stars per grid "
+    stamp_grid: int = _opt(8, "stamps are chosen on a grid of this many cells per side", COUNT)
+    stamps_per_cell: int = _opt(1, "stamps on this many of the brightest suitable stars per grid "
                                    "cell (up to stamp_grid^2 x stamps_per_cell stamps)", COUNT)
     stamp_halfsize: int = _opt(10, "stamp half size, px", COUNT)
     stamp_threshold: float = _opt(10.0, "stamp stars peak this many sky sigmas above the sky",

@@ -130,9 +130,9 @@ def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, 
     return [(ye[j], ye[j + 1], xe[i], xe[i + 1]) for j in range(ngrid) for i in range(ngrid)]
 
 
-def select_stamps(reference: np.ndarray, ngrid: int = 16, halfsize: int = 10, border: int = 4,
+def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
                   mask: np.ndarray | None = None, saturation: float | None = None,
-                  threshold: float = 10.0, tries: int = 16, per_cell: int = 4) -> np.ndarray:
+                  threshold: float = 10.0, tries: int = 16, per_cell: int = 1) -> np.ndarray:
     """Centres (x, y) of stamps on the ``per_cell`` brightest suitable stars of each grid cell.
 
     A star qualifies when its peak is ``threshold`` sky noises above the sky, no
@@ -343,7 +343,7 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
 def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
              mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
              gain: float = 1.0, rdnoise: float = 0.0, saturation: float | None = None,
-             ngrid: int = 16, per_cell: int = 4, halfsize: int = 10, threshold: float = 10.0,
+             ngrid: int = 8, per_cell: int = 1, halfsize: int = 10, threshold: float = 10.0,
              reject: float = 3.0, maxiter: int = 3) -> tuple[np.ndarray, Solution]:
     """Difference image ``D = I - (R conv K + B)`` and the fitted kernel.
 

@@ -92,3 +92,4 @@ class Context:
     frames: Any = None
     inputs: dict = field(default_factory=dict)
     rebuild: bool = False
+    ranks: int = 1

@@ -5,8 +5,8 @@ The same code runs serially (no mpi4py, or one rank) and under
 queue and hands out small batches on request; each worker keeps
 ``PREFETCH`` requests outstanding, so it has its next batch in hand while rank
 0 is busy; results go back as separate messages; rank 0 consumes results (it
-alone writes the database) and also processes batches itself whenever no
-message is waiting.
+alone writes the database) and also processes tasks itself, one at a time,
+whenever no message is waiting.
 An uncaught error on any rank aborts the whole job (``MPI.Abort``) so that a
 SLURM allocation never hangs on a dead rank.
 """
@@ -156,7 +156,10 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     exactly ``PREFETCH`` stops; every batch sent comes back as one result.
     When fewer batches are left than ranks, a worker that still holds one gets
     no second (its request waits for its result), so that the last batches
-    are shared out rather than queued behind each other."""
+    are shared out rather than queued behind each other.  Rank 0 takes one
+    task at a time from the next batch (it answers between two tasks, so a
+    worker never waits behind a whole batch of rank 0's, and rank 0 is never
+    the one left holding a batch at the end)."""
     MPI = comm.MPI
     status = MPI.Status()
     stops, out = PREFETCH * (comm.size - 1), 0
@@ -192,8 +195,16 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
                 waiting.append(source)
             else:
                 answer(source)
-        elif consume(work(queue.pop())) is False:
+        elif consume(work([_take_one(queue)])) is False:
             queue.clear()
+
+
+def _take_one(queue: list[list]):
+    """The first task of the next batch (the batch leaves the queue when empty)."""
+    task = queue[-1].pop(0)
+    if not queue[-1]:
+        queue.pop()
+    return task
 
 
 def _incoming(comm: MPIComm, status) -> bool:

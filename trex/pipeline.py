@@ -142,7 +142,7 @@ def _run(comm, ledger: Ledger | None, project: Project, config: Config, stages: 
     context = None
     if comm.rank == 0:
         context = Context(project, config, recorded_masters(project, ledger.read.masters()),
-                          rebuild=rebuild)
+                          rebuild=rebuild, ranks=comm.size)
     context = comm.bcast(context)
     summary, lines = {}, []
     for phase in phases(stages, retry_failed):
@@ -164,11 +164,23 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     count = comm.bcast(len(items))
     progress = Progress(phase.name, count, context.config.run.progress_seconds)
     outcome: dict = {"failed": 0, "fault": None}
+    clock = {"items": 0, "work": 0.0, "record": 0.0}  # this rank's share and times, s
 
     def work(batch: list) -> list:
-        return [attempt(phase, item, context) for item in batch]
+        began = time.perf_counter()
+        out = [attempt(phase, item, context) for item in batch]
+        clock["items"] += len(batch)
+        clock["work"] += time.perf_counter() - began
+        return out
 
     def consume(results: list) -> bool:
+        began = time.perf_counter()
+        try:
+            return _consume(results)
+        finally:
+            clock["record"] += time.perf_counter() - began
+
+    def _consume(results: list) -> bool:
         with ledger.transaction():
             for result in results:
                 if isinstance(result, Fault):
@@ -185,10 +197,12 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     if count:
         if comm.rank == 0:
             log.info("%s: %d to do", phase.name, count)
+        began = time.perf_counter()
         parallel.farm(comm, items, work, consume,
                       batch_size=phase.batch or context.config.run.batch_frames)
         phase.close(context)
         comm.barrier()
+        _log_timing(phase.name, time.perf_counter() - began, comm.gather(clock))
     fault = comm.bcast(outcome["fault"])
     if fault is not None:
         raise WriteFault(fault.path, fault.cause)
@@ -203,6 +217,16 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     if count and comm.rank == 0:
         progress.finish(outcome["failed"])
     return context, count, outcome["failed"]
+
+
+def _log_timing(name: str, wall: float, clocks: list[dict] | None) -> None:
+    """On rank 0: the phase's wall time, each rank's items and seconds of work, and rank
+    0's seconds of recording (what the rank-0 ingest model of the README is made of)."""
+    if clocks is None:  # not rank 0
+        return
+    ranks = "; ".join(f"rank {r} {c['items']} in {c['work']:.2f} s" for r, c in enumerate(clocks))
+    log.info("%s: %.2f s wall; work: %s; rank 0 recording %.2f s", name, wall, ranks,
+             clocks[0]["record"])
 
 
 class Progress:

@@ -7,8 +7,10 @@ queue and hands out small batches on request; each worker keeps
 0 is busy; results go back as separate messages; rank 0 consumes results (it
 alone writes the database) and also processes tasks itself, one at a time,
 whenever no message is waiting.
-An uncaught error on any rank aborts the whole job (``MPI.Abort``) so that a
-SLURM allocation never hangs on a dead rank.
+A rank that waits (for a message, a barrier) sleeps between looks rather than
+spinning in MPI's blocking calls, so on a shared node it leaves the core to the
+ranks at work.  An uncaught error on any rank aborts the whole job
+(``MPI.Abort``) so that a SLURM allocation never hangs on a dead rank.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -26,6 +29,8 @@ _MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK", 
 _REQUEST, _WORK, _STOP, _RESULT = 1, 2, 3, 4
 #: batches a worker holds or has asked for (one being worked on, one waiting)
 PREFETCH = 2
+#: seconds between two looks for a message while a rank waits (idle, not spinning)
+POLL = 0.002
 
 
 class SerialComm:
@@ -63,17 +68,30 @@ class MPIComm:
         self.size = MPI.COMM_WORLD.Get_size()
 
     def bcast(self, obj, root=0):
+        self.barrier()  # wait idle for the root, then a short broadcast
         return self.comm.bcast(obj, root=root)
 
     def barrier(self) -> None:
-        self.comm.barrier()
+        """Every rank here, waiting idle (MPICH's blocking calls poll at 100 % CPU, which
+        on a shared node takes the core from the ranks still working)."""
+        request = self.MPI.COMM_WORLD.Ibarrier()
+        while not request.Test():
+            time.sleep(POLL)
 
     def gather(self, obj, root=0):
+        self.barrier()
         return self.comm.gather(obj, root=root)
 
     def allreduce_max(self, value: int) -> int:
         """The largest ``value`` over the ranks (every rank gets it)."""
+        self.barrier()
         return self.comm.allreduce(value, op=self.MPI.MAX)
+
+    def wait_message(self, status, source: int | None = None) -> None:
+        """Return when a message (from ``source``, default any) waits, idle meanwhile."""
+        source = self.MPI.ANY_SOURCE if source is None else source
+        while not self.comm.iprobe(source=source, tag=self.MPI.ANY_TAG, status=status):
+            time.sleep(POLL)
 
     def Abort(self, code: int = 1) -> None:  # noqa: N802
         self.MPI.COMM_WORLD.Abort(code)
@@ -181,6 +199,7 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
         while waiting and not queue:
             answer(waiting.pop())
         if _incoming(comm, status) or not queue:
+            comm.wait_message(status)
             message = comm.comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
             source = status.Get_source()
             if status.Get_tag() == _RESULT:
@@ -217,17 +236,24 @@ def _incoming(comm: MPIComm, status) -> bool:
 
 
 def _work(comm: MPIComm, work) -> None:
-    """A worker: keep ``PREFETCH`` requests outstanding, return each batch's results."""
+    """A worker: keep ``PREFETCH`` requests outstanding, return each batch's results.
+    Results go without blocking (a large message waits for rank 0 to receive it,
+    while this rank works on its next batch)."""
     MPI = comm.MPI
     status = MPI.Status()
     for _ in range(PREFETCH):
         comm.comm.send(None, dest=0, tag=_REQUEST)
-    outstanding = PREFETCH
+    outstanding, sending = PREFETCH, []
     while outstanding:
+        comm.wait_message(status, source=0)
         batch = comm.comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
         outstanding -= 1
         if status.Get_tag() == _STOP:  # the queue is empty: later answers are stops too
             continue
-        comm.comm.send(work(batch), dest=0, tag=_RESULT)
+        sending = [r for r in sending if not r.test()[0]]
+        sending.append(comm.comm.isend(work(batch), dest=0, tag=_RESULT))
         comm.comm.send(None, dest=0, tag=_REQUEST)  # the next batch is already here
         outstanding += 1
+    for request in sending:
+        while not request.test()[0]:
+            time.sleep(POLL)

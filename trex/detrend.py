@@ -218,19 +218,24 @@ def epd_plan(config: Config, kind: str, nframes: int) -> EPDPlan | None:
     return None
 
 
-def _epd_values(rows: np.ndarray, offsets: np.ndarray, mags: np.ndarray, ra: np.ndarray,
-                dec: np.ndarray, lst: np.ndarray, config: Config,
+def _epd_parameters(rows: np.ndarray, ra: np.ndarray, dec: np.ndarray, lst: np.ndarray,
+                    config: Config, plan: EPDPlan) -> np.ndarray:
+    """The EPD parameters ``plan.names`` of many rows, (N, p): ``ra``, ``dec`` (deg) and
+    ``lst`` (rad) per row."""
+    params = external_parameters(rows, plan.names,
+                                 sky_geometry(lst, ra, dec, config.site.latitude))
+    return np.stack([params[n] for n in plan.names], axis=1)
+
+
+def _epd_values(params: np.ndarray | None, offsets: np.ndarray, mags: np.ndarray,
                 plan: EPDPlan | None) -> np.ndarray:
     """EPD magnitudes (N,) of many stars' rows of one night, one star after the other
-    (star s: ``rows[offsets[s]:offsets[s + 1]]``, magnitudes ``mags``); ``ra``, ``dec``
-    (deg) and ``lst`` (rad) per row.  NaN where not fitted: a star with fewer than
-    ``plan.need`` measured magnitudes is not tried."""
+    (star s: rows ``offsets[s]:offsets[s + 1]``, magnitudes ``mags``, parameters
+    ``params`` (N, p)).  NaN where not fitted: a star with fewer than ``plan.need``
+    measured magnitudes is not tried."""
     if plan is None:
-        return np.full(len(rows), np.nan)
-    geometry = sky_geometry(lst, ra, dec, config.site.latitude)
-    params = external_parameters(rows, plan.names, geometry)
-    values = np.stack([params[n] for n in plan.names], axis=1)
-    return epd_many(mags, values, offsets, plan.smooth, min_finite=plan.need)[0]
+        return np.full(len(mags), np.nan)
+    return epd_many(mags, params, offsets, plan.smooth, min_finite=plan.need)[0]
 
 
 def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.ndarray,
@@ -258,9 +263,10 @@ def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.nd
             rows, ra, dec = rows_of[cand["objectid"]]
             at = trend.positions(rows["framekey"])
             keep = at >= 0
-            lcs[j, at[keep]] = _epd_values(
-                rows[keep], np.array([0, keep.sum()]), rows[col][keep], np.full(keep.sum(), ra),
-                np.full(keep.sum(), dec), lst[at[keep]], config, trend.epd[col[0]])
+            plan, n = trend.epd[col[0]], int(keep.sum())
+            params = None if plan is None else _epd_parameters(
+                rows[keep], np.full(n, ra), np.full(n, dec), lst[at[keep]], config, plan)
+            lcs[j, at[keep]] = _epd_values(params, np.array([0, n]), rows[col][keep], plan)
         good = np.isfinite(lcs).sum(axis=1) >= 0.5 * len(framekeys)
         trend.lcs[col] = (lcs[good], np.column_stack([cands["x"][pick], cands["y"][pick]])[good],
                           cands["objectid"][pick][good])
@@ -317,33 +323,36 @@ def detrend_night(rows: np.ndarray, offsets: np.ndarray, infos: list[dict], tren
     dec = np.repeat(np.array([i["dec"] for i in infos], dtype=np.float64), lengths)
     xy = _night_positions(rows, stars, infos)
     ids = np.array([i["objectid"] for i in infos], dtype=object)
+    params = {kind: _epd_parameters(rows, ra, dec, lst, config, plan)  # per column kind
+              for kind, plan in trend.epd.items() if plan is not None}
     for col in columns:
         ep, tf, flag = outputs(col)
-        plan = trend.epd[col[0]]
         mags = rows[col].astype(np.float64)
         rows[ep] = rows[tf] = np.nan
-        if plan is not None:  # else no star can have enough points tonight
-            _detrend_column(rows, stars, col, mags, (ra, dec, lst), xy, ids, trend, config)
+        if col[0] in params:  # else no star can have enough points tonight
+            _detrend_column(rows, stars, col, mags, params[col[0]], xy, ids, trend, config)
         done = np.isfinite(rows[ep]) & np.isfinite(rows[tf])
         rows[flag] = np.where(~np.isfinite(mags), PHOT["MISSING"].bit,
                               np.where(done, 0, PHOT["NOT_FITTED"].bit))
 
 
-def _detrend_column(rows: np.ndarray, stars: _Stars, col: str, mags: np.ndarray, sky: tuple,
-                    xy: np.ndarray, ids: np.ndarray, trend: NightTrend, config: Config) -> None:
+def _detrend_column(rows: np.ndarray, stars: _Stars, col: str, mags: np.ndarray,
+                    params: np.ndarray, xy: np.ndarray, ids: np.ndarray, trend: NightTrend,
+                    config: Config) -> None:
     """EPD, TFA, one backfitting step (EPD again with the TFA trend taken out first),
-    TFA again, of input column ``col`` (magnitudes ``mags``) of a night's rows; each
-    result goes through its output column (float32) exactly as it is stored."""
+    TFA again, of input column ``col`` (magnitudes ``mags``, EPD parameters ``params``
+    (N, p)) of a night's rows; each result goes through its output column (float32)
+    exactly as it is stored."""
     ep, tf, _ = outputs(col)
     plan = trend.epd[col[0]]
     lcs, txy, tids = trend.lcs.get(col, (np.zeros((0, stars.nf)), np.zeros((0, 2)), np.zeros(0)))
     excluded = exclusion(xy, txy, config.detrend.tfa_exclusion_radius, ids, tids)
-    rows[ep] = _epd_values(rows, stars.offsets, mags, *sky, config, plan)
+    rows[ep] = _epd_values(params, stars.offsets, mags, plan)
     first = rows[ep].astype(np.float64)
     drift = first - stars.of_rows(_tfa(stars.on_grid(first), lcs, excluded))
     drift = np.nan_to_num(drift - stars.medians(drift)[stars.star], nan=0.0)
     shifted = (mags - drift).astype(rows.dtype[col]).astype(np.float64)
-    rows[ep] = _epd_values(rows, stars.offsets, shifted, *sky, config, plan) + drift
+    rows[ep] = _epd_values(params, stars.offsets, shifted, plan) + drift
     rows[tf] = stars.of_rows(_tfa(stars.on_grid(rows[ep].astype(np.float64)), lcs, excluded))
 
 
@@ -374,7 +383,9 @@ def detrend_nights(stars: list[tuple[np.ndarray, dict]], trends: list[NightTrend
     if not stars or not trends:
         return
     columns = input_columns(len(config.photometry.apertures))
-    rows = lcformat.concatenate([r for r, _ in stars])
+    parts = [r for r, _ in stars]
+    same = all(r.dtype == parts[0].dtype for r in parts)  # else frame names of other widths
+    rows = np.concatenate(parts) if same else lcformat.concatenate(parts)
     lengths = np.array([len(r) for r, _ in stars], dtype=np.int64)
     owner = np.repeat(np.arange(len(stars)), lengths)
     for trend in trends:

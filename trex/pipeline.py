@@ -164,13 +164,14 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     count = comm.bcast(len(items))
     progress = Progress(phase.name, count, context.config.run.progress_seconds)
     outcome: dict = {"failed": 0, "fault": None}
-    clock = {"items": 0, "work": 0.0, "record": 0.0}  # this rank's share and times, s
+    clock = {"items": 0, "work": 0.0, "cpu": 0.0, "record": 0.0}  # this rank's share, s
 
     def work(batch: list) -> list:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         out = [attempt(phase, item, context) for item in batch]
         clock["items"] += len(batch)
         clock["work"] += time.perf_counter() - began
+        clock["cpu"] += time.process_time() - cpu
         return out
 
     def consume(results: list) -> bool:
@@ -220,11 +221,13 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
 
 
 def _log_timing(name: str, wall: float, clocks: list[dict] | None) -> None:
-    """On rank 0: the phase's wall time, each rank's items and seconds of work, and rank
-    0's seconds of recording (what the rank-0 ingest model of the README is made of)."""
+    """On rank 0: the phase's wall time, each rank's items and seconds of work (wall and
+    CPU: on a shared machine the wall time includes waiting for a core), and rank 0's
+    seconds of recording (what the rank-0 ingest model of the README is made of)."""
     if clocks is None:  # not rank 0
         return
-    ranks = "; ".join(f"rank {r} {c['items']} in {c['work']:.2f} s" for r, c in enumerate(clocks))
+    ranks = "; ".join(f"rank {r} {c['items']} in {c['work']:.2f} s (CPU {c['cpu']:.2f} s)"
+                      for r, c in enumerate(clocks))
     log.info("%s: %.2f s wall; work: %s; rank 0 recording %.2f s", name, wall, ranks,
              clocks[0]["record"])
 

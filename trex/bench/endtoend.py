@@ -94,23 +94,27 @@ def phase_times(log_text: str) -> dict[str, dict]:
     out = {}
     for m in TIMER.finditer(log_text):
         ranks = [(int(a), float(b)) for a, b in re.findall(r"rank \d+ (\d+) in ([\d.]+) s",
-                                                             m["ranks"])]
+                                                             m["ranks"])]  # wall s
         out[m["phase"]] = {"wall": float(m["wall"]), "ranks": ranks, "record": float(m["record"])}
     return out
 
 
 def ingest_model(phases: dict[str, dict]) -> tuple[float, float, float]:
     """The rank-0 ingest model from a run's per-frame phases: (frames/s of one rank
-    working, frames/s rank 0 records when it does nothing else, ranks at which rank 0
-    saturates = their ratio).  With N ranks the frames go at min(N x work rate, record
-    rate): past that rank count the other ranks wait for rank 0."""
+    working, 1/w; frames/s rank 0 records when it does nothing else, 1/r; the rank
+    count where rank 0 saturates, 1 + w/r).
+
+    Rank 0 records every frame (r s each) and works on frames in the time left, the
+    others only work (w s a frame): N ranks go at N / (w + r) frames/s, N times one
+    rank, as long as rank 0 has time left for frames of its own, i.e. up to
+    N = 1 + w/r; past that rank 0 only records and the frames go at 1/r whatever N."""
     work = sum(sum(t for _, t in phases[p]["ranks"]) for p in FRAME_PHASES if p in phases)
     record = sum(phases[p]["record"] for p in FRAME_PHASES if p in phases)
     frames = max((sum(n for n, _ in phases[p]["ranks"]) for p in FRAME_PHASES if p in phases),
                  default=0)
     if not frames or work <= 0 or record <= 0:
         return float("nan"), float("nan"), float("nan")
-    return frames / work, frames / record, work / record
+    return frames / work, frames / record, 1.0 + work / record
 
 
 def lightcurve_files(root: Path) -> list[Path]:

@@ -164,7 +164,7 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     count = comm.bcast(len(items))
     progress = Progress(phase.name, count, context.config.run.progress_seconds)
     outcome: dict = {"failed": 0, "fault": None}
-    clock = {"items": 0, "work": 0.0, "cpu": 0.0, "record": 0.0}  # this rank's share, s
+    clock = {"items": 0, "work": 0.0, "cpu": 0.0, "record": 0.0, "record_cpu": 0.0}  # s
 
     def work(batch: list) -> list:
         began, cpu = time.perf_counter(), time.process_time()
@@ -175,11 +175,12 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
         return out
 
     def consume(results: list) -> bool:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         try:
             return _consume(results)
         finally:
             clock["record"] += time.perf_counter() - began
+            clock["record_cpu"] += time.process_time() - cpu
 
     def _consume(results: list) -> bool:
         with ledger.transaction():
@@ -228,8 +229,8 @@ def _log_timing(name: str, wall: float, clocks: list[dict] | None) -> None:
         return
     ranks = "; ".join(f"rank {r} {c['items']} in {c['work']:.2f} s (CPU {c['cpu']:.2f} s)"
                       for r, c in enumerate(clocks))
-    log.info("%s: %.2f s wall; work: %s; rank 0 recording %.2f s", name, wall, ranks,
-             clocks[0]["record"])
+    log.info("%s: %.2f s wall; work: %s; rank 0 recording %.2f s (CPU %.2f s)", name, wall,
+             ranks, clocks[0]["record"], clocks[0]["record_cpu"])
 
 
 class Progress:

@@ -177,7 +177,8 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     are shared out rather than queued behind each other.  Rank 0 takes one
     task at a time from the next batch (it answers between two tasks, so a
     worker never waits behind a whole batch of rank 0's, and rank 0 is never
-    the one left holding a batch at the end)."""
+    the one left holding a batch at the end), and only once every worker's
+    first request is answered."""
     MPI = comm.MPI
     status = MPI.Status()
     stops, out = PREFETCH * (comm.size - 1), 0
@@ -195,10 +196,13 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
             comm.comm.send(None, dest=source, tag=_STOP)
             stops -= 1
 
+    started: set[int] = set()  # workers whose first request was answered
     while stops or out:
         while waiting and not queue:
             answer(waiting.pop())
-        if _incoming(comm, status) or not queue:
+        # a worker's first request is waited for: started behind one of rank 0's tasks,
+        # it would idle for the whole task
+        if _incoming(comm, status) or not queue or len(started) < comm.size - 1:
             comm.wait_message(status)
             message = comm.comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
             source = status.Get_source()
@@ -214,6 +218,7 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
                 waiting.append(source)
             else:
                 answer(source)
+            started.add(source)
         elif consume(work([_take_one(queue)])) is False:
             queue.clear()
 

@@ -164,25 +164,13 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     count = comm.bcast(len(items))
     progress = Progress(phase.name, count, context.config.run.progress_seconds)
     outcome: dict = {"failed": 0, "fault": None}
-    clock = {"items": 0, "work": 0.0, "cpu": 0.0, "record": 0.0, "record_cpu": 0.0}  # s
+    clock = dict.fromkeys(("items", "work", "work_cpu", "record", "record_cpu"), 0)  # this rank
 
     def work(batch: list) -> list:
-        began, cpu = time.perf_counter(), time.process_time()
-        out = [attempt(phase, item, context) for item in batch]
         clock["items"] += len(batch)
-        clock["work"] += time.perf_counter() - began
-        clock["cpu"] += time.process_time() - cpu
-        return out
+        return [attempt(phase, item, context) for item in batch]
 
     def consume(results: list) -> bool:
-        began, cpu = time.perf_counter(), time.process_time()
-        try:
-            return _consume(results)
-        finally:
-            clock["record"] += time.perf_counter() - began
-            clock["record_cpu"] += time.process_time() - cpu
-
-    def _consume(results: list) -> bool:
         with ledger.transaction():
             for result in results:
                 if isinstance(result, Fault):
@@ -200,7 +188,7 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
         if comm.rank == 0:
             log.info("%s: %d to do", phase.name, count)
         began = time.perf_counter()
-        parallel.farm(comm, items, work, consume,
+        parallel.farm(comm, items, _timed(clock, "work", work), _timed(clock, "record", consume),
                       batch_size=phase.batch or context.config.run.batch_frames)
         phase.close(context)
         comm.barrier()
@@ -221,13 +209,25 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     return context, count, outcome["failed"]
 
 
+def _timed(clock: dict, key: str, func):
+    """``func`` adding its wall and CPU seconds to ``clock[key]`` and ``clock[key + "_cpu"]``."""
+    def timed(arg):
+        began, cpu = time.perf_counter(), time.process_time()
+        try:
+            return func(arg)
+        finally:
+            clock[key] += time.perf_counter() - began
+            clock[key + "_cpu"] += time.process_time() - cpu
+    return timed
+
+
 def _log_timing(name: str, wall: float, clocks: list[dict] | None) -> None:
     """On rank 0: the phase's wall time, each rank's items and seconds of work (wall and
     CPU: on a shared machine the wall time includes waiting for a core), and rank 0's
     seconds of recording (what the rank-0 ingest model of the README is made of)."""
     if clocks is None:  # not rank 0
         return
-    ranks = "; ".join(f"rank {r} {c['items']} in {c['work']:.2f} s (CPU {c['cpu']:.2f} s)"
+    ranks = "; ".join(f"rank {r} {c['items']} in {c['work']:.2f} s (CPU {c['work_cpu']:.2f} s)"
                       for r, c in enumerate(clocks))
     log.info("%s: %.2f s wall; work: %s; rank 0 recording %.2f s (CPU %.2f s)", name, wall,
              ranks, clocks[0]["record"], clocks[0]["record_cpu"])

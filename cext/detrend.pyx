@@ -113,8 +113,6 @@ cdef void _running_median(const double* x, Py_ssize_t n, Py_ssize_t width, doubl
                 lo = mid + 1
             else:
                 hi = mid
-        if window[lo] < v:  # only when lo = size - 1 and v is the largest
-            lo = size - 1
         memmove(window + lo + 1, window + lo, (size - 1 - lo) * sizeof(double))
         window[lo] = v
 

@@ -323,14 +323,16 @@ def detrend_night(rows: np.ndarray, offsets: np.ndarray, infos: list[dict], tren
     dec = np.repeat(np.array([i["dec"] for i in infos], dtype=np.float64), lengths)
     xy = _night_positions(rows, stars, infos)
     ids = np.array([i["objectid"] for i in infos], dtype=object)
-    params = {kind: _epd_parameters(rows, ra, dec, lst, config, plan)  # per column kind
-              for kind, plan in trend.epd.items() if plan is not None}
+    params = (None, None)  # the EPD parameters of one column kind at a time, (N, p)
     for col in columns:
         ep, tf, flag = outputs(col)
         mags = rows[col].astype(np.float64)
         rows[ep] = rows[tf] = np.nan
-        if col[0] in params:  # else no star can have enough points tonight
-            _detrend_column(rows, stars, col, mags, params[col[0]], xy, ids, trend, config)
+        plan = trend.epd[col[0]]
+        if plan is not None:  # else no star can have enough points tonight
+            if params[0] != col[0]:
+                params = (col[0], _epd_parameters(rows, ra, dec, lst, config, plan))
+            _detrend_column(rows, stars, col, mags, params[1], xy, ids, trend, config)
         done = np.isfinite(rows[ep]) & np.isfinite(rows[tf])
         rows[flag] = np.where(~np.isfinite(mags), PHOT["MISSING"].bit,
                               np.where(done, 0, PHOT["NOT_FITTED"].bit))

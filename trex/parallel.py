@@ -173,8 +173,9 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     consume every result, work while nothing is waiting.  Each worker gets
     exactly ``PREFETCH`` stops; every batch sent comes back as one result.
     When fewer batches are left than ranks, a worker that still holds one gets
-    no second (its request waits for its result), so that the last batches
-    are shared out rather than queued behind each other.  Rank 0 takes one
+    no second (its request waits for its result, and is answered before that
+    result is recorded), so that the last batches are shared out rather than
+    queued behind each other; near the end a worker gets part of a batch.  Rank 0 takes one
     task at a time from the next batch (it answers between two tasks, so a
     worker never waits behind a whole batch of rank 0's, and rank 0 is never
     the one left holding a batch at the end), and only once every worker's
@@ -189,7 +190,7 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     def answer(source: int) -> None:
         nonlocal stops, out
         if queue:
-            comm.comm.send(queue.pop(), dest=source, tag=_WORK)
+            comm.comm.send(_take_batch(queue, comm.size), dest=source, tag=_WORK)
             held[source] += 1
             out += 1
         else:
@@ -209,11 +210,11 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
             if status.Get_tag() == _RESULT:
                 out -= 1
                 held[source] -= 1
-                if consume(message) is False:
-                    queue.clear()
-                if source in waiting:
+                if source in waiting:  # its next batch first, then the recording
                     waiting.remove(source)
                     answer(source)
+                if consume(message) is False:
+                    queue.clear()
             elif held[source] and len(queue) < comm.size:
                 waiting.append(source)
             else:
@@ -221,6 +222,17 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
             started.add(source)
         elif consume(work([_take_one(queue)])) is False:
             queue.clear()
+
+
+def _take_batch(queue: list[list], nranks: int) -> list:
+    """The next batch for a worker; near the end only part of it (at most a share of
+    1 / (2 nranks) of the tasks left), so that the ranks finish together."""
+    left = sum(len(batch) for batch in queue)
+    share = max(1, -(-left // (2 * nranks)))
+    if len(queue[-1]) <= share:
+        return queue.pop()
+    part, queue[-1] = queue[-1][:share], queue[-1][share:]
+    return part
 
 
 def _take_one(queue: list[list]):

@@ -401,8 +401,8 @@ def detrend_nights(stars: list[tuple[np.ndarray, dict]], trends: list[NightTrend
                       trend, config, columns)
         rows[inside] = night
     start = np.r_[0, np.cumsum(lengths)]
-    for s, (star_rows_, _) in enumerate(stars):
-        star_rows_[...] = rows[start[s]:start[s + 1]]
+    for s, (mine, _) in enumerate(stars):
+        mine[...] = rows[start[s]:start[s + 1]]
 
 
 # -- phases --------------------------------------------------------------------------------------

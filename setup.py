@@ -18,6 +18,8 @@ extensions = [
         f"trex._{pyx.stem}",
         [str(pyx.relative_to(HERE))],
         include_dirs=[numpy.get_include(), "cext"],
+        # the shared contract (kernels.pxd) and the included .pxi files: a change rebuilds
+        depends=[str(p.relative_to(HERE)) for p in sorted((HERE / "cext").glob("*.px[di]"))],
         extra_compile_args=["-O3", "-ffp-contract=off"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
@@ -28,6 +30,7 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
+        include_path=["cext"],
         language_level=3,
         compiler_directives={
             "boundscheck": False,

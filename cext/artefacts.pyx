@@ -6,6 +6,8 @@ image (any unit for ``add_trail``; electrons for ``bleed_columns``) and
 release the GIL.
 """
 from libc.math cimport exp, sqrt, floor, ceil, fmin, fmax
+from kernels cimport BAD_ARGUMENT
+from trex.kernels import check
 
 
 def add_trail(float[:, ::1] image, double x0, double y0, double x1, double y1,
@@ -22,7 +24,7 @@ def add_trail(float[:, ::1] image, double x0, double y0, double x1, double y1,
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], i, j, i0, i1, j0, j1, count = 0
     cdef double reach, dx, dy, length2, t, px, py, dist2, inv
     if not sigma > 0:
-        raise ValueError("sigma must be > 0")
+        check(BAD_ARGUMENT, "add_trail: sigma must be > 0")
     reach = 5.0 * sigma
     dx = x1 - x0
     dy = y1 - y0
@@ -62,7 +64,7 @@ def bleed_columns(float[:, ::1] electrons, double full_well):
     cdef float fw = <float>full_well
     cdef double excess, carry, value
     if not full_well > 0:
-        raise ValueError("full_well must be > 0")
+        check(BAD_ARGUMENT, "bleed_columns: full_well must be > 0")
     with nogil:
         for i in range(nx):
             for j in range(ny):

@@ -11,6 +11,8 @@ import numpy as np
 
 from libc.math cimport sqrt, isfinite, NAN, INFINITY
 from libc.stdlib cimport malloc, free
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from trex.kernels import check
 
 
 cdef float _select(float* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
@@ -139,18 +141,19 @@ def mesh_stats(const float[:, ::1] image, const unsigned char[:, ::1] mask,
     cdef double mode, sd
     cdef float v
     if sky.shape[0] != nmy or sky.shape[1] != nmx or rms.shape[0] != nmy or rms.shape[1] != nmx:
-        raise ValueError("sky and rms must have shape (len(yedges) - 1, len(xedges) - 1)")
+        check(BAD_ARGUMENT, "mesh_stats: "
+              "sky and rms must have shape (len(yedges) - 1, len(xedges) - 1)")
     if has_mask and (mask.shape[0] != image.shape[0] or mask.shape[1] != image.shape[1]):
-        raise ValueError("mask must have the shape of image")
+        check(BAD_ARGUMENT, "mesh_stats: mask must have the shape of image")
     if yedges[0] != 0 or xedges[0] != 0 or yedges[nmy] != image.shape[0] \
             or xedges[nmx] != image.shape[1]:
-        raise ValueError("edges must span the image")
+        check(BAD_ARGUMENT, "mesh_stats: edges must span the image")
     for my in range(nmy):
         for mx in range(nmx):
             maxcell = max(maxcell, (yedges[my + 1] - yedges[my]) * (xedges[mx + 1] - xedges[mx]))
     cdef float* buf = <float*>malloc(max(maxcell, 1) * sizeof(float))
     if buf == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "mesh_stats: no memory for the work buffers")
     try:
         with nogil:
             for my in range(nmy):
@@ -192,7 +195,7 @@ def spline_expand(const double[:, ::1] values, const double[::1] knots, float[:,
     cdef Py_ssize_t r, k, p
     cdef double h, t, a, b, x
     if knots.shape[0] != nk or out.shape[0] != nrows:
-        raise ValueError("knots must have nknots entries and out nrows rows")
+        check(BAD_ARGUMENT, "spline_expand: knots must have nknots entries and out nrows rows")
     if nk == 1:
         np.asarray(out)[:] = np.asarray(values)
         return
@@ -201,7 +204,7 @@ def spline_expand(const double[:, ::1] values, const double[::1] knots, float[:,
     if m2 == NULL or seg == NULL:
         free(m2)
         free(seg)
-        raise MemoryError()
+        check(NO_MEMORY, "spline_expand: no memory for the work buffers")
     cdef double* c = m2 + max(nk, 2)
     cdef double* d = m2 + 2 * max(nk, 2)
     cdef double* w = m2 + 3 * max(nk, 2)

@@ -9,6 +9,8 @@ Gaussian fit lives in ``cext/psffit.pxi`` (included below).
 from libc.math cimport sqrt, exp, fabs, lround, isfinite, NAN
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free, labs
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from trex.kernels import check
 
 include "psffit.pxi"
 
@@ -36,13 +38,13 @@ def detect_map(const float[:, ::1] image, const float[:, ::1] sky,
     cdef bint has_mask = mask is not None
     cdef float v, c, thr = threshold
     if kernel.shape[0] % 2 != 1:
-        raise ValueError("kernel length must be odd")
+        check(BAD_ARGUMENT, "detect_map: kernel length must be odd")
     if (sky.shape[0] != ny or sky.shape[1] != nx or rms.shape[0] != ny or rms.shape[1] != nx
             or filtered.shape[0] != ny or filtered.shape[1] != nx
             or above.shape[0] != ny or above.shape[1] != nx):
-        raise ValueError("all maps must have the shape of image")
+        check(BAD_ARGUMENT, "detect_map: all maps must have the shape of image")
     if has_mask and (mask.shape[0] != ny or mask.shape[1] != nx):
-        raise ValueError("mask must have the shape of image")
+        check(BAD_ARGUMENT, "detect_map: mask must have the shape of image")
     # a ring of klen horizontally filtered rows, one padded source row, one
     # row of zeros, one accumulator row; then klen row pointers
     cdef float* ring = <float*>malloc((klen + 3) * w * sizeof(float))
@@ -50,7 +52,7 @@ def detect_map(const float[:, ::1] image, const float[:, ::1] sky,
     if ring == NULL or rows == NULL:
         free(ring)
         free(rows)
-        raise MemoryError()
+        check(NO_MEMORY, "detect_map: no memory for the work buffers")
     cdef float* src = ring + klen * w
     cdef float* zero = src + w
     cdef float* acc = zero + w
@@ -121,7 +123,7 @@ def find_peaks(const float[:, ::1] filtered, const unsigned char[:, ::1] above,
     cdef float f
     cdef bint peak
     if py.shape[0] != cap:
-        raise ValueError("px and py must have the same length")
+        check(BAD_ARGUMENT, "find_peaks: px and py must have the same length")
     with nogil:
         for j in range(ny):
             if n == cap:
@@ -169,7 +171,7 @@ def deblend_peaks(const float[:, ::1] filtered, const float[:, ::1] rms,
     cdef Py_ssize_t n = px.shape[0], p, q, start = 0, t, nstep, ii, jj
     cdef double fp, fmin, f, sig, depth
     if py.shape[0] != n or label.shape[0] != n or keep.shape[0] != n:
-        raise ValueError("px, py, label and keep must have the same length")
+        check(BAD_ARGUMENT, "deblend_peaks: px, py, label and keep must have the same length")
     with nogil:
         for p in range(n):
             if p == 0 or label[p] != label[p - 1]:
@@ -216,7 +218,7 @@ def assign_pixels(int[:, ::1] labels, const Py_ssize_t[::1] first,
     cdef long d2, dbest
     cdef int lab
     if count.shape[0] != nlab or npix.shape[0] != px.shape[0]:
-        raise ValueError("first/count must share a length; npix must match px")
+        check(BAD_ARGUMENT, "assign_pixels: first/count must share a length; npix must match px")
     with nogil:
         for s in range(npix.shape[0]):
             npix[s] = 0

@@ -21,16 +21,17 @@ read once per star; masked, non-finite or saturated ones and those within
 found by iterative sigma clipping around the median, then taken as the mean,
 the median or the mode 3 median - 2 mean of the values kept; medians are
 exact rank queries on a histogram of the annulus (photometry_sky.pxi), so
-the annulus is never sorted.  Stars are measured in a caller-given order.
+the annulus is never sorted.  An annulus partly off the frame gives its sky
+from the on-frame part; one with fewer usable pixels than ``min_sky`` (near
+a corner, crowded, masked) takes the caller's local background-map value
+when it is finite.  Stars are measured in a caller-given order.
 """
 from libc.math cimport sqrt, asin, copysign, fabs, floor, ceil, isfinite, NAN, INFINITY, M_PI
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.stdint cimport uint8_t, int32_t, int64_t
-
-ctypedef fused pixel_t:
-    float
-    double
+from kernels cimport BAD_ARGUMENT, NO_MEMORY, pixel_t, sort_doubles
+from trex.kernels import check
 
 cdef enum:
     # sky estimators (values of ``sky_method``)
@@ -43,6 +44,9 @@ cdef enum:
     B_SAT = 2
     B_FEWSKY = 3
     B_CROWDED = 4
+    B_PARTIAL = 5
+    B_MAP = 6
+    NBITS = 7
 
 
 cdef void corner_table(double* table, double* work, Py_ssize_t cw, Py_ssize_t ch,
@@ -247,9 +251,11 @@ cdef struct Settings:
     const double* radii
     Py_ssize_t nr
     double r_in, r_out, excl_radius, sky_sigma, saturation
-    int sky_iters, sky_method, min_sky
+    int sky_iters, sky_method, min_sky, map_nsky
     bint use_mask
     const int32_t* bits
+    const double* map_sky
+    const double* map_sigma
 
 
 cdef struct Work:
@@ -277,14 +283,20 @@ cdef int measure_star(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask,
         mark_neighbours(w.stamp, w.sw, ix0, iy0, x, y, nb_ptr, nb_idx, s, p.excl_radius)
     n = gather_sky(image, mask, p.use_mask, xc, yc, p.r_in, p.r_out, p.saturation, w.stamp,
                    crowded, w.sw, ix0, iy0, w.buf, &ntot, &nexcl, &off)
-    n = sky_estimate(w.buf, n, p.sky_sigma, p.sky_iters, p.sky_method, sky, sd, &w.h)
-    nsky[0] = <int32_t>n
     if off:
-        f |= p.bits[B_OFF]
-    if n < p.min_sky:
-        f |= p.bits[B_FEWSKY]
+        f |= p.bits[B_PARTIAL]
     if 2 * nexcl > ntot:
         f |= p.bits[B_CROWDED]
+    if n < p.min_sky and isfinite(p.map_sky[s]):
+        sky[0] = p.map_sky[s]
+        sd[0] = p.map_sigma[s]
+        nsky[0] = p.map_nsky
+        f |= p.bits[B_MAP]
+    else:
+        n = sky_estimate(w.buf, n, p.sky_sigma, p.sky_iters, p.sky_method, sky, sd, &w.h)
+        nsky[0] = <int32_t>n
+        if n < p.min_sky:
+            f |= p.bits[B_FEWSKY]
     aperture_sums(image, mask, p.use_mask, xc, yc, p.radii, p.nr, p.saturation, w.corners,
                   w.sums, w.sums + p.nr, w.bad)
     return f
@@ -295,9 +307,10 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
                       const double[::1] radii, double r_in, double r_out,
                       const int64_t[::1] nb_ptr, const int64_t[::1] nb_idx, double excl_radius,
                       int sky_method, double sky_sigma, int sky_iters, double saturation,
-                      const int32_t[::1] bits, double[:, ::1] flux, double[:, ::1] area,
-                      int32_t[:, ::1] flag, double[::1] bg, double[::1] bgsigma,
-                      int32_t[::1] nsky, int min_sky):
+                      const int32_t[::1] bits, const double[::1] map_sky,
+                      const double[::1] map_sigma, int map_nsky, double[:, ::1] flux,
+                      double[:, ::1] area, int32_t[:, ::1] flag, double[::1] bg,
+                      double[::1] bgsigma, int32_t[::1] nsky, int min_sky):
     """Aperture photometry of every star of one frame (GIL released).
 
     Parameters
@@ -305,17 +318,23 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     image : float32 or float64 (ny, nx), C-contiguous, native byte order; ADU.
     mask : uint8 (ny, nx), non-zero = bad (ignored unless ``use_mask``).
     x, y : float64 (nstars,), star centres, px, 0-based.
-    order : int64 (nstars,), a permutation of range(nstars): the order in which
-        to measure the stars (a spatial sort keeps consecutive stars' rows in cache).
+    order : int64 (nmeasure,), distinct indices of the stars to measure, in the
+        order to measure them (a spatial sort keeps consecutive stars' rows in
+        cache); the outputs of the other stars are left as they are.
     radii : float64 (nradii,), increasing aperture radii, px.
     r_in, r_out : sky annulus radii, px (pixel centres in [r_in, r_out)).
     nb_ptr, nb_idx : int64 CSR neighbour lists (nb_ptr has nstars + 1 entries);
         annulus pixels within ``excl_radius`` px of a neighbour are left out.
     sky_method : 0 mean, 1 median, 2 mode (3 median - 2 mean).
-    sky_sigma, sky_iters : clipping threshold (sigma) and iterations.
+    sky_sigma, sky_iters : clipping threshold (sigma) and at most this many iterations.
     saturation : pixels at or above it (ADU) are saturated.
-    bits : int32 (5,), flag bits for off frame, masked, saturated, few sky, crowded.
-    min_sky : fewer sky pixels than this set the few-sky bit.
+    bits : int32 (7,), flag bits for aperture off frame, masked, saturated, few sky,
+        crowded, annulus partly off frame, sky from the map (``trex.flags.PHOT``).
+    map_sky, map_sigma : float64 (nstars,), local background-map sky and pixel
+        scatter at each star, ADU; used (NaN: never) when the annulus has fewer
+        than ``min_sky`` usable pixels, reported with ``map_nsky`` sky pixels.
+    min_sky : fewer usable annulus pixels than this take the map's sky, or without
+        it set the few-sky bit (as do fewer pixels kept after clipping).
 
     Outputs (caller-allocated, written)
     -----------------------------------
@@ -324,15 +343,17 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     area : float64 (nstars, nradii), usable aperture area, px^2.
     flag : int32 (nstars, nradii), OR of ``bits``.
     bg, bgsigma : float64 (nstars,), sky per pixel and clipped pixel scatter, ADU.
-    nsky : int32 (nstars,), sky pixels kept after clipping.
+    nsky : int32 (nstars,), sky pixels kept after clipping (``map_nsky`` for the map).
     """
     cdef Py_ssize_t nstars = x.shape[0], nr = radii.shape[0], q, s, k
-    _check_shapes(nstars, nr, y.shape[0], order.shape[0], nb_ptr.shape[0], bits.shape[0],
+    _check_shapes(nstars, nr, y.shape[0], order, nb_ptr.shape[0], bits.shape[0],
+                  map_sky.shape[0], map_sigma.shape[0],
                   use_mask and (mask.shape[0] != image.shape[0] or mask.shape[1] != image.shape[1]),
                   (flux.shape[0], flux.shape[1], area.shape[0], area.shape[1], flag.shape[0],
                    flag.shape[1], bg.shape[0], bgsigma.shape[0], nsky.shape[0]))
     cdef Settings p = Settings(&radii[0], nr, r_in, r_out, excl_radius, sky_sigma, saturation,
-                               sky_iters, sky_method, min_sky, use_mask, &bits[0])
+                               sky_iters, sky_method, min_sky, map_nsky, use_mask, &bits[0],
+                               &map_sky[0], &map_sigma[0])
     cdef Work w
     cdef Py_ssize_t cw = 2 * <Py_ssize_t>ceil(radii[nr - 1]) + 4
     cdef double xc, yc, big = r_out + radii[nr - 1] + 1.0
@@ -348,9 +369,9 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
     try:
         if not (w.buf and w.stamp and w.corners and w.sums and w.bad and w.h.code
                 and w.h.sorted):
-            raise MemoryError()
+            check(NO_MEMORY, "photometry_kernel: no memory for the work buffers")
         with nogil:
-            for q in range(nstars):
+            for q in range(order.shape[0]):
                 s = order[q]
                 xc = x[s]
                 yc = y[s]
@@ -380,11 +401,19 @@ def photometry_kernel(const pixel_t[:, ::1] image, const uint8_t[:, ::1] mask, b
         free(w.h.sorted)
 
 
-def _check_shapes(Py_ssize_t nstars, Py_ssize_t nr, Py_ssize_t ny_, Py_ssize_t norder,
-                  Py_ssize_t nptr, Py_ssize_t nbits, bint bad_mask, tuple outputs):
-    if nr == 0 or ny_ != nstars or norder != nstars or nptr != nstars + 1 or nbits != 5:
-        raise ValueError("need radii, y and order as long as x, nstars + 1 nb_ptr, 5 bits")
+def _check_shapes(Py_ssize_t nstars, Py_ssize_t nr, Py_ssize_t ny_, const int64_t[::1] order,
+                  Py_ssize_t nptr, Py_ssize_t nbits, Py_ssize_t nmap, Py_ssize_t nmapsig,
+                  bint bad_mask, tuple outputs):
+    if (nr == 0 or ny_ != nstars or nptr != nstars + 1 or nbits != NBITS or nmap != nstars
+            or nmapsig != nstars):
+        check(BAD_ARGUMENT, "photometry_kernel: "
+              "need radii, y, map_sky and map_sigma as long as x, nstars + 1 nb_ptr, 7 bits")
+    cdef Py_ssize_t q
+    for q in range(order.shape[0]):
+        if not 0 <= order[q] < nstars:
+            check(BAD_ARGUMENT, "photometry_kernel: order holds an index out of range")
     if bad_mask:
-        raise ValueError("mask must have the shape of the image")
+        check(BAD_ARGUMENT, "photometry_kernel: mask must have the shape of the image")
     if outputs != (nstars, nr, nstars, nr, nstars, nr, nstars, nstars, nstars):
-        raise ValueError("outputs must have shape (nstars, nradii) or (nstars,)")
+        check(BAD_ARGUMENT, "photometry_kernel: "
+              "outputs must have shape (nstars, nradii) or (nstars,)")

@@ -4,17 +4,7 @@
 cdef enum:
     NBIN = 64            # histogram bins over +-4 estimated sigma (plus 2 overflow bins)
     NSAMPLE = 16         # values sampled to place the histogram
-    SMALL_SORT = 48      # bins with more values than this are sorted with qsort
-
-cdef extern from *:
-    """
-    static int trex_phot_cmp(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
-    }
-    """
-    int trex_phot_cmp(const void *a, const void *b) noexcept nogil
-
+    SMALL_SORT = 48      # bins with more values than this are sorted with sort_doubles
 
 cdef struct RankIndex:
     # histogram of a[:n] that finds the t-th smallest value without sorting a:
@@ -79,7 +69,7 @@ cdef double rank_value(RankIndex* h, const double* a, Py_ssize_t n, Py_ssize_t t
             h.sorted[m] = a[i]
             m += h.code[i] == b
         if m > SMALL_SORT:
-            qsort(h.sorted, m, sizeof(double), trex_phot_cmp)
+            sort_doubles(h.sorted, m)
         else:
             insertion_sort(h.sorted, m)
         h.sorted_bin = b

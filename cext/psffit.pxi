@@ -244,10 +244,10 @@ def fit_sources(const float[:, ::1] image, const float[:, ::1] sky,
     cdef int f, status
     if radius < 1 or flagbits.shape[0] != 4 or out.shape[0] != ns or out.shape[1] != 9 \
             or nused.shape[0] != ns or flag.shape[0] != ns or py.shape[0] != ns:
-        raise ValueError("bad radius, flagbits or output shapes")
+        check(BAD_ARGUMENT, "fit_sources: bad radius, flagbits or output shapes")
     cdef double* X = <double*>malloc((4 * side * side + 8 * side) * sizeof(double))
     if X == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "fit_sources: no memory for the work buffers")
     cdef double* Y = X + side * side
     cdef double* v = X + 2 * side * side
     cdef double* tab = X + 3 * side * side

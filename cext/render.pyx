@@ -19,6 +19,8 @@ import numpy as np
 
 from libc.math cimport exp, sqrt, ceil, floor, fabs, fmin, isfinite, log1p, pow, M_PI
 from libc.stdlib cimport malloc, free
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from trex.kernels import check
 
 #: largest stamp half size, px (a wider star is an error, not a slow call)
 DEF MAX_HALFSIZE = 256
@@ -115,9 +117,9 @@ def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
     cdef double* buf
     if not (y.shape[0] == n and flux.shape[0] == n and s.shape[0] == n
             and d.shape[0] == n and k.shape[0] == n):
-        raise ValueError("x, y, flux, s, d, k must have the same length")
+        check(BAD_ARGUMENT, "add_stars: x, y, flux, s, d, k must have the same length")
     if not 1 <= order <= 16 or nsigma <= 0:
-        raise ValueError("order must be in 1..16 and nsigma > 0")
+        check(BAD_ARGUMENT, "add_stars: order must be in 1..16 and nsigma > 0")
     gl_nodes, gl_weights = np.polynomial.legendre.leggauss(order)
     cdef double[::1] node = np.ascontiguousarray(0.5 * gl_nodes)
     cdef double[::1] weight = np.ascontiguousarray(0.5 * gl_weights)
@@ -130,12 +132,12 @@ def add_stars(float[:, ::1] image, const double[::1] x, const double[::1] y,
             if h > hmax:
                 hmax = h
     if bad >= 0:
-        raise ValueError(f"star {bad}: S, D, K do not describe an ellipse narrower than "
-                         f"{MAX_HALFSIZE / nsigma:.0f} px sigma (need S > sqrt(D^2 + K^2))")
+        check(BAD_ARGUMENT, f"add_stars: star {bad}: S, D, K do not describe an ellipse "
+              f"narrower than {MAX_HALFSIZE / nsigma:.0f} px sigma (need S > sqrt(D^2 + K^2))")
     wmax = 2 * hmax + 1
     buf = <double*>malloc((wmax * wmax + 4 * wmax * order + order * order) * sizeof(double))
     if buf == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "add_stars: no memory for the work buffers")
     try:
         with nogil:
             for i in range(n):
@@ -229,9 +231,10 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
     cdef double q_fine, q_coarse
     if not (y.shape[0] == n and flux.shape[0] == n and s.shape[0] == n
             and d.shape[0] == n and k.shape[0] == n and beta.shape[0] == n):
-        raise ValueError("x, y, flux, s, d, k, beta must have the same length")
+        check(BAD_ARGUMENT, "add_moffat: x, y, flux, s, d, k, beta must have the same length")
     if not 1 <= order <= 16 or not 0 < wing_cut < 1 or min_level < 0:
-        raise ValueError("order must be in 1..16, 0 < wing_cut < 1 and min_level >= 0")
+        check(BAD_ARGUMENT, "add_moffat: "
+              "order must be in 1..16, 0 < wing_cut < 1 and min_level >= 0")
     gl_nodes, gl_weights = np.polynomial.legendre.leggauss(order)
     cdef double[::1] node = np.ascontiguousarray(0.5 * gl_nodes)
     cdef double[::1] weight = np.ascontiguousarray(0.5 * gl_weights)
@@ -246,7 +249,8 @@ def add_moffat(float[:, ::1] image, const double[::1] x, const double[::1] y,
                 bad = i
                 break
     if bad >= 0:
-        raise ValueError(f"star {bad}: need beta > 1 and S > sqrt(D^2 + K^2) (an ellipse)")
+        check(BAD_ARGUMENT, f"add_moffat: star {bad}: "
+              f"need beta > 1 and S > sqrt(D^2 + K^2) (an ellipse)")
     with nogil:
         for i in range(n):
             if not (isfinite(flux[i]) and flux[i] > 0 and fabs(x[i]) < 1e9

@@ -14,6 +14,8 @@ import numpy as np
 
 from libc.math cimport floor, isfinite, NAN
 from libc.stdlib cimport malloc, free
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from trex.kernels import check
 
 
 cdef inline void _row_coef(const double[:, ::1] c, double yn, double* a) noexcept nogil:
@@ -91,7 +93,7 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
     cdef double v0 = norm[4], isv = 1.0 / norm[5]
     cdef double acc, e0, e1, val, vc, uc
     if norm.shape[0] != 6:
-        raise ValueError("norm must hold x0, sx, y0, sy, v0, sv")
+        check(BAD_ARGUMENT, "resample_flux: norm must hold x0, sx, y0, sy, v0, sv")
     cdef double* cs = <double*>malloc((nys + 3) * nx * sizeof(double))
     cdef double* row = <double*>malloc((nxs + 3) * sizeof(double))
     cdef double* edge = <double*>malloc(2 * (nx + 2) * sizeof(double))
@@ -99,7 +101,7 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
     cdef Py_ssize_t* xlo = <Py_ssize_t*>malloc(2 * nys * sizeof(Py_ssize_t))
     if cs == NULL or row == NULL or edge == NULL or a == NULL or xlo == NULL:
         free(cs); free(row); free(edge); free(a); free(xlo)
-        raise MemoryError()
+        check(NO_MEMORY, "resample_flux: no memory for the work buffers")
     cdef Py_ssize_t* xhi = xlo + nys
     cdef double* prev = edge + (nx + 2)
     try:
@@ -232,12 +234,13 @@ def resample_interp(const float[:, ::1] image, const double[:, ::1] ucoef,
     cdef double x0 = norm[0], isx = 1.0 / norm[1], y0 = norm[2], isy = 1.0 / norm[3]
     cdef double xn, yn, u, v, ux, vx, uy, vy, jac
     if vcoef.shape[0] != n or norm.shape[0] != 6:
-        raise ValueError("ucoef and vcoef must have the same shape; norm must have 6 values")
+        check(BAD_ARGUMENT, "resample_interp: "
+              "ucoef and vcoef must have the same shape; norm must have 6 values")
     if nys < 2 or nxs < 2:
-        raise ValueError("the source image must be at least 2 x 2")
+        check(BAD_ARGUMENT, "resample_interp: the source image must be at least 2 x 2")
     cdef double* a = <double*>malloc(4 * n * sizeof(double))
     if a == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "resample_interp: no memory for the work buffers")
     cdef double* b = a + n
     cdef double* ad = a + 2 * n
     cdef double* bd = a + 3 * n

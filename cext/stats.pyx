@@ -9,14 +9,12 @@ value survives when ``centre - lo*std <= v <= centre + hi*std``.
 import numpy as np
 
 from libc.math cimport sqrt, isfinite, NAN
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport malloc, free
+from kernels cimport BAD_ARGUMENT, NO_MEMORY, sort_doubles
+from trex.kernels import check
 
 cdef extern from *:
     """
-    static int trex_cmp_double(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
-    }
     /* In-place ascending sort of a[0:n] for short arrays (a stack of frames):
        quicksort on the median of three down to 64 elements, then insertion sort
        (fewer mispredicted branches than qsort for a stack of tens of frames). */
@@ -48,7 +46,6 @@ cdef extern from *:
         }
     }
     """
-    int trex_cmp_double(const void *a, const void *b) noexcept nogil
     void trex_sort_short(double *a, Py_ssize_t n) noexcept nogil
 
 
@@ -56,7 +53,7 @@ cdef inline void _sort(double* a, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef double v
     if n > 24:
-        qsort(a, n, sizeof(double), trex_cmp_double)
+        sort_doubles(a, n)
         return
     for i in range(1, n):
         v = a[i]
@@ -143,7 +140,7 @@ def clipped_stats(values, double nsigma=3.0, int maxiter=5):
     cdef double mean, median, std
     cdef double* buf = <double*>malloc(max(n, 1) * sizeof(double))
     if buf == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "clipped_stats: no memory for the work buffers")
     try:
         with nogil:
             for i in range(n):
@@ -178,7 +175,7 @@ def clipped_combine(const float[:, :, ::1] stack, float[:, ::1] out,
     cdef Py_ssize_t i, j, k, n
     cdef double mean, median, std, v
     if out.shape[0] != ny or out.shape[1] != nx or nused.shape[0] != ny or nused.shape[1] != nx:
-        raise ValueError("out and nused must have shape (ny, nx) of the stack")
+        check(BAD_ARGUMENT, "clipped_combine: out and nused must have shape (ny, nx) of the stack")
     # Row j of every image is first copied, transposed, into ``tile`` so that the
     # values of one pixel are adjacent (reading the stack pixel by pixel would
     # jump a whole image block between values).
@@ -187,7 +184,7 @@ def clipped_combine(const float[:, :, ::1] stack, float[:, ::1] out,
     if buf == NULL or tile == NULL:
         free(buf)
         free(tile)
-        raise MemoryError()
+        check(NO_MEMORY, "clipped_combine: no memory for the work buffers")
     try:
         with nogil:
             for j in range(ny):
@@ -213,8 +210,8 @@ def clipped_combine(const float[:, :, ::1] stack, float[:, ::1] out,
 def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,
                      const float[:, ::1] bias, const float[:, ::1] dark, double dark_scale,
                      const float[:, ::1] flat, const unsigned char[:, ::1] badpix,
-                     double saturate, double min_flat, float[:, ::1] out,
-                     unsigned char[:, ::1] mask):
+                     double saturate, double min_flat, const unsigned char[::1] bits,
+                     float[:, ::1] out, unsigned char[:, ::1] mask):
     """Calibrate one trimmed frame in a single pass: ``(raw - overscan - bias - dark*t) / flat``.
 
     Parameters
@@ -229,13 +226,14 @@ def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,
         Master dark current, ADU/s; multiplied by ``dark_scale`` (exposure, s).
     flat : float32, shape (ny, nx), C-contiguous, or None (not divided)
         Normalised master flat.  Where it is below ``min_flat`` or not finite
-        the pixel is left undivided and flagged NOFLAT (8).
+        the pixel is left undivided and flagged NOFLAT.
     badpix : uint8, shape (ny, nx), C-contiguous, or None
         Bad-pixel map; its bits are copied into the mask.
-    saturate : raw values at or above this are flagged SATURATED (2).
+    saturate : raw values at or above this are flagged SATURATED.
+    bits : uint8 (3,), the ``trex.flags.MASK`` bits SATURATED, NOFLAT, NONFINITE.
     out : float32, shape (ny, nx), written: the calibrated frame, ADU.
     mask : uint8, shape (ny, nx), written: bits of ``trex.flags.MASK``;
-        non-finite results are flagged NONFINITE (4).
+        non-finite results are flagged NONFINITE.
 
     Returns
     -------
@@ -252,14 +250,19 @@ def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,
     cdef const float* fl
     cdef const unsigned char* bp
     if out.shape[0] != ny or out.shape[1] != nx or mask.shape[0] != ny or mask.shape[1] != nx:
-        raise ValueError("out and mask must have the shape of raw")
+        check(BAD_ARGUMENT, "calibrate_pixels: out and mask must have the shape of raw")
+    if bits.shape[0] != 3:
+        check(BAD_ARGUMENT, "calibrate_pixels: bits must hold SATURATED, NOFLAT, NONFINITE")
+    cdef unsigned char satbit = bits[0], noflatbit = bits[1], nonfinitebit = bits[2]
     if overscan.shape[0] != ny:
-        raise ValueError("overscan must have one value per row")
+        check(BAD_ARGUMENT, "calibrate_pixels: overscan must have one value per row")
     if nx > 1 and raw.strides[1] != sizeof(float):
-        raise ValueError("raw rows must be contiguous (a row or column slice of a C array)")
+        check(BAD_ARGUMENT, "calibrate_pixels: "
+              "raw rows must be contiguous (a row or column slice of a C array)")
     for name, arr in (("bias", bias), ("dark", dark), ("flat", flat), ("badpix", badpix)):
         if arr is not None and (arr.shape[0] != ny or arr.shape[1] != nx):
-            raise ValueError(f"{name} must have the shape of the trimmed frame ({ny}, {nx})")
+            check(BAD_ARGUMENT, "calibrate_pixels: "
+                  f"{name} must have the shape of the trimmed frame ({ny}, {nx})")
     if ny == 0 or nx == 0:
         return 0
     # a missing master is a row of zeros (bias, dark, badpix) or ones (flat)
@@ -280,8 +283,8 @@ def calibrate_pixels(const float[:, :] raw, const float[::1] overscan,
                 f = fl[i]
                 ok = f >= fmin and isfinite(f)
                 v = (r[i] - overscan[j] - b[i] - d[i] * t) / (f if ok else 1.0)
-                m = bp[i] | (2 if r[i] >= sat else 0) | (0 if ok else 8)
-                m = m | (0 if isfinite(v) else 4)
+                m = bp[i] | (satbit if r[i] >= sat else 0) | (0 if ok else noflatbit)
+                m = m | (0 if isfinite(v) else nonfinitebit)
                 out[j, i] = v
                 mask[j, i] = m
                 nbad += m != 0

@@ -6,6 +6,8 @@ coefficient arrays ``c[i, j]`` of ``xn**i * yn**j`` in normalised coordinates
 ``xn = (x - x0) / sx``, ``yn = (y - y0) / sy``; ``norm = (x0, sx, y0, sy)``.
 """
 from libc.stdlib cimport malloc, free
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from trex.kernels import check
 
 
 def stamp_cross(const double[:, :, ::1] vt, const double[:, ::1] data,
@@ -28,7 +30,7 @@ def stamp_cross(const double[:, :, ::1] vt, const double[:, ::1] data,
     if (data.shape[0] != ns or data.shape[1] != npix or weight.shape[0] != ns
             or weight.shape[1] != npix or cross.shape[0] != ns or cross.shape[1] != nb
             or cross.shape[2] != nb or rhs.shape[0] != ns or rhs.shape[1] != nb):
-        raise ValueError("vt, data, weight, cross and rhs disagree in shape")
+        check(BAD_ARGUMENT, "stamp_cross: vt, data, weight, cross and rhs disagree in shape")
     with nogil:
         for s in range(ns):
             for b in range(nb):
@@ -74,23 +76,23 @@ def normal_equations(const double[:, :, ::1] cross, const double[:, ::1] rhs_sta
     cdef double qbc, pp, acc
     cdef double* block
     if rhs_stamp.shape[0] != ns or poly.shape[0] != ns or nterm.shape[0] != nb:
-        raise ValueError("cross, rhs_stamp, poly and nterm disagree in size")
+        check(BAD_ARGUMENT, "normal_equations: cross, rhs_stamp, poly and nterm disagree in size")
     cdef Py_ssize_t* start = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     if start == NULL:
-        raise MemoryError()
+        check(NO_MEMORY, "normal_equations: no memory for the work buffers")
     start[0] = 0
     for b in range(nb):
         if nterm[b] > npoly or nterm[b] < 0:
             free(start)
-            raise ValueError("nterm exceeds the polynomial terms given")
+            check(BAD_ARGUMENT, "normal_equations: nterm exceeds the polynomial terms given")
         start[b + 1] = start[b] + nterm[b]
     if start[nb] != nunk or matrix.shape[0] != nunk or matrix.shape[1] != nunk:
         free(start)
-        raise ValueError("matrix and rhs must have sum(nterm) rows")
+        check(BAD_ARGUMENT, "normal_equations: matrix and rhs must have sum(nterm) rows")
     block = <double*>malloc(npoly * npoly * sizeof(double))
     if block == NULL:
         free(start)
-        raise MemoryError()
+        check(NO_MEMORY, "normal_equations: no memory for the work buffers")
     try:
         with nogil:
             for b in range(nb):
@@ -177,16 +179,18 @@ def convolve_varying(const float[:, ::1] ref, const double[:, :, :, ::1] kcoef,
     cdef const float* rrow
     cdef float a0, a1, a2, a3, a4
     if kcoef.shape[1] != size or size % 2 != 1 or kcoef.shape[3] != n:
-        raise ValueError("kcoef must have shape (2H+1, 2H+1, N+1, N+1)")
+        check(BAD_ARGUMENT, "convolve_varying: kcoef must have shape (2H+1, 2H+1, N+1, N+1)")
     if bcoef.shape[0] != n or bcoef.shape[1] != n or norm.shape[0] != 4:
-        raise ValueError("bcoef must be (N+1, N+1) and norm must hold x0, sx, y0, sy")
+        check(BAD_ARGUMENT, "convolve_varying: "
+              "bcoef must be (N+1, N+1) and norm must hold x0, sx, y0, sy")
     if out.shape[0] != ny or out.shape[1] != nx or ny <= 2 * h or nx <= 2 * h:
-        raise ValueError("out must have the shape of ref, larger than the kernel")
+        check(BAD_ARGUMENT, "convolve_varying: "
+              "out must have the shape of ref, larger than the kernel")
     cdef float* xn = <float*>malloc((3 * nx + n) * sizeof(float))
     cdef Py_ssize_t* active = <Py_ssize_t*>malloc(size * size * sizeof(Py_ssize_t))
     if xn == NULL or active == NULL:
         free(xn); free(active)
-        raise MemoryError()
+        check(NO_MEMORY, "convolve_varying: no memory for the work buffers")
     cdef float* acc = xn + nx
     cdef float* coef = xn + 2 * nx
     cdef float* a = xn + 3 * nx

@@ -21,7 +21,7 @@ from conftest import calibration_counts, run_stages
 from trex._stats import calibrate_pixels
 
 from trex import masters as masters_module
-from trex.calibrate import red_name
+from trex.calibrate import KERNEL_BITS, red_name
 from trex.config import Config
 from trex.db import connect
 from trex.fits import read_image
@@ -359,14 +359,22 @@ def test_calibrate_pixels_kernel_matches_numpy():
     bpm[2, 2] = 1
     out, mask = np.empty((20, 30), np.float32), np.empty((20, 30), np.uint8)
     view = raw[5:25, 3:33]
-    nbad = calibrate_pixels(view, ovs, bias, dark, 2.5, flat, bpm, 95.0, 0.05, out, mask)
+    nbad = calibrate_pixels(view, ovs, bias, dark, 2.5, flat, bpm, 95.0, 0.05, KERNEL_BITS,
+                            out, mask)
     want = (view.astype(np.float64) - ovs[:, None] - bias - dark * 2.5)
     ok = np.isfinite(flat) & (flat >= 0.05)
     want[ok] /= flat[ok]
     assert np.allclose(out, want, rtol=1e-6, atol=1e-4)
-    assert mask[0, 0] == 8 and mask[1, 1] == 8 and mask[2, 2] == 1
-    assert np.array_equal(mask & 2 > 0, view >= 95.0)
+    noflat, saturated = MASK["NOFLAT"].bit, MASK["SATURATED"].bit
+    assert mask[0, 0] == noflat and mask[1, 1] == noflat and mask[2, 2] == 1
+    assert np.array_equal(mask & saturated > 0, view >= 95.0)
     assert nbad == np.count_nonzero(mask)
+    # the kernel sets the bits it is given, none of its own
+    other = np.empty_like(mask)
+    calibrate_pixels(view, ovs, bias, dark, 2.5, flat, bpm, 95.0, 0.05,
+                     np.array([16, 32, 64], np.uint8), out, other)
+    np.testing.assert_array_equal(other == 32, mask == noflat)
+    np.testing.assert_array_equal(other & 16 > 0, mask & saturated > 0)
 
 
 def test_nearest_master_prefers_the_closest_then_earlier_night():

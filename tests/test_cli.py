@@ -34,7 +34,7 @@ def test_every_command_is_described_and_every_option_shows_its_default():
             if action.option_strings and action.dest not in ("help", "version"):
                 text = formatter._expand_help(action)
                 assert "default" in text, (name, action.option_strings, text)
-                if action.default not in (None, False):  # the value itself is shown
+                if action.default not in (None, False, argparse.SUPPRESS):  # the value is shown
                     assert str(action.default) in text, (name, action.option_strings)
         assert "(default: 1)" in commands["simulate"].format_help()  # --nights
 
@@ -118,6 +118,7 @@ def test_status_lists_stages_in_order_with_waiting_frames(tmp_path, db_url, caps
     assert rows == list(NAMES[:-1]) * 2  # nights n1 and n2, each in pipeline order
     assert f"    {'magfit':12s} {1:7d} {0:7d} {1:7d}" in text  # n2: done, but stale
     assert "2 raw files not read yet" in text and "catalog F9: no catalog" in text
+    assert "to try every failed frame again now: trex run --retry-failed" in text
 
 
 def test_read_only_commands_never_create_a_database(tmp_path, capsys):
@@ -147,3 +148,87 @@ def test_simulate_realistic_selects_the_realistic_world(tmp_path):
                      *flag]) == 0
         params = load_params(root)
         assert (resolve(params["realism"]) == REALISTIC) == (world == "realistic")
+
+
+@pytest.mark.parametrize("command", ["status", "run"])
+def test_a_config_value_out_of_its_choices_stops_at_once_with_status_2(tmp_path, capsys, command):
+    project = init_project(tmp_path / "p")
+    text = project.config_path.read_text().replace('overscan = "row"', 'overscan = "rows"')
+    project.config_path.write_text(text)
+    assert main([command, str(project.root)]) == 2
+    err = capsys.readouterr().err
+    assert f"trex: error: {project.config_path}: [calibrate] overscan = \"rows\": allowed: " \
+           "row, median, none" in err
+    assert not (project.root / "trex.sqlite").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("argv", [["--log-level", "debug", "status"], ["status", "--log-level", "Debug"],
+                                  ["--log-level", "error", "run", "--log-level", "debug"]])
+def test_log_level_in_any_case_before_or_after_the_command(tmp_path, argv):
+    import logging
+
+    root = tmp_path / "p"
+    init_project(root)
+    assert main([*argv, str(root)]) == 0
+    assert logging.getLogger("trex").level == logging.DEBUG
+    main(["--log-level", "warning", "status", str(root)])  # before only: kept
+    assert logging.getLogger("trex").level == logging.WARNING
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "p"
+    init_project(root)
+    proc = subprocess.Popen([sys.executable, "-m", "trex", "status", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc.stdout.close()  # like `| head -0`: the reader is gone before trex writes
+    err = proc.stderr.read()
+    assert proc.wait() == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_nights_must_name_night_folders(tmp_path, capsys):
+    project = init_project(tmp_path / "p")
+    (project.raw / "2026-11-29").mkdir()
+    assert main(["run", str(project.root), "--nights", "2026-11-29, 2026-11-30"]) == 2
+    assert f"--nights: no folder {project.raw / '2026-11-30'}" in capsys.readouterr().err
+    assert main(["run", str(project.root), "--nights", "2026-11-29"]) == 0
+
+
+def test_run_nights_works_on_those_nights_only(tmp_path):
+    """``--nights``: the other night's raw files are not read, its frames not processed,
+    its rows not merged; a second run with the other night adds them."""
+    import fitsio
+
+    from trex.simulate import simulate_project
+
+    root = tmp_path / "p"
+    init_project(root)
+    simulate_project(root, nights=2, frames=3, size=256, stars=200, seed=2)
+    first, second = sorted(p.name for p in (root / "RAW").iterdir())
+    url = f"sqlite:///{root / 'trex.sqlite'}"
+
+    def recorded() -> dict:
+        with connect(url) as db:
+            return {night: (files, states) for night, files, states in db.query(
+                "SELECT f.night, count(DISTINCT f.framekey), count(s.stage) FROM frameinfo f "
+                "LEFT JOIN framestatus s ON s.framekey = f.framekey GROUP BY f.night")}
+
+    def rows() -> set:
+        out = set()
+        for path in (root / "LC").rglob("*.fits"):
+            with fitsio.FITS(str(path)) as fits:
+                out.add(fits["LIGHTCURVE"].get_nrows())
+        return out
+
+    assert main(["run", str(root), "--nights", first]) == 0
+    files = len(list((root / "RAW" / first).iterdir()))
+    assert list(recorded()) == [first] and recorded()[first][0] == files
+    assert max(rows()) == 3  # the first night's frames only
+    assert main(["run", str(root), "--nights", second]) == 0
+    assert set(recorded()) == {first, second} and recorded()[second][1] > 0
+    assert max(rows()) == 6

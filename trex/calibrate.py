@@ -47,6 +47,9 @@ from trex.project import safe_name
 
 log = logging.getLogger(__name__)
 
+#: the MASK bits the calibration kernel sets: SATURATED, NOFLAT, NONFINITE
+KERNEL_BITS = np.array([MASK[n].bit for n in ("SATURATED", "NOFLAT", "NONFINITE")], np.uint8)
+
 KINDS = ("bias", "dark", "flat")
 
 
@@ -133,7 +136,7 @@ def calibrate_image(raw: np.ndarray, frame: Frame, masters: dict[str, Path | Non
     out = np.empty(view.shape, np.float32)
     mask = np.empty(view.shape, np.uint8)
     nbad = calibrate_pixels(view, levels, bias, dark, meta.exptime, flat, badpix,
-                            meta.saturate, cal.min_flat, out, mask)
+                            meta.saturate, cal.min_flat, KERNEL_BITS, out, mask)
     if nbad > cal.max_bad_fraction * out.size:
         raise FrameError(frame.rawpath, f"{nbad / out.size:.1%} of the pixels are masked "
                                         f"(limit {cal.max_bad_fraction:.0%})")

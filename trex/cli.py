@@ -24,7 +24,9 @@ from trex import __version__
 from trex.config import ConfigError, tomllib
 from trex.db import DatabaseError
 from trex.errors import Stopped, WriteFault
+from trex.lock import ProjectLocked
 from trex.log import setup_logging
+from trex.parallel import MPIMismatch
 from trex.project import ProjectError, find_project, init_project
 from trex.stages import NAMES
 from trex.stages import STAGES as STAGE_LIST
@@ -134,7 +136,17 @@ def cmd_stages(args) -> int:
     config = project.load_config(_overrides(args))
     return run_project(project, config, stages,
                        rebuild_references=getattr(args, "rebuild_references", False),
-                       retry_failed=getattr(args, "retry_failed", False))
+                       retry_failed=getattr(args, "retry_failed", False),
+                       wait=args.wait, nights=_nights(args.nights, project))
+
+
+def _nights(text: str | None, project) -> tuple[str, ...]:
+    """``--nights A,B``: the night folder names, each of which must exist under RAW/."""
+    nights = tuple(n.strip() for n in (text or "").split(",") if n.strip())
+    missing = [n for n in nights if not (project.raw / n).is_dir()]
+    if missing:
+        raise ConfigError(f"--nights: no folder {', '.join(str(project.raw / n) for n in missing)}")
+    return nights
 
 
 def _relaunch_under_mpiexec(nranks: int) -> None:
@@ -219,6 +231,16 @@ class _Help(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--log-level``, any case, before or after the command (after it, the default is
+    SUPPRESS so that it does not undo one given before)."""
+    parser.add_argument("--log-level", default=default, type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="threshold of the log lines on stderr; progress lines and the "
+                             "end-of-run summary show up to WARNING, not at ERROR (default: "
+                             "INFO)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trex.bench import MODULES as BENCHMARKS
 
@@ -228,10 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "frames in RAW/<night>/, calibrated frames, photometry and per-star light "
                     "curves out. 'trex COMMAND --help' describes each command.")
     parser.add_argument("--version", action="version", version=f"trex {__version__}")
-    parser.add_argument("--log-level", default="INFO", type=str.upper,
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help="threshold of the log lines on stderr; progress lines and the "
-                             "end-of-run summary show up to WARNING, not at ERROR")
+    log_level(parser, "INFO")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, help, func, description=None, epilog=None):
@@ -252,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                        help="override a trex.toml value for this command, VALUE in TOML "
                             "syntax (repeatable; default: none)")
+        log_level(p, argparse.SUPPRESS)
+        return p
+
+    def writing_command(name, help, func, description=None, epilog=None):
+        p = project_command(name, help, func, description, epilog)
+        p.add_argument("--wait", action="store_true",
+                       help="when another run holds the project, wait for it to end "
+                            "(else exit at once with status 2)")
+        p.add_argument("--nights", metavar="NIGHT[,NIGHT...]",
+                       help="only the raw files and frames of these nights (folders under "
+                            "RAW/) (default: every night)")
         return p
 
     p = command("init", "create a project folder and its trex.toml", cmd_init,
@@ -279,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add NIGHTS nights to an existing simulation (same field, stars and "
                         "world; the other options are ignored)")
 
-    p = project_command("run", "process the whole project (serial, or under mpiexec)",
+    p = writing_command("run", "process the whole project (serial, or under mpiexec)",
                         cmd_stages, "Run every stage over the project: new raw files are read, "
                         "frames not done are processed, new rows are merged into the light "
                         "curves. Finished work is skipped, so running again resumes.",
@@ -295,11 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="try the frames that failed again, even if nothing they depend on changed")
     for stage in STAGE_LIST:
         if not (stage.per_frame or stage.needs):  # detrend: per star, not per frame
-            project_command(stage.name, f"{stage.help} (every light curve)", cmd_stages,
+            writing_command(stage.name, f"{stage.help} (every light curve)", cmd_stages,
                             "Detrend every light curve again from its file (EPD, then TFA) "
                             "and recompute the per-star statistics.", EXIT_STATUSES)
             continue
-        project_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages,
+        writing_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages,
                         f"Only the {stage.name} stage, on the frames where it is pending: "
                         f"{stage.help}. Frames whose earlier stages are not done are left for "
                         "a later run.", EXIT_STATUSES)
@@ -334,11 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:  # trex status | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except NotAvailable as err:
         print(f"trex {err}: not available yet in trex {__version__}", file=sys.stderr)
         return 3
-    except (ConfigError, ProjectError, DatabaseError) as err:
+    except (ConfigError, ProjectError, DatabaseError, ProjectLocked, MPIMismatch) as err:
         print(f"trex: error: {err}", file=sys.stderr)
         return 2
     except WriteFault as err:

@@ -28,7 +28,8 @@ each configured aperture:
 * ``irm = ZP - 2.5 log10(F / exptime)`` with the reference's EXPTIME: magnitudes
   on the reference's photometric scale (the kernel takes out transparency).
 * ``irq``: flags of D's and the reference's aperture photometry, SATURATED
-  near saturated pixels of either, NONPOSITIVE when F <= 0.
+  near saturated pixels of either, NONPOSITIVE when F <= 0, PARTIAL_SKY when
+  the annulus reaches the border the kernel leaves undefined on D.
 
 :func:`noise_ratio` is the quality number ``std(D / sigma)`` over sampled
 pixels, with ``sigma^2 = f (max(M, 0) / gain + (rdnoise / gain)^2) +
@@ -92,7 +93,11 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
     (table, {"q": [q per aperture]}).
     """
     x, y = refphot["x"], refphot["y"]
-    radii, _ = apertures(config)
+    radii, annuli = apertures(config)
+    # the kernel leaves D undefined (NaN) along the border: an annulus reaching there is
+    # partial, as one reaching off the frame is on a frame's photometry
+    cut = np.where(_near_invalid_border(diff, x, y, max(r for _, r in annuli)),
+                   PHOT["PARTIAL_SKY"].bit, 0)
     table = np.zeros(len(refphot), dtype=iphot_dtype(len(radii)))
     table["star"], table["xref"], table["yref"] = refphot["star"], x, y
     scale = np.asarray(scale_of(x, y), dtype=np.float64)
@@ -111,9 +116,22 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
         var = (np.maximum(res_m["flux"][:, i] + d_img, 0.0) / gain
                + area * v_sky[:, i] * (1.0 + area / nsky[:, i]))
         _fill(table, i, f_ref, d_img / (scale * q), np.sqrt(var) / np.abs(scale * q),
-              flag | np.where(saturated, PHOT["SATURATED"].bit, 0), config, exptime)
+              flag | cut | np.where(saturated, PHOT["SATURATED"].bit, 0), config, exptime)
         qs.append(q)
     return table, {"q": qs}
+
+
+def _near_invalid_border(diff: np.ndarray, x: np.ndarray, y: np.ndarray,
+                         reach: float) -> np.ndarray:
+    """bool (n,): stars within ``reach`` px of the NaN border that the kernel leaves
+    around D (found on D's middle row and column)."""
+    ny, nx = diff.shape
+    cols = np.flatnonzero(np.isfinite(diff[ny // 2]))
+    rows = np.flatnonzero(np.isfinite(diff[:, nx // 2]))
+    if not len(cols) or not len(rows):
+        return np.ones(len(x), dtype=bool)
+    return ((x - reach < cols[0]) | (x + reach > cols[-1])
+            | (y - reach < rows[0]) | (y + reach > rows[-1]))
 
 
 def _fill(table: np.ndarray, i: int, f_ref, dflux, dfluxerr, flag, config: Config,

@@ -32,14 +32,17 @@ MASK = _registry(
 
 #: Per-star, per-aperture photometry quality (aiq_NNN, irq_NNN, the flag columns).
 PHOT = _registry(
-    Flag(1, "OFF_FRAME", "the aperture or its annulus extends beyond the frame"),
+    Flag(1, "OFF_FRAME", "the aperture extends beyond the frame"),
     Flag(2, "MASKED", "the aperture touches a bad or non-finite pixel"),
     Flag(4, "SATURATED", "the aperture touches a saturated pixel"),
-    Flag(8, "FEW_SKY", "too few sky pixels in the annulus"),
+    Flag(8, "FEW_SKY", "too few sky pixels in the annulus and no background map"),
     Flag(16, "NONPOSITIVE", "flux is zero or negative: no magnitude"),
     Flag(32, "CROWDED", "over half of the annulus was excluded around other stars"),
     Flag(64, "MISSING", "no measurement of this star on this frame"),
     Flag(128, "NOT_FITTED", "left out of the magnitude fit or detrending"),
+    Flag(256, "PARTIAL_SKY", "the sky annulus extends beyond the frame: sky from its on-frame part"),
+    Flag(512, "SKY_MAP", "too few usable annulus pixels (crowded, masked or off the frame): "
+                         "sky from the local background map"),
 )
 
 #: Per-source flags of source extraction.

@@ -78,7 +78,10 @@ class Context:
     (:mod:`trex.detrend`); ``frames`` the frames being merged into the light
     curves (:class:`trex.lightcurves.FrameTable`); ``inputs`` holds what identifies each of them for the
     ledger (e.g. ``("catalog", field) -> "F1.csv:2048:..."``); ``rebuild`` asks
-    the reference phases to make their references again.
+    the reference phases to make their references again; ``nights``, when not
+    empty, limits the run to the raw files and frames of those nights
+    (``trex run --nights``); ``ranks`` is the number of MPI ranks sharing the
+    work (phases cut their work finer when it is above 1).
     """
 
     project: Project
@@ -92,4 +95,9 @@ class Context:
     frames: Any = None
     inputs: dict = field(default_factory=dict)
     rebuild: bool = False
+    nights: tuple = ()
     ranks: int = 1
+
+    def of_nights(self, night: str) -> bool:
+        """Whether this run works on ``night`` (``--nights``, or every night)."""
+        return not self.nights or night in self.nights

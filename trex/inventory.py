@@ -125,13 +125,14 @@ class Inventory(Phase):
     def plan(self, ledger, context: Context) -> list[RawItem]:
         """The files of the nights whose folder changed since it was last read (a file
         added, removed or renamed changes it: the other nights cost one stat each), and
-        the headers to parse again under new header settings."""
+        the headers to parse again under new header settings (of ``context.nights``
+        only, when given)."""
         project = context.project
         scanned = ledger.read.raw_nights()
         items, new = [], []
         for night in project.nights():
             mtime = (project.raw / night).stat().st_mtime_ns
-            if scanned.get(night) == mtime:
+            if scanned.get(night) == mtime or not context.of_nights(night):
                 continue
             self.nights[night] = mtime
             known = ledger.read.raw_files(night)
@@ -151,7 +152,8 @@ class Inventory(Phase):
         sha = context.config.section_sha(HEADER_SECTIONS)
         items += [RawItem(night, rel, key, text) for key, rel, night, text in
                   ledger.read.headers_parsed_otherwise(sha)
-                  if rel not in queued and (project.root / rel).is_file()]
+                  if rel not in queued and context.of_nights(night)
+                  and (project.root / rel).is_file()]
         return items
 
     def work(self, item: RawItem, context: Context) -> dict:

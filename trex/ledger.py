@@ -81,7 +81,8 @@ class Ledger:
                 retry_failed: bool = False) -> list[Task]:
         """Object frames with work left in ``chain``, in time order.
 
-        A frame is left out when a stage before the chain is not done, or when a
+        A frame is left out when it is not of ``context.nights`` (when given), when a
+        stage before the chain is not done, or when a
         stage of the chain failed and nothing it depended on changed (unless
         ``retry_failed``).  Once a stage of the chain must run, the later ones
         run too.
@@ -95,7 +96,7 @@ class Ledger:
         out = []
         for row in self.read.object_frames(sorted(keys)):
             state = states.get(int(row["framekey"]), {})
-            if any(state.get(n, ("",))[0] != "done" for n in before):
+            if not context.of_nights(row["night"]) or any(state.get(n, ("",))[0] != "done" for n in before):
                 continue
             meta = meta_from_row(row)
             todo = self._todo(chain, state, meta, row["night"], context, retry_failed)

@@ -213,7 +213,7 @@ class Scatter(Phase):
     def plan(self, ledger, context: Context) -> list[tuple[FrameEntry, int]]:
         self.entries = [FrameEntry(int(k), r, n, p, f, float("nan") if jd is None else jd - 2400000.0)
                         for k, r, n, p, f, jd in ledger.read.frames_to_merge()
-                        if f in context.catalogs]
+                        if f in context.catalogs and context.of_nights(n)]
         scratch = context.project.redtemp / "lc"
         if scratch.exists():
             shutil.rmtree(scratch)  # leftovers of a killed run

@@ -6,12 +6,20 @@ The fits are pure array code (numpy, no I/O).  The recipe, as in HATpipe:
    difference ``mag - ref_mag`` (frame minus a chosen reference frame) as a
    2-D polynomial in (x, y) plus linear terms in catalog magnitude and colour,
    weighted by the errors, with iterative clipping, on good-flag stars only;
-   the frame's fitted magnitudes are ``mag - correction``.
+   the frame's fitted magnitudes are ``mag - correction``.  Here ``mag`` and
+   ``ref_mag`` are aperture-corrected, ``aim + apc`` (:mod:`trex.apcorr`:
+   the light outside the aperture, which grows towards the corners where
+   the PSF is broader); without this the reference's light loss, a
+   centre-to-corner trend of 0.2-0.35 mag, passes into the master and arm.
 2. :func:`master_reference` streams over the single-fitted frames and gives
    each star's clipped mean magnitude; memory is O(nstars) whatever the
-   number of frames (one pass over the frames per clipping iteration).
-3. Master-reference pass: :func:`fit_frame` again, against the master; the
-   results are the ``arm_NNN`` magnitudes.
+   number of frames (one pass over the frames per clipping iteration).  The
+   per-frame noise of the corrections averages out here.
+3. Master-reference pass: :func:`fit_frame` again, of ``aim`` (not
+   corrected: the polynomial carries each frame's light loss over to the
+   master's system, and no per-frame noise of the corrections enters a light
+   curve) against the master; the results are the ``arm_NNN`` magnitudes, on
+   the catalog system over the field up to a constant.
 
 Coordinates are scaled to [-1, 1] over ``extent`` (default: the range of the
 stars used) so that the polynomial coefficients are well conditioned.
@@ -307,10 +315,21 @@ def _usable(table: np.ndarray, catalog, aperture: int, config: Config) -> np.nda
             & (catmag <= config.magfit.faint_mag))
 
 
-def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> np.ndarray:
+def corrected(table: np.ndarray, aperture: int) -> np.ndarray:
+    """Aperture-corrected magnitudes ``aim + apc`` (nstars,) of one aperture of an
+    ``aphot`` table (``aim`` alone for a product made before aperture corrections)."""
+    mag = table[f"aim_{aperture:03d}"].astype(float)
+    column = f"apc_{aperture:03d}"
+    return mag + table[column] if column in table.dtype.names else mag
+
+
+def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
+           apcorr: bool = True) -> np.ndarray:
     """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
-    ``ref_mag`` (ncatalog, napertures).  Raises :class:`MagfitError` naming the
-    aperture when a fit has too few usable stars."""
+    ``ref_mag`` (ncatalog, napertures): of ``aim + apc`` with ``apcorr``, else of
+    ``aim`` (the polynomial then takes the frame's light loss onto the reference's
+    system).  Raises :class:`MagfitError` naming the aperture when a fit has too
+    few usable stars."""
     napertures = ref_mag.shape[1]
     out = np.full((len(table), napertures), np.nan)
     catmag = np.asarray(catalog["mag"], float)[table["star"]]
@@ -318,7 +337,7 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config) -> n
     color = color if np.isfinite(color).sum() > 0.5 * len(color) else None
     mc = config.magfit
     for a in range(napertures):
-        mag = table[f"aim_{a:03d}"].astype(float)
+        mag = corrected(table, a) if apcorr else table[f"aim_{a:03d}"].astype(float)
         try:
             fit = fit_frame(mag, table[f"aie_{a:03d}"], _usable(table, catalog, a, config),
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,
@@ -374,7 +393,7 @@ class SingleFit:
 def _reference_mags(path: str, napertures: int, ncatalog: int) -> np.ndarray:
     """Good magnitudes (ncatalog, napertures) of the reference frame (cached per rank)."""
     ref = load_product(path, "aphot")
-    good = np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, ref[f"aim_{a:03d}"], np.nan)
+    good = np.column_stack([np.where(ref[f"aiq_{a:03d}"] == 0, corrected(ref, a), np.nan)
                             for a in range(napertures)])
     return _expand(ref, good, ncatalog)
 
@@ -488,7 +507,7 @@ def run(frame: Frame, context: Context) -> Frame:
     if table is None:
         raise FrameError(frame.rawpath, "magfit: no aperture photometry (photometry not done)")
     try:
-        arm = fit_to(table, master, context.catalogs[meta.field], context.config)
+        arm = fit_to(table, master, context.catalogs[meta.field], context.config, apcorr=False)
     except MagfitError as err:
         raise FrameError(frame.rawpath, f"magfit: {err}") from None
     for a in range(arm.shape[1]):

@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +98,84 @@ class MPIComm:
         self.MPI.COMM_WORLD.Abort(code)
 
 
+class MPIMismatch(RuntimeError):
+    """The launcher started several tasks but MPI sees one world per task."""
+
+
 def launched_under_mpi(environ: dict | None = None) -> bool:
     """True when a process manager (mpiexec, srun) started this process."""
     environ = os.environ if environ is None else environ
     return any(key in environ for key in _MPI_ENV)
 
 
+def launched_tasks(environ: dict | None = None) -> tuple[int, str]:
+    """(tasks, variable): how many tasks the launcher says it started (the largest of
+    its variables, and which one says so); (1, "") when none says.  SLURM's count
+    only holds inside an ``srun`` step (a batch script's own shell has
+    ``SLURM_NTASKS`` of the allocation but is one task)."""
+    environ = os.environ if environ is None else environ
+    names = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS"]
+    if "SLURM_STEP_ID" in environ:  # the step's own count first (an srun -n 1 in a bigger job)
+        names += [next((n for n in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")
+                        if n in environ), "SLURM_NTASKS")]
+    best = (1, "")
+    for name in names:
+        try:
+            value = int(environ.get(name, "1"))
+        except ValueError:
+            continue
+        if value > best[0]:
+            best = (value, name)
+    return best
+
+
 def world(environ: dict | None = None) -> SerialComm | MPIComm:
-    """The communicator: MPI's world when launched under MPI, else serial."""
-    if not launched_under_mpi(environ):
+    """The communicator: MPI's world when launched under MPI, else serial.
+
+    Raises :class:`MPIMismatch` when the launcher started several tasks but MPI
+    (or a missing mpi4py) gives this one a world of its own: N separate one-rank
+    runs of one project."""
+    tasks, variable = launched_tasks(environ)
+    if not launched_under_mpi(environ) and tasks == 1:
         return SerialComm()
     try:
         comm = MPIComm()
     except ImportError:
+        if tasks > 1:
+            raise MPIMismatch(f"{variable}={tasks} tasks were started but mpi4py is not "
+                              f"importable: {_ADVICE}") from None
         log.warning("launched under MPI but mpi4py is not importable: running serially")
         return SerialComm()
+    if comm.size == 1 and tasks > 1:
+        library = " ".join(comm.MPI.Get_library_version().strip().splitlines()[0].split())
+        raise MPIMismatch(f"{variable}={tasks} tasks were started but MPI sees a world of 1 "
+                          f"rank in each (mpi4py's MPI: {library}): {_ADVICE}")
     return comm if comm.size > 1 else SerialComm()
+
+
+_ADVICE = ("the launcher and mpi4py's MPI library do not match. Under srun use the plugin "
+           "of mpi4py's MPI (srun --mpi=pmi2 for MPICH, Intel MPI, MVAPICH; --mpi=pmix for "
+           "Open MPI; see srun --mpi=list), or that MPI's own mpiexec; on a cluster build "
+           "mpi4py against the cluster's MPI (module load <mpi>; pip install --no-binary "
+           "mpi4py mpi4py) rather than using the mpich wheel")
+
+
+def raise_everywhere(err: BaseException) -> NoReturn:
+    """Raise ``err``, which every rank raises at this point of the run together (a
+    clean stop: :func:`abort_on_error` lets it end the rank with its exit status)."""
+    err.on_every_rank = True
+    raise err
 
 
 @contextmanager
 def abort_on_error(comm):
-    """Any uncaught exception on this rank aborts every rank (no hung jobs)."""
+    """Any uncaught exception on this rank aborts every rank (no hung jobs), but one
+    raised on every rank together (:func:`raise_everywhere`)."""
     try:
         yield
     except BaseException as err:
-        if comm.size > 1 and not isinstance(err, SystemExit):
+        alone = not (isinstance(err, SystemExit) or getattr(err, "on_every_rank", False))
+        if comm.size > 1 and alone:
             # one write: the process manager forwards it whole before the abort kills us
             sys.stderr.write(f"rank {comm.rank}: uncaught error, aborting the job\n"
                              + traceback.format_exc())

@@ -13,9 +13,15 @@ Conventions
 * Sky: pixels whose centres lie in the annulus ``r_in <= d < r_out``, leaving
   out masked, non-finite and saturated ones and, with ``disjoint_radius``,
   those within ``max(radii) + disjoint_radius`` of another star.  Iterative
-  clipping at ``sky_sigma`` standard deviations around the median
-  (``sky_iters`` times), then the mean, the median or the mode
+  clipping at ``sky_sigma`` standard deviations around the median (until
+  nothing changes, at most ``sky_iters`` times: the wings of a bright
+  neighbour are clipped away, where two passes left the mode estimator
+  biased low by tens of ADU), then the mean, the median or the mode
   3 median - 2 mean of what is left; ``sigma_sky`` is its standard deviation.
+  An annulus partly off the frame gives the sky of its on-frame part
+  (PARTIAL_SKY); one with fewer than ``min_sky_pixels`` usable pixels (a
+  corner, a crowd, masked pixels) takes the local background map's sky and
+  scatter instead (SKY_MAP, with N_sky = the pixels of one mesh cell).
 * Flux ``F = sum(a p) - sky A`` and its error
 
       sigma_F = sqrt(max(F, 0) / gain + A sigma_sky^2 (1 + A / N_sky))
@@ -34,7 +40,8 @@ The stage
 ---------
 ``run(frame, context)`` projects the field catalog (proper motion applied)
 through the frame's WCS, keeps the stars inside the frame minus
-``photometry.border``, measures them in the configured apertures with
+``photometry.border`` (3 px: every star whose apertures lie on the frame),
+measures them in the configured apertures with
 :func:`trex.photometry.aperture_photometry`, and attaches the PSF shape at
 each star (a smooth fit of the extracted sources' S, D, K over the frame;
 NaN, with a warning, when too few sources are well measured for the fit),
@@ -53,7 +60,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from trex import _photometry
+from trex import _photometry, apcorr
+from trex.background import background
 from trex.catalog import propagate
 from trex.config import Config
 from trex.errors import FrameError
@@ -67,7 +75,8 @@ log = logging.getLogger(__name__)
 
 SKY_METHODS = {"mean": 0, "median": 1, "mode": 2}
 _KERNEL_BITS = np.array(
-    [PHOT[n].bit for n in ("OFF_FRAME", "MASKED", "SATURATED", "FEW_SKY", "CROWDED")],
+    [PHOT[n].bit for n in ("OFF_FRAME", "MASKED", "SATURATED", "FEW_SKY", "CROWDED",
+                           "PARTIAL_SKY", "SKY_MAP")],
     dtype=np.int32,
 )
 MAG_ERR_FACTOR = 2.5 / np.log(10.0)  # 1.0857...
@@ -143,10 +152,11 @@ def aperture_photometry(
     *,
     sky_method: str = "mode",
     sky_sigma: float = 3.0,
-    sky_iters: int = 2,
+    sky_iters: int = 10,
     disjoint_radius: float | None = None,
-    min_sky_pixels: int = 10,
+    min_sky_pixels: int = 40,
     saturation: float | None = None,
+    sky_map: SkyMap | None = None,
     exptime: float = 1.0,
     zeropoint: float | None = None,
 ) -> dict[str, np.ndarray]:
@@ -162,12 +172,16 @@ def aperture_photometry(
     gain : e-/ADU, for the photon noise of the star.
     mask : optional (ny, nx) uint8 or bool, non-zero = bad pixel.
     sky_method : "mode" (3 median - 2 mean), "median" or "mean".
-    sky_sigma, sky_iters : sigma clipping of the annulus.
+    sky_sigma, sky_iters : sigma clipping of the annulus (at most ``sky_iters``
+        iterations; it stops when no value leaves or joins).
     disjoint_radius : None, or px: annulus pixels closer than
         ``max(radii) + disjoint_radius`` to another star are left out.
-    min_sky_pixels : fewer kept sky pixels flag FEW_SKY.
+    min_sky_pixels : an annulus with fewer usable pixels takes its sky from
+        ``sky_map`` (SKY_MAP); without one, or with fewer pixels kept after
+        clipping, the star is flagged FEW_SKY.
     saturation : ADU; aperture pixels at or above it flag SATURATED and are
         never used as sky.
+    sky_map : None, or a :class:`SkyMap` of this image (only made when a star needs it).
     exptime, zeropoint : s and mag, for ``mag`` / ``magerr`` (only with a zeropoint).
 
     Returns
@@ -206,18 +220,50 @@ def aperture_photometry(
         "bgsigma": np.empty(nstars),
         "nsky": np.empty(nstars, dtype=np.int32),
     }
-    _photometry.photometry_kernel(
-        image, _native_mask(mask, image.shape), mask is not None, x, y,
-        np.lexsort((x, np.floor(y / ORDER_BAND))).astype(np.int64), radii, r_in, r_out,
-        indptr, indices, exclusion, SKY_METHODS[sky_method], float(sky_sigma), int(sky_iters),
-        np.inf if saturation is None else float(saturation), _KERNEL_BITS,
-        out["flux"], out["area"], out["flag"], out["bg"], out["bgsigma"], out["nsky"],
-        int(min_sky_pixels),
-    )
+    mask8 = _native_mask(mask, image.shape)
+
+    def run(order: np.ndarray, map_sky: np.ndarray, map_sigma: np.ndarray, map_nsky: int) -> None:
+        _photometry.photometry_kernel(
+            image, mask8, mask is not None, x, y, order, radii, r_in, r_out, indptr, indices,
+            exclusion, SKY_METHODS[sky_method], float(sky_sigma), int(sky_iters),
+            np.inf if saturation is None else float(saturation), _KERNEL_BITS,
+            map_sky, map_sigma, map_nsky, out["flux"], out["area"], out["flag"], out["bg"],
+            out["bgsigma"], out["nsky"], int(min_sky_pixels))
+
+    none = np.full(nstars, np.nan)
+    run(np.lexsort((x, np.floor(y / ORDER_BAND))).astype(np.int64), none, none, 0)
+    few = np.flatnonzero(out["flag"][:, 0] & PHOT["FEW_SKY"].bit)
+    if sky_map is not None and few.size:
+        map_sky, map_sigma = none.copy(), none.copy()
+        map_sky[few], map_sigma[few] = sky_map.at(x[few], y[few])
+        run(few.astype(np.int64), map_sky, map_sigma, sky_map.npix)
     _add_errors(out, gain)
     if zeropoint is not None:
         add_magnitudes(out, zeropoint, exptime)
     return out
+
+
+class SkyMap:
+    """The local background map of one image (:func:`trex.background.background`),
+    made on first use: the sky of stars whose annulus is too small or crowded.
+
+    ``npix`` (the pixels of one mesh cell) stands for N_sky in the flux error.
+    """
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray | None, mesh: int, filter_size: int):
+        self._args = (image, mask, mesh, filter_size)
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+        self.npix = mesh * mesh
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sky, pixel scatter) of the map at the pixels nearest (x, y), ADU, shape of x."""
+        if self._maps is None:
+            self._maps = background(*self._args)
+            log.debug("sky map made: %d stars need it", len(x))
+        sky, rms = self._maps
+        i = np.clip(np.rint(x), 0, sky.shape[1] - 1).astype(np.intp)
+        j = np.clip(np.rint(y), 0, sky.shape[0] - 1).astype(np.intp)
+        return sky[j, i].astype(np.float64), rms[j, i].astype(np.float64)
 
 
 def _add_errors(out: dict, gain: float) -> None:
@@ -256,7 +302,7 @@ def aphot_dtype(napertures: int) -> np.dtype:
     fields = [("star", "i8"), ("rjd", "f8"), ("bjd", "f8"), ("xcc", "f8"), ("ycc", "f8"),
               ("bgv", "f4"), ("bge", "f4"), ("fsv", "f4"), ("fdv", "f4"), ("fkv", "f4")]
     for name, dtype in (("aim", "f4"), ("aie", "f4"), ("aiq", "i2"), ("arm", "f4"),
-                        ("flux", "f8"), ("fluxerr", "f8")):
+                        ("flux", "f8"), ("fluxerr", "f8"), ("apc", "f4")):
         fields += [(f"{name}_{i:03d}", dtype) for i in range(napertures)]
     return np.dtype(fields)
 
@@ -290,6 +336,8 @@ def measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, config: Config, *, 
     """Every configured aperture (``photometry.apertures``) at (x, y), with the
     configured sky estimator and neighbour exclusion: the one annulus-photometry
     routine of the frames, the photometric reference and the difference images.
+    Stars whose annulus is too small take the sky of the image's background map
+    (``extract.mesh``, ``extract.mesh_filter``; flag SKY_MAP).
 
     Returns dict of arrays of shape (nstars, napertures): ``flux``, ``fluxerr``,
     ``area`` (ADU, px^2), ``flag`` (int32, ``trex.flags.PHOT``) and the sky of each
@@ -301,12 +349,13 @@ def measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, config: Config, *, 
     out = {name: np.empty((n, napertures)) for name in ("flux", "fluxerr", "area", "bg", "bgerr")}
     out["flag"] = np.empty((n, napertures), dtype=np.int32)
     out["nsky"] = np.empty((n, napertures), dtype=np.int32)
+    sky_map = SkyMap(image, mask, config.extract.mesh, config.extract.mesh_filter)
     for annulus in sorted(set(annuli)):
         use = [i for i, a in enumerate(annuli) if a == annulus]
         res = aperture_photometry(
             image, x, y, radii[use], annulus, gain=gain, mask=mask, sky_method=ph.sky_method,
             sky_sigma=ph.sky_sigma, sky_iters=ph.sky_iters, disjoint_radius=ph.disjoint_radius,
-            min_sky_pixels=ph.min_sky_pixels, saturation=saturation)
+            min_sky_pixels=ph.min_sky_pixels, saturation=saturation, sky_map=sky_map)
         for name in ("flux", "fluxerr", "area", "flag"):
             out[name][:, use] = res[name]
         for name in ("bg", "bgerr", "nsky"):
@@ -367,6 +416,10 @@ def run(frame: Frame, context: Context) -> Frame:
     table["bgv"], table["bge"] = res["bg"][:, -1], res["bgerr"][:, -1]
     table["star"], table["xcc"], table["ycc"] = star, x, y
     table["fsv"], table["fdv"], table["fkv"] = _psf_shapes(frame, x, y)
+    apc = apcorr.table_corrections(aperture_photometry, frame.image, frame.mask, table, config,
+                                   meta.gain, frame.rawpath.name)
+    for i in range(napertures):   # aperture corrections, mag: arm is made from aim + apc
+        table[f"apc_{i:03d}"] = apc[:, i]
     table["rjd"] = meta.jd - 2400000.0
     table["bjd"] = bjd_tdb(meta.jd, ra, dec, site(meta.latitude, meta.longitude,
                                                    meta.altitude))[0]

@@ -35,12 +35,13 @@ import time
 from trex import astrometry, inventory, magfit, parallel, photref
 from trex.catalog import Catalogs
 from trex.config import Config
-from trex.db import connect
+from trex.db import Database, DatabaseError, connect
 from trex.detrend import ChooseTemplates, DetrendFiles, FileTrends, Summaries, load_templates
 from trex.errors import Stopped, WriteFault
 from trex.frame import Context
 from trex.ledger import Ledger
 from trex.lightcurves import Merge, Scatter, Trends
+from trex.lock import ProjectLock, ProjectLocked, acquire
 from trex.log import set_rank
 from trex.masterframes import Masters, recorded_masters
 from trex.phase import Failure, Fault, Phase, attempt
@@ -104,17 +105,20 @@ class KnownReferences(Phase):
 
 
 def run_project(project: Project, config: Config, stages: tuple[str, ...],
-                rebuild_references: bool = False, retry_failed: bool = False) -> int:
+                rebuild_references: bool = False, retry_failed: bool = False,
+                wait: bool = False, nights: tuple[str, ...] = ()) -> int:
     """Run ``stages`` over the project on every rank of the job; returns the exit status
     (0: done, every bad input recorded with its reason)."""
-    run_stages(project, config, stages, rebuild_references, retry_failed)
+    run_stages(project, config, stages, rebuild_references, retry_failed, wait, nights)
     return 0
 
 
 def run_stages(project: Project, config: Config, stages: tuple[str, ...],
-               rebuild_references: bool = False, retry_failed: bool = False) -> dict:
-    """Run ``stages`` over the project on every rank of the job; returns, on rank 0,
-    {phase name: (items, failed)} of the phases that had work."""
+               rebuild_references: bool = False, retry_failed: bool = False,
+               wait: bool = False, nights: tuple[str, ...] = ()) -> dict:
+    """Run ``stages`` over the project on every rank of the job, holding the project
+    lock (``wait``: until it is free), on the frames of ``nights`` only when given;
+    returns, on rank 0, {phase name: (items, failed)} of the phases that had work."""
     comm = parallel.world()
     set_rank(comm.rank)
     if comm.rank == 0:
@@ -123,26 +127,48 @@ def run_stages(project: Project, config: Config, stages: tuple[str, ...],
         log.info("rank %d of %d on %s, pid %d", comm.rank, comm.size, socket.gethostname(),
                  os.getpid())
     with parallel.abort_on_error(comm), _stop_signals() as stop:
-        db = connect(project.database_url(config)) if comm.rank == 0 else None
+        db, lock = _start(comm, project, config, wait)
         try:
-            ledger = None
-            if db is not None:
-                db.create_schema()
-                ledger = Ledger(db, config)
+            ledger = Ledger(db, config) if db is not None else None
             return _run(comm, ledger, project, config, stages, rebuild_references,
-                        retry_failed, stop)
+                        retry_failed, stop, tuple(nights))
         finally:
             if db is not None:
+                db.close()  # ends the session: releases the database lock
+                lock.release()
+
+
+def _start(comm, project: Project, config: Config,
+           wait: bool) -> tuple[Database | None, ProjectLock | None]:
+    """Rank 0: the database and the project lock (the lock file, and on PostgreSQL the
+    database's advisory lock), held for the run.  When the run cannot start, every
+    rank raises the same error."""
+    db = lock = error = None
+    if comm.rank == 0:
+        try:
+            db = connect(project.database_url(config))
+            lock = acquire(project.root, wait,
+                           also=lambda started: db.try_project_lock(project.root, started))
+            db.create_schema()
+        except (ProjectLocked, DatabaseError, WriteFault) as err:
+            if db is not None:
                 db.close()
+            if lock is not None:
+                lock.release()
+            error = err
+    error = comm.bcast(error)
+    if error is not None:
+        parallel.raise_everywhere(error)
+    return db, lock
 
 
 def _run(comm, ledger: Ledger | None, project: Project, config: Config, stages: tuple[str, ...],
-         rebuild: bool, retry_failed: bool, stop: dict) -> dict:
+         rebuild: bool, retry_failed: bool, stop: dict, nights: tuple[str, ...]) -> dict:
     start = time.perf_counter()
     context = None
     if comm.rank == 0:
         context = Context(project, config, recorded_masters(project, ledger.read.masters()),
-                          rebuild=rebuild, ranks=comm.size)
+                          rebuild=rebuild, nights=nights, ranks=comm.size)
     context = comm.bcast(context)
     summary, lines = {}, []
     for phase in phases(stages, retry_failed):
@@ -160,7 +186,7 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
               stop: dict) -> tuple[Context, int, int]:
     """Plan on rank 0, farm the items, record on rank 0, hand the context on.
     Returns the new context, the items done and those that failed."""
-    items = phase.plan(ledger, context) if comm.rank == 0 else []
+    items = _on_rank0(comm, lambda: phase.plan(ledger, context), [])
     count = comm.bcast(len(items))
     progress = Progress(phase.name, count, context.config.run.progress_seconds)
     outcome: dict = {"failed": 0, "fault": None}
@@ -171,16 +197,21 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
         return [attempt(phase, item, context) for item in batch]
 
     def consume(results: list) -> bool:
-        with ledger.transaction():
-            for result in results:
-                if isinstance(result, Fault):
-                    outcome["fault"] = outcome["fault"] or result
-                elif isinstance(result, Failure):
-                    phase.fail(ledger, result.item, result.reason, context)
-                    outcome["failed"] += 1
-                else:
-                    phase.record(ledger, result, context)
-                    outcome["failed"] += phase.failed(result)
+        try:
+            with ledger.transaction():  # a failed write (the database's too) keeps none of it
+                failed = outcome["failed"]
+                for result in results:
+                    if isinstance(result, Fault):
+                        outcome["fault"] = outcome["fault"] or result
+                    elif isinstance(result, Failure):
+                        phase.fail(ledger, result.item, result.reason, context)
+                        failed += 1
+                    else:
+                        phase.record(ledger, result, context)
+                        failed += phase.failed(result)
+                outcome["failed"] = failed
+        except WriteFault as err:
+            outcome["fault"] = outcome["fault"] or Fault(err.path, err.cause)
         progress.update(len(results), outcome["failed"])
         return outcome["fault"] is None and not stop["signal"]
 
@@ -190,20 +221,20 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
         began = time.perf_counter()
         parallel.farm(comm, items, _timed(clock, "work", work), _timed(clock, "record", consume),
                       batch_size=phase.batch or context.config.run.batch_frames)
-        phase.close(context)
-        comm.barrier()
+        closed = [f for f in comm.gather(attempt_close(phase, context)) or () if f]
+        outcome["fault"] = outcome["fault"] or (closed[0] if closed else None)
         _log_timing(phase.name, time.perf_counter() - began, comm.gather(clock))
     fault = comm.bcast(outcome["fault"])
     if fault is not None:
-        raise WriteFault(fault.path, fault.cause)
+        parallel.raise_everywhere(WriteFault(fault.path, fault.cause))
     if comm.allreduce_max(int(stop["signal"])):
-        raise Stopped(f"stopped by a signal during {phase.name}")
-    new = phase.update(ledger, context) if comm.rank == 0 else None
-    changes = None
-    if comm.rank == 0:
-        changes = {f.name: getattr(new, f.name) for f in dataclasses.fields(Context)
-                   if getattr(new, f.name) is not getattr(context, f.name)}
-    context = dataclasses.replace(context, **comm.bcast(changes))
+        parallel.raise_everywhere(Stopped(f"stopped by a signal during {phase.name}"))
+
+    def changes() -> dict:
+        new = phase.update(ledger, context)
+        return {f.name: getattr(new, f.name) for f in dataclasses.fields(Context)
+                if getattr(new, f.name) is not getattr(context, f.name)}
+    context = dataclasses.replace(context, **comm.bcast(_on_rank0(comm, changes, None)))
     if count and comm.rank == 0:
         progress.finish(outcome["failed"])
     return context, count, outcome["failed"]
@@ -231,6 +262,30 @@ def _log_timing(name: str, wall: float, clocks: list[dict] | None) -> None:
                       for r, c in enumerate(clocks))
     log.info("%s: %.2f s wall; work: %s; rank 0 recording %.2f s (CPU %.2f s)", name, wall,
              ranks, clocks[0]["record"], clocks[0]["record_cpu"])
+
+
+def attempt_close(phase: Phase, context: Context) -> Fault | None:
+    """``phase.close`` on this rank; a failed write becomes a :class:`Fault`."""
+    try:
+        phase.close(context)
+    except WriteFault as err:
+        return Fault(err.path, err.cause)
+    return None
+
+
+def _on_rank0(comm, call, other):
+    """``call()`` on rank 0 (``other`` on the other ranks); a failed write there ends
+    the run on every rank (a :class:`WriteFault`, never a hung job)."""
+    result, fault = other, None
+    if comm.rank == 0:
+        try:
+            result = call()
+        except WriteFault as err:
+            fault = err
+    fault = comm.bcast(fault)
+    if fault is not None:
+        parallel.raise_everywhere(fault)
+    return result
 
 
 class Progress:

@@ -124,6 +124,8 @@ def format_status(status: dict) -> str:
     if status["failures"]:
         lines += ["", "frame failures (frames  stage: reason):"]
         lines += [f"  {f['frames']:6d}  {f['stage']}: {f['reason']}" for f in status["failures"]]
+        lines += ["  (a failed frame is tried again when its raw file, catalog, masters or "
+                  "settings change; to try every failed frame again now: trex run --retry-failed)"]
     if status["phase_failures"]:
         lines += ["", "phase failures (phase item: reason):"]
         lines += [f"  {f['phase']} {f['item']}: {f['reason']}" for f in status["phase_failures"]]

@@ -75,7 +75,7 @@ PHASES = ("calibrate", "extract", "astrometry", "photometry", "magfit", "registe
           "subtract", "diffphot", "lightcurves")
 APERTURES = "1.95:7.0:6.0,2.45:7.0:6.0,2.95:7.0:6.0"
 SKY_FIT = "mode,sigma=3,iterations=2"
-ZEROPOINT, BORDER, ORDER, NREF = 17.0, 13.0, 3, 20
+ZEROPOINT, BORDER, ORDER, NREF = 17.0, 3.0, 3, 20  # BORDER: trex's [photometry] border
 #: grmatch triangulation (pipe-trex style: automatic level, no mirroring)
 TRIANGULATION = "auto,conformable,maxnumber=300,unitarity=0.01"
 

@@ -14,9 +14,12 @@ transaction, so writing a frame twice leaves one copy.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
+import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,11 +29,15 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from trex.db import pgcopy
+from trex.errors import WriteFault, write_cause
 
 log = logging.getLogger(__name__)
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "sql"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+#: SQLite's words for a write the machine refused (no errno comes with them)
+_SQLITE_FAULTS = ("disk I/O error", "database or disk is full", "readonly database",
+                  "unable to open database file")
 
 
 class DatabaseError(RuntimeError):
@@ -59,9 +66,10 @@ class Database:
         self._depth = 0
         self._columns: dict[str, dict[str, str]] = {}
         self.last_write_method = ""
+        self._disk_full: tuple[type[Exception], ...] = ()
         if url.startswith("sqlite:///"):
             self.engine = "sqlite"
-            path = url[len("sqlite:///"):]
+            path = self.path = url[len("sqlite:///"):]
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -72,8 +80,11 @@ class Database:
             self.conn.execute("PRAGMA synchronous=NORMAL")
         elif url.startswith(("postgresql://", "postgres://")):
             import psycopg2
+            import psycopg2.errors
 
             self.engine = "postgresql"
+            self.path = redact(url)
+            self._disk_full = (psycopg2.errors.DiskFull,)
             try:
                 self.conn = psycopg2.connect(url)
             except psycopg2.Error as err:
@@ -98,6 +109,23 @@ class Database:
         return sql
 
     @contextmanager
+    def faults(self) -> Iterator[None]:
+        """A write the machine refused (disk full, file-size limit, read-only folder;
+        on PostgreSQL the server's disk full) becomes a :class:`trex.errors.WriteFault`
+        naming the database; any other database error stays what it is."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            cause = write_cause(self.path, OSError(str(err))) if any(
+                word in str(err) for word in _SQLITE_FAULTS) else None
+            if cause is None:
+                raise
+            raise WriteFault(self.path, f"{cause} ({err})") from None
+        except self._disk_full as err:
+            raise WriteFault(self.path, f"the database server's disk is full "
+                                        f"({str(err).strip()})") from None
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything inside commits together or not at all (nests as one)."""
         if self._depth:
@@ -107,73 +135,98 @@ class Database:
             finally:
                 self._depth -= 1
             return
-        if self.engine == "sqlite":
-            self.conn.execute("BEGIN")
-        self._depth = 1
-        done = False
-        try:
-            yield
-            done = True
-        finally:
-            self._depth = 0
-            if done:
+        with self.faults():
+            if self.engine == "sqlite":
+                self.conn.execute("BEGIN")
+            self._depth = 1
+            done = False
+            try:
+                yield
+                done = True
+            finally:
+                self._depth = 0
+                self._end(done)
+
+    def _end(self, commit: bool) -> None:
+        """Commit (or roll back) the transaction; a failed commit is rolled back."""
+        if commit:
+            try:
                 self.conn.commit()
-            else:  # an exception (or an interrupt) left the block: nothing of it stays
+                return
+            except (sqlite3.Error, *self._disk_full):
                 self.conn.rollback()
+                raise
+        self.conn.rollback()  # an exception (or an interrupt) left the block: nothing stays
+
+    def _run(self, sql: str, params: Sequence = (), many: bool = False,
+             fetch: bool = False) -> tuple[list, list[str]]:
+        """Run one statement: (rows, column names) when ``fetch``; committed at once
+        outside a transaction (PostgreSQL)."""
+        with self.faults():
+            cur = self.conn.cursor()
+            if many:
+                cur.executemany(self._sql(sql), params)
+            else:
+                cur.execute(self._sql(sql), tuple(params))
+            rows = cur.fetchall() if fetch else []
+            names = [d[0] for d in cur.description] if fetch else []
+            cur.close()
+            if not self._depth and self.engine == "postgresql":
+                self.conn.commit()
+        return rows, names
 
     def execute(self, sql: str, params: Sequence = ()) -> None:
         """Run one statement (committed at once outside a transaction)."""
-        cur = self.conn.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        cur.close()
-        if not self._depth and self.engine == "postgresql":
-            self.conn.commit()
+        self._run(sql, params)
 
     def executemany(self, sql: str, rows) -> None:
-        cur = self.conn.cursor()
-        cur.executemany(self._sql(sql), rows)
-        cur.close()
-        if not self._depth and self.engine == "postgresql":
-            self.conn.commit()
+        self._run(sql, rows, many=True)
 
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Rows of a query as tuples."""
-        cur = self.conn.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        rows = cur.fetchall()
-        cur.close()
-        if not self._depth and self.engine == "postgresql":
-            self.conn.commit()
-        return rows
+        return self._run(sql, params, fetch=True)[0]
 
     def query_dicts(self, sql: str, params: Sequence = ()) -> list[dict]:
         """Rows of a query as dicts keyed by column name."""
-        cur = self.conn.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, row)) for row in cur.fetchall()]
-        cur.close()
-        if not self._depth and self.engine == "postgresql":
-            self.conn.commit()
-        return rows
+        rows, names = self._run(sql, params, fetch=True)
+        return [dict(zip(names, row)) for row in rows]
 
     def query_columns(self, sql: str, params: Sequence = ()) -> dict[str, np.ndarray]:
         """A query's result as numpy columns; NULL is NaN in numeric columns."""
-        cur = self.conn.cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-        cur.close()
-        if not self._depth and self.engine == "postgresql":
-            self.conn.commit()
+        rows, names = self._run(sql, params, fetch=True)
         return {name: _column_array([r[j] for r in rows]) for j, name in enumerate(names)}
+
+    # -- the project lock (PostgreSQL) ----------------------------------------------
+    def try_project_lock(self, root: Path | str, started: str) -> str | None:
+        """Take the session advisory lock of the project at ``root`` (PostgreSQL; held
+        until this connection closes): None when taken, else who holds it.  The
+        holder's session is named ``trex <host> <pid> <started>`` so that a second
+        run can say who it is.  SQLite: always None (the lock file suffices)."""
+        if self.engine != "postgresql":
+            return None
+        key = project_key(root)
+        if self.query("SELECT pg_try_advisory_lock(?)", (key,))[0][0]:
+            self.query("SELECT set_config('application_name', ?, false)",
+                       (f"trex {socket.gethostname()} {os.getpid()} {started}"[:63],))
+            return None
+        rows = self.query(
+            "SELECT a.application_name, a.client_addr, a.pid, a.backend_start FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
+            "l.granted AND l.classid::bigint = ? AND l.objid::bigint = ? AND l.objsubid = 1",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+        if not rows:
+            return "a session of the database (gone since: try again)"
+        name, addr, pid, since = rows[0]
+        return (f"the database lock of the project, held by session {pid} "
+                f"({name or 'no name'}) from {addr or 'a local socket'} since {since}")
 
     # -- schema ---------------------------------------------------------------
     def create_schema(self) -> None:
         """Create every table and sequence of ``sql/`` that does not exist yet."""
         text = (SCHEMA_DIR / f"{self.engine}.sql").read_text()
         if self.engine == "sqlite":
-            self.conn.executescript(text)
+            with self.faults():
+                self.conn.executescript(text)
         else:
             self.execute(text)
         self._columns.clear()
@@ -260,6 +313,12 @@ class Database:
         sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         self.conn.executemany(sql, zip(*lists))
         self.last_write_method = "executemany"
+
+
+def project_key(root: Path | str) -> int:
+    """The advisory-lock key of a project: a signed 64-bit hash of its resolved root."""
+    digest = hashlib.sha256(str(Path(root).resolve()).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _identifier(name: str) -> str:

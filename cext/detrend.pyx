@@ -1,7 +1,8 @@
 # cython: language_level=3
 """EPD and TFA fits of many light curves in one call (arrays in, arrays out).
 
-No I/O, no globals, no logging.  The light curves are concatenated: star
+No I/O, no globals, no logging (the contract of ``cext/kernels.pxd``: failures
+go through ``trex.kernels.check``).  The light curves are concatenated: star
 ``s`` owns rows ``offsets[s]:offsets[s + 1]`` of ``mags`` and ``params``, in
 time order.  Each star is fitted exactly as :func:`trex.epd.epd` describes:
 parameters never measured on the star are left out, rows with a missing
@@ -13,12 +14,13 @@ repeated with points beyond ``clip`` robust sigmas of the raw residuals left
 out, at most ``iters`` times.  ``masked_fits`` is the TFA fit of the series
 that leave frames out, each on its own frames against one design.
 """
-import numpy as np
-
 from libc.math cimport sqrt, fabs, isfinite, NAN, copysign
 from libc.stdlib cimport malloc, free
 from libc.string cimport memmove, memcpy
 from libc.stdint cimport int64_t
+from kernels cimport BAD_ARGUMENT, NO_MEMORY
+
+from trex.kernels import check
 
 
 cdef inline void _swap(double* a, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
@@ -350,16 +352,16 @@ def epd_batch(const double[::1] mags, const double[:, ::1] params, const int64_t
     cdef Work w
     cdef const unsigned char* ex = NULL
     if params.shape[0] != total or out.shape[0] != total or fitted.shape[0] != nstars:
-        raise ValueError("epd_batch: mags, params, out and fitted disagree in length")
+        check(BAD_ARGUMENT, "epd_batch: mags, params, out and fitted disagree in length")
     if coefficients.shape[0] != nstars or coefficients.shape[1] != p + 1:
-        raise ValueError("epd_batch: coefficients must be (nstars, 1 + p)")
+        check(BAD_ARGUMENT, "epd_batch: coefficients must be (nstars, 1 + p)")
     if exclude.shape[0] not in (0, total):
-        raise ValueError("epd_batch: exclude must be empty or as long as mags")
+        check(BAD_ARGUMENT, "epd_batch: exclude must be empty or as long as mags")
     if nstars < 0 or offsets[0] != 0 or offsets[nstars] != total:
-        raise ValueError("epd_batch: offsets must run from 0 to len(mags)")
+        check(BAD_ARGUMENT, "epd_batch: offsets must run from 0 to len(mags)")
     for s in range(nstars):
         if offsets[s + 1] < offsets[s]:
-            raise ValueError("epd_batch: offsets must not decrease")
+            check(BAD_ARGUMENT, "epd_batch: offsets must not decrease")
         longest = max(longest, offsets[s + 1] - offsets[s])
     if exclude.shape[0]:
         ex = &exclude[0]
@@ -383,7 +385,7 @@ def epd_batch(const double[::1] mags, const double[:, ::1] params, const int64_t
                 or w.scratch == NULL or w.window == NULL or w.coef == NULL or w.mean == NULL
                 or w.scale == NULL or w.rows == NULL or w.cols == NULL or w.fit == NULL
                 or w.keep == NULL):
-            raise MemoryError("epd_batch: work space")
+            check(NO_MEMORY, "epd_batch: work space")
         with nogil:
             for s in range(nstars):
                 n = offsets[s + 1] - offsets[s]
@@ -420,13 +422,13 @@ def masked_fits(const double[:, ::1] design, const double[:, ::1] y,
     cdef double* x
     if y.shape[1] != nf or fit.shape[0] != ns or fit.shape[1] != nf or model.shape[0] != ns \
             or model.shape[1] != nf or fitted.shape[0] != ns:
-        raise ValueError("masked_fits: design, y, fit, model and fitted disagree in shape")
+        check(BAD_ARGUMENT, "masked_fits: design, y, fit, model and fitted disagree in shape")
     a = <double*>malloc(max(nf * q, 1) * sizeof(double))
     b = <double*>malloc(max(nf, 1) * sizeof(double))
     x = <double*>malloc(max(q, 1) * sizeof(double))
     try:
         if a == NULL or b == NULL or x == NULL:
-            raise MemoryError("masked_fits: work space")
+            check(NO_MEMORY, "masked_fits: work space")
         with nogil:
             for s in range(ns):
                 k = 0
@@ -489,15 +491,15 @@ def sustained_outliers(const double[:, ::1] resid, Py_ssize_t window, double cli
     cdef double* scratch
     cdef Py_ssize_t* hits
     if out.shape[0] != ns or out.shape[1] != nf:
-        raise ValueError("sustained_outliers: out must be shaped like resid")
+        check(BAD_ARGUMENT, "sustained_outliers: out must be shaped like resid")
     if window < 1:
-        raise ValueError("sustained_outliers: window must be at least 1")
+        check(BAD_ARGUMENT, "sustained_outliers: window must be at least 1")
     half = window // 2
     value = <double*>malloc(max(nf, 1) * 6 * sizeof(double))
     hits = <Py_ssize_t*>malloc((nf + 1) * sizeof(Py_ssize_t))
     try:
         if value == NULL or hits == NULL:
-            raise MemoryError("sustained_outliers: work space")
+            check(NO_MEMORY, "sustained_outliers: work space")
         ok = value + nf
         total = ok + nf
         count = total + nf

@@ -133,9 +133,9 @@ def test_endtoend_rss_wrapper_and_lc_comparison(tmp_path):
     from trex.lcformat import empty_rows, write_lightcurve
 
     grow = [sys.executable, "-c", "x = bytearray(80 * 2**20); x[::4096] = b'1' * len(x[::4096])"]
-    _, rss = endtoend.run_measured(grow, tmp_path / "one")
+    _, rss, _ = endtoend.run_measured(grow, tmp_path / "one")
     assert len(rss) == 1 and rss[0] > 80
-    _, rss = endtoend.run_measured(grow, tmp_path / "two", mpi_ranks=2)
+    _, rss, _ = endtoend.run_measured(grow, tmp_path / "two", mpi_ranks=2)
     assert len(rss) == 2 and min(rss) > 80
     for name, value in (("a", 1.0), ("b", 1.0), ("c", 2.0)):
         rows = empty_rows(3, 3)
@@ -256,3 +256,27 @@ def test_backfill_ingests_transposes_and_detrends_every_row(tmp_path):
     assert all(len(p["peak_mb"]) == 1 and p["peak_mb"][0] > 0 for p in result["phases"])
     rows = backfill.rows_of(result, None, "sqlite", "24 x 30", 24, 30)
     assert rows[0].operation.startswith("backfill SQLite, serial: ingest") and rows[0].trex > 0
+
+
+def test_endtoend_reads_the_phase_timers_into_the_ingest_model(caplog):
+    """The timer lines trex.pipeline logs are what the bench parses: 40 frames, 50 s of
+    work in each of the two passes over two ranks, rank 0 recording 10 s in each: w = 2.5 s,
+    r = 0.5 s a frame, rank 0 saturates at 1 + w / r = 6 ranks."""
+    import logging
+
+    from trex.pipeline import _log_timing
+
+    clocks = [{"items": 15, "work": 30.0, "work_cpu": 29.0, "record": 10.0, "record_cpu": 9.0},
+              {"items": 25, "work": 20.0, "work_cpu": 19.0, "record": 0.0, "record_cpu": 0.0}]
+    with caplog.at_level(logging.INFO, logger="trex.pipeline"):
+        _log_timing("calibrate+extract+astrometry+photometry", 41.5, clocks)
+        _log_timing("magfit+subtract", 40.0, clocks)
+        _log_timing("master bias", 1.0, clocks)
+    text = "\n".join(f"{r.name}: {r.getMessage()}" for r in caplog.records)
+    phases = endtoend.phase_times(text)
+    assert phases["calibrate+extract+astrometry+photometry"] == {
+        "wall": 41.5, "ranks": [(15, 30.0), (25, 20.0)], "record": 10.0}
+    rate, record, saturates = endtoend.ingest_model(phases)
+    assert rate == pytest.approx(40 / 100.0)
+    assert record == pytest.approx(40 / 20.0)
+    assert saturates == pytest.approx(6.0)

@@ -304,3 +304,178 @@ def test_short_nights_are_detrended_with_fewer_parameters(tmp_path, nframes, tie
         ratios.append(np.std(rows["atf_001"]) / sigma)
     # the S trend (0.3 x 0.04 mag) and the common trend (0.02 mag) are taken out
     assert np.median(ratios) < 1.5, np.median(ratios)
+
+
+# -- the batched kernels against independent numpy/scipy implementations ----------------------
+
+def reference_epd(mags, params, smooth, clip=3.0, iters=3, exclude=None):
+    """EPD of one star as trex did it in numpy before the kernel: per-star
+    ``np.linalg.lstsq`` (SVD) on standardised columns, scipy's running median."""
+    from scipy.ndimage import median_filter
+
+    params = {k: v for k, v in params.items() if np.isfinite(v).any()}
+    good = np.isfinite(mags)
+    for v in params.values():
+        good &= np.isfinite(v)
+    need = max(10, 3 * (len(params) + 1), smooth)
+    if good.sum() < need:
+        return np.full_like(mags, np.nan), None
+    values = np.stack(list(params.values()), axis=1) if params else np.zeros((len(mags), 0))
+    mean, scale = values[good].mean(axis=0), values[good].std(axis=0)
+    usable = scale > 1e-12 * np.maximum(np.abs(mean), 1.0)
+    z = np.where(usable, (values - mean) / np.where(usable, scale, 1.0), 0.0)
+    design = np.column_stack([np.ones(len(mags)), z])
+    target = np.full_like(mags, np.nan)
+    target[good] = (median_filter(mags[good], size=min(smooth, good.sum()), mode="nearest")
+                    if smooth > 1 else mags[good])
+    fit = good & ~exclude if exclude is not None and (good & ~exclude).sum() >= need else good
+    for _ in range(iters + 1):
+        coef = np.linalg.lstsq(design[fit], target[fit], rcond=None)[0]
+        resid = mags - design @ coef
+        centre = np.median(resid[good])
+        sigma = 1.4826 * np.median(np.abs(resid[good] - centre))
+        keep = fit & (np.abs(resid - centre) <= clip * max(sigma, 1e-9))
+        if keep.sum() < need or np.array_equal(keep, fit):
+            break
+        fit = keep
+    slopes = dict(zip(params, np.where(usable, coef[1:] / np.where(usable, scale, 1.0), 0.0),
+                      strict=True))
+    return np.where(good, resid + np.median(mags[good]), np.nan), slopes
+
+
+def random_star(rng, n, p=6):
+    """Magnitudes with outliers and gaps, parameters with a constant one, one never
+    measured (sometimes) and scattered gaps."""
+    t = np.linspace(0, 1, n)
+    params = rng.normal(size=(n, p)) + np.sin(np.outer(t, np.arange(1, p + 1)))
+    params[:, 2] = 5.0  # constant: no slope
+    if rng.random() < 0.3:
+        params[:, 3] = np.nan  # never measured: left out
+    mags = 10 + params[:, :2] @ np.array([0.1, -0.05]) + rng.normal(0, 0.01, n)
+    mags[rng.random(n) < 0.1] = np.nan
+    mags[rng.random(n) < 0.05] += 0.5
+    params[rng.random(n) < 0.03, 1] = np.nan
+    return mags, params
+
+
+@pytest.mark.parametrize("smooth", [1, 8, 13, 21])
+def test_batched_epd_equals_per_star_lstsq(smooth):
+    from trex.epd import epd_many
+
+    rng = np.random.default_rng(smooth)
+    stars = [random_star(rng, n) for n in rng.integers(5, 150, 200)]
+    mags = np.concatenate([m for m, _ in stars])
+    params = np.concatenate([p for _, p in stars])
+    offsets = np.r_[0, np.cumsum([len(m) for m, _ in stars])]
+    exclude = rng.random(len(mags)) < 0.05
+    out, coef, fitted = epd_many(mags, params, offsets, smooth, exclude=exclude)
+    assert 50 < fitted.sum() < len(stars)  # both kinds are exercised
+    for s, (m, p) in enumerate(stars):
+        want, slopes = reference_epd(m, {str(j): p[:, j] for j in range(p.shape[1])}, smooth,
+                                     exclude=exclude[offsets[s]:offsets[s + 1]])
+        got = out[offsets[s]:offsets[s + 1]]
+        assert fitted[s] == (slopes is not None)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10, equal_nan=True)
+        if slopes is not None:
+            for j in range(p.shape[1]):
+                expect = slopes.get(str(j), np.nan)
+                assert (np.isnan(expect) and np.isnan(coef[s, 1 + j])) or \
+                    coef[s, 1 + j] == pytest.approx(expect, rel=1e-8, abs=1e-10)
+
+
+def test_epd_of_one_star_is_the_batched_kernel():
+    _, params, mags, _ = epd_series(n=300, seed=7)
+    out, coef, ok = epd(mags, params, smooth=21)
+    want, slopes = reference_epd(mags, params, 21)
+    assert ok
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-10)
+    for name, value in slopes.items():
+        assert coef[name] == pytest.approx(value, rel=1e-8)
+
+
+def test_masked_fits_equal_lstsq_per_series_and_dependent_columns():
+    from trex._detrend import masked_fits
+
+    rng = np.random.default_rng(11)
+    nf = 60
+    design = np.column_stack([rng.normal(size=(nf, 3)), np.ones(nf)])
+    design = np.column_stack([design, design[:, 0] - 2 * design[:, 1]])  # a dependent column
+    y = rng.normal(size=(50, nf))
+    fit = (rng.random((50, nf)) > 0.2).astype(np.uint8)
+    fit[0] = 0
+    fit[0, :4] = 1  # too few frames
+    model, fitted = np.empty((50, nf)), np.empty(50, np.uint8)
+    masked_fits(design, y, fit, 6, model, fitted)
+    assert not fitted[0] and np.isnan(model[0]).all() and fitted[1:].all()
+    for s in range(1, 50):
+        rows = fit[s].astype(bool)
+        coef = np.linalg.lstsq(design[rows], y[s, rows], rcond=None)[0]
+        np.testing.assert_allclose(model[s], design @ coef, rtol=0, atol=1e-12)
+
+
+def test_sustained_outliers_kernel_equals_the_scipy_filters():
+    import warnings
+
+    from scipy.ndimage import uniform_filter1d
+
+    from trex.tfa import sustained_outliers
+
+    rng = np.random.default_rng(12)
+    for nstars, nframes, window in ((300, 40, 21), (100, 400, 21), (50, 30, 8), (5, 6, 21)):
+        resid = rng.normal(size=(nstars, nframes))
+        resid[rng.random(resid.shape) < 0.1] = np.nan
+        resid[:, nframes // 3:nframes // 2] += rng.normal(0, 2, (nstars, 1))
+        resid[0] = np.nan
+        ok = np.isfinite(resid)
+        total = uniform_filter1d(np.where(ok, resid, 0.0), window, axis=1, mode="constant")
+        count = uniform_filter1d(ok.astype(float), window, axis=1, mode="constant")
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.where(ok & (count > 0), total / count, np.nan)
+            centre = np.nanmedian(mean, axis=1, keepdims=True)
+            sigma = 1.4826 * np.nanmedian(np.abs(mean - centre), axis=1, keepdims=True)
+            hit = np.abs(mean - centre) > 3.0 * np.maximum(sigma, 1e-6)
+        want = ok & (uniform_filter1d(hit.astype(float), window, axis=1, mode="constant") > 0)
+        got = sustained_outliers(resid, window, 3.0)
+        assert np.array_equal(got, want), (nstars, nframes, window)
+        assert want.any() or nframes < window
+
+
+def test_tfa_without_refits_is_a_least_squares_fit_per_star():
+    rng = np.random.default_rng(13)
+    nf, ntemp = 80, 5
+    templates = 12 + rng.normal(0, 0.01, (ntemp, nf))
+    mags = 11 + rng.normal(size=(40, ntemp)) @ (templates - 12) + rng.normal(0, 0.002, (40, nf))
+    mags[rng.random(mags.shape) < 0.1] = np.nan
+    mags[:20] = np.where(np.isnan(mags[:20]), 11.0, mags[:20])  # half of them on every frame
+    excluded = rng.random((40, ntemp)) < 0.2
+    out, used = tfa(mags, templates, excluded, iters=0, modes=False)
+    basis = templates - np.median(templates, axis=1, keepdims=True)
+    for s in range(40):
+        rows = np.isfinite(mags[s])
+        design = np.column_stack([basis[~excluded[s]].T, np.ones(nf)])
+        y = mags[s] - np.nanmedian(mags[s])
+        coef = np.linalg.lstsq(design[rows], y[rows], rcond=None)[0]
+        want = np.where(rows, mags[s] - design @ coef, np.nan)
+        np.testing.assert_allclose(out[s], want, rtol=0, atol=1e-12, equal_nan=True)
+        assert np.array_equal(used[s], ~excluded[s])
+
+
+def test_per_star_medians_of_concatenated_rows_equal_numpy():
+    import warnings
+
+    from trex.detrend import _Stars
+
+    rng = np.random.default_rng(14)
+    lengths = np.array([0, 5, 1, 12, 7, 4])
+    values = rng.normal(size=lengths.sum())
+    values[rng.random(len(values)) < 0.3] = np.nan
+    values[5:6] = np.nan  # the one-row star has none
+    offsets = np.r_[0, np.cumsum(lengths)]
+    stars = _Stars(offsets, np.repeat(np.arange(len(lengths)), lengths),
+                   np.zeros(len(values), int), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = [np.nanmedian(values[a:b]) if b > a else np.nan
+                for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    np.testing.assert_array_equal(stars.medians(values), want)

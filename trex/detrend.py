@@ -46,7 +46,7 @@ import numpy as np
 
 from trex import lccards, lcformat
 from trex.config import Config
-from trex.epd import epd, external_parameters, local_sidereal_time, parameter_names, sky_geometry
+from trex.epd import epd, epd_many, external_parameters, local_sidereal_time, parameter_names, sky_geometry
 from trex.errors import FrameError
 from trex.fits import atomic_write
 from trex.flags import PHOT
@@ -218,15 +218,24 @@ def epd_plan(config: Config, kind: str, nframes: int) -> EPDPlan | None:
     return None
 
 
-def _epd_values(rows: np.ndarray, col: str, ra: float, dec: float, lst: np.ndarray,
-                config: Config, plan: EPDPlan | None,
-                exclude: np.ndarray | None = None) -> np.ndarray:
-    """EPD magnitudes of one column of one star's rows of one night (NaN: not fitted)."""
-    if plan is None or np.count_nonzero(np.isfinite(rows[col])) < plan.need:
-        return np.full(len(rows), np.nan)  # too few points: nothing to compute
-    geometry = sky_geometry(lst, ra, dec, config.site.latitude)
-    params = external_parameters(rows, plan.names, geometry)
-    return epd(rows[col], params, smooth=plan.smooth, exclude=exclude)[0]
+def _epd_parameters(rows: np.ndarray, ra: np.ndarray, dec: np.ndarray, lst: np.ndarray,
+                    config: Config, plan: EPDPlan) -> np.ndarray:
+    """The EPD parameters ``plan.names`` of many rows, (N, p): ``ra``, ``dec`` (deg) and
+    ``lst`` (rad) per row."""
+    params = external_parameters(rows, plan.names,
+                                 sky_geometry(lst, ra, dec, config.site.latitude))
+    return np.stack([params[n] for n in plan.names], axis=1)
+
+
+def _epd_values(params: np.ndarray | None, offsets: np.ndarray, mags: np.ndarray,
+                plan: EPDPlan | None) -> np.ndarray:
+    """EPD magnitudes (N,) of many stars' rows of one night, one star after the other
+    (star s: rows ``offsets[s]:offsets[s + 1]``, magnitudes ``mags``, parameters
+    ``params`` (N, p)).  NaN where not fitted: a star with fewer than ``plan.need``
+    measured magnitudes is not tried."""
+    if plan is None:
+        return np.full(len(mags), np.nan)
+    return epd_many(mags, params, offsets, plan.smooth, min_finite=plan.need)[0]
 
 
 def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.ndarray,
@@ -254,8 +263,10 @@ def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.nd
             rows, ra, dec = rows_of[cand["objectid"]]
             at = trend.positions(rows["framekey"])
             keep = at >= 0
-            lcs[j, at[keep]] = _epd_values(rows[keep], col, ra, dec, lst[at[keep]], config,
-                                           trend.epd[col[0]])
+            plan, n = trend.epd[col[0]], int(keep.sum())
+            params = None if plan is None else _epd_parameters(
+                rows[keep], np.full(n, ra), np.full(n, dec), lst[at[keep]], config, plan)
+            lcs[j, at[keep]] = _epd_values(params, np.array([0, n]), rows[col][keep], plan)
         good = np.isfinite(lcs).sum(axis=1) >= 0.5 * len(framekeys)
         trend.lcs[col] = (lcs[good], np.column_stack([cands["x"][pick], cands["y"][pick]])[good],
                           cands["objectid"][pick][good])
@@ -264,97 +275,134 @@ def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.nd
 
 # -- detrending --------------------------------------------------------------------------------
 
-def _on_grid(rows_list: list[np.ndarray], col: str, at: list[np.ndarray], nf: int) -> np.ndarray:
-    out = np.full((len(rows_list), nf), np.nan)
-    for i, (rows, pos) in enumerate(zip(rows_list, at, strict=True)):
-        keep = pos >= 0
-        out[i, pos[keep]] = rows[col][keep]
-    return out
+@dataclass(frozen=True)
+class _Stars:
+    """Many stars' rows of one night, one star after the other, placed on the night's grid."""
+
+    offsets: np.ndarray  # (nstars + 1,) star s owns rows offsets[s]:offsets[s + 1]
+    star: np.ndarray     # (N,) the star of each row
+    at: np.ndarray       # (N,) the row's frame on the grid, -1 when not on it
+    nf: int              # frames on the grid
+
+    def on_grid(self, values: np.ndarray) -> np.ndarray:
+        """Per-row ``values`` (N,) as (nstars, nf), NaN where a star has no row."""
+        out = np.full((len(self.offsets) - 1, self.nf), np.nan)
+        keep = self.at >= 0
+        out[self.star[keep], self.at[keep]] = values[keep]
+        return out
+
+    def of_rows(self, grid: np.ndarray) -> np.ndarray:
+        """(nstars, nf) values back on the rows (N,), NaN for rows off the grid."""
+        return np.where(self.at >= 0, grid[self.star, np.maximum(self.at, 0)], np.nan)
+
+    def medians(self, values: np.ndarray) -> np.ndarray:
+        """Median of each star's finite ``values`` (N,), as ``np.nanmedian``; NaN when
+        it has none: (nstars,)."""
+        nstars = len(self.offsets) - 1
+        if not len(values):
+            return np.full(nstars, np.nan)
+        ordered = values[np.lexsort((values, self.star))]  # NaN last within each star
+        count = np.bincount(self.star[np.isfinite(values)], minlength=nstars)
+        lo = np.minimum(self.offsets[:-1] + np.maximum(count - 1, 0) // 2, len(values) - 1)
+        hi = np.minimum(self.offsets[:-1] + count // 2, len(values) - 1)
+        return np.where(count > 0, 0.5 * (ordered[lo] + ordered[hi]), np.nan)
 
 
-def detrend_night(rows_list: list[np.ndarray], infos: list[dict], trend: NightTrend,
+def detrend_night(rows: np.ndarray, offsets: np.ndarray, infos: list[dict], trend: NightTrend,
                   config: Config, columns: list[str]) -> None:
-    """EPD and TFA of many stars' rows of one night (``lc_dtype`` arrays, changed in place).
+    """EPD and TFA of many stars' rows of one night (``lc_dtype`` rows, changed in
+    place), one star after the other: star s owns ``rows[offsets[s]:offsets[s + 1]]``.
 
     ``infos`` give each star's ``objectid``, ``ra``, ``dec``, ``x``, ``y``.
     """
-    at = [trend.positions(rows["framekey"]) for rows in rows_list]
-    lsts = [np.where(pos >= 0, trend.lst[np.maximum(pos, 0)], np.nan) for pos in at]
-    xy = np.array([_night_position(rows, info) for rows, info in zip(rows_list, infos, strict=True)],
-                  dtype=np.float64).reshape(-1, 2)
+    lengths = np.diff(offsets)
+    at = trend.positions(rows["framekey"])
+    stars = _Stars(offsets, np.repeat(np.arange(len(infos)), lengths), at, len(trend.framekeys))
+    lst = np.where(at >= 0, trend.lst[np.maximum(at, 0)], np.nan)
+    ra = np.repeat(np.array([i["ra"] for i in infos], dtype=np.float64), lengths)
+    dec = np.repeat(np.array([i["dec"] for i in infos], dtype=np.float64), lengths)
+    xy = _night_positions(rows, stars, infos)
     ids = np.array([i["objectid"] for i in infos], dtype=object)
-    nf = len(trend.framekeys)
+    params = (None, None)  # the EPD parameters of one column kind at a time, (N, p)
     for col in columns:
         ep, tf, flag = outputs(col)
+        mags = rows[col].astype(np.float64)
+        rows[ep] = rows[tf] = np.nan
         plan = trend.epd[col[0]]
-        if plan is None:  # no star can have enough points tonight
-            for rows in rows_list:
-                rows[ep] = rows[tf] = np.nan
-                rows[flag] = np.where(np.isfinite(rows[col]), PHOT["NOT_FITTED"].bit,
-                                      PHOT["MISSING"].bit)
-            continue
-        lcs, txy, tids = trend.lcs.get(col, (np.zeros((0, nf)), np.zeros((0, 2)), np.zeros(0)))
-        excluded = exclusion(xy, txy, config.detrend.tfa_exclusion_radius, ids, tids)
-        for rows, info, lst in zip(rows_list, infos, lsts, strict=True):
-            rows[ep] = _epd_values(rows, col, info["ra"], info["dec"], lst, config, plan)
-        corrected = _tfa(rows_list, ep, at, lcs, excluded, nf)
-        for i, (rows, info, lst) in enumerate(zip(rows_list, infos, lsts, strict=True)):
-            _backfit(rows, col, corrected[i], at[i], info, lst, config, plan)
-        corrected = _tfa(rows_list, ep, at, lcs, excluded, nf)
-        for i, (rows, pos) in enumerate(zip(rows_list, at, strict=True)):
-            rows[tf] = np.where(pos >= 0, corrected[i][np.maximum(pos, 0)], np.nan)
-            measured = np.isfinite(rows[col])
-            done = np.isfinite(rows[ep]) & np.isfinite(rows[tf])
-            rows[flag] = np.where(~measured, PHOT["MISSING"].bit,
-                                  np.where(done, 0, PHOT["NOT_FITTED"].bit))
+        if plan is not None:  # else no star can have enough points tonight
+            if params[0] != col[0]:
+                params = (col[0], _epd_parameters(rows, ra, dec, lst, config, plan))
+            _detrend_column(rows, stars, col, mags, params[1], xy, ids, trend, config)
+        done = np.isfinite(rows[ep]) & np.isfinite(rows[tf])
+        rows[flag] = np.where(~np.isfinite(mags), PHOT["MISSING"].bit,
+                              np.where(done, 0, PHOT["NOT_FITTED"].bit))
 
 
-def _night_position(rows: np.ndarray, info: dict) -> tuple[float, float]:
-    """Median position of a star on the night (its catalog position's pixel, ``info``,
-    when it has none): what the TFA exclusion radius is measured from."""
+def _detrend_column(rows: np.ndarray, stars: _Stars, col: str, mags: np.ndarray,
+                    params: np.ndarray, xy: np.ndarray, ids: np.ndarray, trend: NightTrend,
+                    config: Config) -> None:
+    """EPD, TFA, one backfitting step (EPD again with the TFA trend taken out first),
+    TFA again, of input column ``col`` (magnitudes ``mags``, EPD parameters ``params``
+    (N, p)) of a night's rows; each result goes through its output column (float32)
+    exactly as it is stored."""
+    ep, tf, _ = outputs(col)
+    plan = trend.epd[col[0]]
+    lcs, txy, tids = trend.lcs.get(col, (np.zeros((0, stars.nf)), np.zeros((0, 2)), np.zeros(0)))
+    excluded = exclusion(xy, txy, config.detrend.tfa_exclusion_radius, ids, tids)
+    rows[ep] = _epd_values(params, stars.offsets, mags, plan)
+    first = rows[ep].astype(np.float64)
+    drift = first - stars.of_rows(_tfa(stars.on_grid(first), lcs, excluded))
+    drift = np.nan_to_num(drift - stars.medians(drift)[stars.star], nan=0.0)
+    shifted = (mags - drift).astype(rows.dtype[col]).astype(np.float64)
+    rows[ep] = _epd_values(params, stars.offsets, shifted, plan) + drift
+    rows[tf] = stars.of_rows(_tfa(stars.on_grid(rows[ep].astype(np.float64)), lcs, excluded))
+
+
+def _night_positions(rows: np.ndarray, stars: _Stars, infos: list[dict]) -> np.ndarray:
+    """Median position of each star on the night (its catalog position's pixel, from
+    ``infos``, when it has none), (nstars, 2) px: what the TFA exclusion radius is
+    measured from."""
     ok = np.isfinite(rows["xcc"]) & np.isfinite(rows["ycc"])
-    if not ok.any():
-        return info["x"], info["y"]
-    return float(np.median(rows["xcc"][ok])), float(np.median(rows["ycc"][ok]))
+    x = stars.medians(np.where(ok, rows["xcc"], np.nan).astype(np.float64))
+    y = stars.medians(np.where(ok, rows["ycc"], np.nan).astype(np.float64))
+    none = np.isnan(x)
+    if none.any():
+        x[none] = [infos[s]["x"] for s in np.flatnonzero(none)]
+        y[none] = [infos[s]["y"] for s in np.flatnonzero(none)]
+    return np.column_stack([x, y])
 
 
-def _tfa(rows_list, ep: str, at, lcs: np.ndarray, excluded: np.ndarray, nf: int) -> np.ndarray:
-    mags = _on_grid(rows_list, ep, at, nf)
+def _tfa(mags: np.ndarray, lcs: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     if not len(lcs):
         return np.full_like(mags, np.nan)
     return tfa(mags, lcs, excluded)[0]
-
-
-def _backfit(rows: np.ndarray, col: str, corrected: np.ndarray, pos: np.ndarray, info: dict,
-             lst: np.ndarray, config: Config, plan: EPDPlan) -> None:
-    """EPD of one star and column again with the first TFA trend taken out of the
-    magnitudes first (one backfitting step of EPD + TFA); updates the EPD column."""
-    ep = outputs(col)[0]
-    trend = rows[ep] - np.where(pos >= 0, corrected[np.maximum(pos, 0)], np.nan)
-    trend = np.nan_to_num(trend - np.nanmedian(trend), nan=0.0) if np.isfinite(trend).any() \
-        else np.zeros(len(rows))
-    shifted = rows.copy()
-    shifted[col] = rows[col] - trend
-    rows[ep] = _epd_values(shifted, col, info["ra"], info["dec"], lst, config, plan) + trend
 
 
 def detrend_nights(stars: list[tuple[np.ndarray, dict]], trends: list[NightTrend],
                    config: Config) -> None:
     """Detrend the rows of ``stars`` ((rows, info) pairs; rows changed in place) that
     fall in the nights of ``trends``; other rows are left as they are."""
+    if not stars or not trends:
+        return
     columns = input_columns(len(config.photometry.apertures))
+    parts = [r for r, _ in stars]
+    same = all(r.dtype == parts[0].dtype for r in parts)  # else frame names of other widths
+    rows = np.concatenate(parts) if same else lcformat.concatenate(parts)
+    lengths = np.array([len(r) for r, _ in stars], dtype=np.int64)
+    owner = np.repeat(np.arange(len(stars)), lengths)
     for trend in trends:
-        members = []
-        for s, (rows, _) in enumerate(stars):
-            where = np.flatnonzero((rows["rjd"] >= trend.start) & (rows["rjd"] <= trend.stop))
-            if len(where):
-                members.append((s, where))
-        if not members:
+        inside = np.flatnonzero((rows["rjd"] >= trend.start) & (rows["rjd"] <= trend.stop))
+        if not len(inside):
             continue
-        nights = [stars[s][0][where] for s, where in members]
-        detrend_night(nights, [stars[s][1] for s, _ in members], trend, config, columns)
-        for (s, where), night in zip(members, nights, strict=True):
-            stars[s][0][where] = night
+        count = np.bincount(owner[inside], minlength=len(stars))
+        members = np.flatnonzero(count)
+        night = rows[inside]
+        detrend_night(night, np.r_[0, np.cumsum(count[members])], [stars[s][1] for s in members],
+                      trend, config, columns)
+        rows[inside] = night
+    start = np.r_[0, np.cumsum(lengths)]
+    for s, (mine, _) in enumerate(stars):
+        mine[...] = rows[start[s]:start[s + 1]]
 
 
 # -- phases --------------------------------------------------------------------------------------
@@ -610,21 +658,25 @@ class DetrendFiles(Phase):
     def work(self, item: tuple, context: Context) -> tuple[dict, dict]:
         group, paths = item
         trends = context.trends.get(group, [])
-        info_rows, stat_rows = [], []
         napertures = len(context.config.photometry.apertures)
+        gap = context.config.detrend.night_gap
+        stars = []
         for rel in paths:
-            path = context.project.root / rel
-            rows, header = lcformat.read_rows(path)
-            rows = rows.astype(lcformat.lc_dtype(napertures).newbyteorder(">"))
-            info = {**file_info(header), "projid": group[0]}
-            info["x"], info["y"] = position(rows, context.config.detrend.night_gap)
-            detrend_nights([(rows, info)], trends, context.config)
+            rows, header = lcformat.read_rows(context.project.root / rel)
+            info = {**file_info(header), "projid": group[0], "header": header}
+            info["x"], info["y"] = position(rows, gap)
+            stars.append((rows.astype(lcformat.lc_dtype(napertures).newbyteorder(">")), info))
+        detrend_nights(stars, trends, context.config)  # every star of the item at once
+        info_rows, stat_rows = [], []
+        for rel, (rows, info) in zip(paths, stars, strict=True):
+            header = info.pop("header")
             cards = [c for c in lccards.header_cards(header) if not c["name"].startswith("DETR")]
-            lcformat.write_lightcurve(path, rows, cards + detrend_cards(header, trends, rows))
+            lcformat.write_lightcurve(context.project.root / rel, rows,
+                                      cards + detrend_cards(header, trends, rows))
             info_rows.append({"projid": group[0], "objectid": info["objectid"], "path": rel,
                               "rjd_min": float(np.nanmin(rows["rjd"])),
                               "rjd_max": float(np.nanmax(rows["rjd"]))})
-            stat_rows.append(star_rows(rows, info, napertures, context.config.detrend.night_gap))
+            stat_rows.append(star_rows(rows, info, napertures, gap))
         return info_rows, stat_rows
 
     def record(self, ledger, result: tuple, context: Context) -> None:

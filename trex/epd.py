@@ -1,13 +1,14 @@
-"""External parameter decorrelation (EPD) of one light curve.
+"""External parameter decorrelation (EPD) of light curves.
 
-Pure numpy/scipy.  The magnitudes of a star are fitted, by linear least
-squares with iterative clipping, as a linear function of external parameters
+The magnitudes of a star are fitted, by linear least squares with iterative
+clipping, as a linear function of external parameters
 of each frame: PSF shape S, D, K (and their squares and products), sub-pixel
 phase (sin/cos of 2 pi x and 2 pi y and their second harmonics), local sky,
 hour angle, zenith distance and airmass.  The fit is made to median-smoothed
 magnitudes, so signals shorter than the smoothing window (a transit) are not
 absorbed; the model is then subtracted from the raw magnitudes and the median
-added back (``mag - model + median``).
+added back (``mag - model + median``).  The fit is the Cython kernel
+``cext/detrend.pyx``, many stars per call (:func:`epd_many`).
 
 Parameter names (``config.detrend.epd_parameters``): see :data:`PARAMETERS`.
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy.ndimage import median_filter
+
+from trex._detrend import epd_batch
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +113,32 @@ def external_parameters(rows: np.ndarray, names, geometry: dict | None = None
     return out
 
 
-def running_median(values: np.ndarray, width: int) -> np.ndarray:
-    """Running median of ``width`` points (edges: nearest), shape (n,)."""
-    if width <= 1 or len(values) < 3:
-        return values.copy()
-    return median_filter(values, size=min(int(width), len(values)), mode="nearest")
+def epd_many(mags: np.ndarray, params: np.ndarray, offsets: np.ndarray, smooth: int = 21,
+             clip: float = 3.0, iters: int = 3, min_finite: int = 0, min_points: int | None = None,
+             exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EPD of many light curves at once (the Cython kernel ``trex._detrend.epd_batch``).
 
-
-def _design(params: dict[str, np.ndarray], good: np.ndarray):
-    """Standardised design matrix over ``good`` rows: (n, 1 + p), with mean and scale."""
-    names = list(params)
-    values = np.stack([params[n] for n in names], axis=1) if names else np.zeros((len(good), 0))
-    mean = values[good].mean(axis=0) if good.any() else np.zeros(values.shape[1])
-    scale = values[good].std(axis=0) if good.any() else np.ones(values.shape[1])
-    usable = scale > 1e-12 * np.maximum(np.abs(mean), 1.0)
-    scale = np.where(usable, scale, 1.0)
-    z = np.where(usable, (values - mean) / scale, 0.0)
-    return np.column_stack([np.ones(len(good)), z]), names, mean, scale, usable
+    ``mags`` (N,) and ``params`` (N, p) are the stars' rows one after the other, star
+    ``s`` owning rows ``offsets[s]:offsets[s + 1]`` (``offsets`` (nstars + 1,)), each in
+    time order; ``exclude`` (N,) bool, optional.  Each star is fitted as :func:`epd`
+    describes; a star with fewer than ``min_finite`` measured magnitudes is not tried.
+    Returns the detrended magnitudes (N,) (NaN where missing or not fitted), the
+    coefficients (nstars, 1 + p) (constant, then each parameter's slope in its units;
+    0 for a parameter constant on the star, NaN for one never measured or a star not
+    fitted) and whether each star was fitted (nstars,) bool.
+    """
+    mags = np.ascontiguousarray(mags, dtype=np.float64)
+    params = np.ascontiguousarray(np.reshape(params, (len(mags), -1)), dtype=np.float64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    out = np.empty(len(mags))
+    coefficients = np.empty((len(offsets) - 1, params.shape[1] + 1))
+    fitted = np.empty(len(offsets) - 1, dtype=np.uint8)
+    skip = np.zeros(0 if exclude is None else len(mags), dtype=np.uint8)
+    if exclude is not None:
+        skip[:] = np.asarray(exclude, dtype=bool)
+    epd_batch(mags, params, offsets, skip, int(smooth), float(clip), int(iters),
+              int(min_finite), int(min_points or 0), out, coefficients, fitted)
+    return out, coefficients, fitted.astype(bool)
 
 
 def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
@@ -141,16 +152,22 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
         magnitudes in time order, NaN where missing.
     params : dict name -> array, shape (n,)
         external parameters (see :func:`external_parameters`); one without
-        any finite value is ignored, otherwise rows with a NaN are not fitted.
+        any finite value is ignored, otherwise rows with a NaN are not fitted;
+        one constant over the fitted rows gets a zero slope.
     smooth : points of the running median applied to the magnitudes
-        before the fit (1: none).
+        before the fit (1: none; scipy ``median_filter``, edges repeated).
     clip, iters : points whose residual (raw magnitude minus model) exceeds
-        ``clip`` robust sigmas are left out of the next fit, ``iters`` times.
+        ``clip`` robust sigmas (1.4826 MAD) are left out of the next fit,
+        ``iters`` times (less when nothing changes or too few points would be left).
     exclude : bool array, shape (n,), optional
-        points left out of the fit (still corrected), e.g. a transit found
-        after TFA (see :func:`trex.detrend.detrend_rows`).
+        points left out of the fit (still corrected), e.g. a transit.
     min_points : fewest usable points to fit (default: the largest of 10,
         3 (p + 1) and the smoothing window).
+
+    The fit is linear least squares (Householder QR) on the columns
+    standardised over the usable rows, made to the running median of the
+    magnitudes; the model is subtracted from the raw magnitudes and their
+    median added back.
 
     Returns
     -------
@@ -160,32 +177,13 @@ def epd(mags: np.ndarray, params: dict[str, np.ndarray], smooth: int = 21,
         whether the star was fitted.
     """
     mags = np.asarray(mags, dtype=np.float64)
-    # a parameter never measured (no PSF fit, no RA/DEC for the airmass) is left out
-    params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()
-              if np.isfinite(v).any()}
-    good = np.isfinite(mags)
-    for v in params.values():
-        good &= np.isfinite(v)
-    need = min_points or max(10, 3 * (len(params) + 1), smooth)
-    if good.sum() < need:
-        return np.full_like(mags, np.nan), {}, False
-    design, names, mean, scale, usable = _design(params, good)
-    target = np.full_like(mags, np.nan)
-    target[good] = running_median(mags[good], smooth)
-    fit = good.copy() if exclude is None else good & ~exclude
-    if fit.sum() < need:
-        fit = good.copy()
-    for _ in range(max(iters, 0) + 1):
-        coef, *_ = np.linalg.lstsq(design[fit], target[fit], rcond=None)
-        model = design @ coef
-        resid = mags - model
-        sigma = 1.4826 * np.median(np.abs(resid[good] - np.median(resid[good])))
-        keep = fit & (np.abs(resid - np.median(resid[good])) <= clip * max(sigma, 1e-9))
-        if keep.sum() < need or np.array_equal(keep, fit):
-            break
-        fit = keep
-    detrended = np.where(good, mags - model + np.median(mags[good]), np.nan)
-    slopes = np.where(usable, coef[1:] / scale, 0.0)
-    coefficients = {n: float(c) for n, c in zip(names, slopes, strict=True)}
-    coefficients["const"] = float(coef[0] - np.sum(slopes * mean))
-    return detrended, coefficients, True
+    names = list(params)
+    values = (np.stack([np.asarray(params[n], dtype=np.float64) for n in names], axis=1)
+              if names else np.zeros((len(mags), 0)))
+    out, coef, fitted = epd_many(mags, values, np.array([0, len(mags)]), smooth, clip, iters,
+                                 min_points=min_points, exclude=exclude)
+    if not fitted[0]:
+        return out, {}, False
+    coefficients = {n: float(c) for n, c in zip(names, coef[0, 1:], strict=True) if np.isfinite(c)}
+    coefficients["const"] = float(coef[0, 0])
+    return out, coefficients, True

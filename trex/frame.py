@@ -80,7 +80,8 @@ class Context:
     ledger (e.g. ``("catalog", field) -> "F1.csv:2048:..."``); ``rebuild`` asks
     the reference phases to make their references again; ``nights``, when not
     empty, limits the run to the raw files and frames of those nights
-    (``trex run --nights``).
+    (``trex run --nights``); ``ranks`` is the number of MPI ranks sharing the
+    work (phases cut their work finer when it is above 1).
     """
 
     project: Project
@@ -95,6 +96,7 @@ class Context:
     inputs: dict = field(default_factory=dict)
     rebuild: bool = False
     nights: tuple = ()
+    ranks: int = 1
 
     def of_nights(self, night: str) -> bool:
         """Whether this run works on ``night`` (``--nights``, or every night)."""

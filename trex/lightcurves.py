@@ -221,7 +221,11 @@ class Scatter(Phase):
         for e in self.entries:
             per_group[(e.projid, e.field)] = per_group.get((e.projid, e.field), 0) + 1
         rows = context.config.lightcurves.partition_rows
-        return [(e, max(1, rows // per_group[(e.projid, e.field)])) for e in self.entries]
+        per_part = {g: max(1, rows // n) for g, n in per_group.items()}
+        if context.ranks > 1:  # at least four partitions per rank, so that the merge is shared
+            per_part = {g: min(n, -(-len(context.catalogs[g[1]]) // (4 * context.ranks)))
+                        for g, n in per_part.items()}
+        return [(e, max(1, per_part[(e.projid, e.field)])) for e in self.entries]
 
     def work(self, item: tuple[FrameEntry, int], context: Context) -> int:
         entry, stars_per_part = item

@@ -5,10 +5,12 @@ The same code runs serially (no mpi4py, or one rank) and under
 queue and hands out small batches on request; each worker keeps
 ``PREFETCH`` requests outstanding, so it has its next batch in hand while rank
 0 is busy; results go back as separate messages; rank 0 consumes results (it
-alone writes the database) and also processes batches itself whenever no
-message is waiting.
-An uncaught error on any rank aborts the whole job (``MPI.Abort``) so that a
-SLURM allocation never hangs on a dead rank.
+alone writes the database) and also processes tasks itself, one at a time,
+whenever no message is waiting.
+A rank that waits (for a message, a barrier) sleeps between looks rather than
+spinning in MPI's blocking calls, so on a shared node it leaves the core to the
+ranks at work.  An uncaught error on any rank aborts the whole job
+(``MPI.Abort``) so that a SLURM allocation never hangs on a dead rank.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -27,6 +30,8 @@ _MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK", 
 _REQUEST, _WORK, _STOP, _RESULT = 1, 2, 3, 4
 #: batches a worker holds or has asked for (one being worked on, one waiting)
 PREFETCH = 2
+#: seconds between two looks for a message while a rank waits (idle, not spinning)
+POLL = 0.002
 
 
 class SerialComm:
@@ -64,17 +69,30 @@ class MPIComm:
         self.size = MPI.COMM_WORLD.Get_size()
 
     def bcast(self, obj, root=0):
+        self.barrier()  # wait idle for the root, then a short broadcast
         return self.comm.bcast(obj, root=root)
 
     def barrier(self) -> None:
-        self.comm.barrier()
+        """Every rank here, waiting idle (MPICH's blocking calls poll at 100 % CPU, which
+        on a shared node takes the core from the ranks still working)."""
+        request = self.MPI.COMM_WORLD.Ibarrier()
+        while not request.Test():
+            time.sleep(POLL)
 
     def gather(self, obj, root=0):
+        self.barrier()
         return self.comm.gather(obj, root=root)
 
     def allreduce_max(self, value: int) -> int:
         """The largest ``value`` over the ranks (every rank gets it)."""
+        self.barrier()
         return self.comm.allreduce(value, op=self.MPI.MAX)
+
+    def wait_message(self, status, source: int | None = None) -> None:
+        """Return when a message (from ``source``, default any) waits, idle meanwhile."""
+        source = self.MPI.ANY_SOURCE if source is None else source
+        while not self.comm.iprobe(source=source, tag=self.MPI.ANY_TAG, status=status):
+            time.sleep(POLL)
 
     def Abort(self, code: int = 1) -> None:  # noqa: N802
         self.MPI.COMM_WORLD.Abort(code)
@@ -209,8 +227,13 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     consume every result, work while nothing is waiting.  Each worker gets
     exactly ``PREFETCH`` stops; every batch sent comes back as one result.
     When fewer batches are left than ranks, a worker that still holds one gets
-    no second (its request waits for its result), so that the last batches
-    are shared out rather than queued behind each other."""
+    no second (its request waits for its result, and is answered before that
+    result is recorded), so that the last batches are shared out rather than
+    queued behind each other; near the end a worker gets part of a batch.  Rank 0 takes one
+    task at a time from the next batch (it answers between two tasks, so a
+    worker never waits behind a whole batch of rank 0's, and rank 0 is never
+    the one left holding a batch at the end), and only once every worker's
+    first request is answered."""
     MPI = comm.MPI
     status = MPI.Status()
     stops, out = PREFETCH * (comm.size - 1), 0
@@ -221,33 +244,57 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     def answer(source: int) -> None:
         nonlocal stops, out
         if queue:
-            comm.comm.send(queue.pop(), dest=source, tag=_WORK)
+            comm.comm.send(_take_batch(queue, comm.size), dest=source, tag=_WORK)
             held[source] += 1
             out += 1
         else:
             comm.comm.send(None, dest=source, tag=_STOP)
             stops -= 1
 
+    started: set[int] = set()  # workers whose first request was answered
     while stops or out:
         while waiting and not queue:
             answer(waiting.pop())
-        if _incoming(comm, status) or not queue:
+        # a worker's first request is waited for: started behind one of rank 0's tasks,
+        # it would idle for the whole task
+        if _incoming(comm, status) or not queue or len(started) < comm.size - 1:
+            comm.wait_message(status)
             message = comm.comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
             source = status.Get_source()
             if status.Get_tag() == _RESULT:
                 out -= 1
                 held[source] -= 1
-                if consume(message) is False:
-                    queue.clear()
-                if source in waiting:
+                if source in waiting:  # its next batch first, then the recording
                     waiting.remove(source)
                     answer(source)
+                if consume(message) is False:
+                    queue.clear()
             elif held[source] and len(queue) < comm.size:
                 waiting.append(source)
             else:
                 answer(source)
-        elif consume(work(queue.pop())) is False:
+            started.add(source)
+        elif consume(work([_take_one(queue)])) is False:
             queue.clear()
+
+
+def _take_batch(queue: list[list], nranks: int) -> list:
+    """The next batch for a worker; near the end only part of it (at most a share of
+    1 / (2 nranks) of the tasks left), so that the ranks finish together."""
+    left = sum(len(batch) for batch in queue)
+    share = max(1, -(-left // (2 * nranks)))
+    if len(queue[-1]) <= share:
+        return queue.pop()
+    part, queue[-1] = queue[-1][:share], queue[-1][share:]
+    return part
+
+
+def _take_one(queue: list[list]):
+    """The first task of the next batch (the batch leaves the queue when empty)."""
+    task = queue[-1].pop(0)
+    if not queue[-1]:
+        queue.pop()
+    return task
 
 
 def _incoming(comm: MPIComm, status) -> bool:
@@ -260,17 +307,24 @@ def _incoming(comm: MPIComm, status) -> bool:
 
 
 def _work(comm: MPIComm, work) -> None:
-    """A worker: keep ``PREFETCH`` requests outstanding, return each batch's results."""
+    """A worker: keep ``PREFETCH`` requests outstanding, return each batch's results.
+    Results go without blocking (a large message waits for rank 0 to receive it,
+    while this rank works on its next batch)."""
     MPI = comm.MPI
     status = MPI.Status()
     for _ in range(PREFETCH):
         comm.comm.send(None, dest=0, tag=_REQUEST)
-    outstanding = PREFETCH
+    outstanding, sending = PREFETCH, []
     while outstanding:
+        comm.wait_message(status, source=0)
         batch = comm.comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
         outstanding -= 1
         if status.Get_tag() == _STOP:  # the queue is empty: later answers are stops too
             continue
-        comm.comm.send(work(batch), dest=0, tag=_RESULT)
+        sending = [r for r in sending if not r.test()[0]]
+        sending.append(comm.comm.isend(work(batch), dest=0, tag=_RESULT))
         comm.comm.send(None, dest=0, tag=_REQUEST)  # the next batch is already here
         outstanding += 1
+    for request in sending:
+        while not request.test()[0]:
+            time.sleep(POLL)

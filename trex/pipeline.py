@@ -168,7 +168,7 @@ def _run(comm, ledger: Ledger | None, project: Project, config: Config, stages: 
     context = None
     if comm.rank == 0:
         context = Context(project, config, recorded_masters(project, ledger.read.masters()),
-                          rebuild=rebuild, nights=nights)
+                          rebuild=rebuild, nights=nights, ranks=comm.size)
     context = comm.bcast(context)
     summary, lines = {}, []
     for phase in phases(stages, retry_failed):
@@ -190,8 +190,10 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     count = comm.bcast(len(items))
     progress = Progress(phase.name, count, context.config.run.progress_seconds)
     outcome: dict = {"failed": 0, "fault": None}
+    clock = dict.fromkeys(("items", "work", "work_cpu", "record", "record_cpu"), 0)  # this rank
 
     def work(batch: list) -> list:
+        clock["items"] += len(batch)
         return [attempt(phase, item, context) for item in batch]
 
     def consume(results: list) -> bool:
@@ -216,10 +218,12 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     if count:
         if comm.rank == 0:
             log.info("%s: %d to do", phase.name, count)
-        parallel.farm(comm, items, work, consume,
+        began = time.perf_counter()
+        parallel.farm(comm, items, _timed(clock, "work", work), _timed(clock, "record", consume),
                       batch_size=phase.batch or context.config.run.batch_frames)
         closed = [f for f in comm.gather(attempt_close(phase, context)) or () if f]
         outcome["fault"] = outcome["fault"] or (closed[0] if closed else None)
+        _log_timing(phase.name, time.perf_counter() - began, comm.gather(clock))
     fault = comm.bcast(outcome["fault"])
     if fault is not None:
         parallel.raise_everywhere(WriteFault(fault.path, fault.cause))
@@ -234,6 +238,30 @@ def run_phase(comm, ledger: Ledger | None, context: Context, phase: Phase,
     if count and comm.rank == 0:
         progress.finish(outcome["failed"])
     return context, count, outcome["failed"]
+
+
+def _timed(clock: dict, key: str, func):
+    """``func`` adding its wall and CPU seconds to ``clock[key]`` and ``clock[key + "_cpu"]``."""
+    def timed(arg):
+        began, cpu = time.perf_counter(), time.process_time()
+        try:
+            return func(arg)
+        finally:
+            clock[key] += time.perf_counter() - began
+            clock[key + "_cpu"] += time.process_time() - cpu
+    return timed
+
+
+def _log_timing(name: str, wall: float, clocks: list[dict] | None) -> None:
+    """On rank 0: the phase's wall time, each rank's items and seconds of work (wall and
+    CPU: on a shared machine the wall time includes waiting for a core), and rank 0's
+    seconds of recording (what the rank-0 ingest model of the README is made of)."""
+    if clocks is None:  # not rank 0
+        return
+    ranks = "; ".join(f"rank {r} {c['items']} in {c['work']:.2f} s (CPU {c['work_cpu']:.2f} s)"
+                      for r, c in enumerate(clocks))
+    log.info("%s: %.2f s wall; work: %s; rank 0 recording %.2f s (CPU %.2f s)", name, wall,
+             ranks, clocks[0]["record"], clocks[0]["record_cpu"])
 
 
 def attempt_close(phase: Phase, context: Context) -> Fault | None:

@@ -61,8 +61,7 @@ def load_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> Frame:
     frame.redpath = root / task.redpath
     if any(s.pixels for s in chain if s.name in task.stages):
         frame.image, frame.header = read_image(frame.redpath)
-        mask, _ = read_image(frame.redpath, hdu="MASK")
-        frame.mask = mask.astype(np.uint8)
+        frame.mask, _ = read_image(frame.redpath, hdu="MASK", dtype=np.uint8)  # as stored
         if frame.header.get("CTYPE1"):
             frame.wcs = WCS(frame.header, fix=False)
         frame.sources = load_product(frame.redpath, "sources")

@@ -1,6 +1,6 @@
 """Trend filtering (TFA, Kovacs et al. 2005): template selection and the fit.
 
-Pure numpy (astropy for the periodogram), no I/O.
+Numpy, a Cython kernel for the masked fits (astropy for the periodogram), no I/O.
 
 Templates are bright, well-covered, low-scatter stars spread over the field
 on a spatial grid, excluding likely variables: stars whose scatter is far
@@ -8,14 +8,15 @@ above the scatter-magnitude trend of their neighbours in magnitude, and stars
 whose Lomb-Scargle peak power stands out from that of the other candidates
 (systematics give every star some peak, so the test is relative).
 
-Each light curve is fitted by linear least squares (``numpy.linalg.lstsq``,
-SVD based) as a constant plus a linear combination of the templates on the
-common frame grid, and the fit is subtracted.  Frames where the target is
+Each light curve is fitted by linear least squares as a constant plus a linear
+combination of the templates on the common frame grid, and the fit is
+subtracted.  Frames where the target is
 missing are left out of its fit; a missing template point counts as the
 template's median (no correction from it on that frame).  Templates within
 the exclusion radius of the target (the target itself included) are left out.
-Stars that share the same missing frames and the same excluded templates are
-solved together, one ``lstsq`` with many right-hand sides.
+Stars that use the same templates share one design matrix: those fitted on
+every frame are projected on it with one matrix product, the others are
+fitted each on its own frames by a Cython kernel (Householder QR).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import logging
 import warnings
 
 import numpy as np
+
+from trex._detrend import masked_fits
+from trex._detrend import sustained_outliers as kernel_outliers
+from trex.lcstats import nanmedian
 
 log = logging.getLogger(__name__)
 
@@ -174,48 +179,52 @@ def template_modes(basis: np.ndarray, threshold: float = 1.3) -> np.ndarray:
 def _solve(mags: np.ndarray, basis: np.ndarray, fit: np.ndarray, used: np.ndarray,
            need: int, modes: bool) -> tuple[np.ndarray, np.ndarray]:
     """Models (nstars, nframes) fitted on the ``fit`` frames with the ``used``
-    templates (or their common modes); stars sharing both masks share one
-    ``lstsq``.  Also returns which stars could be fitted."""
+    templates (or their common modes); also returns which stars could be fitted.
+    Stars using the same templates share one design: those fitted on every frame
+    are projected on it with one matrix product, the others are fitted each on its
+    own frames by the kernel ``trex._detrend.masked_fits``."""
     model = np.full_like(mags, np.nan)
     fitted = np.zeros(len(mags), bool)
-    keys = np.packbits(np.concatenate([fit, used], axis=1), axis=1)
-    _, group = np.unique(keys, axis=0, return_inverse=True)
+    _, group = np.unique(np.packbits(used, axis=1), axis=0, return_inverse=True)
     group = group.ravel()
-    cache: dict[bytes, np.ndarray] = {}
+    full = fit.all(axis=1)
     for g in np.unique(group):
         members = np.flatnonzero(group == g)
-        rows, cols = fit[members[0]], used[members[0]]
-        if rows.sum() < max(need, cols.sum() + 2):
-            continue
-        key = cols.tobytes()
-        if key not in cache:
-            cache[key] = template_modes(basis[:, cols]) if modes else basis[:, cols]
-        design = np.column_stack([cache[key], np.ones(len(basis))])
-        coef, *_ = np.linalg.lstsq(design[rows], mags[members][:, rows].T, rcond=None)
-        model[members] = (design @ coef).T
-        fitted[members] = True
+        cols = used[members[0]]
+        least = max(need, cols.sum() + 2)
+        design = np.column_stack([template_modes(basis[:, cols]) if modes else basis[:, cols],
+                                  np.ones(len(basis))])
+        whole = members[full[members]]
+        if len(whole) and len(basis) >= least:
+            model[whole] = _projection(mags[whole], design)
+            fitted[whole] = True
+        part = members[~full[members]]
+        if len(part):
+            out, ok = np.empty((len(part), len(basis))), np.empty(len(part), np.uint8)
+            masked_fits(np.ascontiguousarray(design), np.where(fit[part], mags[part], 0.0),
+                        np.ascontiguousarray(fit[part]).view(np.uint8), least, out, ok)
+            model[part], fitted[part] = out, ok.astype(bool)
     return model, fitted
+
+
+def _projection(values: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Least-squares models of the rows of ``values`` (n, nframes) on the columns of
+    ``design`` (nframes, q): their projections on its range (singular values under
+    numpy.linalg.lstsq's default cut left out)."""
+    u, sv, _ = np.linalg.svd(design, full_matrices=False)
+    u = u[:, sv > np.finfo(float).eps * max(design.shape) * sv.max()] if len(sv) else u
+    return (values @ u) @ u.T
 
 
 def sustained_outliers(resid: np.ndarray, window: int, clip: float) -> np.ndarray:
     """Points (nstars, nframes) where the running mean of the residuals over
     ``window`` frames is more than ``clip`` robust sigmas from its median, and
     their neighbours within half a window: a transit or an eclipse, left out
-    of the next TFA fit so the templates cannot absorb it."""
-    from scipy.ndimage import uniform_filter1d
-
-    ok = np.isfinite(resid)
-    total = uniform_filter1d(np.where(ok, resid, 0.0), window, axis=1, mode="constant")
-    count = uniform_filter1d(ok.astype(float), window, axis=1, mode="constant")
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.where(ok & (count > 0), total / count, np.nan)
-        centre = np.nanmedian(mean, axis=1, keepdims=True)
-        sigma = 1.4826 * np.nanmedian(np.abs(mean - centre), axis=1, keepdims=True)
-        hit = np.abs(mean - centre) > clip * np.maximum(sigma, 1e-6)
-    # the whole event, not only its core: widen by half a window on each side
-    hit = uniform_filter1d(hit.astype(float), window, axis=1, mode="constant") > 0
-    return ok & hit
+    of the next TFA fit so the templates cannot absorb it (the Cython kernel
+    ``trex._detrend.sustained_outliers``)."""
+    out = np.empty(resid.shape, dtype=np.uint8)
+    kernel_outliers(np.ascontiguousarray(resid, dtype=np.float64), int(window), float(clip), out)
+    return out.view(bool)
 
 
 def tfa(mags: np.ndarray, templates: np.ndarray, excluded: np.ndarray | None = None,
@@ -250,8 +259,8 @@ def tfa(mags: np.ndarray, templates: np.ndarray, excluded: np.ndarray | None = N
     nstars, ntemp = len(mags), len(templates)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        tmed = np.nanmedian(templates, axis=1, keepdims=True)
-        med = np.nanmedian(mags, axis=1, keepdims=True)
+        tmed = nanmedian(np.asarray(templates, dtype=np.float64))[:, None]
+        med = nanmedian(mags)[:, None]
     basis = np.nan_to_num(templates - tmed, nan=0.0).T  # (nframes, ntemp)
     excluded = np.zeros((nstars, ntemp), bool) if excluded is None else excluded.astype(bool)
     used = ~excluded

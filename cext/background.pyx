@@ -11,34 +11,8 @@ import numpy as np
 
 from libc.math cimport sqrt, isfinite, NAN, INFINITY
 from libc.stdlib cimport malloc, free
-from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from kernels cimport BAD_ARGUMENT, NO_MEMORY, select_kth
 from trex.kernels import check
-
-
-cdef float _select(float* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """k-th smallest of a[:n] (Hoare's quickselect, reorders a)."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j
-    cdef float pivot, t
-    while hi > lo:
-        pivot = a[(lo + hi) // 2]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = a[i]; a[i] = a[j]; a[j] = t
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return a[k]
 
 
 cdef float _hist_select(float* a, Py_ssize_t n, Py_ssize_t k, float lo, float hi) noexcept nogil:
@@ -48,7 +22,7 @@ cdef float _hist_select(float* a, Py_ssize_t n, Py_ssize_t k, float lo, float hi
     cdef Py_ssize_t i, b, m = 0, below = 0
     cdef double scale
     if not (isfinite(lo) and isfinite(hi) and hi > lo) or n < 512:
-        return _select(a, n, k)
+        return select_kth(a, n, k)
     scale = 256.0 / (<double>hi - lo)
     for b in range(256):
         counts[b] = 0
@@ -63,7 +37,7 @@ cdef float _hist_select(float* a, Py_ssize_t n, Py_ssize_t k, float lo, float hi
         if min(max(<Py_ssize_t>((a[i] - lo) * scale), 0), 255) == b:
             a[m] = a[i]
             m += 1
-    return _select(a, m, k - below)
+    return select_kth(a, m, k - below)
 
 
 cdef Py_ssize_t _clipped_mode(float* a, Py_ssize_t n, double nsigma, int maxiter,

@@ -18,55 +18,16 @@ from libc.math cimport sqrt, fabs, isfinite, NAN, copysign
 from libc.stdlib cimport malloc, free
 from libc.string cimport memmove, memcpy
 from libc.stdint cimport int64_t
-from kernels cimport BAD_ARGUMENT, NO_MEMORY
+from kernels cimport BAD_ARGUMENT, NO_MEMORY, select_kth, sort_small
 
 from trex.kernels import check
-
-
-cdef inline void _swap(double* a, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
-    cdef double t = a[i]
-    a[i] = a[j]
-    a[j] = t
-
-
-cdef double _select(double* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """The k-th smallest of a[0:n] (a is reordered: a[0:k] <= a[k] <= a[k+1:n])."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, m
-    cdef double p
-    while hi > lo:
-        m = lo + (hi - lo) // 2
-        if a[m] < a[lo]:
-            _swap(a, m, lo)
-        if a[hi] < a[lo]:
-            _swap(a, hi, lo)
-        if a[hi] < a[m]:
-            _swap(a, hi, m)
-        p = a[m]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < p:
-                i += 1
-            while a[j] > p:
-                j -= 1
-            if i <= j:
-                _swap(a, i, j)
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return a[k]
 
 
 cdef double _median(double* a, Py_ssize_t n) noexcept nogil:
     """Median of a[0:n] as numpy gives it (mean of the two middle values when n is
     even); a is reordered."""
     cdef Py_ssize_t k = n // 2, i
-    cdef double upper = _select(a, n, k), lower
+    cdef double upper = select_kth(a, n, k), lower
     if n % 2:
         return upper
     lower = a[0]
@@ -89,7 +50,7 @@ cdef void _running_median(const double* x, Py_ssize_t n, Py_ssize_t width, doubl
     for t in range(size):  # the window of row 0, sorted
         i = t - half
         window[t] = x[0 if i < 0 else (n - 1 if i >= n else i)]
-    _sort(window, size)
+    sort_small(window, size)
     for i in range(n):
         out[i] = window[half]
         if i == n - 1:
@@ -119,16 +80,7 @@ cdef void _running_median(const double* x, Py_ssize_t n, Py_ssize_t width, doubl
         window[lo] = v
 
 
-cdef void _sort(double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double v
-    for i in range(1, n):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
+
 
 
 cdef Py_ssize_t _lstsq(double* a, double* b, Py_ssize_t n, Py_ssize_t m,

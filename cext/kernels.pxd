@@ -38,3 +38,54 @@ cdef extern from *:
 cdef inline void sort_doubles(double* a, Py_ssize_t n) noexcept nogil:
     """Sort a[:n] in place (ascending; NaN-free values)."""
     qsort(a, n, sizeof(double), trex_cmp_double)
+
+
+cdef inline void sort_small(double* a, Py_ssize_t n) noexcept nogil:
+    """Sort a[:n] in place: insertion sort for the short arrays of windows and
+    annuli, ``sort_doubles`` above 24 values."""
+    cdef Py_ssize_t i, j
+    cdef double v
+    if n > 24:
+        sort_doubles(a, n)
+        return
+    for i in range(1, n):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+cdef inline pixel_t select_kth(pixel_t* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """The k-th smallest of a[:n] (quickselect with a median-of-three pivot; a is
+    reordered so that a[:k] <= a[k] <= a[k+1:n])."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, m
+    cdef pixel_t p, t
+    while hi > lo:
+        m = lo + (hi - lo) // 2
+        if a[m] < a[lo]:
+            t = a[m]; a[m] = a[lo]; a[lo] = t
+        if a[hi] < a[lo]:
+            t = a[hi]; a[hi] = a[lo]; a[lo] = t
+        if a[hi] < a[m]:
+            t = a[hi]; a[hi] = a[m]; a[m] = t
+        p = a[m]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < p:
+                i += 1
+            while a[j] > p:
+                j -= 1
+            if i <= j:
+                t = a[i]; a[i] = a[j]; a[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return a[k]

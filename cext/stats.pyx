@@ -10,7 +10,7 @@ import numpy as np
 
 from libc.math cimport sqrt, isfinite, NAN
 from libc.stdlib cimport malloc, free
-from kernels cimport BAD_ARGUMENT, NO_MEMORY, sort_doubles
+from kernels cimport BAD_ARGUMENT, NO_MEMORY, sort_small
 from trex.kernels import check
 
 cdef extern from *:
@@ -47,21 +47,6 @@ cdef extern from *:
     }
     """
     void trex_sort_short(double *a, Py_ssize_t n) noexcept nogil
-
-
-cdef inline void _sort(double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double v
-    if n > 24:
-        sort_doubles(a, n)
-        return
-    for i in range(1, n):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
 
 
 cdef inline double _median(const double* a, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -147,7 +132,7 @@ def clipped_stats(values, double nsigma=3.0, int maxiter=5):
                 if isfinite(v[i]):
                     buf[k] = v[i]
                     k += 1
-            _sort(buf, k)
+            sort_small(buf, k)
             k = clip_sorted(buf, k, nsigma, nsigma, maxiter, &mean, &median, &std)
     finally:
         free(buf)

@@ -32,6 +32,8 @@ _REQUEST, _WORK, _STOP, _RESULT = 1, 2, 3, 4
 PREFETCH = 2
 #: seconds between two looks for a message while a rank waits (idle, not spinning)
 POLL = 0.002
+#: seconds a rank that aborts the job waits for its traceback to be forwarded
+ABORT_GRACE = 0.5
 
 
 class SerialComm:
@@ -180,6 +182,9 @@ def abort_on_error(comm):
             sys.stderr.write(f"rank {comm.rank}: uncaught error, aborting the job\n"
                              + traceback.format_exc())
             sys.stderr.flush()
+            # the process manager forwards output asynchronously and drops what it has
+            # not forwarded when the abort kills the job: give it a moment
+            time.sleep(ABORT_GRACE)
             comm.Abort(1)
         raise
 

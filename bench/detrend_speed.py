@@ -29,11 +29,11 @@ from trex.detrend import (
     Summaries,
     detrend_nights,
     file_info,
-    load_templates,
     position,
 )
 from trex.frame import Context
 from trex.project import Project
+from trex.templates import load_templates
 
 
 def light_curves(root: Path) -> tuple[list, list, object]:

@@ -36,7 +36,7 @@ from trex import astrometry, inventory, magfit, parallel, photref
 from trex.catalog import Catalogs
 from trex.config import Config
 from trex.db import Database, DatabaseError, connect
-from trex.detrend import ChooseTemplates, DetrendFiles, FileTrends, Summaries, load_templates
+from trex.detrend import DetrendFiles, FileTrends, Summaries
 from trex.errors import Stopped, WriteFault
 from trex.frame import Context
 from trex.ledger import Ledger
@@ -48,6 +48,7 @@ from trex.phase import Failure, Fault, Phase, attempt
 from trex.project import Project
 from trex.runner import FramePass
 from trex.stages import per_frame
+from trex.templates import ChooseTemplates, load_templates
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("trex.progress")

@@ -83,6 +83,18 @@ cdef void _running_median(const double* x, Py_ssize_t n, Py_ssize_t width, doubl
 
 
 
+cdef inline void _reflect(const double* v, double* y, Py_ssize_t r, Py_ssize_t n,
+                          double vnorm2) noexcept nogil:
+    """y[r:n] -= 2 (v.y / v.v) v: the Householder reflection of v applied to y."""
+    cdef Py_ssize_t i
+    cdef double s = 0.0
+    for i in range(r, n):
+        s += v[i] * y[i]
+    s = 2.0 * s / vnorm2
+    for i in range(r, n):
+        y[i] -= s * v[i]
+
+
 cdef Py_ssize_t _lstsq(double* a, double* b, Py_ssize_t n, Py_ssize_t m,
                       double* x) noexcept nogil:
     """Least squares of the column-major (n, m) matrix ``a`` against ``b`` (n,) by
@@ -94,7 +106,6 @@ cdef Py_ssize_t _lstsq(double* a, double* b, Py_ssize_t n, Py_ssize_t m,
     cdef double norm, full, alpha, s, vnorm2
     cdef double eps = 2.220446049250313e-16 * (n if n > m else m)
     cdef double* col
-    cdef double* other
     for k in range(m):
         col = a + k * n
         full = 0.0
@@ -113,19 +124,8 @@ cdef Py_ssize_t _lstsq(double* a, double* b, Py_ssize_t n, Py_ssize_t m,
         for i in range(r, n):
             vnorm2 += col[i] * col[i]
         for j in range(k + 1, m):
-            other = a + j * n
-            s = 0.0
-            for i in range(r, n):
-                s += col[i] * other[i]
-            s = 2.0 * s / vnorm2
-            for i in range(r, n):
-                other[i] -= s * col[i]
-        s = 0.0
-        for i in range(r, n):
-            s += col[i] * b[i]
-        s = 2.0 * s / vnorm2
-        for i in range(r, n):
-            b[i] -= s * col[i]
+            _reflect(col, a + j * n, r, n, vnorm2)
+        _reflect(col, b, r, n, vnorm2)
         col[r] = alpha  # R's diagonal entry of row r
         x[k] = 0.0
         r += 1

@@ -66,7 +66,7 @@ from trex.kernelspec import parse_kernel
 from trex.phase import Phase
 from trex.project import Project, safe_name
 from trex.register import register_frame
-from trex.subtract import subtract
+from trex.subtract import StampCandidates, match, stamp_candidates
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Reference:
     wcs: WCS
     phot: np.ndarray             # F_ref of the stars (reference_photometry)
     framekeys: tuple[int, ...]   # the frames in the stack
+    candidates: StampCandidates | None = None  # its stamp stars (set by with_references)
 
 
 @dataclass(frozen=True)
@@ -201,14 +202,13 @@ class Matches(Phase):
         sub, t_meta = context.config.subtract, plan.metas[plan.target]
         reg0 = np.where(bad != 0, 0.0, reg).astype(np.float32)
         try:
-            _, sol = subtract(target, reg0, kernel=sub.kernel, mask=(bad != 0) | (t_bad != 0),
-                              gain=t_meta.gain, rdnoise=t_meta.rdnoise,
-                              saturation=0.95 * plan.metas[i].saturate, ngrid=sub.stamp_grid,
-                              per_cell=sub.stamps_per_cell, halfsize=sub.stamp_halfsize,
-                              threshold=sub.stamp_threshold, reject=sub.stamp_reject)
+            matched, sol = match(target, reg0, kernel=sub.kernel, mask=(bad != 0) | (t_bad != 0),
+                                 gain=t_meta.gain, rdnoise=t_meta.rdnoise,
+                                 saturation=0.95 * plan.metas[i].saturate, ngrid=sub.stamp_grid,
+                                 per_cell=sub.stamps_per_cell, halfsize=sub.stamp_halfsize,
+                                 threshold=sub.stamp_threshold, reject=sub.stamp_reject)
         except ValueError as err:  # no usable stamp: this candidate is left out
             raise PhaseError(self.label(item), f"not matched to the target: {err}") from None
-        matched = sol.model(reg0)
         # the convolution spreads the zeroed bad pixels over the kernel footprint
         bad[maximum_filter(bad, size=2 * sol.spec.halfsize + 1) != 0] |= MASK["BADPIX"].bit
         matched[bad != 0] = np.nan
@@ -275,7 +275,12 @@ class Stacks(Phase):
 
 
 def with_references(context: Context, references: dict[Group, Reference]) -> Context:
-    """``context`` with these photometric references (and their ledger keys)."""
+    """``context`` with these photometric references (and their ledger keys), each with
+    its stamp candidates (:func:`trex.subtract.stamp_candidates`, found once here)."""
+    sub = context.config.subtract
+    references = {g: dataclasses.replace(r, candidates=stamp_candidates(
+        r.image, sub.stamp_grid, sub.stamp_halfsize, parse_kernel(sub.kernel).halfsize,
+        r.mask, 0.95 * r.header["SATURATE"], sub.stamp_threshold)) for g, r in references.items()}
     inputs = {**context.inputs, **{("photref", *g): str(r.photrefkey) for g, r in references.items()}}
     return dataclasses.replace(context, photref={**context.photref, **references}, inputs=inputs)
 

@@ -130,33 +130,47 @@ def grid_cells(shape: tuple[int, int], ngrid: int) -> list[tuple[int, int, int, 
     return [(ye[j], ye[j + 1], xe[i], xe[i + 1]) for j in range(ngrid) for i in range(ngrid)]
 
 
-def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
-                  mask: np.ndarray | None = None, saturation: float | None = None,
-                  threshold: float = 10.0, tries: int = 16, per_cell: int = 1) -> np.ndarray:
-    """Centres (x, y) of stamps on the ``per_cell`` brightest suitable stars of each grid cell.
+@dataclass(frozen=True)
+class StampCandidates:
+    """The stars of a reference that may hold stamps, found once per reference.
 
-    A star qualifies when its peak is ``threshold`` sky noises above the sky, no
-    brighter pixel lies in its stamp, and the stamp (grown by ``border``, the
-    kernel half-size) lies inside the frame and holds no masked, saturated
-    (``>= saturation``) or non-finite pixel.  The ``tries`` brightest peaks
-    of each cell are examined; cells without a qualifying star get no stamp.
-    Stamps of two qualifying stars never hold each other's centre.
-
-    Returns
-    -------
-    int64 array, shape (nstamps, 2): x, y.
+    ``centres`` int64 (n, 2) (x, y) and ``cell`` int64 (n,): the ``tries``
+    brightest local maxima of each grid cell that pass the reference's own
+    checks, by cell and brightest first; ``reach`` px around a centre (stamp
+    half-size + kernel half-size) must be free of bad pixels.
     """
+
+    centres: np.ndarray
+    cell: np.ndarray
+    reach: int
+
+    def pick(self, bad: np.ndarray | None, per_cell: int = 1) -> np.ndarray:
+        """Centres (n, 2) of the ``per_cell`` first candidates of each cell whose box
+        holds no pixel of ``bad`` ((ny, nx), non-zero: bad; None: no further check)."""
+        ok = np.ones(len(self.centres), dtype=bool)
+        if bad is not None and len(ok):
+            ok = ~_cutouts(np.asarray(bad) != 0, self.centres, self.reach).any(axis=(1, 2))
+        cell = self.cell[ok]
+        rank = np.arange(cell.size) - np.searchsorted(cell, cell)
+        return self.centres[ok][rank < per_cell]
+
+
+def stamp_candidates(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
+                     mask: np.ndarray | None = None, saturation: float | None = None,
+                     threshold: float = 10.0, tries: int = 16) -> StampCandidates:
+    """:class:`StampCandidates` of a reference (see :func:`select_stamps`)."""
     ref = np.asarray(reference, dtype=np.float32)
     ny, nx = ref.shape
+    lo = halfsize + border
+    none = StampCandidates(np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.int64), lo)
+    if ny <= 2 * lo or nx <= 2 * lo:
+        return none
     _, sky, noise, _ = clipped_stats(ref[::4, ::4], 3.0, 5)
     bad = ~np.isfinite(ref)
     if mask is not None:
         bad |= np.asarray(mask) != 0
     if saturation is not None:
         bad |= ref >= saturation
-    lo = halfsize + border
-    if ny <= 2 * lo or nx <= 2 * lo:
-        return np.empty((0, 2), dtype=np.int64)
     core = ref[lo:ny - lo, lo:nx - lo]
     ys, xs = np.nonzero(core > sky + threshold * max(noise, 1e-12))
     ys, xs = ys + lo, xs + lo
@@ -175,9 +189,27 @@ def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, bor
     cand = np.stack([xs[order], ys[order]], axis=1)
     ok = ~_cutouts(bad, cand, lo).any(axis=(1, 2))
     ok &= _cutouts(ref, cand, halfsize).max(axis=(1, 2)) <= ref[cand[:, 1], cand[:, 0]]
-    cand, cell = cand[ok], cell[order][ok]
-    rank = np.arange(cell.size) - np.searchsorted(cell, cell)
-    return cand[rank < per_cell]
+    return StampCandidates(cand[ok], cell[order][ok], lo)
+
+
+def select_stamps(reference: np.ndarray, ngrid: int = 8, halfsize: int = 10, border: int = 4,
+                  mask: np.ndarray | None = None, saturation: float | None = None,
+                  threshold: float = 10.0, tries: int = 16, per_cell: int = 1) -> np.ndarray:
+    """Centres (x, y) of stamps on the ``per_cell`` brightest suitable stars of each grid cell.
+
+    A star qualifies when its peak is ``threshold`` sky noises above the sky, no
+    brighter pixel lies in its stamp, and the stamp (grown by ``border``, the
+    kernel half-size) lies inside the frame and holds no masked, saturated
+    (``>= saturation``) or non-finite pixel.  The ``tries`` brightest peaks
+    of each cell are examined; cells without a qualifying star get no stamp.
+    Stamps of two qualifying stars never hold each other's centre.
+
+    Returns
+    -------
+    int64 array, shape (nstamps, 2): x, y.
+    """
+    return stamp_candidates(reference, ngrid, halfsize, border, mask, saturation, threshold,
+                            tries).pick(None, per_cell)
 
 
 def _cutouts(array: np.ndarray, centres: np.ndarray, half: int) -> np.ndarray:
@@ -340,20 +372,23 @@ def fit_kernel(image: np.ndarray, reference: np.ndarray, centres: np.ndarray,
     return Solution(spec, kcoef, bcoef, params, norm, centres[keep], centres[~keep], chi2[keep])
 
 
-def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
-             mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
-             gain: float = 1.0, rdnoise: float = 0.0, saturation: float | None = None,
-             ngrid: int = 8, per_cell: int = 1, halfsize: int = 10, threshold: float = 10.0,
-             reject: float = 3.0, maxiter: int = 3) -> tuple[np.ndarray, Solution]:
-    """Difference image ``D = I - (R conv K + B)`` and the fitted kernel.
+def match(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
+          mask: np.ndarray | None = None, stamps: np.ndarray | None = None, *,
+          candidates: StampCandidates | None = None, gain: float = 1.0, rdnoise: float = 0.0,
+          saturation: float | None = None, ngrid: int = 8, per_cell: int = 1,
+          halfsize: int = 10, threshold: float = 10.0, reject: float = 3.0,
+          maxiter: int = 3) -> tuple[np.ndarray, Solution]:
+    """The reference matched to the image, ``M = R conv K + B``, and the fitted kernel.
 
     Parameters
     ----------
     image, reference : (ny, nx) arrays on the same pixel grid, ADU.
     kernel : fitsh-style kernel specification (:mod:`trex.kernelspec`).
     mask : (ny, nx), non-zero on pixels to leave out of the fit (either frame).
-    stamps : (n, 2) stamp centres (x, y), px; default: :func:`select_stamps`
-        on the reference, ``per_cell`` stars in each cell of an ``ngrid`` x ``ngrid`` grid.
+    stamps : (n, 2) stamp centres (x, y), px; default: ``per_cell`` stars in each
+        cell of an ``ngrid`` x ``ngrid`` grid, picked from ``candidates`` (the
+        reference's :func:`stamp_candidates`, found here if None) where no bad
+        pixel of either frame falls in the stamp.
     gain, rdnoise : image gain (e-/ADU) and read noise (e-) for the weights.
     saturation : reference pixels at or above it (ADU) disqualify a stamp.
     halfsize : stamp half-size, px.
@@ -362,7 +397,7 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
 
     Returns
     -------
-    diff : float32 (ny, nx), NaN within the kernel half-size of the border.
+    model : float32 (ny, nx), NaN within the kernel half-size of the border.
     solution : :class:`Solution`.
     """
     spec = parse_kernel(kernel)
@@ -375,8 +410,9 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
     if mask is not None:
         bad |= np.asarray(mask) != 0
     if stamps is None:
-        stamps = select_stamps(ref, ngrid, halfsize, h, bad, saturation, threshold,
-                               per_cell=per_cell)
+        if candidates is None:
+            candidates = stamp_candidates(ref, ngrid, halfsize, h, bad, saturation, threshold)
+        stamps = candidates.pick(bad, per_cell)
     stamps = np.asarray(stamps).round().astype(np.int64).reshape(-1, 2)
     lim = halfsize + h
     inside = ((stamps[:, 0] >= lim) & (stamps[:, 0] < ref.shape[1] - lim)
@@ -386,10 +422,17 @@ def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KER
         raise ValueError("no usable stamp: no bright unsaturated star away from the border")
     solution = fit_kernel(img, ref, stamps, spec, bad=bad, halfsize=halfsize,
                           gain=gain, rdnoise=rdnoise, reject=reject, maxiter=maxiter)
-    diff = img - solution.model(np.where(np.isfinite(ref), ref, 0.0))
-    log.debug("subtracted with %s: %d stamps kept, %d rejected", spec.text,
-             len(solution.stamps), len(solution.rejected))
-    return diff, solution
+    log.debug("matched with %s: %d stamps kept, %d rejected", spec.text,
+              len(solution.stamps), len(solution.rejected))
+    return solution.model(np.where(np.isfinite(ref), ref, 0.0)), solution
+
+
+def subtract(image: np.ndarray, reference: np.ndarray, kernel: str = DEFAULT_KERNEL,
+             **options) -> tuple[np.ndarray, Solution]:
+    """Difference image ``D = I - (R conv K + B)`` (float32 (ny, nx), NaN within the
+    kernel half-size of the border) and the fitted kernel; ``options`` as :func:`match`."""
+    model, solution = match(image, reference, kernel, **options)
+    return np.asarray(image, dtype=np.float32) - model, solution
 
 
 # -- the per-frame stage: register -> subtract -> difference photometry --------------
@@ -419,14 +462,13 @@ def run(frame: Frame, context: Context) -> Frame:
                                              method=sub.resample, saturation=meta.saturate)
     mask = regmask | ref.mask
     try:
-        diff, sol = subtract(reg, image, kernel=sub.kernel, mask=mask != 0, gain=meta.gain,
-                             rdnoise=meta.rdnoise, saturation=0.95 * header["SATURATE"],
-                             ngrid=sub.stamp_grid, per_cell=sub.stamps_per_cell,
-                             halfsize=sub.stamp_halfsize, threshold=sub.stamp_threshold,
-                             reject=sub.stamp_reject)
+        model, sol = match(reg, image, kernel=sub.kernel, mask=mask != 0,
+                           candidates=ref.candidates, gain=meta.gain, rdnoise=meta.rdnoise,
+                           per_cell=sub.stamps_per_cell, halfsize=sub.stamp_halfsize,
+                           reject=sub.stamp_reject)
     except ValueError as err:
         raise FrameError(frame.rawpath, f"subtract: {err}") from None
-    model = reg - diff
+    diff = reg - model
     table, info = diffphot.difference_photometry(
         diff, model, sol.flux_scale, refphot[np.isin(refphot["star"], aphot["star"])], config,
         gain=meta.gain, rdnoise=meta.rdnoise, exptime=float(header["EXPTIME"]), mask=mask)

@@ -12,7 +12,7 @@ from trex.diffphot import (
     ism_rows,
     variance_factor,
 )
-from trex.photometry import aperture_photometry, apertures
+from trex.photometry import aperture_photometry, apertures, measure
 from trex.subtract import subtract
 
 N = 256
@@ -37,6 +37,12 @@ def refphot_of(reference, x, y, config):
         table[f"flux_{i:03d}"], table[f"fluxerr_{i:03d}"] = res["flux"][:, i], res["fluxerr"][:, i]
         table[f"flag_{i:03d}"] = res["flag"][:, i]
     return table
+
+
+def on_image(image, x, y, config):
+    """The frame's own fluxes and sky (what its aphot holds) of the stars at (x, y)."""
+    res = measure(image, x, y, config, gain=GAIN)
+    return {"frame_flux": res["flux"], "frame_sky": res["bg"][:, -1]}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,8 @@ def test_flux_change_in_reference_units(scene):
                          ngrid=6, per_cell=1)
     refphot = refphot_of(reference, x, y, config)
     table, info = difference_photometry(diff, image - diff, sol.flux_scale, refphot, config,
-                                        gain=GAIN, rdnoise=RDNOISE, exptime=30.0,
+                                        **on_image(image, x, y, config), gain=GAIN,
+                                        rdnoise=RDNOISE, exptime=30.0,
                                         mask=np.zeros(image.shape, np.uint8))
     # the broader image PSF puts less flux in the small aperture: q < 1 corrects it
     assert info["q"][0] < info["q"][-1] <= 1.01
@@ -94,7 +101,8 @@ def test_negative_flux_differences_are_not_flagged(scene):
     refphot = refphot_of(reference, x, y, config)
     refphot["flux_000"][1] = -1000.0  # F = F_ref + dF <= 0 (dF ~ 250 ADU rms): NONPOSITIVE
     table, _ = difference_photometry(diff, image - diff, sol.flux_scale, refphot, config,
-                                     gain=GAIN, rdnoise=RDNOISE, exptime=30.0,
+                                     **on_image(image, x, y, config), gain=GAIN,
+                                     rdnoise=RDNOISE, exptime=30.0,
                                      mask=np.zeros(image.shape, np.uint8))
     assert table["irq_000"][0] == 0 and table["dfl_000"][0] < 0
     assert table["irq_000"][1] & 16 and np.isnan(table["irm_000"][1])

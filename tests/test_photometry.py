@@ -164,6 +164,19 @@ def test_crowded_annulus_and_disjoint_radius():
     assert heavy["flag"][0, 0] & CROWDED and not heavy["flag"][2, 0] & CROWDED
 
 
+def test_only_some_stars_measured_with_every_neighbour_left_out():
+    x = np.array([40.0, 49.0, 20.0])
+    y = np.array([40.0, 40.0, 20.0])
+    image = 50.0 + gaussian_stars((80, 80), x, y, [5000.0, 5000.0, 5000.0])
+    options = {"radii": (2.0, 3.0), "sky_iters": 0, "sky_method": "mean", "disjoint_radius": 4.0}
+    full = aperture_photometry(image, x, y, **options)
+    part = aperture_photometry(image, x, y, only=np.array([0]), **options)
+    # star 0's annulus still leaves out star 1, which is not measured
+    assert part["bg"][0] == full["bg"][0] == pytest.approx(50.0, abs=0.05)
+    np.testing.assert_array_equal(part["flux"][0], full["flux"][0])
+    assert np.isnan(part["flux"][1:]).all() and np.isnan(part["bg"][1:]).all()
+
+
 def test_neighbour_lists_match_brute_force():
     rng = np.random.default_rng(7)
     x, y = rng.uniform(0, 100, 300), rng.uniform(0, 100, 300)

@@ -17,12 +17,13 @@ each configured aperture:
   the image's PSF, whose aperture fraction differs from the reference's.  The
   aperture fraction ratio ``q`` is measured per aperture as the clipped median,
   over bright stars with good flags, of ``F_M / (s F_ref)`` with ``F_M`` the
-  same aperture on the model ``M = R conv K + B``.  Then ``dF = dF_img / (s q)``
+  same aperture on the model ``M = R conv K + B`` (measured on those stars only).  Then ``dF = dF_img / (s q)``
   is the flux change in reference-frame flux units, and ``F = F_ref + dF``.
 * Errors: ``dF_img`` variance = ``max(F_img, 0) / gain`` (photon noise of the
-  star in the image, ``F_img = F_M + dF_img``) + ``A v_sky (1 + A / N_sky)``
-  with ``v_sky = max(sky_M, 0) / gain + (rdnoise / gain)^2`` the image's sky
-  pixel variance.  Resampling correlates neighbouring pixels but keeps the
+  star in the image: its aperture flux on the frame itself, or ``s q F_ref +
+  dF_img`` where the frame has none) + ``A v_sky (1 + A / N_sky)`` with
+  ``v_sky = max(sky_img, 0) / gain + (rdnoise / gain)^2`` the image's sky pixel
+  variance (``sky_img``: the star's sky on the frame).  Resampling correlates neighbouring pixels but keeps the
   variance of aperture sums, so the unresampled pixel variance is used.
   ``ife`` is the error of ``dF`` from one frame's noise.  The reference's
   noise at a star (``~ A v_sky / neff``, ``neff = 2 n / pi`` for a median of n
@@ -68,10 +69,11 @@ def iphot_dtype(napertures: int) -> np.dtype:
     return np.dtype(fields)
 
 
-def aperture_ratio(f_model: np.ndarray, f_ref: np.ndarray, ferr_ref: np.ndarray,
-                   scale: np.ndarray, ok: np.ndarray) -> float:
-    """q = clipped median of F_M / (s F_ref) over bright good stars (1.0 if none)."""
-    use = ok & (f_ref > Q_MIN_SNR * ferr_ref) & (f_ref > 0) & np.isfinite(f_model)
+def aperture_ratio(f_model: np.ndarray, f_ref: np.ndarray, scale: np.ndarray,
+                   bright: np.ndarray) -> float:
+    """q = clipped median of F_M / (s F_ref) over the ``bright`` good stars (1.0 if
+    fewer than 5)."""
+    use = bright & np.isfinite(f_model)
     if use.sum() < 5:
         return 1.0
     _, median, _, _ = clipped_stats(f_model[use] / (scale[use] * f_ref[use]), 3.0, 5)
@@ -79,8 +81,9 @@ def aperture_ratio(f_model: np.ndarray, f_ref: np.ndarray, ferr_ref: np.ndarray,
 
 
 def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot: np.ndarray,
-                          config: Config, *, gain: float, rdnoise: float,
-                          exptime: float, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+                          config: Config, *, frame_flux: np.ndarray, frame_sky: np.ndarray,
+                          gain: float, rdnoise: float, exptime: float,
+                          mask: np.ndarray) -> tuple[np.ndarray, dict]:
     """The ``iphot`` table of the stars in ``refphot`` (see the module doc).
 
     Parameters
@@ -88,6 +91,9 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
     diff, model : D and M = R conv K + B on the reference grid, ADU, (ny, nx).
     scale_of : callable (x, y) -> local kernel sum s (``Solution.flux_scale``).
     refphot : reference photometry (:func:`trex.photref.reference_photometry`).
+    frame_flux, frame_sky : the same stars' aperture fluxes (n, napertures) and
+        sky (n,) measured on the frame itself (its ``aphot``), ADU: F_img and
+        sky_img of the errors (NaN: taken from ``s q F_ref`` and the median sky).
     gain, rdnoise : the image's e-/ADU and e-.
     exptime : EXPTIME of the reference, s.  mask : uint8 MASK bits on the reference grid.
 
@@ -107,22 +113,40 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
     saturated = saturated_near(mask, x, y, float(radii.max()))
     on_diff = config.replace("photometry", sky_method=config.subtract.diff_sky_method)
     res_d = measure(diff, x, y, on_diff, gain=gain, mask=mask)
-    res_m = measure(model, x, y, config, gain=gain, mask=mask)
-    v_sky = np.maximum(res_m["bg"], 0.0) / gain + (rdnoise / gain) ** 2
+    # D's own NONPOSITIVE means dF <= 0, which is fine: F decides (_fill)
+    flags = (res_d["flag"] & ~PHOT["NONPOSITIVE"].bit) | np.stack(
+        [refphot[f"flag_{i:03d}"] for i in range(len(radii))], axis=1)
+    f_ref = np.stack([refphot[f"flux_{i:03d}"] for i in range(len(radii))], axis=1)
+    ferr_ref = np.stack([refphot[f"fluxerr_{i:03d}"] for i in range(len(radii))], axis=1)
+    bright = (flags == 0) & (f_ref > Q_MIN_SNR * ferr_ref) & (f_ref > 0)
+    sample = np.flatnonzero(bright.any(axis=1))  # M is measured where q needs it
+    f_model = measure(model, x, y, config, gain=gain, mask=mask, only=sample)["flux"]
+    sky = np.where(np.isfinite(frame_sky), frame_sky, np.nanmedian(frame_sky)
+                   if np.isfinite(frame_sky).any() else 0.0)
+    v_sky = np.maximum(sky, 0.0) / gain + (rdnoise / gain) ** 2
     nsky = np.maximum(res_d["nsky"], 1)
     qs = []
     for i in range(len(radii)):
-        f_ref, ferr_ref = refphot[f"flux_{i:03d}"], refphot[f"fluxerr_{i:03d}"]
-        # D's own NONPOSITIVE means dF <= 0, which is fine: F decides (_fill)
-        flag = (res_d["flag"][:, i] & ~PHOT["NONPOSITIVE"].bit) | refphot[f"flag_{i:03d}"]
-        q = aperture_ratio(res_m["flux"][:, i], f_ref, ferr_ref, scale, flag == 0)
+        q = aperture_ratio(f_model[:, i], f_ref[:, i], scale, bright[:, i])
         area, d_img = res_d["area"][:, i], res_d["flux"][:, i]
-        var = (np.maximum(res_m["flux"][:, i] + d_img, 0.0) / gain
-               + area * v_sky[:, i] * (1.0 + area / nsky[:, i]))
-        _fill(table, i, f_ref, d_img / (scale * q), np.sqrt(var) / np.abs(scale * q),
-              flag | cut | np.where(saturated, PHOT["SATURATED"].bit, 0), config, exptime)
+        f_img = np.where(np.isfinite(frame_flux[:, i]), frame_flux[:, i],
+                         scale * q * f_ref[:, i] + d_img)
+        var = np.maximum(f_img, 0.0) / gain + area * v_sky * (1.0 + area / nsky[:, i])
+        _fill(table, i, f_ref[:, i], d_img / (scale * q), np.sqrt(var) / np.abs(scale * q),
+              flags[:, i] | cut | np.where(saturated, PHOT["SATURATED"].bit, 0), config,
+              exptime)
         qs.append(q)
     return table, {"q": qs}
+
+
+def on_frame(aphot: np.ndarray, stars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's own aperture fluxes (n, napertures) and sky (n,) of catalog ``stars``
+    (n,), all in its ``aphot`` table (:func:`trex.photometry.aphot_dtype`), ADU."""
+    order = np.argsort(aphot["star"], kind="stable")
+    at = order[np.searchsorted(aphot["star"], stars, sorter=order)]
+    napertures = sum(1 for n in aphot.dtype.names if n.startswith("flux_"))
+    flux = np.stack([aphot[f"flux_{i:03d}"][at] for i in range(napertures)], axis=1)
+    return flux.astype(np.float64), aphot["bgv"][at].astype(np.float64)
 
 
 def _near_invalid_border(diff: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -195,7 +219,7 @@ def _phase_factor(table: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray
 
 def noise_ratio(diff: np.ndarray, model: np.ndarray, reference: np.ndarray, solution,
                 transform: Transform, mask: np.ndarray, *, gain: float, rdnoise: float,
-                ref_noise: float, method: str, stride: int = 6) -> float:
+                ref_noise: float, method: str, stride: int = 8) -> float:
     """Clipped (5 sigma) std of D / expected noise over every ``stride``-th good pixel.
 
     ``ref_noise`` is the reference's pixel variance over a raw frame's (NOISEFAC)."""

@@ -159,6 +159,7 @@ def aperture_photometry(
     sky_map: SkyMap | None = None,
     exptime: float = 1.0,
     zeropoint: float | None = None,
+    only: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure every star of one frame in several circular apertures.
 
@@ -183,6 +184,8 @@ def aperture_photometry(
         never used as sky.
     sky_map : None, or a :class:`SkyMap` of this image (only made when a star needs it).
     exptime, zeropoint : s and mag, for ``mag`` / ``magerr`` (only with a zeropoint).
+    only : None, or indices of the stars to measure (the others, NaN in the outputs,
+        still count as neighbours).
 
     Returns
     -------
@@ -231,7 +234,12 @@ def aperture_photometry(
             out["bgsigma"], out["nsky"], int(min_sky_pixels))
 
     none = np.full(nstars, np.nan)
-    run(np.lexsort((x, np.floor(y / ORDER_BAND))).astype(np.int64), none, none, 0)
+    order = np.lexsort((x, np.floor(y / ORDER_BAND)))
+    if only is not None:
+        for name in out:
+            out[name].fill(0 if name in ("flag", "nsky") else np.nan)
+        order = order[np.isin(order, only)]
+    run(order.astype(np.int64), none, none, 0)
     few = np.flatnonzero(out["flag"][:, 0] & PHOT["FEW_SKY"].bit)
     if sky_map is not None and few.size:
         map_sky, map_sigma = none.copy(), none.copy()
@@ -332,12 +340,15 @@ def catalog_positions(catalog: np.ndarray, wcs, shape: tuple[int, int], jd: floa
 
 
 def measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, config: Config, *, gain: float,
-            mask: np.ndarray | None = None, saturation: float | None = None) -> dict[str, np.ndarray]:
+            mask: np.ndarray | None = None, saturation: float | None = None,
+            only: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every configured aperture (``photometry.apertures``) at (x, y), with the
     configured sky estimator and neighbour exclusion: the one annulus-photometry
     routine of the frames, the photometric reference and the difference images.
     Stars whose annulus is too small take the sky of the image's background map
     (``extract.mesh``, ``extract.mesh_filter``; flag SKY_MAP).
+
+    ``only``: as :func:`aperture_photometry`.
 
     Returns dict of arrays of shape (nstars, napertures): ``flux``, ``fluxerr``,
     ``area`` (ADU, px^2), ``flag`` (int32, ``trex.flags.PHOT``) and the sky of each
@@ -355,7 +366,7 @@ def measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, config: Config, *, 
         res = aperture_photometry(
             image, x, y, radii[use], annulus, gain=gain, mask=mask, sky_method=ph.sky_method,
             sky_sigma=ph.sky_sigma, sky_iters=ph.sky_iters, disjoint_radius=ph.disjoint_radius,
-            min_sky_pixels=ph.min_sky_pixels, saturation=saturation, sky_map=sky_map)
+            min_sky_pixels=ph.min_sky_pixels, saturation=saturation, sky_map=sky_map, only=only)
         for name in ("flux", "fluxerr", "area", "flag"):
             out[name][:, use] = res[name]
         for name in ("bg", "bgerr", "nsky"):

@@ -469,8 +469,10 @@ def run(frame: Frame, context: Context) -> Frame:
     except ValueError as err:
         raise FrameError(frame.rawpath, f"subtract: {err}") from None
     diff = reg - model
+    stars = refphot[np.isin(refphot["star"], aphot["star"])]
+    frame_flux, frame_sky = diffphot.on_frame(aphot, stars["star"])
     table, info = diffphot.difference_photometry(
-        diff, model, sol.flux_scale, refphot[np.isin(refphot["star"], aphot["star"])], config,
+        diff, model, sol.flux_scale, stars, config, frame_flux=frame_flux, frame_sky=frame_sky,
         gain=meta.gain, rdnoise=meta.rdnoise, exptime=float(header["EXPTIME"]), mask=mask)
     ratio = diffphot.noise_ratio(diff, model, image, sol, transform, mask, gain=meta.gain,
                                  rdnoise=meta.rdnoise, ref_noise=float(header["NOISEFAC"]),

@@ -21,7 +21,7 @@ from trex.db import connect
 from trex.db.queries import Queries
 from trex.lccards import header_cards, id_from_text, id_text
 from trex.lcformat import empty_rows, read_lightcurve, read_rows, write_lightcurve
-from trex.lcstats import star_rows
+from trex.lcstats import lcstats_rows
 from trex.project import RESERVED, init_project, lc_filename
 from trex.simulate import load_truth, simulate_project
 
@@ -295,8 +295,9 @@ def test_light_curve_header_keeps_hostile_ids(tmp_path):
     with connect(f"sqlite:///{tmp_path / 'stats.sqlite'}") as db:  # the statistics keep them too
         db.create_schema()
         for oid in HOSTILE:
-            db.write_columns("lcstats", star_rows(rows, {"projid": "7", "objectid": oid, "mag": 1.0,
-                                                         "x": 0.0, "y": 0.0}, 1, 0.25))
+            db.write_columns("lcstats", lcstats_rows([(rows, {"projid": "7", "objectid": oid,
+                                                              "mag": 1.0, "x": 0.0, "y": 0.0})],
+                                                     1, 0.25))
         back = Queries(db).lcstats("7")["objectid"]
     assert sorted(back) == sorted(HOSTILE)
 

@@ -122,7 +122,7 @@ def test_credentials_never_shown():
 def test_lcinfo_batches_replace_rows_of_their_project_only(db_url):
     from trex.config import Config
     from trex.lcformat import empty_rows
-    from trex.lcstats import star_rows
+    from trex.lcstats import lcstats_rows
     from trex.ledger import Ledger
 
     def record(db, projid, ids, nobs, added=False):
@@ -131,9 +131,8 @@ def test_lcinfo_batches_replace_rows_of_their_project_only(db_url):
         info = {"projid": np.full(len(ids), projid), "objectid": np.array(ids),
                 "path": np.array([f"LC/{projid}/{i}.fits" for i in ids]),
                 "rjd_min": np.zeros(len(ids)), "rjd_max": np.full(len(ids), 0.01 * (nobs - 1))}
-        stats = [star_rows(rows, {"projid": projid, "objectid": i, "mag": 9.0, "x": 1.0,
-                                  "y": 2.0}, 1, 0.25) for i in ids]
-        stats = {k: np.concatenate([st[k] for st in stats]) for k in stats[0]}
+        stats = lcstats_rows([(rows, {"projid": projid, "objectid": i, "mag": 9.0, "x": 1.0,
+                                      "y": 2.0}) for i in ids], 1, 0.25)
         Ledger(db, Config()).record_lightcurves(info, stats, added)
 
     with connect(db_url) as db:

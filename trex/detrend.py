@@ -49,7 +49,7 @@ from trex.epd import epd, epd_many, external_parameters, local_sidereal_time, pa
 from trex.errors import FrameError
 from trex.flags import PHOT
 from trex.frame import Context
-from trex.lcstats import columns_of, night_index, robust_stats, star_rows
+from trex.lcstats import columns_of, lcstats_rows, night_index, robust_stats
 from trex.phase import Phase
 from trex.project import Project
 from trex.templates import (
@@ -502,7 +502,7 @@ class DetrendFiles(Phase):
         return [(group, tuple(paths[i:i + 100])) for group, paths in sorted(groups.items())
                 for i in range(0, len(paths), 100)]
 
-    def work(self, item: tuple, context: Context) -> tuple[dict, dict]:
+    def work(self, item: tuple, context: Context) -> tuple[list[dict], dict]:
         group, paths = item
         trends = context.trends.get(group, [])
         napertures = len(context.config.photometry.apertures)
@@ -514,7 +514,7 @@ class DetrendFiles(Phase):
             info["x"], info["y"] = position(rows, gap)
             stars.append((rows.astype(lcformat.lc_dtype(napertures).newbyteorder(">")), info))
         detrend_nights(stars, trends, context.config)  # every star of the item at once
-        info_rows, stat_rows = [], []
+        info_rows = []
         for rel, (rows, info) in zip(paths, stars, strict=True):
             header = info.pop("header")
             cards = [c for c in lccards.header_cards(header) if not c["name"].startswith("DETR")]
@@ -523,21 +523,14 @@ class DetrendFiles(Phase):
             info_rows.append({"projid": group[0], "objectid": info["objectid"], "path": rel,
                               "rjd_min": float(np.nanmin(rows["rjd"])),
                               "rjd_max": float(np.nanmax(rows["rjd"]))})
-            stat_rows.append(star_rows(rows, info, napertures, gap))
-        return info_rows, stat_rows
+        return info_rows, lcstats_rows(stars, napertures, gap)
 
     def record(self, ledger, result: tuple, context: Context) -> None:
         info, stats = result
-        ledger.record_lightcurves(columns_of(info), _concat(stats))
+        ledger.record_lightcurves(columns_of(info), stats)
 
     def label(self, item: tuple) -> str:
         return f"{'/'.join(item[0])} ({len(item[1])} light curves)"
-
-
-def _concat(parts: list[dict]) -> dict:
-    if not parts:
-        return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def detrend_cards(old_header, trends: list[NightTrend], rows: np.ndarray) -> list[dict]:

@@ -14,7 +14,8 @@ Pure numpy, no I/O.
   ``projid``, ``objectid``, ``aperture``, catalog ``mag``, median position
   ``x``, ``y`` and for every magnitude prefix ``p`` (``aim``, ``arm``,
   ``aep``, ``atf``, ``irm``, ``iep``, ``itf``) the fields ``p_median``,
-  ``p_mad``, ``p_rms``, ``p_crms`` (clipped) and ``p_n`` (:func:`star_rows`);
+  ``p_mad``, ``p_rms``, ``p_crms`` (clipped) and ``p_n`` (:func:`lcstats_rows`,
+  many stars at once);
   :func:`wide_table` turns a project's rows into one row per star.
 """
 
@@ -145,9 +146,31 @@ def night_index(rjd: np.ndarray, gap: float) -> np.ndarray:
         np.zeros(0, np.int64)
 
 
-def star_rows(rows: np.ndarray, info: dict, napertures: int, gap: float) -> dict[str, np.ndarray]:
-    """The ``lcstats`` rows (one per aperture, numpy columns) of a light curve's rows
-    (time order), for every magnitude prefix ``p``:
+#: bytes of one block of nights padded to a common length (float64); the statistics
+#: of a block take a few times as much
+BLOCK_BYTES = 16 << 20
+
+
+def lcstats_rows(stars: list[tuple[np.ndarray, dict]], napertures: int,
+                 gap: float) -> dict[str, np.ndarray]:
+    """The ``lcstats`` rows (numpy columns) of many light curves at once, star by star,
+    one row per aperture.
+
+    Parameters
+    ----------
+    stars : list of (rows, info)
+        a star's light-curve rows in time order (``rjd``, days, and the magnitudes of
+        :func:`stat_columns`, NaN where missing; any number of rows, also none) and its
+        ``info`` (``projid``, ``objectid``, catalog ``mag``, ``x``, ``y``).
+    napertures : int
+    gap : float
+        days: a night ends at a longer gap between two rows (as :func:`night_index`).
+
+    Returns
+    -------
+    dict of arrays of shape (len(stars) * napertures,), ``{}`` for no stars:
+    ``projid``, ``objectid``, ``aperture`` (int16), ``mag``, ``x``, ``y`` and for every
+    magnitude prefix ``p``:
 
     * ``p_n``, ``p_mean``, ``p_rms``: finite points, their mean and standard deviation
       (ddof 1), over all the rows;
@@ -158,24 +181,81 @@ def star_rows(rows: np.ndarray, info: dict, napertures: int, gap: float) -> dict
     The robust figures follow the scatter within nights, not night-to-night drifts,
     and combine exactly over nights (:func:`combine`), so a night added to a light
     curve updates them from its own rows."""
-    n = napertures
-    out = {"projid": np.full(n, info["projid"]), "objectid": np.full(n, info["objectid"]),
-           "aperture": np.arange(n, dtype=np.int16), "mag": np.full(n, info["mag"], float),
-           "x": np.full(n, info["x"], float), "y": np.full(n, info["y"], float)}
-    mags = np.stack([rows[c].astype(np.float64) for c in stat_columns(napertures)])
-    night = night_index(rows["rjd"], gap)
-    acc = _empty(len(mags))
-    for k in range(int(night[-1]) + 1 if len(night) else 0):
-        acc = _combine(acc, _night(mags[:, night == k]))
+    if not stars:
+        return {}
+    n, infos = napertures, [info for _, info in stars]
+    out = {"projid": np.repeat(np.array([i["projid"] for i in infos]), n),
+           "objectid": np.repeat(np.array([i["objectid"] for i in infos]), n),
+           "aperture": np.tile(np.arange(n, dtype=np.int16), len(stars))}
+    for name in ("mag", "x", "y"):
+        out[name] = np.repeat(np.array([i[name] for i in infos], dtype=np.float64), n)
+    columns = stat_columns(napertures)
+    mags = np.empty((sum(len(rows) for rows, _ in stars), len(columns)))  # (points, m)
+    for j, col in enumerate(columns):
+        mags[:, j] = np.concatenate([rows[col] for rows, _ in stars])
+    rjd = np.concatenate([rows["rjd"] for rows, _ in stars]).astype(np.float64)
+    star = np.repeat(np.arange(len(stars)), [len(rows) for rows, _ in stars])
+    starts = _night_starts(star, rjd, gap)
+    acc = _over_nights(_night_blocks(mags, starts),
+                       np.bincount(star[starts], minlength=len(stars)))
     for i, prefix in enumerate(STAT_PREFIXES):
-        at = slice(i * n, (i + 1) * n)
         for f in ACCUMULATED:
-            out[f"{prefix}_{f}"] = acc[f][at].astype(np.int64 if f in ("n", "nights")
-                                                     else np.float64)
+            out[f"{prefix}_{f}"] = acc[f][:, i * n:(i + 1) * n].reshape(-1).astype(
+                np.int64 if f in ("n", "nights") else np.float64)
     return out
 
 
-#: the ``lcstats`` fields of each prefix (see :func:`star_rows`)
+def _night_starts(star: np.ndarray, rjd: np.ndarray, gap: float) -> np.ndarray:
+    """Indices of the first points of the nights of light curves one after the other
+    (``star``: the light curve of each point, ``rjd``: its time, days, in time order
+    within a light curve): a night starts with a light curve or after a gap longer than
+    ``gap`` days."""
+    new = np.ones(len(star), bool)
+    new[1:] = (star[1:] != star[:-1]) | (np.diff(rjd) > gap)
+    return np.flatnonzero(new)
+
+
+def _night_blocks(mags: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+    """The accumulated fields, shape (nights, m), of the nights of ``mags`` (points, m)
+    starting at ``starts``: nights sorted by length and padded with NaN in blocks of at
+    most BLOCK_BYTES (or one night)."""
+    nseg, m = len(starts), mags.shape[1]
+    lengths = np.diff(np.append(starts, len(mags)))
+    seg = np.repeat(np.arange(nseg), lengths)  # night of each point
+    order = np.argsort(lengths, kind="stable")
+    rank = np.empty(nseg, np.int64)
+    rank[order] = np.arange(nseg)
+    points = np.argsort(rank[seg], kind="stable")  # the points, night by night as sorted
+    ends = np.cumsum(lengths[order])
+    out = {f: np.empty((nseg, m)) for f in ACCUMULATED}
+    cap, i = BLOCK_BYTES // (8 * max(m, 1)), 0
+    while i < nseg:
+        grow = np.arange(1, nseg - i + 1) * lengths[order[i:]]  # block size if it ends there
+        end = i + max(1, int(np.count_nonzero(grow <= cap)))
+        mine = points[(ends[i - 1] if i else 0):ends[end - 1]]
+        padded = np.full((end - i, m, lengths[order[end - 1]]), np.nan)
+        padded[rank[seg[mine]] - i, :, mine - starts[seg[mine]]] = mags[mine]
+        for f, values in _night(padded).items():
+            out[f][order[i:end]] = values
+        i = end
+    return out
+
+
+def _over_nights(nights: dict[str, np.ndarray], count: np.ndarray) -> dict[str, np.ndarray]:
+    """The accumulated fields, shape (stars, m), of stars with ``count`` nights each,
+    their nights' fields (``nights``, shape (sum(count), m)) star by star."""
+    first, m = np.cumsum(count) - count, nights["n"].shape[1]
+    acc = {f: np.array(v).reshape(len(count), m) for f, v in _empty(len(count) * m).items()}
+    for k in range(int(count.max(initial=0))):
+        who = np.flatnonzero(count > k)
+        both = _combine({f: acc[f][who] for f in ACCUMULATED},
+                        {f: nights[f][first[who] + k] for f in ACCUMULATED})
+        for f in ACCUMULATED:
+            acc[f][who] = both[f]
+    return acc
+
+
+#: the ``lcstats`` fields of each prefix (see :func:`lcstats_rows`)
 ACCUMULATED = ("n", "nights", "mean", "rms", "median", "mad", "crms")
 
 
@@ -224,7 +304,7 @@ def _combine(a: dict, b: dict) -> dict[str, np.ndarray]:
 
 def combine(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``lcstats`` rows of light curves to which ``new``'s nights were added: ``new``
-    (:func:`star_rows` of the added rows) combined with ``old`` (the rows of the same
+    (:func:`lcstats_rows` of the added rows) combined with ``old`` (the rows of the same
     stars and apertures as recorded, in the same order)."""
     out = dict(new)
     for prefix in STAT_PREFIXES:

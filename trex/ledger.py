@@ -287,7 +287,7 @@ class Ledger:
                            added: bool = False) -> None:
         """Replace the ``lcinfo`` and ``lcstats`` rows of a batch of stars of one project
         (numpy columns; ``info``: projid, objectid, path, rjd_min, rjd_max; ``stats``:
-        :func:`trex.lcstats.star_rows` rows).  With ``added`` the rows describe nights
+        :func:`trex.lcstats.lcstats_rows` columns).  With ``added`` the rows describe nights
         appended to the light curves: they are combined with the recorded ones."""
         n = len(info.get("objectid", ()))
         if not n:

@@ -56,7 +56,7 @@ from trex.detrend import (
 )
 from trex.frame import Context
 from trex.lcformat import read_lightcurve, to_lightkurve
-from trex.lcstats import columns_of, star_rows
+from trex.lcstats import columns_of, lcstats_rows
 from trex.partitions import (
     TEMPLATES,
     PartitionReader,
@@ -397,7 +397,7 @@ class Merge(Phase):
                 self._write(chunk, trends, frames, config, project, out)
                 chunk, size = [], 0
         self._write(chunk, trends, frames, config, project, out)
-        return {kind: (columns_of([i for i, _ in parts]),
+        return {kind: (columns_of([i for infos, _ in parts for i in infos]),
                        _concat([st for _, st in parts])) for kind, parts in out.items()}
 
     @staticmethod
@@ -415,10 +415,12 @@ class Merge(Phase):
     def _write(chunk: list[_Star], trends: list, frames: FrameTable, config: Config,
                project: Project, out: dict) -> None:
         """Detrend a chunk of light curves (their nights that receive rows) and write each
-        file once: the new rows appended, or the whole file."""
+        file once: the new rows appended, or the whole file.  Adds to ``out[kind]`` the
+        chunk's (lcinfo rows, lcstats columns) of the stars appended or replaced."""
         if trends:
             detrend_nights([(star.rows, star.info) for star in chunk], trends, config)
         napertures, gap = len(config.photometry.apertures), config.detrend.night_gap
+        written = {"added": [], "replaced": []}  # (lcinfo row, (rows written, star info))
         for star in chunk:
             header = (lccards.star_cards(star.info, config)
                       + lccards.night_cards(star.old_header, *_night_counts(
@@ -435,7 +437,11 @@ class Merge(Phase):
             info = {"projid": star.info["projid"], "objectid": star.info["objectid"],
                     "path": str(star.path.relative_to(project.root)),
                     "rjd_min": float(np.nanmin(rows["rjd"])), "rjd_max": float(np.nanmax(rows["rjd"]))}
-            out[kind].append((info, star_rows(rows, star.info, napertures, gap)))
+            written[kind].append((info, (rows, star.info)))
+        for kind, done in written.items():
+            if done:
+                out[kind].append(([i for i, _ in done],
+                                  lcstats_rows([s for _, s in done], napertures, gap)))
 
     def record(self, ledger, result: dict, context: Context) -> None:
         for kind, (info, stats) in result.items():

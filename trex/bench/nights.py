@@ -54,7 +54,7 @@ from trex.db import connect
 from trex.db.queries import Queries
 from trex.lccards import header_cards, night_cards
 from trex.lcformat import read_rows, write_lightcurve
-from trex.lcstats import star_rows
+from trex.lcstats import lcstats_rows
 from trex.ledger import Ledger
 from trex.project import Project, init_project
 from trex.simulate import night_names, simulate_project
@@ -170,7 +170,7 @@ class Archive:
         with connect(self.project.database_url(self.config)) as db:
             ledger = Ledger(db, self.config)
             for start in range(0, len(self.files), 500):
-                infos, stats = [], []
+                infos, stars = [], []
                 for path in self.files[start:start + 500]:
                     rows, header = read_rows(path)
                     new = np.concatenate([self._shifted(self.base[path], d) for d in days[::-1]])
@@ -182,12 +182,13 @@ class Archive:
                     objectid = str(header["OBJECTID"])
                     info = {"projid": path.parent.name, "objectid": objectid,
                             "mag": float(header.get("MAG", np.nan)), "x": np.nan, "y": np.nan}
-                    stats.append(star_rows(new, info, napertures, gap))
+                    stars.append((new, info))
                     infos.append({"projid": info["projid"], "objectid": objectid,
                                   "path": str(path.relative_to(self.root)),
                                   "rjd_min": float(np.nanmin(new["rjd"])),
                                   "rjd_max": float(np.nanmax(new["rjd"]))})
-                ledger.record_lightcurves(_columns(infos), _concat(stats), added=True)
+                ledger.record_lightcurves(_columns(infos), lcstats_rows(stars, napertures, gap),
+                                          added=True)
 
     def _database_rows(self, days: list[int], names: tuple[str, ...]) -> None:
         """The first night's object frames' rows, copied for each synthetic night."""
@@ -227,10 +228,6 @@ def _insert(db, table: str, rows: list[dict]) -> None:
 
 def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
-
-
-def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def rows_per_star(root: Path) -> tuple[int, int]:

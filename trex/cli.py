@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from trex import __version__
+from trex.allocator import keep_freed_memory
 from trex.config import ConfigError, tomllib
 from trex.db import DatabaseError
 from trex.errors import Stopped, WriteFault
@@ -363,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    keep_freed_memory()
     try:
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit

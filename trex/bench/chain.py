@@ -218,13 +218,16 @@ def quality_rows(label: str, bins: dict[str, list]) -> list[Row]:
     return rows
 
 
-def trex_run(root: Path, stages: tuple[str, ...]) -> float:
-    """Wall time of ``trex run ROOT --stages ...`` in a subprocess, one thread."""
+def trex_run(root: Path, stages: tuple[str, ...], cpu: dict | None = None) -> float:
+    """Wall time of ``trex run ROOT --stages ...`` in a subprocess, one thread (its CPU
+    time, user + system, into ``cpu["trex"]`` when given)."""
     command = [sys.executable, "-m", "trex", "--log-level", "WARNING", "run", str(root),
                "--stages", ",".join(stages)]
-    start = time.perf_counter()
+    start, began = time.perf_counter(), fitshchain.cpu_seconds()
     done = subprocess.run(command, capture_output=True, text=True, env=single_thread_env())
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu["trex"] = fitshchain.cpu_seconds() - began
     if done.returncode != 0:
         raise RuntimeError(f"trex run {root} --stages {','.join(stages)} failed "
                            f"({done.returncode}): {done.stderr[-2000:]}")
@@ -273,6 +276,12 @@ def chain_rows(m: Measurement) -> list[Row]:
                         f"the bright stars {m.grid_rms_irm:.4f} (trex's stamps "
                         f"{lcs[1].rms_irm:.4f}); whole chain with it {with_grid:.1f}x trex; "
                         f"{PROCESS_NOTE}"))
+    main_cpu = sum(fitsh.cpu[p] for p in fitshchain.PHASES)
+    rows.append(Row("chain (CPU s/frame): whole chain, one trex run", label,
+                    m.trex_whole_cpu / nframes, "fitsh chain as pipe-trex ran it",
+                    main_cpu / nframes, "user + system CPU time of every process of each chain "
+                    "(trex: the one run; fitsh: the tools and the numpy steps): the ratio a "
+                    "loaded machine leaves intact"))
     rows.append(Row("chain (s/frame): whole chain, one trex run", label, whole / nframes,
                     "fitsh chain as pipe-trex ran it", main / nframes,
                     f"trex stage by stage {sum(trex_times.values()) / nframes:.3f} s/frame, each "
@@ -290,6 +299,7 @@ class Measurement:
     label: str
     trex_stages: dict[str, float]
     trex_whole: float
+    trex_whole_cpu: float  # user + system CPU s of the whole run
     trex_idle: float      # a stage run with nothing to do: start and setup
     fitsh: fitshchain.ChainResult
     lightcurves: tuple[LightCurves, LightCurves]
@@ -311,7 +321,9 @@ def measure(folder: Path, params: dict, realism: str | None = None,
     trex_times = {stage: trex_run(root, RUNS.get(stage, (stage,))) for stage in STAGES}
     log.info("chain: trex stages %s", {k: round(v, 1) for k, v in trex_times.items()})
     idle = trex_run(root, ("extract",))
-    whole = trex_run(whole_root, tuple(s for stage in STAGES for s in RUNS.get(stage, (stage,))))
+    cpu: dict[str, float] = {}
+    whole = trex_run(whole_root, tuple(s for stage in STAGES for s in RUNS.get(stage, (stage,))),
+                     cpu)
     log.info("chain: trex whole run %.1f s, a run with nothing to do %.1f s", whole, idle)
     fitsh = fitshchain.run_chain(root, work, grid=grid)
     log.info("chain: fitsh phases %s", {k: round(v, 1) for k, v in fitsh.seconds.items()})
@@ -324,7 +336,7 @@ def measure(folder: Path, params: dict, realism: str | None = None,
     grid_rms, _ = bright_rms(grid_irm, lcs[1].stars, catmag)
     bins = quality(root, fitsh)
     log.info("chain: RMS / floor per magnitude bin\n%s", floor.table_text(bins))
-    return Measurement(label, trex_times, whole, idle, fitsh, lcs, grid_rms, bins)
+    return Measurement(label, trex_times, whole, cpu["trex"], idle, fitsh, lcs, grid_rms, bins)
 
 
 def run(quick: bool = False, frames: int | None = None, size: int | None = None,

@@ -44,6 +44,7 @@ fistar list, order 4); no ``--magfit`` in the difference photometry (see
 from __future__ import annotations
 
 import logging
+import resource
 import shutil
 import subprocess
 import time
@@ -94,9 +95,11 @@ def tool(args: list[str]) -> None:
 
 @dataclass
 class ChainResult:
-    """Per-phase wall times (s), the light-curve folder and counts of the fitsh chain."""
+    """Per-phase wall and CPU times (s), the light-curve folder and counts of the fitsh
+    chain."""
 
     seconds: dict[str, float]
+    cpu: dict[str, float]
     lcdir: Path
     frames: int
     catalog: tuple
@@ -106,18 +109,28 @@ class ChainResult:
 
 
 class PhaseTimer:
-    """Wall time summed per phase: ``with timer("extract"): ...``."""
+    """Wall and CPU time summed per phase: ``with timer("extract"): ...``."""
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
 
     @contextmanager
     def __call__(self, phase: str):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         try:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - start
+            self.cpu[phase] += cpu_seconds() - cpu
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children, s (the
+    tools run one at a time, so a phase's share is its difference)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def classify(raw: Path) -> dict[str, list[Path]]:
@@ -284,7 +297,7 @@ def run_chain(root: Path, work: Path, grid: bool = True) -> ChainResult:
     _subtract_all(frames, stack, rawphot, work, timer, grid)
     lcdir = _collect(frames, len(catalog[0]), work, timer, info)
     info["grid_stamps"] = GRID ** 2 if grid else 0
-    return ChainResult(dict(timer.seconds), lcdir, len(frames), catalog, work,
+    return ChainResult(dict(timer.seconds), dict(timer.cpu), lcdir, len(frames), catalog, work,
                        [f.stem for f in frames], info)
 
 

@@ -27,7 +27,6 @@ from astropy.io import fits as afits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.spatial import cKDTree
-from scipy.stats import rankdata
 
 from trex import asterism
 from trex.catalog import propagate
@@ -418,6 +417,8 @@ def rank_frames(quality: dict) -> np.ndarray:
     ranks comes first.  Ties go to the sharper frame, then the rounder, darker,
     richer one, and only then to the lower framekey.
     """
+    from scipy.stats import rankdata  # scipy.stats takes 0.4 s to import: here, not at start
+
     keys = np.asarray(quality["framekey"])
     meds, medd = np.asarray(quality["meds"], float), np.abs(np.asarray(quality["medd"], float))
     sky, nsrc = np.asarray(quality["medsky"], float), np.asarray(quality["nsources"], float)

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS frameinfo (
 
 CREATE INDEX IF NOT EXISTS frameinfo_jd ON frameinfo (jd);
 CREATE INDEX IF NOT EXISTS frameinfo_night ON frameinfo (night);
+CREATE INDEX IF NOT EXISTS frameinfo_configsha ON frameinfo (configsha);
 
 -- RAW/<night> folders whose files were all read, and the folder's mtime then: a night
 -- whose folder has not changed since is not listed again

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from astropy.wcs import WCS
 
-from trex import _stats, photref
+from trex import _stats, photref, refstack
 from trex.astrometry import choose_reference
 from trex.config import Config
 from trex.flags import MASK
@@ -83,7 +83,7 @@ def test_block_combine_equals_one_call(tmp_path):
             m[5, 5] = MASK["SATURATED"].bit
         np.save(masks[-1], m)
     config = Config().replace("subtract", stack_block_rows=16)  # 4 blocks, the last one short
-    image, mask = photref.combine(files, masks, (50, 30), config)
+    image, mask = refstack.combine(files, masks, (50, 30), config)
     expect = np.empty((50, 30), np.float32)
     _stats.clipped_combine(stack, expect, np.empty((50, 30), np.int16), 3.0, 3, True)
     good = np.isfinite(expect)
@@ -99,7 +99,7 @@ def test_pixel_noise_factor_of_white_noise():
     gain, rdnoise, sky = 2.0, 10.0, 1000.0
     raw_var = sky / gain + (rdnoise / gain) ** 2
     stack = sky + rng.normal(0, np.sqrt(0.3 * raw_var), (400, 400))
-    factor = photref.pixel_noise_factor(stack, np.zeros(stack.shape, np.uint8), gain, rdnoise)
+    factor = refstack.pixel_noise_factor(stack, np.zeros(stack.shape, np.uint8), gain, rdnoise)
     assert factor == pytest.approx(0.3, rel=0.05)
 
 

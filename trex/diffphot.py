@@ -17,14 +17,16 @@ each configured aperture:
   the image's PSF, whose aperture fraction differs from the reference's.  The
   aperture fraction ratio ``q`` is measured per aperture as the clipped median,
   over bright stars with good flags, of ``F_M / (s F_ref)`` with ``F_M`` the
-  same aperture on the model ``M = R conv K + B`` (measured on those stars only).  Then ``dF = dF_img / (s q)``
-  is the flux change in reference-frame flux units, and ``F = F_ref + dF``.
+  same aperture on the model ``M = R conv K + B`` (measured on those stars only).
+  Then ``dF = dF_img / (s q)`` is the flux change in reference-frame flux units,
+  and ``F = F_ref + dF``.
 * Errors: ``dF_img`` variance = ``max(F_img, 0) / gain`` (photon noise of the
   star in the image: its aperture flux on the frame itself, or ``s q F_ref +
   dF_img`` where the frame has none) + ``A v_sky (1 + A / N_sky)`` with
   ``v_sky = max(sky_img, 0) / gain + (rdnoise / gain)^2`` the image's sky pixel
-  variance (``sky_img``: the star's sky on the frame).  Resampling correlates neighbouring pixels but keeps the
-  variance of aperture sums, so the unresampled pixel variance is used.
+  variance (``sky_img``: the star's sky on the frame).  Resampling correlates
+  neighbouring pixels but keeps the variance of aperture sums, so the
+  unresampled pixel variance is used.
   ``ife`` is the error of ``dF`` from one frame's noise.  The reference's
   noise at a star (``~ A v_sky / neff``, ``neff = 2 n / pi`` for a median of n
   frames) and the error of F_ref are the same in every frame of the light

@@ -16,8 +16,9 @@ or every group when the references are rebuilt):
    the PSF, the sky and the transparency of that target frame.  Each item is
    one candidate, on any rank, through ``REDTEMP/photref/``; a candidate that
    cannot be matched (no usable stamp) is left out with the reason.
-3. :class:`Stacks` (one item per group) combines them with a clipped median in row blocks
-   (``trex._stats.clipped_combine``), writes
+3. :class:`Bands` (one item per band of rows, :mod:`trex.refstack`) combines them
+   with a clipped median (``trex._stats.clipped_combine``); :class:`Stacks` (one
+   item per group) joins the bands, writes
    ``BASE/reference-frames/photref-<projid>-<field>-<ccd>.fits`` (image, MASK
    HDU with BADPIX grown by the kernel half-size where no frame had data, the
    astrometric reference's WCS, EXPTIME/GAIN/RDNOISE/SATURATE/JD of the target,
@@ -51,10 +52,10 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits as afits
 from astropy.wcs import WCS
-from scipy.ndimage import maximum_filter, median_filter
+from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
-from trex import _stats, photometry
+from trex import photometry, refstack
 from trex.astrometry import rank_frames
 from trex.config import Config
 from trex.errors import PhaseError
@@ -221,8 +222,45 @@ class Matches(Phase):
     label = Registrations.label
 
 
+def _used(plan: GroupPlan, scratch: Path) -> tuple[list[int], list[str]]:
+    """The candidates in the stack (the target and those matched to it) and their files."""
+    used = [i for i in range(len(plan.paths)) if i == plan.target
+            or (scratch / f"matched-{i}.npy").is_file()]
+    return used, [f"reg-{i}" if i == plan.target else f"matched-{i}" for i in used]
+
+
+class Bands(Phase):
+    """Step 3a: the stack's bands of rows (:mod:`trex.refstack`), one item each."""
+
+    name = "photometric reference: stacking"
+    batch = 1
+
+    def plan(self, ledger, context: Context) -> list[tuple[GroupPlan, int, int]]:
+        items = []
+        for plan in group_plans(ledger, context):
+            target = _scratch(context.project, plan.group) / f"reg-{plan.target}.npy"
+            if target.is_file():
+                ny = np.load(target, mmap_mode="r").shape[0]
+                items += [(plan, r0, r1) for r0, r1 in refstack.bands(ny)]
+        return items
+
+    def work(self, item: tuple[GroupPlan, int, int], context: Context) -> None:
+        plan, r0, r1 = item
+        scratch = _scratch(context.project, plan.group)
+        _, names = _used(plan, scratch)
+        band = refstack.combine_band([scratch / f"{n}.npy" for n in names],
+                                     [scratch / f"{n}-mask.npy" for n in names], r0, r1,
+                                     context.config)
+        with atomic_write(scratch / f"band-{r0}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **band)
+
+    def label(self, item: tuple[GroupPlan, int, int]) -> str:
+        return f"{'/'.join(item[0].group)} rows {item[1]}-{item[2]}"
+
+
 class Stacks(Phase):
-    """Steps 3 and 4: the stack, its file, its photometry (one item per group)."""
+    """Steps 3b and 4: the stack from its bands, its file, its photometry (one item per
+    group)."""
 
     name = "photometric reference"
     batch = 1
@@ -237,13 +275,16 @@ class Stacks(Phase):
     def work(self, plan: GroupPlan, context: Context) -> dict:
         config, project = context.config, context.project
         scratch = _scratch(project, plan.group)
-        used = [i for i in range(len(plan.paths)) if i == plan.target
-                or (scratch / f"matched-{i}.npy").is_file()]
-        names = [f"reg-{i}" if i == plan.target else f"matched-{i}" for i in used]
+        used, _ = _used(plan, scratch)
         ref_wcs, shape, ref_header = _grid(plan)
-        image, mask = combine([scratch / f"{n}.npy" for n in names],
-                              [scratch / f"{n}-mask.npy" for n in names], shape, config)
-        header = _header(ref_header, image, mask, plan.metas[plan.target], len(used),
+        parts = []
+        for r0, _ in refstack.bands(shape[0]):
+            if not (scratch / f"band-{r0}.npz").is_file():
+                raise PhaseError(self.label(plan), f"stack band from row {r0} missing")
+            with np.load(scratch / f"band-{r0}.npz") as band:
+                parts.append({k: band[k] for k in band.files})
+        image, mask = refstack.assemble(parts, config)
+        header = refstack.header(ref_header, image, mask, plan.metas[plan.target], len(used),
                          [plan.framekeys[i] for i in used])
         path = reference_path(project, plan.group)
         write_image(path, image, header, extensions=[("MASK", mask, None)])
@@ -314,46 +355,6 @@ def _save(path: Path, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
-def combine(files: list[Path], masks: list[Path], shape: tuple[int, int],
-            config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Clipped median of the matched frames in row blocks: (image, MASK bits)."""
-    ny, nx = shape
-    out = np.empty(shape, dtype=np.float32)
-    nused = np.empty(shape, dtype=np.int16)
-    stacks = [np.load(f, mmap_mode="r") for f in files]
-    saturated = np.zeros(shape, dtype=bool)
-    for m in masks:
-        saturated |= (np.load(m) & MASK["SATURATED"].bit) != 0
-    for r0 in range(0, ny, config.subtract.stack_block_rows):
-        r1 = min(ny, r0 + config.subtract.stack_block_rows)
-        block = np.ascontiguousarray(np.stack([s[r0:r1] for s in stacks]), dtype=np.float32)
-        _stats.clipped_combine(block, out[r0:r1], nused[r0:r1], config.calibrate.clip_sigma,
-                               config.calibrate.clip_iters, True)
-    mask = np.zeros(shape, dtype=np.uint8)
-    # no data: zero in the image, so grown by the kernel half-size (the stage convolves it)
-    empty = (nused == 0) | ~np.isfinite(out)
-    grow = 2 * parse_kernel(config.subtract.kernel).halfsize + 1
-    mask[maximum_filter(empty, size=grow)] |= MASK["BADPIX"].bit
-    mask[saturated] |= MASK["SATURATED"].bit
-    return np.where(np.isfinite(out), out, 0.0).astype(np.float32), mask
-
-
-def _header(ref_header, image: np.ndarray, mask: np.ndarray, meta: FrameMeta, n: int,
-            framekeys: list[int]) -> afits.Header:
-    """The reference's header: the grid's WCS and what subtraction needs of the stack."""
-    header = WCS(ref_header, fix=False).to_header(relax=True)
-    header["NOISEFAC"] = (pixel_noise_factor(image, mask, meta.gain, meta.rdnoise),
-                          "pixel variance / one frame's sky variance")
-    header["MEDSKY"] = (float(np.median(image[mask == 0])), "median of the good pixels, ADU")
-    for key, value in (("EXPTIME", meta.exptime), ("GAIN", meta.gain), ("RDNOISE", meta.rdnoise),
-                       ("SATURATE", meta.saturate), ("NFRAMES", n), ("NEFF", 2.0 * n / np.pi),
-                       ("JD", meta.jd), ("FIELD", meta.field), ("PROJID", meta.projid),
-                       ("CCD", meta.ccd)):
-        header[key] = value
-    header["PRFRAMES"] = ",".join(str(k) for k in framekeys)[:68]
-    return header
-
-
 def reference_photometry(image: np.ndarray, mask: np.ndarray, header, catalog,
                          config: Config) -> np.ndarray:
     """F_ref of the catalog stars on the reference (see the module doc)."""
@@ -396,17 +397,3 @@ def replace_crowded(table: np.ndarray, catmag: np.ndarray, radius: float) -> np.
     log.info("photref: F_ref of %d crowded stars replaced by the catalog prediction",
              int(crowded.sum()))
     return table
-
-
-def pixel_noise_factor(stack: np.ndarray, mask: np.ndarray, gain: float, rdnoise: float) -> float:
-    """Measured sky-pixel variance of a stack over one raw frame's (``sky / gain +
-    (rdnoise / gain)^2``): high-pass (minus a 7x7 median), 4-sigma clipped, central
-    1024^2 at most.  It stands for the noise of the stacked, resampled, matched pixels."""
-    ny, nx = stack.shape
-    y0, x0 = max(0, ny // 2 - 512), max(0, nx // 2 - 512)
-    cut = stack[y0:y0 + 1024, x0:x0 + 1024].astype(np.float64)
-    good = mask[y0:y0 + 1024, x0:x0 + 1024] == 0
-    high = cut - median_filter(cut, size=7)
-    _, sky, _, _ = _stats.clipped_stats(cut[good], 3.0, 5)
-    _, _, std, _ = _stats.clipped_stats(high[good], 4.0, 5)
-    return float(std**2 / (max(sky, 0.0) / gain + (rdnoise / gain) ** 2))

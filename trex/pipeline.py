@@ -71,7 +71,7 @@ def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
     if "magfit" in stages:
         out += [magfit.SingleFits(), magfit.Masters()]
     if "subtract" in stages:
-        out += [photref.Registrations(), photref.Matches(), photref.Stacks()]
+        out += [photref.Registrations(), photref.Matches(), photref.Bands(), photref.Stacks()]
     if per_frame(tuple(s for s in stages if s in SECOND_PASS)):
         out.append(FramePass(per_frame(tuple(s for s in stages if s in SECOND_PASS)), retry_failed))
     if "lightcurves" in stages:

@@ -94,11 +94,12 @@ def header(ref_header, image: np.ndarray, mask: np.ndarray, meta: FrameMeta, n: 
 def pixel_noise_factor(stack: np.ndarray, mask: np.ndarray, gain: float, rdnoise: float) -> float:
     """Measured sky-pixel variance of a stack over one raw frame's (``sky / gain +
     (rdnoise / gain)^2``): high-pass (minus a 7x7 median), 4-sigma clipped, central
-    1024^2 at most.  It stands for the noise of the stacked, resampled, matched pixels."""
+    512^2 at most (2.6 x 10^5 pixels: the clipped std to 0.2 %; the median filter of
+    1024^2 took 0.9 s).  It stands for the noise of the stacked, resampled, matched pixels."""
     ny, nx = stack.shape
-    y0, x0 = max(0, ny // 2 - 512), max(0, nx // 2 - 512)
-    cut = stack[y0:y0 + 1024, x0:x0 + 1024].astype(np.float64)
-    good = mask[y0:y0 + 1024, x0:x0 + 1024] == 0
+    y0, x0 = max(0, ny // 2 - 256), max(0, nx // 2 - 256)
+    cut = stack[y0:y0 + 512, x0:x0 + 512].astype(np.float64)
+    good = mask[y0:y0 + 512, x0:x0 + 512] == 0
     high = cut - median_filter(cut, size=7)
     _, sky, _, _ = _stats.clipped_stats(cut[good], 3.0, 5)
     _, _, std, _ = _stats.clipped_stats(high[good], 4.0, 5)

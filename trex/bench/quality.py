@@ -14,11 +14,17 @@
   deficit of the truth's ``variability`` over the same in-transit frames.  Single
   light curves, photon and scintillation noise included (tests/test_signals.py
   removes them with a twin night);
-* the centre-to-corner trend of ``arm`` and ``irm`` per aperture: each constant
-  star's median over frames of (magnitude - true magnitude), its median over stars
-  removed, fitted as a + b rho² against rho² (distance from the frame centre over
-  the half diagonal, squared: 0 at the centre, 1 in the corners); b in mmag, for
-  the bright stars of tests/test_apcorr.py (8.5-11) and per magnitude bin.
+* the centre-to-corner trend of ``aim`` (no aperture corrections) and ``arm`` per
+  aperture: each constant star's median over frames of (magnitude - true
+  magnitude), its median over stars removed, fitted as a + b rho² against rho²
+  (distance from the frame centre over the half diagonal, squared: 0 at the
+  centre, 1 in the corners; tests/test_apcorr.py's fit, here on the light curves
+  and refitted without the stars > 5 robust sigma off, i.e. blends); b in mmag
+  with its standard error, for the bright stars of tests/test_apcorr.py (8.5-11)
+  and per magnitude bin.
+
+Light-curve values are taken as written, flags not applied (``aiq`` holds
+PARTIAL_SKY etc. on good points).
 """
 
 from __future__ import annotations

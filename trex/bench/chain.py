@@ -50,6 +50,7 @@ from trex.bench import fitshchain, floor
 from trex.bench import fitshdata as fd
 from trex.bench.common import Row
 from trex.bench.endtoend import lightcurve_files, single_thread_env
+from trex.bench.quality import lightcurve_magnitudes
 from trex.project import init_project
 from trex.simulate import simulate_project
 from trex.simulate.truth import load_truth
@@ -139,28 +140,12 @@ def fitsh_lightcurves(lcdir: Path, ids: np.ndarray, nframes: int,
 
 
 APERTURES = 3
-MAG_COLUMNS = {"arm": [f"arm_{a:03d}" for a in range(APERTURES)],
-               "irm": [f"irm_{a:03d}" for a in range(APERTURES)]}
 
 
 def trex_magnitudes(root: Path, truth: dict) -> dict[str, np.ndarray]:
     """{"arm", "irm"}: (truth frames, truth stars, apertures) magnitudes of trex's light
     curves (NaN where not measured)."""
-    index = {str(o): i for i, o in enumerate(truth["objectid"])}
-    shape = (len(truth["jd"]), len(truth["objectid"]), APERTURES)
-    out = {kind: np.full(shape, np.nan) for kind in MAG_COLUMNS}
-    for rel in lightcurve_files(root):
-        star = index.get(rel.name[:-len(".fits")])  # simulated ids are plain file names
-        if star is None:
-            continue
-        table = fitsio.read(str(root / rel), ext="LIGHTCURVE",
-                            columns=["rjd", *MAG_COLUMNS["arm"], *MAG_COLUMNS["irm"]])
-        frames = floor.frame_index(np.asarray(table["rjd"], float), truth)
-        ok = frames >= 0
-        for kind, columns in MAG_COLUMNS.items():
-            for a, column in enumerate(columns):
-                out[kind][frames[ok], star, a] = table[column][ok]
-    return out
+    return lightcurve_magnitudes(root, truth, ("arm", "irm"), APERTURES)
 
 
 def fitsh_magnitudes(result: fitshchain.ChainResult, truth: dict) -> dict[str, np.ndarray]:

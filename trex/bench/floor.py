@@ -16,6 +16,8 @@ it).  A bin's figure is the median ratio of its stars (true magnitude).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from trex.photometry import MAG_ERR_FACTOR
@@ -26,7 +28,8 @@ BINS = tuple(float(m) for m in range(7, 15))
 
 def robust_rms(values: np.ndarray, axis: int = 0) -> np.ndarray:
     """1.4826 median absolute deviation along ``axis``, ignoring NaN (NaN if none)."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN slices give NaN
         med = np.nanmedian(values, axis=axis, keepdims=True)
         return 1.4826 * np.nanmedian(np.abs(values - med), axis=axis)
 
@@ -54,9 +57,15 @@ def floor_ratios(mags: np.ndarray, truth: dict, min_fraction: float = 0.5) -> np
     rms = np.where(enough & np.isfinite(ratio), rms, np.inf)
     best = np.argmin(rms, axis=1)
     out = ratio[np.arange(nstars), best]
+    return np.where(constant_stars(truth) & np.isfinite(rms[np.arange(nstars), best]), out,
+                    np.nan)
+
+
+def constant_stars(truth: dict) -> np.ndarray:
+    """(nstars,) bool: the truth's stars that are not variable and never saturated."""
     constant = ~truth["saturated"].any(axis=0)
     constant[[int(v["index"]) for v in truth["variables"]]] = False
-    return np.where(constant & np.isfinite(rms[np.arange(nstars), best]), out, np.nan)
+    return constant
 
 
 def per_bin(ratios: np.ndarray, mag: np.ndarray,

@@ -1,8 +1,9 @@
 """End to end: a simulated night through the whole ``trex run``, serial and ``mpiexec -n 2``.
 
-One night is simulated once (2048^2, 10^4 stars, 12 object frames plus
-calibration frames; 6 frames of 1024^2 with 2000 stars with ``--quick``; the
-simulation is not timed) and copied; ``trex run`` (every stage, SQLite) then
+One night is simulated once (2048^2, 2 x 10^4 stars, 40 object frames plus
+calibration frames: the chain bench's night, a HATPI-like night of 9-minute
+cadence; 6 frames of 1024^2 with 2000 stars with ``--quick``; the simulation
+is not timed) and copied; ``trex run`` (every stage, SQLite) then
 runs in a subprocess on one copy and ``mpiexec -n 2 trex run`` on the other.
 Each is one run, not a median: a run changes its project (finished frames
 are skipped when re-run), and a night takes minutes.
@@ -46,7 +47,7 @@ from trex.simulate import simulate_project
 log = logging.getLogger(__name__)
 
 NAME = "endtoend"
-FULL = {"frames": 12, "size": 2048, "stars": 10_000}
+FULL = {"frames": 40, "size": 2048, "stars": 20_000}
 QUICK = {"frames": 6, "size": 1024, "stars": 2000}
 RANKS = 2
 RSS_WRAPPER = """\

@@ -1,16 +1,25 @@
-"""Aperture corrections: analytic PSFs on synthetic frames, and arm over a realistic field.
+"""Aperture corrections: analytic PSFs on synthetic frames, and realistic nights against the truth.
 
 The synthetic frames hold stars of known total flux whose PSF width grows by
 40 % from the centre to the corners (pixel-integrated Gaussian or Moffat,
 drawn by the simulator's renderer), on a flat sky with Gaussian noise.  The
-pipeline test runs a realistic 1024² night (Moffat PSF with wings, 35 %
-broader and 30 % elongated in the corners, thin clouds, a twilight-flat
-gradient) and compares bright constant stars' ``arm`` with their true
-magnitudes: a fit of a + b rho² gives b = +0.33, +0.25, +0.19 mag without the
-corrections (``apcorr_radius = 0``) and -0.005 to -0.007 with them.
+pipeline tests run realistic 1024² nights (Moffat PSF with wings, 35 %
+broader and 30 % elongated in the corners, a twilight-flat gradient, faint
+stars below the catalog limit) and fit each bright constant star's median
+over the frames of (magnitude - truth) as a + b rho² (rho the distance from
+the centre over the half diagonal).  The truth is the light the star sent
+into each calibrated frame (after the atmosphere, with the flat's slope):
+``aim`` has b = +0.36, +0.28, +0.21 mag in the three apertures.  Against the
+true magnitude above the atmosphere, b of arm also holds the thin clouds'
+and the field's airmass pattern that the magnitude-fit master carries (with
+corrections taken exactly from the truth, b = -0.014 on the cloudy night of
+seed 3, and +-0.04 from seed to seed).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,9 +107,29 @@ def test_moffat_wings_are_extrapolated():
         assert abs(slope) < 0.005
     # without the extrapolated wings the corners would be off by ~1 %
     truncated = -2.5 * np.log10(ap_flux[:, 0] / flux) + apc[:, 0] - 2.5 * np.log10(
-        1 - apcorr.moffat_outside(8.0, sigma, apcorr.Tail(info["beta"], info["ratio"])))
+        1 - apcorr.moffat_outside(8.0, sigma, info["fit"]))
     assert np.polyfit(sigma[good], truncated[good], 1)[0] * 0.4 > 0.005
 
+
+
+def test_a_star_own_dip_leaves_the_corrections():
+    """A 2 % dip of one of the brightest stars (its light scaled, the rest of the frame
+    the same) moves no star's correction by more than 1e-4 mag: a correction is a ratio
+    of the star's fluxes, and its curve of growth's sky lies beyond its wings."""
+    image, x, y, flux, sigma = synthetic_frame(beta=3.0)
+    ap_flux, ok = measured(image, x, y)
+    apc = apcorr.frame_corrections(aperture_photometry, image, x, y, ap_flux, ok, sigma,
+                                   radius=8.0, gain=1e6)[0]
+    for star in np.argsort(-np.where(ok, flux, 0.0))[:3]:
+        dip = np.zeros_like(image)
+        one = slice(star, star + 1)
+        draw_stars(dip, x[one], y[one], 0.02 * flux[one], 1.0 / sigma[one] ** 2, np.zeros(1),
+                   np.zeros(1), beta=3.0)
+        dimmed_flux, dimmed_ok = measured(image - dip, x, y)
+        assert dimmed_flux[star, 0] == pytest.approx(0.98 * ap_flux[star, 0], rel=1e-3)
+        dimmed = apcorr.frame_corrections(aperture_photometry, image - dip, x, y, dimmed_flux,
+                                          dimmed_ok, sigma, radius=8.0, gain=1e6)[0]
+        assert np.abs(dimmed - apc).max() < 1e-4
 
 def test_model_extends_along_its_tangent():
     width = np.linspace(1.0, 1.4, 50)
@@ -110,6 +139,20 @@ def test_model_extends_along_its_tangent():
     beyond = apcorr.evaluate(model, np.array([1.5]))[0, 0]
     assert beyond == pytest.approx(values[-1, 0] + (0.2 - 0.3) * 0.1, abs=1e-9)
 
+
+
+def test_odd_curves_are_the_trails():
+    """Curves of growth of Moffat stars of widths 1.0-1.4 px with 0.3 % noise, and two
+    stars on a satellite trail (light growing linearly with the radius): only those two
+    are odd."""
+    rng = np.random.default_rng(1)
+    width = rng.uniform(1.0, 1.4, 60)
+    radii = 8.0 * np.asarray(apcorr.GROWTH_STEPS)
+    enclosed = 1 - apcorr.moffat_outside(radii[None, :], width[:, None], apcorr.Tail(3.0, 2.3))
+    ratio = enclosed[:, :-1] / enclosed[:, -1:] + rng.normal(0, 0.003, (60, len(radii) - 1))
+    ratio[[7, 31]] = radii[:-1] / radii[-1]
+    odd = apcorr.odd_curves(width, ratio, np.full(60, 0.003))
+    assert np.flatnonzero(odd).tolist() == [7, 31]
 
 def test_isolated_ignores_faint_neighbours():
     x, y = np.array([0.0, 5.0, 100.0, 103.0]), np.zeros(4)
@@ -128,45 +171,105 @@ def test_off_or_too_few_stars_give_zero():
                                             1.0).any()
 
 
-# --- a realistic night: arm against the truth over the field ------------------------------
+# --- realistic nights: corrected magnitudes and arm against the truth over the field -----
 
-@pytest.fixture(scope="module")
-def night(tmp_path_factory):
-    project = init_project(tmp_path_factory.mktemp("apcorr"))
-    simulate_project(project.root, realism=REALISTIC, frames=4, size=SIZE, stars=3000, seed=3)
+#: the realistic world with an atmosphere that is the same over the whole field (no cloud
+#: structure, no airmass or colour extinction varying from star to star): arm is on the
+#: magnitude-fit master's system, which carries the frames' mean atmosphere over the field
+#: (thin clouds project onto rho² by +-0.04 mag from night to night), so only without it
+#: does arm minus the truth show the light-loss trend alone
+CLEAR = dataclasses.replace(REALISTIC, cloud_structure=0.0, field_airmass=False,
+                            extinction_color=0.0)
+
+
+def _night(tmp_path_factory, name: str, realism) -> Path:
+    project = init_project(tmp_path_factory.mktemp(name))
+    simulate_project(project.root, realism=realism, frames=4, size=SIZE, stars=3000, seed=3)
     run_stages(project, ("calibrate", "extract", "astrometry", "photometry", "magfit"))
     return project.root
 
 
-def field_trend(root, column: str, aperture: int) -> float:
-    """Fitted change of (column - true magnitude) from the centre to the corner (mag):
-    each bright constant star's median over the frames, fitted as a + b rho², rho the
-    distance from the centre over the half diagonal; returns b."""
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    return _night(tmp_path_factory, "apcorr", REALISTIC)
+
+
+@pytest.fixture(scope="module")
+def clear_night(tmp_path_factory):
+    return _night(tmp_path_factory, "apcorr-clear", CLEAR)
+
+
+def light_in_frames(truth: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-2.5 log10 of each star's light in each calibrated frame (nframes, nstars), mag + a
+    constant: the truth's flux after the atmosphere (clouds, extinction), times the
+    scintillation drawn, over the twilight flats' illumination slope at (x, y) px."""
+    gx, gy = truth["flat_illumination"]
+    ax, ay = (x - (SIZE - 1) / 2) / (SIZE / 2), (y - (SIZE - 1) / 2) / (SIZE / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return -2.5 * np.log10(truth["flux_adu"] * truth["scintillation"] / (1 + gx * ax + gy * ay))
+
+
+def field_trend(root, column: str, aperture: int, against: str = "catalog") -> float:
+    """Fitted change of (column - truth) from the centre to the corner (mag), ``column``
+    one of aim, arm, aim+apc: each bright constant star's median over the frames, fitted
+    as a + b rho² (rho the distance from the centre over the half diagonal; stars beyond
+    3 robust sigmas of the fit, blends, are left out); returns b.  The truth is the true
+    magnitude above the atmosphere (``against="catalog"``) or the star's light in each
+    frame (``"frame"``, :func:`light_in_frames`)."""
     truth = load_truth(root)
-    constant = np.ones(len(truth["mag"]), bool)
+    nframes, nstars = truth["saturated"].shape
+    constant = np.ones(nstars, bool)
     constant[[v["index"] for v in truth["variables"]]] = False
     constant &= ~truth["saturated"].any(axis=0)
-    values = np.full((truth["saturated"].shape[0], len(truth["mag"])), np.nan)
-    paths = sorted(Project(root).red("12").glob("*-aphot.npy"))
-    for f, path in enumerate(paths):
+    values, x, y = (np.full((nframes, nstars), np.nan) for _ in range(3))
+    for f, path in enumerate(sorted(Project(root).red("12").glob("*-aphot.npy"))):
         table = np.load(path)
-        good = table[f"aiq_{aperture:03d}"] == 0
-        values[f, table["star"][good]] = table[f"{column}_{aperture:03d}"][good]
-    use = constant & np.isfinite(values).any(axis=0) & (truth["mag"] > 8.5) & (truth["mag"] < 11.0)
+        good, star = table[f"aiq_{aperture:03d}"] == 0, table["star"]
+        value = sum(table[f"{c}_{aperture:03d}"].astype(float) for c in column.split("+"))
+        values[f, star[good]] = value[good]
+        x[f, star], y[f, star] = table["xcc"], table["ycc"]
+    reference = truth["mag"] if against == "catalog" else light_in_frames(truth, x, y)
+    with np.errstate(invalid="ignore"):
+        diff = np.nanmedian(values - reference, axis=0)
+    use = constant & np.isfinite(diff) & (truth["mag"] > 8.5) & (truth["mag"] < 11.0)
     assert use.sum() > 50
-    diff = np.nanmedian(values[:, use], axis=0) - truth["mag"][use]
-    x, y = truth["x"][0, use], truth["y"][0, use]     # the pointing moves by a few px
-    rho2 = ((x - (SIZE - 1) / 2) ** 2 + (y - (SIZE - 1) / 2) ** 2) / (0.5 * SIZE**2)
-    return float(np.polyfit(rho2, diff, 1)[0])
+    rho2 = ((truth["x"][0] - (SIZE - 1) / 2) ** 2 + (truth["y"][0] - (SIZE - 1) / 2) ** 2
+            ) / (0.5 * SIZE**2)
+    keep = use
+    for _ in range(5):
+        b, a = np.polyfit(rho2[keep], diff[keep], 1)
+        resid = diff - (a + b * rho2)
+        scale = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
+        keep = use & (np.abs(resid) <= 3 * scale)
+    return float(b)
 
 
 @pytest.mark.parametrize("aperture", [0, 1, 2])
-def test_arm_has_no_trend_over_the_field(night, aperture):
-    before = field_trend(night, "aim", aperture)     # what arm was before the corrections
-    after = field_trend(night, "arm", aperture)
-    print(f"aperture {aperture}: centre-to-corner trend aim {before:+.4f}, arm {after:+.4f} mag")
+def test_corrected_magnitudes_have_no_trend_over_the_field(night, aperture):
+    """aim + apc of each frame against the light the frame received: no light-loss trend
+    (the issue's goal, 0.01 mag), where aim has 0.21-0.36 mag.  Measured +0.0075,
+    +0.0059, +0.0076 (before the far growth sky, the error floor and the looser isolation:
+    +0.011, +0.006, +0.011; on twelve nights +0.004 +- 0.005, at most 0.012)."""
+    before = field_trend(night, "aim", aperture, "frame")
+    after = field_trend(night, "aim+apc", aperture, "frame")
+    print(f"aperture {aperture}: centre-to-corner trend against the light in each frame: "
+          f"aim {before:+.4f}, aim + apc {after:+.4f} mag")
     assert before > 0.15
-    # the issue's goal is 0.01 mag; measured -0.017 since the sky's clipping runs until
-    # it converges (two passes gave -0.004 but let a transiting calibrator star move its
-    # own arm: tests/test_signals.py)
-    assert abs(after) <= 0.02
+    assert abs(after) <= 0.01
+
+
+@pytest.mark.parametrize("aperture", [0, 1, 2])
+def test_arm_has_no_trend_over_the_field(clear_night, aperture):
+    """arm, fitted to the master built from aim + apc (on the frames' mean system),
+    against the light in each frame: the light-loss trend left is the frames' mean error
+    of the corrections.  Measured +0.007, +0.004, +0.012 mag; on twelve such nights
+    (seeds 1-12) +0.003 +- 0.005 mag, at most 0.015: the issue's 0.01 is not reached in
+    every aperture of every night (before the corrections' and the magnitude fit's
+    changes: +0.003, +0.001, +0.007 on this night, +0.009 +- 0.014, at most 0.041, on
+    the twelve)."""
+    before = field_trend(clear_night, "aim", aperture, "frame")
+    after = field_trend(clear_night, "arm", aperture, "frame")
+    print(f"aperture {aperture}: centre-to-corner trend against the light in each frame: "
+          f"aim {before:+.4f}, arm {after:+.4f} mag")
+    assert before > 0.15
+    assert abs(after) <= 0.015

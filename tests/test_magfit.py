@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trex.magfit import MIN_ERROR, MagfitError, fit_frame, master_reference, polynomial_terms
+from trex import magfit
+from trex.magfit import (
+    MIN_ERROR,
+    MagfitError,
+    fit_frame,
+    master_reference,
+    mean_pattern,
+    polynomial_terms,
+    spatial_pattern,
+)
 
 NSTARS = 600
 SIZE = 2048.0
@@ -107,6 +116,37 @@ def test_master_reference_converges_to_the_true_magnitudes():
     assert np.median(scatter / err) == pytest.approx(1.0, abs=0.1)
 
 
+
+def test_mean_pattern_puts_the_master_on_the_mean_frame_system():
+    """Frames carry a quadratic pattern over the field (light loss, clouds), the reference
+    frame its own: the clipped mean of the frames fitted to the reference is on the
+    reference's pattern; adding the fits' mean polynomial (:func:`mean_pattern`) puts it
+    on the frames' mean pattern, to the noise of the mean."""
+    rng, x, y, catmag, color, true, err = simulated_field(8)
+    u, v = x / SIZE - 0.5, y / SIZE - 0.5
+    nframes = 12
+    shapes = [0.2 * rng.normal() * (u * u + v * v) + 0.1 * rng.normal() * u * v
+              + 0.1 * rng.normal() * u for _ in range(nframes)]
+    frames = [true + shape + rng.normal(0, err) for shape in shapes]
+    ok = np.ones(NSTARS, bool)
+    fitted, patterns = [], []
+    for f in frames:
+        fit = fit_frame(f, err, ok, frames[0], x, y, catmag, color)
+        fitted.append(f - fit.correction)
+        patterns.append(spatial_pattern(fit.params, x, y))
+    master = master_reference(lambda: ((f, ok) for f in fitted), NSTARS)[0]
+    moved = master + mean_pattern(iter(patterns))
+
+    def rms_off(values, shape):
+        d = values - true - shape
+        return np.sqrt(np.mean((d - np.median(d)) ** 2))
+
+    mean_shape = np.mean(shapes, axis=0)
+    noise = 2.0 * np.median(err) / np.sqrt(nframes)
+    assert rms_off(master, shapes[0]) < noise
+    assert rms_off(moved, mean_shape) < noise
+    assert rms_off(master, mean_shape) > 5 * noise
+
 @pytest.mark.parametrize("local_scale", [0.0, 300.0])
 def test_a_star_own_signal_never_enters_its_correction(local_scale):
     """A 1 % dip of one fitted star leaves its own correction unchanged to 1e-10 mag
@@ -161,3 +201,30 @@ def test_local_term_follows_a_cloud():
         fit = fit_frame(mag, err, ok, ref, x, y, catmag, color, local_scale=scale)
         left = np.median(cloud[inside] - fit.correction[inside])
         assert abs(left) < limit * 0.05 if scale else abs(left) > 0.3 * 0.05
+
+
+def test_a_star_crossing_the_clipping_threshold_moves_no_other_by_a_jump(monkeypatch):
+    """A corner star (most leverage) walked from 0.5 to 4 clipping thresholds off the fit
+    in steps of 0.02: the others' corrections change by < 0.1 mmag per step (measured
+    0.04); with a hard clip the step where it leaves the fit moves them by 1.2 mmag."""
+    rng, x, y, catmag, color, true, err = simulated_field(7)
+    ref = true + rng.normal(0, err)
+    mag = true + pattern(x, y, color, 1) + rng.normal(0, err)
+    ok = np.ones(NSTARS, bool)
+    star = int(np.argmax(np.hypot(x - SIZE / 2, y - SIZE / 2)))
+    others = np.arange(NSTARS) != star
+    model = fit_frame(mag, err, ok, ref, x, y, catmag, color, leave_one_out=False).correction
+    chi = (mag - ref - model) / np.maximum(err, MIN_ERROR)
+    threshold = 3.0 * 1.4826 * np.median(np.abs(chi - np.median(chi))) * max(err[star], MIN_ERROR)
+
+    def largest_step():
+        corrections = []
+        for t in np.arange(0.5, 4.0, 0.02):
+            walked = mag.copy()
+            walked[star] = ref[star] + model[star] + t * threshold
+            corrections.append(fit_frame(walked, err, ok, ref, x, y, catmag, color).correction)
+        return max(np.abs(b - a)[others].max() for a, b in zip(corrections, corrections[1:]))
+
+    assert largest_step() < 1e-4
+    monkeypatch.setattr(magfit, "CLIP_TAPER", 1.0 + 1e-9)     # a hard clip
+    assert largest_step() > 5e-4

@@ -6,23 +6,30 @@ aperture magnitudes carry a trend over the field that the magnitude fit
 cannot see (it fits frames to a reference built from the same apertures).
 This module measures, per frame, an empirical curve of growth:
 
-1. Bright, isolated, well-measured stars are measured again in the radii of
-   the apertures out to a large radius ``R`` (sky from an annulus just beyond
-   it; :func:`growth_fluxes`).
+1. Bright stars without a neighbour that could put light into their radii
+   (:data:`ISOLATION`) are measured again in the radii of the apertures out
+   to a large radius ``R``, with the sky of an annulus far enough out
+   (:data:`GROWTH_SKY`) that the star's own wings do not raise it
+   (:func:`growth_fluxes`); curves of growth unlike those of the stars of
+   similar width (a satellite trail, a cosmic ray) are left out
+   (:func:`odd_curves`).
 2. The light beyond ``R`` is extrapolated with a Moffat profile
-   ``1 - (1 + r²/α²)^(1-β)`` whose β and ratio α/w are fitted to the
-   curve of growth of those stars between 0.35 R and R
+   ``1 - (1 + r²/α²)^(1-β)`` whose β and α(w) = ratio w0 (w/w0)^power are
+   fitted to the curves of growth of those stars between 0.35 R and R
    (:func:`fit_tail`); w is the star's Gaussian PSF width from the frame's
    S, D, K map (σ² = 1/sqrt(S² - D² - K²), the geometric mean of the axes).
 3. Each star's correction ``2.5 log10(F_a / F_total)`` (mag, <= 0: the
    corrected magnitude is ``aim + apc``, brighter) is fitted per aperture as
-   a quadratic in w (:func:`fit_model`), clipped; every star of the frame
+   a quadratic in w (:func:`fit_model`), clipped, each star weighted by its
+   error with a floor (:data:`CORRECTION_FLOOR`); every star of the frame
    gets the value at its own w (:func:`frame_corrections`).
 
 The PSF shape over the field thus enters through the S, D, K map (fitted on
 hundreds of sources), and the profile (its wings included) through the
-measured curve of growth.  Pure array code, no I/O; :func:`table_corrections`
-(the photometry stage's entry) logs a warning when a frame gets none.
+measured curve of growth.  A correction is a ratio of a star's fluxes, so a
+change of the star's brightness (a transit) does not change its own curve of
+growth.  Pure array code, no I/O; :func:`table_corrections` (the photometry
+stage's entry) logs why a frame gets none.
 """
 
 from __future__ import annotations
@@ -47,6 +54,21 @@ MAG_ERR_FACTOR = 2.5 / np.log(10.0)
 GROWTH_STEPS = (0.35, 0.45, 0.6, 0.8, 1.0)
 #: bounds of the Moffat beta of the tail (a Gaussian is beta -> infinity)
 BETA_RANGE = (1.2, 30.0)
+#: sky annulus of the curve of growth, inner and outer radius as multiples of ``R``.  The
+#: wings of a Moffat beta = 3 star (FWHM 2.4-3.2 px) in an annulus from R + 2 to R + 8 px
+#: (R = 8) raise its sky by 0.1 % (centre) to 0.3 % (corners) of its flux over R's area,
+#: which lowered F(R) more in the corners and steepened the fitted wings; at 2.5-3.75 R
+#: it is < 1e-4, and the sky no longer depends on the star's own brightness.
+GROWTH_SKY = (2.5, 3.75)
+#: mag added in quadrature to each star's correction error in the fits: the scatter of the
+#: true corrections of bright stars about a quadratic in w (0.005-0.007 mag on a realistic
+#: night); without it the few brightest stars set the curve for the whole field
+CORRECTION_FLOOR = 0.005
+#: (px beyond R, contrast): stars with a neighbour brighter than contrast times their flux
+#: within R + px are not used.  A neighbour beyond R + 2 px puts at most ~1 % of its
+#: light into R (Moffat beta = 3, the corners' width), so a tenth of the star's flux is
+#: allowed there; 0.01 everywhere within R + 8 px left ~45 stars, few in the corners.
+ISOLATION = ((2.0, 0.01), (8.0, 0.1))
 
 
 class ApcorrError(ValueError):
@@ -54,8 +76,13 @@ class ApcorrError(ValueError):
 
 
 class Tail(NamedTuple):
-    beta: float    # Moffat exponent of the wings
-    ratio: float   # Moffat alpha / Gaussian width w
+    """Moffat wings as a function of the Gaussian width w: alpha = ratio w0 (w / w0)^power
+    (the S, D, K width of a pixel-integrated star grows more slowly than its wings)."""
+
+    beta: float          # Moffat exponent of the wings
+    ratio: float         # Moffat alpha / Gaussian width at width w0
+    power: float = 1.0   # alpha grows as (w / w0)^power
+    w0: float = 1.0      # px, the reference width
 
 
 def psf_width(s: np.ndarray, d: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -68,8 +95,8 @@ def psf_width(s: np.ndarray, d: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 def moffat_outside(radius: np.ndarray | float, width: np.ndarray, tail: Tail) -> np.ndarray:
     """Fraction of a circular Moffat's light beyond ``radius`` px, for Gaussian widths
-    ``width`` (px): (1 + r² / (ratio w)²)^(1 - beta)."""
-    alpha2 = (tail.ratio * np.asarray(width, float)) ** 2
+    ``width`` (px): (1 + r² / alpha²)^(1 - beta), alpha = ratio w0 (w / w0)^power."""
+    alpha2 = (tail.ratio * tail.w0 * (np.asarray(width, float) / tail.w0) ** tail.power) ** 2
     return (1.0 + np.asarray(radius, float) ** 2 / alpha2) ** (1.0 - tail.beta)
 
 
@@ -89,36 +116,58 @@ def growth_fluxes(photometer: Photometer, image: np.ndarray, x: np.ndarray, y: n
                   radius: float, gain: float, mask: np.ndarray | None = None,
                   sky_method: str = "mode") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fluxes of stars at (x, y) px in the radii ``GROWTH_STEPS`` x ``radius``, with the
-    sky of the annulus from ``radius + 2`` to ``radius + 8`` px, measured by
-    ``photometer`` (:func:`trex.photometry.aperture_photometry`).
+    sky of the annulus ``GROWTH_SKY`` x ``radius`` (clipped as the photometry's; the
+    star's own light there is negligible), measured by ``photometer``
+    (:func:`trex.photometry.aperture_photometry`).
 
     Returns (radii (nradii,) px, flux (nstars, nradii) ADU, snr (nstars,): flux / error
     at R, 0 where any radius is flagged).
     """
     radii = radius * np.asarray(GROWTH_STEPS)
-    res = photometer(image, x, y, radii, (radius + 2.0, radius + 8.0), gain=gain,
+    res = photometer(image, x, y, radii, tuple(radius * np.asarray(GROWTH_SKY)), gain=gain,
                      mask=mask, sky_method=sky_method)
     clean = np.all(res["flag"] == 0, axis=1) & np.all(res["flux"] > 0, axis=1)
     return radii, res["flux"], np.where(clean, res["flux"][:, -1] / res["fluxerr"][:, -1], 0.0)
 
 
+def odd_curves(width: np.ndarray, ratio: np.ndarray, error: np.ndarray, nsigma: float = 5.0,
+               window: int = 9) -> np.ndarray:
+    """True for stars whose curve of growth ``ratio`` (nstars, nradii; e.g. F(r) / F(R))
+    departs by more than ``nsigma`` robust sigmas (of departure / ``error``, (nstars,))
+    from the median curve of the ``window`` stars nearest in width (``width`` (nstars,)
+    px): a satellite trail, a cosmic ray or an uncatalogued neighbour in the radii."""
+    order = np.argsort(width)
+    half = min(window, len(order)) // 2
+    sorted_ratio = ratio[order]
+    padded = np.pad(sorted_ratio, ((half, half), (0, 0)), mode="edge")
+    local = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0),
+                      axis=-1)
+    chi = (sorted_ratio - local) / error[order, None]
+    scale = 1.4826 * np.median(np.abs(chi), axis=0)
+    odd = np.zeros(len(order), bool)
+    odd[order] = np.any(np.abs(chi) > nsigma * np.maximum(scale, 1e-6), axis=1)
+    return odd
+
+
 def fit_tail(radii: np.ndarray, flux: np.ndarray, width: np.ndarray,
              snr: np.ndarray) -> Tail:
-    """Moffat wings of a curve of growth: beta and alpha / w fitted to
-    ``flux / flux[:, -1]`` (stars (nstars,) x radii (nradii,), px and ADU; the last
-    radius is R) as (1 - T(r)) / (1 - T(R)), T = :func:`moffat_outside`; ``width``
-    (nstars,) px, ``snr`` (nstars,) the weights (flux / error in R); soft-L1 loss."""
+    """Moffat wings of a curve of growth: beta, ratio and power of :class:`Tail` (w0 the
+    median width) fitted to ``flux / flux[:, -1]`` (stars (nstars,) x radii (nradii,),
+    px and ADU; the last radius is R) as (1 - T(r)) / (1 - T(R)), T =
+    :func:`moffat_outside`; ``width`` (nstars,) px, ``snr`` (nstars,) the weights (flux /
+    error in R); soft-L1 loss."""
     ratio = flux[:, :-1] / flux[:, -1:]
+    w0 = float(np.median(width))
 
     def residual(p):
-        outside = moffat_outside(radii[None, :], width[:, None], Tail(*p))
+        outside = moffat_outside(radii[None, :], width[:, None], Tail(*p, w0))
         model = (1.0 - outside[:, :-1]) / (1.0 - outside[:, -1:])
         return ((model - ratio) * snr[:, None]).ravel()
 
-    fit = least_squares(residual, x0=(3.0, 2.0), bounds=((BETA_RANGE[0], 0.3),
-                                                          (BETA_RANGE[1], 20.0)),
+    fit = least_squares(residual, x0=(3.0, 2.0, 1.0), bounds=((BETA_RANGE[0], 0.3, 0.25),
+                                                               (BETA_RANGE[1], 20.0, 4.0)),
                         loss="soft_l1", f_scale=3.0)
-    return Tail(*fit.x)
+    return Tail(*fit.x, w0)
 
 
 class Model(NamedTuple):
@@ -164,11 +213,34 @@ def evaluate(model: Model, width: np.ndarray) -> np.ndarray:
     return c0 + c1 * inside + c2 * inside**2 + slope * (width - model.w0 - inside)
 
 
+def growth_stars(photometer: Photometer, image: np.ndarray, x: np.ndarray, y: np.ndarray,
+                 flux: np.ndarray, use: np.ndarray, width: np.ndarray, *, radius: float,
+                 gain: float, mask: np.ndarray | None, max_stars: int, min_snr: float,
+                 sky_method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The stars that measure the curve of growth: of the ``use`` stars (bool (nstars,))
+    not crowded (:data:`ISOLATION`, by the flux in the last aperture), the brightest
+    ``max_stars`` measured in R with S/N >= ``min_snr``, without :func:`odd_curves`.
+    Returns (index (n,), radii (nradii,) px, growth (n, nradii) ADU, snr (n,))."""
+    last = np.where(np.isfinite(flux[:, -1]), flux[:, -1], 0.0)
+    for extra, contrast in ISOLATION:
+        use = use & isolated(x, y, last, radius + extra, contrast)
+    index = np.flatnonzero(use)
+    index = index[np.argsort(-flux[index, -1])[:max_stars]]
+    radii, growth, snr = growth_fluxes(photometer, image, x[index], y[index], radius, gain,
+                                       mask, sky_method)
+    good = snr >= min_snr
+    if good.any():
+        error = np.hypot(1.0 / snr[good], CORRECTION_FLOOR / MAG_ERR_FACTOR)
+        good[good] = ~odd_curves(width[index[good]], growth[good, :-1] / growth[good, -1:],
+                                 error)
+    return index[good], radii, growth[good], snr[good]
+
+
 def frame_corrections(photometer: Photometer, image: np.ndarray, x: np.ndarray,
                       y: np.ndarray, flux: np.ndarray, ok: np.ndarray, width: np.ndarray, *,
                       radius: float, gain: float, mask: np.ndarray | None = None,
                       max_stars: int = 400, min_stars: int = 20, min_snr: float = 30.0,
-                      contrast: float = 0.01, sky_method: str = "mode") -> tuple[np.ndarray, dict]:
+                      sky_method: str = "mode") -> tuple[np.ndarray, dict]:
     """Aperture corrections of every star of one frame (see the module docstring).
 
     Parameters
@@ -185,28 +257,23 @@ def frame_corrections(photometer: Photometer, image: np.ndarray, x: np.ndarray,
     max_stars : the brightest this many usable stars measure the curve.
     min_stars : fewer usable stars raise :class:`ApcorrError`.
     min_snr : stars measured in R with a lower signal-to-noise ratio are not used.
-    contrast : a star is used only without a neighbour brighter than this
-        times its flux within R + 8 px.
 
     Returns
     -------
     (apc (nstars, napertures) mag to add to the aperture magnitudes, <= 0 for
     light lost; NaN where ``width`` is not finite, info dict: ``nstars``
-    used, ``beta``, ``ratio`` of the tail, ``tail`` median light beyond R).
+    used, ``beta``, ``ratio``, ``fit`` (the :class:`Tail`) of the wings, ``tail``
+    median light beyond R).
     """
     flux = np.asarray(flux, float)
     width = np.asarray(width, float)
     ny, nx = image.shape
-    edge = radius + 8.0
+    edge = GROWTH_SKY[1] * radius
     use = (np.asarray(ok, bool) & np.isfinite(width) & np.all(flux > 0, axis=1)
            & (x >= edge) & (x <= nx - 1 - edge) & (y >= edge) & (y <= ny - 1 - edge))
-    use &= isolated(x, y, np.where(np.isfinite(flux[:, -1]), flux[:, -1], 0.0), edge, contrast)
-    index = np.flatnonzero(use)
-    index = index[np.argsort(-flux[index, -1])[:max_stars]]
-    radii, growth, snr = growth_fluxes(photometer, image, x[index], y[index], radius, gain,
-                                       mask, sky_method)
-    good = snr >= min_snr
-    index, growth, snr = index[good], growth[good], snr[good]
+    index, radii, growth, snr = growth_stars(
+        photometer, image, x, y, flux, use, width, radius=radius, gain=gain, mask=mask,
+        max_stars=max_stars, min_snr=min_snr, sky_method=sky_method)
     if len(index) < min_stars:
         raise ApcorrError(f"{len(index)} bright isolated stars for the curve of growth, "
                           f"need {min_stars}")
@@ -214,8 +281,8 @@ def frame_corrections(photometer: Photometer, image: np.ndarray, x: np.ndarray,
     beyond = moffat_outside(radius, width[index], tail)
     total = growth[:, -1] / (1.0 - beyond)
     measured = 2.5 * np.log10(flux[index] / total[:, None])
-    model = fit_model(width[index], measured, MAG_ERR_FACTOR / snr)
-    info = {"nstars": len(index), "beta": tail.beta, "ratio": tail.ratio,
+    model = fit_model(width[index], measured, np.hypot(MAG_ERR_FACTOR / snr, CORRECTION_FLOOR))
+    info = {"nstars": len(index), "beta": tail.beta, "ratio": tail.ratio, "fit": tail,
             "tail": float(np.median(beyond))}
     return evaluate(model, width), info
 

@@ -253,7 +253,7 @@ class PhotometrySection:
     apcorr_radius: float = _opt(
         8.0, "aperture corrections (the light outside each aperture, applied to arm): the curve "
              "of growth of bright isolated stars is measured out to this radius, px (sky from "
-             "radius+2 to radius+8 px; the light beyond from a fitted Moffat); 0: off")
+             "2.5 to 3.75 times the radius; the light beyond from a fitted Moffat); 0: off")
     apcorr_min_snr: float = _opt(30.0, "aperture corrections: stars measured in apcorr_radius "
                                        "with a lower signal-to-noise ratio are not used")
 
@@ -262,8 +262,9 @@ class PhotometrySection:
 class MagfitSection:
     order: int = _opt(2, "order of the 2-D polynomial in x, y of the magnitude fit",
                       _range(0, 6, integer=True))
-    clip_sigma: float = _opt(3.0, "clipping threshold of the magnitude fit", POSITIVE)
-    clip_iters: int = _opt(3, "clipping iterations of the magnitude fit", _range(0, integer=True))
+    clip_sigma: float = _opt(3.0, "clipping threshold of the magnitude fit: stars beyond it are "
+                                  "weighted down smoothly, to zero at 3 times it", POSITIVE)
+    clip_iters: int = _opt(3, "reweighting iterations of the magnitude fit", _range(0, integer=True))
     min_error: float = _opt(5e-3, "magnitude errors below this are raised to it for the weights, mag "
                                   "(a systematic floor, so that a few bright stars cannot dominate)",
         NONNEGATIVE)

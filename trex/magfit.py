@@ -5,7 +5,9 @@ The fits are pure array code (numpy, no I/O).  The recipe, as in HATpipe:
 1. Single-reference pass: for each frame, :func:`fit_frame` fits the
    difference ``mag - ref_mag`` (frame minus a chosen reference frame) as a
    2-D polynomial in (x, y) plus linear terms in catalog magnitude and colour,
-   weighted by the errors, with iterative clipping, on good-flag stars only;
+   weighted by the errors, outliers weighted down smoothly (:func:`clip_weight`:
+   a hard clip let one star's transit flip another across the threshold), on
+   good-flag stars only;
    the frame's fitted magnitudes are ``mag - correction``.  Here ``mag`` and
    ``ref_mag`` are aperture-corrected, ``aim + apc`` (:mod:`trex.apcorr`:
    the light outside the aperture, which grows towards the corners where
@@ -14,7 +16,10 @@ The fits are pure array code (numpy, no I/O).  The recipe, as in HATpipe:
 2. :func:`master_reference` streams over the single-fitted frames and gives
    each star's clipped mean magnitude; memory is O(nstars) whatever the
    number of frames (one pass over the frames per clipping iteration).  The
-   per-frame noise of the corrections averages out here.
+   mean over the frames of the single fits' polynomials in (x, y)
+   (:func:`mean_pattern`) is added, so that the master is on the mean frame's
+   system, not the reference frame's: the per-frame errors of the corrections
+   (and the reference's own cloud pattern) average out here.
 3. Master-reference pass: :func:`fit_frame` again, of ``aim`` (not
    corrected: the polynomial carries each frame's light loss over to the
    master's system, and no per-frame noise of the corrections enters a light
@@ -74,6 +79,10 @@ log = logging.getLogger(__name__)
 
 #: default floor of the magnitude errors in the weights (``[magfit] min_error``)
 MIN_ERROR = MagfitSection().min_error
+#: a star's weight in the frame fit falls from 1 at ``clip_sigma`` robust sigmas to 0 at
+#: this many times that: hard clipping let a star's transit flip a bright edge star
+#: across the threshold and move a corner star's fit by 2-4 mmag (tests/test_signals.py)
+CLIP_TAPER = 3.0
 #: fewest frames of a star in the master reference (fewer: NaN for that star)
 MASTER_FRAMES = 3
 
@@ -137,15 +146,17 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
     catmag, color : catalog magnitude and colour (None: no such term).
     order : total degree of the polynomial in (x, y).
     clip_sigma, clip_iters : stars whose residual exceeds clip_sigma times the
-        robust scatter (1.4826 MAD) of residual/error are dropped, and the fit
-        repeated, up to clip_iters times.
+        robust scatter (1.4826 MAD) of residual/error are weighted down, to zero
+        at ``CLIP_TAPER`` times that (:func:`clip_weight`), and the fit repeated
+        clip_iters times.  The weights change smoothly with the residuals, so a
+        small change of one star (a transit) never moves the fit by a jump.
     extent : (xmin, xmax, ymin, ymax) px for the coordinate scaling
         (default: the stars used).
     min_error : errors below it are raised to it in the weights, mag.
     leave_one_out : each star kept in the fit gets the correction of the fit
         without it (exact deletion formula, no refit), so that a star's own
         signal (a transit, an eclipse) never drives its own correction; stars
-        left out (flags, clipping) get the fit's value, which does not use them.
+        left out (flags, zero weight) get the fit's value, which does not use them.
     local_scale : > 0: add to every star's correction the Gaussian-weighted
         (sigma ``local_scale`` px) mean residual of the kept stars around it,
         itself excluded (:func:`local_residual`): follows structure finer
@@ -170,35 +181,44 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
     design = design_matrix(x, y, catmag, color, params)
     diff = mag - ref_mag
     weight = 1.0 / np.maximum(magerr, min_error)
+    usable, down = use, np.ones(len(mag))      # down: each star's robust weight factor
     for iteration in range(clip_iters + 1):
-        coef = np.linalg.lstsq(design[use] * weight[use, None], diff[use] * weight[use],
-                               rcond=None)[0]
+        w = weight * np.sqrt(down)
+        coef = np.linalg.lstsq(design[use] * w[use, None], diff[use] * w[use], rcond=None)[0]
         if iteration == clip_iters:
             break
         chi = (diff - design @ coef) * weight
         if local_scale > 0:   # judge stars against the local structure, not the polynomial
-            kept = Deletion(np.flatnonzero(use), chi[use] / weight[use], weight[use], None)
+            kept = Deletion(np.flatnonzero(use), chi[use] / weight[use], w[use], None)
             chi -= local_residual(x, y, kept, local_scale, leave_one_out=False) * weight
-        scale = 1.4826 * np.median(np.abs(chi[use] - np.median(chi[use])))
-        keep = use & (np.abs(chi) <= clip_sigma * scale)
-        if scale == 0 or keep.sum() == use.sum() or keep.sum() < 2 * nterms:
+        scale = 1.4826 * np.median(np.abs(chi[usable] - np.median(chi[usable])))
+        new = np.where(usable, clip_weight(np.abs(chi) / (clip_sigma * scale)), 0.0) if scale > 0 \
+            else down
+        if np.count_nonzero(usable & (new > 0)) < 2 * nterms:
             break
-        use = keep
+        down, use = new, usable & (new > 0)
     model = design @ coef
     residual = (diff - model)[use]
-    w2 = weight[use] ** 2
+    w2 = w[use] ** 2
     params["coef"] = coef
     params["terms"] = [f"x^{i} y^{j}" for i, j in polynomial_terms(order)] + (
         ["catmag"] if catmag is not None else []) + (["color"] if color is not None else [])
     if leave_one_out or local_scale > 0:
-        fitted = Deletion(np.flatnonzero(use), residual, weight[use],
-                          np.linalg.qr(design[use] * weight[use, None])[0])
+        fitted = Deletion(np.flatnonzero(use), residual, w[use],
+                          np.linalg.qr(design[use] * w[use, None])[0])
         if leave_one_out:
             model[use] -= residual * fitted.factor
         if local_scale > 0:
             model += local_residual(x, y, fitted, local_scale, leave_one_out)
     return FrameFit(model, params, float(np.sqrt(np.sum(w2 * residual**2) / w2.sum())),
                     int(use.sum()))
+
+
+def clip_weight(t: np.ndarray) -> np.ndarray:
+    """Robust weight factor of residuals ``t`` in units of the clipping threshold: 1 up
+    to 1, falling smoothly, (1 - ((t - 1) / (CLIP_TAPER - 1))^2)^2, to 0 at CLIP_TAPER."""
+    u = np.clip((np.asarray(t, float) - 1.0) / (CLIP_TAPER - 1.0), 0.0, 1.0)
+    return (1.0 - u * u) ** 2
 
 
 class Deletion(NamedTuple):
@@ -324,14 +344,16 @@ def corrected(table: np.ndarray, aperture: int) -> np.ndarray:
 
 
 def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
-           apcorr: bool = True) -> np.ndarray:
+           apcorr: bool = True, pattern: bool = False):
     """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
     ``ref_mag`` (ncatalog, napertures): of ``aim + apc`` with ``apcorr``, else of
     ``aim`` (the polynomial then takes the frame's light loss onto the reference's
-    system).  Raises :class:`MagfitError` naming the aperture when a fit has too
+    system).  With ``pattern``, also the fits' :func:`spatial_pattern` at the stars
+    (same shape).  Raises :class:`MagfitError` naming the aperture when a fit has too
     few usable stars."""
     napertures = ref_mag.shape[1]
     out = np.full((len(table), napertures), np.nan)
+    shape = np.full((len(table), napertures), np.nan)
     catmag = np.asarray(catalog["mag"], float)[table["star"]]
     color = np.asarray(catalog["color"], float)[table["star"]]
     color = color if np.isfinite(color).sum() > 0.5 * len(color) else None
@@ -347,7 +369,14 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
         except MagfitError as err:
             raise MagfitError(f"aperture {a}: {err}") from None
         out[:, a] = mag - fit.correction
-    return out
+        shape[:, a] = spatial_pattern(fit.params, table["xcc"], table["ycc"])
+    return (out, shape) if pattern else out
+
+
+def spatial_pattern(params: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A fit's polynomial in (x, y) px without its constant term, at (x, y): mag (nstars,)."""
+    nxy = len(polynomial_terms(params["order"]))
+    return design_matrix(x, y, None, None, params)[:, 1:] @ params["coef"][1:nxy]
 
 
 def _expand(table: np.ndarray, values: np.ndarray, ncatalog: int) -> np.ndarray:
@@ -398,6 +427,20 @@ def _reference_mags(path: str, napertures: int, ncatalog: int) -> np.ndarray:
     return _expand(ref, good, ncatalog)
 
 
+def mean_pattern(patterns: Iterable[np.ndarray]) -> np.ndarray:
+    """Each star's mean over the frames of the single fits' :func:`spatial_pattern`
+    (each (ncatalog,), NaN where the star is off the frame), streamed.  Added to the
+    clipped mean, it moves the master from the reference frame's system to the mean
+    frame's: the reference's own correction errors and cloud pattern average out."""
+    total = count = 0.0
+    for shape in patterns:
+        ok = np.isfinite(shape)
+        total = total + np.where(ok, shape, 0.0)
+        count = count + ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
 class SingleFits(Phase):
     """Step 1 for the groups without a master (or all, when the references are rebuilt)."""
 
@@ -424,13 +467,13 @@ class SingleFits(Phase):
                                   len(catalog))
         table = load_product(root / item.redpath, "aphot")
         try:
-            fitted = _expand(table, fit_to(table, ref_mag, catalog, context.config), len(catalog))
+            fitted, shape = fit_to(table, ref_mag, catalog, context.config, pattern=True)
         except MagfitError as err:  # this frame is left out of the master
             log.info("magfit: frame %d left out of the master: %s", item.framekey, err)
             return None
         scratch = _scratch(context.project, *item.group)
         with atomic_write(scratch / f"{item.framekey}.npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, fitted)
+            np.save(fh, np.stack([_expand(table, v, len(catalog)) for v in (fitted, shape)]))
         return None
 
     def label(self, item: SingleFit) -> str:
@@ -462,10 +505,11 @@ class Masters(Phase):
         master = np.full((len(catalog), napertures), np.nan)
         for a in range(napertures):
             def passes(a=a):
-                return ((m[:, a], np.isfinite(m[:, a])) for m in
+                return ((m[0, :, a], np.isfinite(m[0, :, a])) for m in
                         (np.load(f, mmap_mode="r") for f in files))
             master[:, a] = master_reference(passes, len(catalog), config.magfit.clip_sigma,
                                             config.magfit.clip_iters, MASTER_FRAMES)[0]
+            master[:, a] += mean_pattern(np.load(f, mmap_mode="r")[1, :, a] for f in files)
         with atomic_write(master_path(project, *group)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, master)
         shutil.rmtree(scratch, ignore_errors=True)

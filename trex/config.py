@@ -270,10 +270,12 @@ class MagfitSection:
         NONNEGATIVE)
     bright_mag: float = _opt(8.0, "brightest catalog magnitude used in the fit")
     faint_mag: float = _opt(12.0, "faintest catalog magnitude used in the fit")
-    local_scale: float = _opt(0.0, "px: each star's correction adds the mean fit residual of the "
-                                   "fitted stars around it (Gaussian sigma; itself excluded; stars "
-                                   "are clipped against it), for structure finer than the "
-                                   "polynomial such as thin clouds; 0: off", NONNEGATIVE)
+    local_scale: float = _opt(30.0, "px: each star's correction adds the mean fit residual of the "
+                                    "fitted stars around it (Gaussian sigma; itself and stars within "
+                                    "15 px excluded), shrunk by the residual structure's "
+                                    "share of its variance (none on a clear sky), for structure "
+                                    "finer than the polynomial such as thin clouds; 0: off",
+                              NONNEGATIVE)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ MIN_ERROR = MagfitSection().min_error
 CLIP_TAPER = 2.0
 #: fewest frames of a star in the master reference (fewer: NaN for that star)
 MASTER_FRAMES = 3
+#: px: neighbours this close never enter a star's local term (their apertures and sky
+#: annuli hold some of its light, hence of its transit)
+LOCAL_EXCLUSION = 15.0
 
 
 class MagfitError(ValueError):
@@ -161,8 +164,9 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
         left out (flags, zero weight) get the fit's value, which does not use them.
     local_scale : > 0: add to every star's correction the Gaussian-weighted
         (sigma ``local_scale`` px) mean residual of the kept stars around it,
-        itself excluded (:func:`local_residual`): follows structure finer
-        than the polynomial (thin clouds, vignetting); 0: off.
+        itself excluded, shrunk by the structure's share of its variance
+        (:func:`local_residual`): follows structure finer than the polynomial
+        (thin clouds, vignetting); 0: off.
 
     Returns
     -------
@@ -189,10 +193,9 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
         coef = np.linalg.lstsq(design[use] * w[use, None], diff[use] * w[use], rcond=None)[0]
         if iteration == clip_iters:
             break
+        # judged against the polynomial only: clipping against the local term would let a
+        # star's own transit choose which of its neighbours enter its correction
         chi = (diff - design @ coef) * weight
-        if local_scale > 0:   # judge stars against the local structure, not the polynomial
-            kept = Deletion(np.flatnonzero(use), chi[use] / weight[use], w[use], None)
-            chi -= local_residual(x, y, kept, local_scale, leave_one_out=False) * weight
         scale = 1.4826 * np.median(np.abs(chi[usable] - np.median(chi[usable])))
         new = np.where(usable, clip_weight(np.abs(chi) / (clip_sigma * scale)), 0.0) if scale > 0 \
             else down
@@ -253,33 +256,74 @@ class Deletion(NamedTuple):
 
 def local_residual(x: np.ndarray, y: np.ndarray, fitted: Deletion, scale: float,
                    leave_one_out: bool = True) -> np.ndarray:
-    """Each star's weighted mean of the residuals of the kept stars near it, itself left out.
+    """Each star's estimate of the fit residual at its place from the kept stars near it,
+    itself left out.
 
     ``x``, ``y`` (nstars,) px of every star; ``fitted`` the kept stars' fit.
-    Neighbours within 3 ``scale`` px count with ``weight^2 exp(-d^2 / 2
-    scale^2)``; the sum of weights is padded with the median weight^2, so
-    that a star with few neighbours keeps most of the polynomial's value.
-    With ``leave_one_out`` a kept star sees its neighbours' residuals from the
-    fit without it, so that its own signal reaches its correction neither
-    directly nor through the polynomial.  Returns (nstars,) mag.
+    Neighbours from ``LOCAL_EXCLUSION`` to 3 ``scale`` px count with ``weight^2 g``, ``g = exp(-d^2
+    / 2 scale^2)``.  Their weighted mean is shrunk towards 0 (the polynomial)
+    by ``S / (S + N)`` (:func:`structure_variance`): ``S`` the variance of the
+    residual structure common to neighbours, ``N`` the noise variance of the
+    star's mean; with no structure (a clear sky) the term adds no noise, and a
+    star with few neighbours keeps most of the polynomial's value.  With
+    ``leave_one_out`` a kept star sees its neighbours' residuals from the fit
+    without it, so that its own signal reaches its correction neither directly
+    nor through the polynomial.  Returns (nstars,) mag.
     """
     kept = fitted.kept
     everyone = cKDTree(np.column_stack([x, y]))
     near = cKDTree(np.column_stack([x[kept], y[kept]]))
     pairs = everyone.sparse_distance_matrix(near, 3.0 * scale, output_type="ndarray")
     star, other, dist = pairs["i"], pairs["j"], pairs["v"]
-    apart = star != kept[other]                 # never the star itself
+    apart = dist >= LOCAL_EXCLUSION             # never the star itself nor its blends
     star, other, dist = star[apart], other[apart], dist[apart]
+    g = np.exp(-0.5 * (dist / scale) ** 2)
+    position = np.full(x.size, -1)
+    position[kept] = np.arange(kept.size)
+    structure, noise_scale = structure_variance(fitted, position[star], other, g, x.size)
     residual = fitted.residual[other]
     if leave_one_out:
-        position = np.full(x.size, -1)
-        position[kept] = np.arange(kept.size)
         own = position[star] >= 0
         residual[own] += fitted.shift(position[star[own]], other[own])
     w2 = fitted.weight**2
-    k = w2[other] * np.exp(-0.5 * (dist / scale) ** 2)
-    total = np.bincount(star, k, minlength=x.size) + np.median(w2)
-    return np.bincount(star, k * residual, minlength=x.size) / total
+    k = w2[other] * g
+    total = np.bincount(star, k, minlength=x.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(star, k * residual, minlength=x.size) / total
+        noise = noise_scale * np.bincount(star, w2[other] * g * g, minlength=x.size) / total**2
+        shrink = structure / (structure + noise)
+    return np.where(total > 0, shrink * mean, 0.0)
+
+
+def structure_variance(fitted: Deletion, star: np.ndarray, other: np.ndarray,
+                       g: np.ndarray, nstars: int) -> tuple[np.ndarray, np.ndarray]:
+    """(S, c), each (nstars,), for every star from the kept stars other than itself.
+
+    ``S`` mag^2: the covariance of the residuals of neighbouring kept stars (the
+    structure they share, such as clouds; their noise is independent and averages
+    out), the ``g``-weighted mean of ``e_i e_j`` over the pairs of kept stars
+    (``star``: position of the pair's first star among the kept, -1 if not kept;
+    ``other``: the second's; each pair listed both ways), >= 0.  ``c``: the scale of
+    the squared errors ``1 / weight^2`` that gives the residuals' variance less
+    ``S``, >= 1 (errors are not trusted below their stated size).  A kept star's own
+    residual (its transit) is left out of both, so that it cannot move its correction.
+    """
+    pair = star >= 0
+    p, q, gp = star[pair], other[pair], g[pair]
+    e, w2 = fitted.residual, fitted.weight**2
+    nkept = e.size
+    own_sum = np.bincount(p, gp * e[q], minlength=nkept) * e    # sum over a star's pairs
+    own_g = np.bincount(p, gp, minlength=nkept)
+    total, gsum = np.sum(gp * e[p] * e[q]), np.sum(gp)
+    structure = np.full(nstars, max(total / gsum, 0.0) if gsum > 0 else 0.0)
+    chi2, w2sum = np.sum(e * e * w2), np.sum(w2)
+    scale = np.full(nstars, (chi2 - structure[0] * w2sum) / nkept)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alone = (total - 2 * own_sum) / (gsum - 2 * own_g)
+    alone = np.maximum(np.where(np.isfinite(alone), alone, 0.0), 0.0)
+    structure[fitted.kept] = alone
+    scale[fitted.kept] = (chi2 - e * e * w2 - alone * (w2sum - w2)) / max(nkept - 1, 1)
+    return structure, np.maximum(scale, 1.0)
 
 
 def master_reference(frames: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],

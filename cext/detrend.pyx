@@ -13,6 +13,8 @@ upper median of an even window), and the least-squares fit (Householder QR) is
 repeated with points beyond ``clip`` robust sigmas of the raw residuals left
 out, at most ``iters`` times.  ``masked_fits`` is the TFA fit of the series
 that leave frames out, each on its own frames against one design.
+``own_signals`` (``detrend_signal.pxi``) finds each star's own slow signal, which
+the fits are kept from (``trex/protect.py``).
 """
 from libc.math cimport sqrt, fabs, isfinite, NAN, copysign
 from libc.stdlib cimport malloc, free
@@ -489,3 +491,6 @@ def sustained_outliers(const double[:, ::1] resid, Py_ssize_t window, double cli
     finally:
         free(value)
         free(hits)
+
+
+include "detrend_signal.pxi"

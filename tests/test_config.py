@@ -86,6 +86,7 @@ def test_build_config_merges_over_base():
     ('[header]\nexptime = ""\n', r'exptime = "": allowed: a FITS keyword name'),
     ('[database]\nurl = "mysql://x"\n', r"url = \"mysql://x\": allowed: empty .* sqlite:///path"),
     ("[magfit]\nbright_mag = 12.5\n", r"bright_mag = 12.5 must be below faint_mag = 12"),
+    ("[detrend]\nsignal_clip = 1.0\n", r"signal_extend = 1.5 must not exceed signal_clip = 1"),
 ])
 def test_values_outside_their_choices_and_ranges_are_errors(tmp_path, text, message):
     path = tmp_path / "trex.toml"

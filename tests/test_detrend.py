@@ -157,8 +157,10 @@ def test_exclusion_radius_and_identity():
 # -- the project-level pass ---------------------------------------------------------------
 
 def write_project(root, nstars: int = 60, nframes: int = 240, seed: int = 5,
-                  transit_star: int = 7):
-    """A project with ``nstars`` light curves carrying an S trend and a common trend."""
+                  transit_star: int = 7, eclipse: tuple[int, float] | None = None):
+    """A project with ``nstars`` light curves carrying an S trend and a common trend;
+    star ``transit_star`` has a 1.5 % transit at frame 150, star ``eclipse[0]`` an
+    eclipse ``eclipse[1]`` mag deep over the second half of the night."""
     rng = np.random.default_rng(seed)
     config = Config()  # the default EPD parameter set
     project = init_project(root, config)
@@ -181,6 +183,8 @@ def write_project(root, nstars: int = 60, nframes: int = 240, seed: int = 5,
         mag0 = 9.5 + 3.5 * i / nstars
         sigma = 0.002 * 10 ** (0.2 * (mag0 - 9.5))
         signal = box_transit(rjd, rjd[150], 0.05, 0.015) if i == transit_star else 0.0
+        if eclipse is not None and i == eclipse[0]:
+            signal = np.where(np.arange(nframes) >= nframes // 2, eclipse[1], 0.0)
         for a in range(naper):
             noise = rng.normal(0, sigma, nframes)
             base = mag0 + 0.3 * (s - 0.35) + common + signal
@@ -303,6 +307,28 @@ def test_short_nights_are_detrended_with_fewer_parameters(tmp_path, nframes, tie
         assert np.isfinite(rows["atf_001"][good]).all() and np.all(rows["adq_001"][good] == 0)
         ratios.append(np.std(rows["atf_001"]) / sigma)
     # the S trend (0.3 x 0.04 mag) and the common trend (0.02 mag) are taken out
+    assert np.median(ratios) < 1.5, np.median(ratios)
+
+
+def test_a_long_deep_eclipse_survives_detrending(tmp_path):
+    """A 0.2 mag eclipse over the second half of a 40-frame night keeps its depth in
+    aep/atf/iep/itf while the S and common trends of the constant stars are removed.
+    Before the signal protection (trex.protect) EPD and TFA fitted half of it away:
+    depth kept 0.52 (aep), 0.54 (atf), 0.43 (iep), 0.45 (itf), against 0.97 in arm."""
+    depth = 0.2
+    project, config, truth = write_project(tmp_path / "p", nstars=40, nframes=40,
+                                           transit_star=-1, eclipse=(30, depth))
+    run_stages(project, ["detrend"])
+    ratios = []
+    for oid, (sigma, signal) in truth.items():
+        rows, _ = lcformat.read_rows(project.lc("7") / f"{oid}.fits")
+        if oid == "TRX-0030":
+            inside = np.asarray(signal) > 0
+            for col in ("atf_001", "itf_001", "aep_001", "iep_001"):
+                got = np.median(rows[col][inside]) - np.median(rows[col][~inside])
+                assert got == pytest.approx(depth, rel=0.1), (col, got)
+        else:
+            ratios.append(np.std(rows["atf_001"]) / sigma)
     assert np.median(ratios) < 1.5, np.median(ratios)
 
 
@@ -479,3 +505,69 @@ def test_per_star_medians_of_concatenated_rows_equal_numpy():
         want = [np.nanmedian(values[a:b]) if b > a else np.nan
                 for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     np.testing.assert_array_equal(stars.medians(values), want)
+
+
+def reference_own_signal(mags, window, clip, extend):
+    """trex.protect.own_signal of one star written with numpy and scipy."""
+    from scipy.ndimage import label, median_filter
+
+    out = np.zeros(len(mags))
+    good = np.isfinite(mags)
+    v = mags[good]
+    h = (min(window, len(v)) - 1) // 2
+    if h < 1:
+        return out
+    d = np.diff(v)
+    points = np.array([min(i + h + 1, len(v)) - max(i - h, 0) for i in range(len(v))])
+    sigma = 1.2533 * 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2 * points)
+    smooth = np.array([np.median(v[max(i - h, 0):i + h + 1]) for i in range(len(v))])
+    half = len(v) // 2 + 1
+    ordered = np.sort(smooth)
+    j = np.argmin(ordered[half - 1:] - ordered[:len(v) - half + 1])
+    dev = smooth - 0.5 * (ordered[j] + ordered[j + half - 1])
+    runs, _ = label(np.abs(dev) > extend * sigma)
+    cores = np.unique(runs[np.abs(dev) > clip * sigma])
+    edged = median_filter(v, size=2 * h + 1, mode="nearest") - (smooth - dev)
+    out[good] = np.where(np.isin(runs, cores[cores > 0]), edged, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("window", [3, 5, 13])
+def test_own_signals_kernel_equals_a_numpy_reference(window):
+    from trex.protect import own_signal
+
+    rng = np.random.default_rng(window)
+    stars = []
+    for n in rng.integers(0, 80, 150):
+        mags = 12 + rng.normal(0, 0.01, n)
+        if n and rng.random() < 0.5:  # an eclipse, a ramp or a step somewhere
+            start = rng.integers(0, n)
+            mags[start:start + rng.integers(1, n + 1)] += rng.choice([0.05, -0.03, 0.2])
+        mags[rng.random(n) < 0.1] = np.nan
+        stars.append(mags)
+    mags = np.concatenate(stars)
+    offsets = np.r_[0, np.cumsum([len(m) for m in stars])]
+    got = own_signal(mags, offsets, window, 5.0, 1.5)
+    found = 0
+    for s, m in enumerate(stars):
+        want = reference_own_signal(m, window, 5.0, 1.5)
+        np.testing.assert_array_equal(got[offsets[s]:offsets[s + 1]], want)
+        found += want.any()
+    assert 20 < found < len(stars)  # both kinds of stars are exercised
+
+
+def test_own_signal_finds_a_long_eclipse_and_not_noise():
+    from trex.protect import own_signal
+
+    rng = np.random.default_rng(21)
+    n, sigma, depth = 40, 0.01, 0.1
+    noise = rng.normal(0, sigma, (300, n))
+    eclipse = np.zeros(n)
+    eclipse[:26] = depth  # most of the night: its level is the eclipse, the rest departs
+    mags = 12 + noise + np.vstack([np.tile(eclipse, (100, 1)), np.zeros((200, n))])
+    offsets = np.arange(301) * n
+    own = own_signal(mags.ravel(), offsets, 13, 5.0, 1.5).reshape(300, n)
+    assert (own[100:] != 0).any(axis=1).mean() < 0.02  # white noise: hardly ever
+    step = own[:100, 30:].mean(axis=1) - own[:100, :20].mean(axis=1)  # well inside each part
+    assert np.median(step) == pytest.approx(-depth, rel=0.1)
+    assert (own[:100] != 0).any(axis=1).mean() > 0.95

@@ -326,6 +326,13 @@ class DetrendSection:
                               _epd_names)
     epd_smooth: int = _opt(21, "median filter width applied before the EPD fit, points "
                                "(at most a third of a night's frames)", COUNT)
+    signal_clip: float = _opt(5.0, "a star's running median over the EPD smoothing window (less the "
+                                   "trend the TFA templates share) departing from its level by more "
+                                   "than this many sigma of its point-to-point noise is its own "
+                                   "signal: EPD and TFA are fitted without it, it is kept (0: off)",
+                              NONNEGATIVE)
+    signal_extend: float = _opt(1.5, "the own signal reaches out to where that departure falls "
+                                     "below this many sigma (at most signal_clip)", NONNEGATIVE)
     tfa_templates: int = _opt(0, "number of TFA templates (0: chosen from the number of frames)",
                               _range(0, integer=True))
     tfa_exclusion_radius: float = _opt(20.0, "templates closer than this to the target are excluded, px",
@@ -441,6 +448,9 @@ def _check_allowed(section: Any, key: str, value: Any, where: str) -> None:
 
 def _check_together(name: str, section: Any, source: str) -> None:
     """Rules between two settings of one section."""
+    if name == "detrend" and section.signal_extend > section.signal_clip > 0:
+        raise ConfigError(f"{source}: [detrend] signal_extend = {section.signal_extend:g} must not "
+                          f"exceed signal_clip = {section.signal_clip:g}")
     if name == "magfit" and not section.bright_mag < section.faint_mag:
         raise ConfigError(f"{source}: [magfit] bright_mag = {section.bright_mag:g} must be below "
                           f"faint_mag = {section.faint_mag:g}")

@@ -14,6 +14,10 @@ input column (``arm_NNN`` -> ``aep_NNN``, ``atf_NNN``; ``irm_NNN`` ->
    TFA again (so a common trend does not bias EPD and EPD's clipping finds
    transits).
 
+Every fit is made to the magnitudes minus the star's own slow signal of the night
+(:mod:`trex.protect`: an eclipse or other variation longer than the EPD smoothing
+window that the templates do not share), and the signal is left in the results.
+
 ``adq_NNN`` / ``idq_NNN`` say what happened to each row: 0 detrended,
 ``NOT_FITTED`` when the input was measured but could not be detrended
 (too few points that night, no template), ``MISSING`` when there was
@@ -52,6 +56,7 @@ from trex.frame import Context
 from trex.lcstats import columns_of, lcstats_rows, night_index, robust_stats
 from trex.phase import Phase
 from trex.project import Project
+from trex.protect import night_signal
 from trex.templates import (
     Templates,
     choose_templates,
@@ -103,6 +108,8 @@ class NightTrend:
     lst: np.ndarray               # (nf,) local sidereal time, rad
     lcs: dict                     # column -> (EPD lcs (nt, nf), xy (nt, 2), objectids (nt,))
     epd: dict                     # column kind "a"/"i" -> EPDPlan or None
+    raw: dict = dataclasses.field(default_factory=dict)  # column -> the same templates' input
+                                                         # magnitudes (nt, nf)
 
     def positions(self, framekeys: np.ndarray) -> np.ndarray:
         """Grid index of each frame key (-1 where not on the grid)."""
@@ -184,6 +191,7 @@ def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.nd
                        for o in cands["objectid"]], dtype=bool)
         pick = grid_pick(cands["x"], cands["y"], np.where(ok, cands["score"], np.nan), wanted)
         lcs = np.full((len(pick), len(framekeys)), np.nan)
+        raw = np.full((len(pick), len(framekeys)), np.nan)
         for j, cand in enumerate(cands[pick]):
             rows, ra, dec = rows_of[cand["objectid"]]
             at = trend.positions(rows["framekey"])
@@ -192,9 +200,11 @@ def night_trend(interval: tuple[float, float], framekeys: np.ndarray, rjd: np.nd
             params = None if plan is None else _epd_parameters(
                 rows[keep], np.full(n, ra), np.full(n, dec), lst[at[keep]], config, plan)
             lcs[j, at[keep]] = _epd_values(params, np.array([0, n]), rows[col][keep], plan)
+            raw[j, at[keep]] = rows[col][keep]
         good = np.isfinite(lcs).sum(axis=1) >= 0.5 * len(framekeys)
         trend.lcs[col] = (lcs[good], np.column_stack([cands["x"][pick], cands["y"][pick]])[good],
                           cands["objectid"][pick][good])
+        trend.raw[col] = raw[good]
     return trend
 
 
@@ -269,18 +279,24 @@ def _detrend_column(rows: np.ndarray, stars: _Stars, col: str, mags: np.ndarray,
     """EPD, TFA, one backfitting step (EPD again with the TFA trend taken out first),
     TFA again, of input column ``col`` (magnitudes ``mags``, EPD parameters ``params``
     (N, p)) of a night's rows; each result goes through its output column (float32)
-    exactly as it is stored."""
+    exactly as it is stored.  Every fit is made without the star's own slow signal
+    (:func:`trex.protect.night_signal`), which is left in the results."""
     ep, tf, _ = outputs(col)
-    plan = trend.epd[col[0]]
+    plan, det = trend.epd[col[0]], config.detrend
     lcs, txy, tids = trend.lcs.get(col, (np.zeros((0, stars.nf)), np.zeros((0, 2)), np.zeros(0)))
-    excluded = exclusion(xy, txy, config.detrend.tfa_exclusion_radius, ids, tids)
-    rows[ep] = _epd_values(params, stars.offsets, mags, plan)
+    excluded = exclusion(xy, txy, det.tfa_exclusion_radius, ids, tids)
+    own = (night_signal(stars, mags, trend.raw.get(col, lcs[:0]), excluded, plan.smooth,
+                        det.signal_clip, det.signal_extend)
+           if det.signal_clip > 0 else np.zeros(len(mags)))
+    grid_own = np.nan_to_num(stars.on_grid(own))
+    rows[ep] = _epd_values(params, stars.offsets, mags - own, plan) + own
     first = rows[ep].astype(np.float64)
-    drift = first - stars.of_rows(_tfa(stars.on_grid(first), lcs, excluded))
+    drift = first - stars.of_rows(_tfa(stars.on_grid(first), lcs, excluded, grid_own))
     drift = np.nan_to_num(drift - stars.medians(drift)[stars.star], nan=0.0)
     shifted = (mags - drift).astype(rows.dtype[col]).astype(np.float64)
-    rows[ep] = _epd_values(params, stars.offsets, shifted, plan) + drift
-    rows[tf] = stars.of_rows(_tfa(stars.on_grid(rows[ep].astype(np.float64)), lcs, excluded))
+    rows[ep] = _epd_values(params, stars.offsets, shifted - own, plan) + drift + own
+    rows[tf] = stars.of_rows(_tfa(stars.on_grid(rows[ep].astype(np.float64)), lcs, excluded,
+                                  grid_own))
 
 
 def _night_positions(rows: np.ndarray, stars: _Stars, infos: list[dict]) -> np.ndarray:
@@ -297,10 +313,12 @@ def _night_positions(rows: np.ndarray, stars: _Stars, infos: list[dict]) -> np.n
     return np.column_stack([x, y])
 
 
-def _tfa(mags: np.ndarray, lcs: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+def _tfa(mags: np.ndarray, lcs: np.ndarray, excluded: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """TFA of ``mags`` (nstars, nf) fitted without the stars' own signals ``own``
+    (nstars, nf; 0 where none), which are kept."""
     if not len(lcs):
         return np.full_like(mags, np.nan)
-    return tfa(mags, lcs, excluded)[0]
+    return tfa(mags - own, lcs, excluded)[0] + own
 
 
 def detrend_nights(stars: list[tuple[np.ndarray, dict]], trends: list[NightTrend],

@@ -4,11 +4,12 @@ The model of the image is ``M = R conv K(x, y) + B(x, y)``: the reference
 convolved with a kernel whose basis coefficients (see :mod:`trex.kernelspec`)
 are polynomials in the normalised pixel coordinates, plus a background
 polynomial.  The coefficients are fitted by weighted linear least squares on
-stamps around bright, unsaturated stars spread over the frame (by default up
-to 4 in each cell of a 16 x 16 grid: ~1000 stamps of 21 x 21 px, so that the
-1230 unknowns of ``b/4;i/4;d=4/4`` are fitted on ~20 times as many stellar
-pixels and the kernel's own noise stays well below the photon noise of bright
-stars), rejecting stamps whose chi^2 stands out.  Each stamp's block of the
+stamps around bright, unsaturated stars spread over the frame (by default the
+brightest suitable star of each cell of an 8 x 8 grid, ``[subtract]
+stamp_grid`` and ``stamps_per_cell``: 64 stamps of 21 x 21 px for the 1230
+unknowns of ``b/4;i/4;d=4/4``; 16 x 16 x 4 stamps fit a less noisy kernel, but
+a variable star among them then moves its own kernel), rejecting stamps whose
+chi^2 stands out.  Each stamp's block of the
 normal equations is built in one Cython pass (``trex._subtract.stamp_normals``:
 the delta and Gauss-Hermite bases as sparse taps, BLAS for the products),
 the blocks are combined with the polynomial terms in one matrix product, and

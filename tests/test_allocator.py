@@ -23,7 +23,7 @@ def test_freed_arrays_are_reused_without_page_faults():
     faults = {mode: int(subprocess.run([sys.executable, "-c", SCRIPT, mode], check=True,
                                        capture_output=True, text=True).stdout)
               for mode in ("default", "keep")}
-    # each array mapped and faulted in afresh (16384 pages; ~540 faults with numpy's
-    # transparent huge pages), or the freed one reused
-    assert faults["default"] > 10 * 200
-    assert faults["keep"] < 200, faults
+    # each array mapped and faulted in afresh: 16384 faults of 4 KiB pages, 32 of 2 MiB
+    # transparent huge pages (seen here: 33-544 a 64 MiB array), or the freed one reused
+    assert faults["default"] >= 10 * 32
+    assert faults["keep"] * 10 < faults["default"], faults

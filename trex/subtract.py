@@ -465,8 +465,9 @@ def run(frame: Frame, context: Context) -> Frame:
     try:
         model, sol = match(reg, image, kernel=sub.kernel, mask=mask != 0,
                            candidates=ref.candidates, gain=meta.gain, rdnoise=meta.rdnoise,
+                           saturation=0.95 * header["SATURATE"], ngrid=sub.stamp_grid,
                            per_cell=sub.stamps_per_cell, halfsize=sub.stamp_halfsize,
-                           reject=sub.stamp_reject)
+                           threshold=sub.stamp_threshold, reject=sub.stamp_reject)
     except ValueError as err:
         raise FrameError(frame.rawpath, f"subtract: {err}") from None
     diff = reg - model

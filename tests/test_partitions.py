@@ -29,3 +29,31 @@ def test_partition_streams_hold_every_row_once_whatever_the_star_order(tmp_path)
         back += [(int(k), int(s), float(m)) for k, s, m in
                  zip(keys[order], star, rows["aim_001"][order])]
     assert sorted(back) == sorted(written)
+
+
+def test_reading_some_frames_gives_exactly_their_rows(tmp_path):
+    """The night-trends phase reads one night's frames at a time: the blocks of the
+    frames asked for, from every shard, and nothing else."""
+    rng = np.random.default_rng(8)
+    written = []
+    for shard in ("0", "1"):
+        writer = partitions.PartitionWriter(tmp_path, stars_per_part=100, shard=shard,
+                                             napertures=3, limit=2048)
+        for framekey in range(1 + int(shard), 41, 2):
+            rows = np.zeros(12, dtype=aphot_dtype(3))
+            rows["star"] = rng.permutation(60)[:12]
+            rows["aim_000"] = rng.normal(12, 1, 12)
+            writer.add("aphot", framekey, rows)
+            written += [(framekey, int(s), float(m)) for s, m in zip(rows["star"], rows["aim_000"])]
+        writer.flush()
+    dtype = partitions.stream_dtypes(3)["aphot"]
+    wanted = np.array([3, 4, 5, 6, 17, 40])
+    rows, keys, order = partitions.PartitionReader().read(tmp_path, "p0000000", "aphot", dtype,
+                                                          wanted)
+    assert len(rows) == len(keys) == len(order) == 12 * len(wanted)
+    star = rows["star"][order]
+    assert np.all(np.diff(star) >= 0)
+    got = sorted((int(k), int(s), float(m)) for k, s, m in zip(keys, rows["star"], rows["aim_000"]))
+    assert got == sorted(w for w in written if w[0] in set(wanted.tolist()))
+    assert len(partitions.PartitionReader().read(tmp_path, "p0000000", "aphot", dtype,
+                                                 np.array([99]))[0]) == 0

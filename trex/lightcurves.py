@@ -259,9 +259,11 @@ class Scatter(Phase):
         return item[0].redpath
 
 
-def _read_stars(reader: PartitionReader, folder: Path, name: str, napertures: int):
-    """A partition's streams and, per star, the span of its rows in each kind's order."""
-    streams = {kind: reader.read(folder, name, kind, dtype)
+def _read_stars(reader: PartitionReader, folder: Path, name: str, napertures: int,
+                framekeys: np.ndarray | None = None):
+    """A partition's streams (only the rows of ``framekeys`` when given) and, per star,
+    the span of its rows in each kind's order."""
+    streams = {kind: reader.read(folder, name, kind, dtype, framekeys)
                for kind, dtype in stream_dtypes(napertures).items()}
     grouped = {kind: rows["star"][order] for kind, (rows, _, order) in streams.items()}
     stars = _unique(np.concatenate(list(grouped.values())))
@@ -279,7 +281,9 @@ class Trends(Phase):
     """Step 2: per (projid, field) with templates, the trend of every night that receives
     new frames: the night's frame grid (its frames merged before and the new ones),
     and the templates' light curves on it from their new rows, plus their files' rows
-    only when the night had frames before (a new night reads no file)."""
+    only when the night had frames before (a new night reads no file).  The templates'
+    partition is read one night's frames at a time, so memory holds one night's rows
+    whatever the number of frames in the run."""
 
     name = "light curves: night trends"
     batch = 1
@@ -318,23 +322,26 @@ class Trends(Phase):
         (projid, field), nights = item
         config, project, frames = context.config, context.project, context.frames
         napertures = len(config.photometry.apertures)
-        catalog = context.catalogs[field]
-        streams, stars, spans = _read_stars(PartitionReader(), _scratch(project, projid, field),
-                                            partition_name(TEMPLATES), napertures)
-        infos = [_star_info(catalog, star, projid, field) for star in stars.tolist()]
-        trends = []
+        catalog, templates = context.catalogs[field], context.templates[(projid, field)]
+        reader, trends = PartitionReader(), []
         for interval, keys, times, reread in nights:  # one night's rows in memory at a time
+            streams, stars, spans = _read_stars(reader, _scratch(project, projid, field),
+                                                partition_name(TEMPLATES), napertures, keys)
+            present = {star: k for k, star in enumerate(stars.tolist())}
+            # a template without new rows this night may have rows merged before
+            wanted = set(templates.stars().tolist()) if reread else set()
             night = {}
-            for k, info in enumerate(infos):
-                products = {kind: (rows, rowkeys, index[np.isin(rowkeys[index], keys)])
-                            for kind, (rows, rowkeys, index) in _products_of(streams, spans, k).items()}
+            for star in sorted(wanted | set(present)):
+                info = _star_info(catalog, star, projid, field)
+                k = present.get(star)
+                products = (_products_of(streams, spans, k) if k is not None else
+                            {kind: (r, rk, order[:0]) for kind, (r, rk, order) in streams.items()})
                 rows = new_rows(products, frames, napertures)
                 if reread:  # the night had frames merged before: the file's rows too
                     rows = merged_rows(lc_path(project, config, projid, info["objectid"]), rows)[0]
                 inside = (rows["rjd"] >= interval[0]) & (rows["rjd"] <= interval[1])
                 night[info["objectid"]] = (rows[inside], info["ra"], info["dec"])
-            trends.append(night_trend(interval, keys, times, context.templates[(projid, field)],
-                                      night, config))
+            trends.append(night_trend(interval, keys, times, templates, night, config))
         return (projid, field), trends
 
     def record(self, ledger, result: tuple, context: Context) -> None:

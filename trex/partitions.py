@@ -189,27 +189,46 @@ class PartitionReader:
             buffer = self.buffers[name] = np.empty(nbytes, dtype=np.uint8)
         return buffer[:nbytes]
 
-    def read(self, folder: Path, name: str, kind: str,
-             dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(self, folder: Path, name: str, kind: str, dtype: np.dtype,
+             framekeys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, framekey of each row, order) of one product kind of partition
         ``name``, every rank's shard, rows as written; ``order`` is the stable
         permutation that groups them by star (each star's rows stay in the order
         they were written; :func:`merge_star` orders them by time and keeps the
         last row written of a frame).  Rows are not moved here: each star's are
-        gathered once, when it is merged."""
+        gathered once, when it is merged.  With ``framekeys``, only the blocks of
+        those frames are read (memory: their rows, not the partition's)."""
         shards = sorted(folder.glob(f"{name}.s*.{kind}.bin"))
-        sizes = [p.stat().st_size for p in shards]
-        raw = self._buffer(kind, sum(sizes))
-        at, keys = 0, []
-        for path, size in zip(shards, sizes):
-            with open(path, "rb") as fh:
-                fh.readinto(raw[at:at + size].data)
-            at += size
+        spans, keys = [], []
+        for path in shards:
             index = np.fromfile(path.with_suffix(".idx"), dtype=INDEX)
-            keys.append(np.repeat(index["framekey"], index["nrows"]))
+            ends = np.cumsum(index["nrows"]) * dtype.itemsize
+            starts = ends - index["nrows"] * dtype.itemsize
+            take = np.ones(len(index), bool) if framekeys is None else np.isin(
+                index["framekey"], framekeys)
+            spans.append((path, starts[take], ends[take]))
+            keys.append(np.repeat(index["framekey"][take], index["nrows"][take]))
+        raw = self._buffer(kind, int(sum(int((e - s).sum()) for _, s, e in spans)))
+        at = 0
+        for path, starts, ends in spans:
+            with open(path, "rb") as fh:
+                for start, end in _contiguous(starts, ends):
+                    fh.seek(start)
+                    fh.readinto(raw[at:at + end - start].data)
+                    at += end - start
         rows = raw.view(dtype)
         keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
         return rows, keys, _group_order(rows["star"])
+
+
+def _contiguous(starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` with adjacent ones joined (one read each)."""
+    if not len(starts):
+        return []
+    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    first = np.r_[0, breaks]
+    last = np.r_[breaks - 1, len(starts) - 1]
+    return list(zip(starts[first].tolist(), ends[last].tolist()))
 
 
 def _group_order(star: np.ndarray) -> np.ndarray:

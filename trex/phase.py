@@ -100,3 +100,64 @@ def attempt(phase: Phase, item, context: Context):
         return Failure(item, err.reason)
     except WriteFault as err:
         return Fault(err.path, err.cause)
+
+
+class Together(Phase):
+    """Independent phases farmed as one: their items share the ranks, so that a phase
+    of one item (a reference, a master) does not leave the other ranks waiting.
+
+    No phase may need what another of the group records or adds to the context
+    (every ``plan`` runs before any ``work``); items are ``(index of the phase,
+    item)``, the first phase's first, and each is worked, recorded, failed and
+    labelled by its own phase; ``update`` and ``close`` run each phase's in order.
+    """
+
+    batch = 1
+
+    def __init__(self, *phases: Phase):
+        self.phases = phases
+        self.name = " + ".join(p.name for p in phases)
+        self.counts = [[0, 0] for _ in phases]  # rank 0: items done, failed, per phase
+
+    def plan(self, ledger, context: Context) -> list:
+        items = []
+        for i, phase in enumerate(self.phases):
+            mine = phase.plan(ledger, context)
+            self.counts[i][0] += len(mine)
+            items += [(i, item) for item in mine]
+        return items
+
+    def work(self, item, context: Context):
+        i, inner = item
+        return i, self.phases[i].work(inner, context)
+
+    def record(self, ledger, result, context: Context) -> None:
+        i, inner = result
+        self.phases[i].record(ledger, inner, context)
+        self.counts[i][1] += bool(self.phases[i].failed(inner))
+
+    def fail(self, ledger, item, reason: str, context: Context) -> None:
+        i, inner = item
+        self.phases[i].fail(ledger, inner, reason, context)
+        self.counts[i][1] += 1
+
+    def failed(self, result) -> bool:
+        i, inner = result
+        return self.phases[i].failed(inner)
+
+    def update(self, ledger, context: Context) -> Context:
+        for phase in self.phases:
+            context = phase.update(ledger, context)
+        return context
+
+    def close(self, context: Context) -> None:
+        for phase in self.phases:
+            phase.close(context)
+
+    def label(self, item) -> str:
+        i, inner = item
+        return self.phases[i].label(inner)
+
+    def summary(self, done: int, failed: int) -> str:
+        return "; ".join(phase.summary(n, bad) for phase, (n, bad) in zip(self.phases, self.counts)
+                         if n)

@@ -3,11 +3,14 @@
 Read top to bottom (:func:`phases`), this is the pipeline:
 
 1. inventory of RAW/, calibration masters (bias, then dark, then flat), the
-   field catalogs;
+   field catalogs (beside the bias);
 2. per frame: calibrate -> extract -> astrometry -> photometry;
 3. astrometric reference per (projid, field, ccd); magnitude-fit master per
    (projid, field) (single-reference fits, then the master); photometric
-   reference per (projid, field, ccd) (registration, matching, stack);
+   reference per (projid, field, ccd) (registration, matching, stack); phases
+   that need nothing from each other are farmed together
+   (:class:`trex.phase.Together`): the astrometric reference with the single
+   fits, the magnitude-fit master with the registrations;
 4. per frame: magfit, subtract;
 5. light curves: TFA templates, scatter of the new frames' rows, the nights'
    trends, merge + detrend + write (``trex detrend`` alone: every light
@@ -44,7 +47,7 @@ from trex.lightcurves import Merge, Scatter, Trends
 from trex.lock import ProjectLock, ProjectLocked, acquire
 from trex.log import set_rank
 from trex.masterframes import Masters, recorded_masters
-from trex.phase import Failure, Fault, Phase, attempt
+from trex.phase import Failure, Fault, Phase, Together, attempt
 from trex.project import Project
 from trex.runner import FramePass
 from trex.stages import per_frame
@@ -60,18 +63,21 @@ SECOND_PASS = ("magfit", "subtract")
 def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
     """The phases that run ``stages``, in order (see the module doc)."""
     out: list[Phase] = [inventory.Inventory()]
-    if "calibrate" in stages:
-        out += [Masters("bias"), Masters("dark"), Masters("flat")]
-    out.append(Catalogs())
+    if "calibrate" in stages:  # the catalogs beside the bias: two phases of one item each
+        out += [Together(Masters("bias"), Catalogs()), Masters("dark"), Masters("flat")]
+    else:
+        out.append(Catalogs())
     if per_frame(tuple(s for s in stages if s in FIRST_PASS)):
         out.append(FramePass(per_frame(tuple(s for s in stages if s in FIRST_PASS)), retry_failed))
     out.append(KnownReferences())
-    if "astrometry" in stages:
-        out.append(astrometry.References())
-    if "magfit" in stages:
-        out += [magfit.SingleFits(), magfit.Masters()]
+    # references: each group's phases need nothing from each other, only from the one before
+    first = ([astrometry.References()] if "astrometry" in stages else []) + \
+        ([magfit.SingleFits()] if "magfit" in stages else [])
+    second = ([magfit.Masters()] if "magfit" in stages else []) + \
+        ([photref.Registrations()] if "subtract" in stages else [])
+    out += [_together(group) for group in (first, second) if group]
     if "subtract" in stages:
-        out += [photref.Registrations(), photref.Matches(), photref.Bands(), photref.Stacks()]
+        out += [photref.Matches(), photref.Bands(), photref.Stacks()]
     if per_frame(tuple(s for s in stages if s in SECOND_PASS)):
         out.append(FramePass(per_frame(tuple(s for s in stages if s in SECOND_PASS)), retry_failed))
     if "lightcurves" in stages:
@@ -82,6 +88,10 @@ def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
         summaries = Summaries()
         out += [summaries, FileTrends(summaries), DetrendFiles(summaries)]
     return out
+
+
+def _together(phases: list[Phase]) -> Phase:
+    return phases[0] if len(phases) == 1 else Together(*phases)
 
 
 class KnownReferences(Phase):

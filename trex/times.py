@@ -2,10 +2,10 @@
 
 astropy is configured here never to download IERS tables or leap seconds
 (cluster nodes are offline): leap seconds come from the installed
-``astropy-iers-data``, UT1-UTC from its bundled IERS-B table, and outside
-that table astropy's degraded-accuracy fallback is accepted (a UT1 error of
-< 1 s moves the observatory by < 0.5 km: < 2 microseconds of light time).
-The solar-system ephemeris is astropy's built-in one (no download).
+``astropy-iers-data``.  The observatory's position takes UT1 as UTC (< 1 s:
+< 0.5 km, < 2 microseconds of light time), so no IERS table is read at all
+(:func:`observer_position`).  The solar-system ephemeris is ERFA's, astropy's
+built-in one (no download).
 
 The barycentric correction is computed once per frame as the observatory's
 barycentric position, then projected on each star's direction with numpy, so
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import erfa
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import EarthLocation, get_body_barycentric
+from astropy.coordinates import EarthLocation
 from astropy.time import Time
 from astropy.utils import iers
 
 LIGHT_SECOND_KM = 299792.458
+AU_KM = erfa.DAU / 1000.0
 
 
 def offline_astropy() -> None:
@@ -54,14 +56,26 @@ def observer_position(jd_utc, location: EarthLocation) -> tuple[np.ndarray, np.n
     -------
     (jd_tdb, position) : arrays of shape (n,) and (n, 3); position in light
         seconds, ICRS axes.
+
+    The Earth's barycentric position is ERFA's ``epv00`` (astropy's built-in
+    ephemeris); the observatory's geocentric position is rotated from ITRS by
+    the IAU 2006/2000A matrix ``c2t06a`` with UT1 taken as UTC and no polar
+    motion: < 0.5 km of position, < 2 microseconds of light time, and no IERS
+    table is read (astropy's ``get_gcrs_posvel`` reads one per process, ~1 s).
+    TDB - TT is ``dtdb`` at the observatory, as astropy computes it.
     """
-    t = Time(np.atleast_1d(np.asarray(jd_utc, dtype=np.float64)), format="jd", scale="utc",
-             location=location)
-    tdb = t.tdb
-    earth = get_body_barycentric("earth", tdb, ephemeris="builtin")
-    gcrs, _ = location.get_gcrs_posvel(tdb)
-    pos = (earth + gcrs).xyz.to_value(u.km).T / LIGHT_SECOND_KM
-    return tdb.jd1 + tdb.jd2, np.ascontiguousarray(pos)
+    utc = Time(np.atleast_1d(np.asarray(jd_utc, dtype=np.float64)), format="jd", scale="utc")
+    tt = utc.tt  # leap seconds only
+    itrs = np.array([location.x.to_value(u.km), location.y.to_value(u.km),
+                     location.z.to_value(u.km)])
+    ut = np.mod(utc.jd1 - 0.5 + utc.jd2, 1.0)  # UTC fraction of the day, for dtdb
+    tdb2 = tt.jd2 + erfa.dtdb(tt.jd1, tt.jd2, ut, location.lon.to_value(u.rad),
+                              float(np.hypot(itrs[0], itrs[1])), float(itrs[2])) / 86400.0
+    _, barycentric = erfa.epv00(tt.jd1, tdb2)  # au, au/day
+    earth = barycentric["p"] * AU_KM
+    to_terrestrial = erfa.c2t06a(tt.jd1, tt.jd2, utc.jd1, utc.jd2, 0.0, 0.0)
+    geocentric = np.einsum("nji,j->ni", to_terrestrial, itrs)  # its transpose: ITRS -> GCRS
+    return tt.jd1 + tdb2, np.ascontiguousarray((earth + geocentric) / LIGHT_SECOND_KM)
 
 
 def unit_vectors(ra_deg, dec_deg) -> np.ndarray:

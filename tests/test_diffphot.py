@@ -6,10 +6,12 @@ from scipy.signal import fftconvolve
 
 from trex.config import Config
 from trex.diffphot import (
+    apply_transparency,
     difference_photometry,
     index_rows,
     iphot_dtype,
     ism_rows,
+    local_transparency,
     variance_factor,
 )
 from trex.photometry import aperture_photometry, apertures, measure
@@ -129,3 +131,63 @@ def test_resampling_variance_factor(method):
     assert table[0, 0] == pytest.approx(1.0, abs=0.06)
     assert table[4, 4] < 0.8 * table[0, 0]          # half-pixel phase smooths the most
     np.testing.assert_allclose(table, table.T, atol=0.08)
+
+
+def screened_table(clouds: float, depth: float = 0.0, seed: int = 21):
+    """An ``iphot`` table (one aperture) of 3000 stars of 8-13 mag on 1024^2 px seen
+    through a transparency screen of ``clouds`` mag amplitude with 220-260 px structure
+    (what an order-4 kernel polynomial cannot follow), independent noise of each star's
+    ``ire``, and star 0 (9 mag, in the middle) dimmed by ``depth`` (a transit).  Returns
+    (table, true magnitudes, each star's noise and transit in mag)."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    x, y = rng.uniform(0, 1024, n), rng.uniform(0, 1024, n)
+    mag = rng.uniform(8.0, 13.0, n)
+    x[0], y[0], mag[0] = 512.0, 512.0, 9.0
+    err = 0.002 * 10 ** (0.2 * (mag - 8.0))                  # 2 mmag at 8 mag, 20 at 13
+    screen = clouds * np.sin(2 * np.pi * x / 450 + 1.0) * np.cos(2 * np.pi * y / 520)
+    seen = err * rng.standard_normal(n) - 2.5 * np.log10(1.0 - depth * (np.arange(n) == 0))
+    f_ref = 10 ** (-0.4 * (mag - 20.0))
+    flux = f_ref * 10 ** (-0.4 * (seen + screen))
+    table = np.zeros(n, dtype=iphot_dtype(1))
+    table["star"], table["xref"], table["yref"] = np.arange(n), x, y
+    table["ifl_000"], table["dfl_000"] = flux, flux - f_ref
+    table["ife_000"], table["ire_000"] = flux * err / 1.0857, err
+    table["irm_000"] = 20.0 - 2.5 * np.log10(flux)
+    return table, mag, seen
+
+
+def corrected_irm(table, scale=30.0):
+    table = table.copy()
+    apply_transparency(table, local_transparency(table, scale))
+    return table
+
+
+def test_local_transparency_takes_out_a_cloud_screen_and_keeps_a_transit():
+    """Bright constant stars under 20 mmag clouds: the correction brings irm back near
+    its noise; the transiting star's own residual never corrects itself, so its depth
+    (the twin table without the transit, same noise) is kept to 0.1 mmag."""
+    table, mag, seen = screened_table(0.02, depth=0.02)
+    truth = mag + seen                          # what irm would be without the clouds
+    bright = (mag < 11.0) & (np.arange(len(table)) > 0)
+    before = np.std(table["irm_000"][bright] - truth[bright])
+    fixed = corrected_irm(table)
+    after = np.std(fixed["irm_000"][bright] - truth[bright])
+    assert before > 0.01 and after < 0.35 * before
+    twin = corrected_irm(screened_table(0.02)[0])
+    assert fixed["irm_000"][0] - twin["irm_000"][0] == pytest.approx(
+        -2.5 * np.log10(0.98), abs=1e-4)
+    # ire is relative and unchanged; F, dF and ife scale together
+    np.testing.assert_allclose(fixed["ire_000"], table["ire_000"])
+    np.testing.assert_allclose(fixed["ife_000"] / fixed["ifl_000"],
+                               table["ife_000"] / table["ifl_000"])
+    np.testing.assert_allclose(fixed["ifl_000"] - fixed["dfl_000"],
+                               table["ifl_000"] - table["dfl_000"])
+
+
+def test_local_transparency_adds_no_noise_on_a_clear_sky():
+    table, mag, _ = screened_table(0.0)
+    bright = mag < 11.0
+    before = np.std(table["irm_000"][bright] - mag[bright])     # the stars' own noise
+    after = np.std(corrected_irm(table)["irm_000"][bright] - mag[bright])
+    assert after < 1.05 * before + 1e-5

@@ -122,14 +122,21 @@ def test_magnitude_fit_keeps_the_aperture_depth(twins):
 
 
 def test_transits_on_irm_outside_blends(twins):
-    """irm's depth within 10 % of the truth for every forced transit whose star has no
-    neighbour within 2 px (a closer blend dilutes any aperture).  The issue's goal is
-    5 %: a transiting star used as a kernel stamp moves the kernel's flux scale over
-    the field by 0.1-0.2 %, which is 4-9 % of a 1-2 % transit elsewhere."""
+    """irm keeps what the aperture saw, within 5 % of the truth (the issue's goal), for
+    every forced transit whose star has no neighbour within 2 px (a closer blend dilutes
+    any aperture): of the true depth on the bright stars, of aim's depth (the frame's
+    own aperture) on the crowded ones, whose neighbour's light dilutes the dip in F_ref
+    as on the frame (star 622, a neighbour at 5.6 px: aim keeps 0.89-0.92).  Without
+    ``[subtract] local_scale`` a transiting star used as a kernel stamp moved the kernel's
+    flux scale over the field by 0.1-0.2 %, 4-9 % of a 1-2 % transit elsewhere (bright
+    stars at 0.91-1.10; star 622 at 0.06-0.09 above aim); the local transparency term
+    takes that out with the neighbours' residuals, never the star's own."""
     blended = {v["index"] for v in twins[2] if v.get("separation", np.inf) < 2.0}
+    crowded = {v["index"] for v in twins[2] if v["forced"] == "crowded"}
     ratios = _ratios(twins, "irm", ("bright", "crowded"))
+    aim = _ratios(twins, "aim", ("crowded",))
     assert len(ratios) - len(blended) >= 4
     for star, values in ratios.items():
         if star not in blended:
-            assert all(abs(r - 1) < 0.10 for r in values), (star, values)
-
+            seen = aim[star] if star in crowded else np.ones(len(values))
+            assert np.abs(np.subtract(values, seen)).max() < TOLERANCE, (star, values, seen)

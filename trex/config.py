@@ -302,6 +302,13 @@ class SubtractSection:
                                       "(bounds memory to nref x rows x nx floats)", COUNT)
     replace_crowded: bool = _opt(False, "replace crowded stars' reference flux by the flux "
                                         "predicted from their catalog magnitude (CDIPS)")
+    local_scale: float = _opt(30.0, "px: each star's difference flux is corrected by the mean "
+                                    "residual -2.5 log10(F / F_ref) of the well-measured stars "
+                                    "around it (Gaussian sigma; itself and stars within 15 px "
+                                    "excluded), shrunk by the residual structure's share of its "
+                                    "variance (none on a clear sky): the local transparency that "
+                                    "the kernel's flux-scale polynomial misses (thin clouds); 0: off",
+                              NONNEGATIVE)
 
 
 @dataclass(frozen=True)

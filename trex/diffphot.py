@@ -33,6 +33,13 @@ each configured aperture:
   curve (a constant offset), so they are left out; ``ire = 1.0857 ife / F``.
 * ``irm = ZP - 2.5 log10(F / exptime)`` with the reference's EXPTIME: magnitudes
   on the reference's photometric scale (the kernel takes out transparency).
+* Local transparency (:func:`local_transparency`, in the subtract stage with
+  ``[subtract] local_scale`` > 0): the kernel sum is a polynomial over the frame
+  and misses clouds of a few hundred px, so each star's F carries the local
+  error.  Its neighbours' ``-2.5 log10(F / F_ref)`` measure it (the magnitude
+  fit's local term, :func:`trex.magfit.local_residual`, its own residual never
+  used), and F, ``ife``, ``dF`` and ``irm`` are corrected by it
+  (:func:`apply_transparency`).
 * ``irq``: flags of D's and the reference's aperture photometry, SATURATED
   near saturated pixels of either, NONPOSITIVE when F <= 0, PARTIAL_SKY when
   the annulus reaches the border the kernel leaves undefined on D.
@@ -49,17 +56,25 @@ so their ratio is lower (about 0.8 for a stack of 8).
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 
+from trex import magfit
 from trex._stats import clipped_stats
 from trex.config import Config
 from trex.flags import PHOT
 from trex.photometry import MAG_ERR_FACTOR, apertures, measure, saturated_near
 from trex.register import Transform, fit_transform, resample
 
+log = logging.getLogger(__name__)
+
 #: stars with F_ref at least this many sigma measure the aperture fraction ratio q
 Q_MIN_SNR = 50.0
+#: mag: stars whose single-frame ``ire`` is at most this (and good flags) measure the
+#: local transparency (:func:`local_transparency`); fainter ones would weigh little and
+#: multiply the neighbour pairs
+LOCAL_MAX_ERROR = 0.02
 
 
 def iphot_dtype(napertures: int) -> np.dtype:
@@ -139,6 +154,56 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
               exptime)
         qs.append(q)
     return table, {"q": qs}
+
+
+def local_transparency(table: np.ndarray, scale: float, order: int = 0) -> np.ndarray:
+    """Each star's local transparency error (n, napertures), mag, of an ``iphot`` table.
+
+    A constant star measures F = F_ref; where the kernel's flux-scale polynomial
+    cannot follow the transparency (thin clouds of a few hundred px), F / F_ref
+    carries the error of the local kernel sum.  Per aperture, the residuals
+    ``r = -2.5 log10(F / F_ref)`` of the good stars with ``ire <= LOCAL_MAX_ERROR``
+    are fitted with :func:`trex.magfit.fit_frame`: a 2-D polynomial of ``order``
+    (0: the frame's zero point) with leave-one-out, outliers weighted down
+    (:func:`trex.magfit.clip_weight`), plus the local term
+    (:func:`trex.magfit.local_residual`: neighbours from ``LOCAL_EXCLUSION`` to 3
+    ``scale`` px, Gaussian sigma ``scale``, shrunk by S / (S + N)).  A star's own
+    residual never enters its own value, so its transit stays in its light curve.
+    An aperture with too few such stars gets 0 (logged).  ``table["xref"]``,
+    ``["yref"]`` px; returns the magnitudes to subtract (:func:`apply_transparency`).
+    """
+    x, y = table["xref"].astype(float), table["yref"].astype(float)
+    napertures = sum(1 for n in table.dtype.names if n.startswith("ifl_"))
+    out = np.zeros((len(table), napertures))
+    for i in range(napertures):
+        flux = table[f"ifl_{i:03d}"].astype(float)
+        f_ref = flux - table[f"dfl_{i:03d}"]
+        err = table[f"ire_{i:03d}"].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            residual = -2.5 * np.log10(flux / f_ref)
+            use = (table[f"irq_{i:03d}"] == 0) & (f_ref > 0) & (err <= LOCAL_MAX_ERROR)
+        try:
+            fit = magfit.fit_frame(residual, err, use, np.zeros(len(table)), x, y,
+                                   order=order, local_scale=scale)
+        except magfit.MagfitError as reason:
+            log.info("local transparency of aperture %d left out: %s", i, reason)
+            continue
+        out[:, i] = fit.correction
+    return out
+
+
+def apply_transparency(table: np.ndarray, correction: np.ndarray) -> None:
+    """Take ``correction`` (n, napertures) mag out of an ``iphot`` table in place:
+    F and its error are multiplied by 10^(0.4 c) (the frame's flux scale at the star
+    was off by that factor), so ``ifl``, ``ife``, ``dfl`` and ``irm`` change and
+    ``ire`` (the relative error) does not."""
+    for i in range(correction.shape[1]):
+        factor = 10.0 ** (0.4 * correction[:, i])
+        f_ref = table[f"ifl_{i:03d}"] - table[f"dfl_{i:03d}"]
+        table[f"ifl_{i:03d}"] *= factor
+        table[f"ife_{i:03d}"] *= factor
+        table[f"dfl_{i:03d}"] = table[f"ifl_{i:03d}"] - f_ref
+        table[f"irm_{i:03d}"] -= correction[:, i]
 
 
 def on_frame(aphot: np.ndarray, stars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

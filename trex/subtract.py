@@ -443,7 +443,9 @@ def run(frame: Frame, context: Context) -> Frame:
 
     The frame is registered onto the photometric reference grid, the reference
     is fitted to it and subtracted, and the reference's stars that the frame's
-    ``aphot`` product holds are measured on D (:mod:`trex.diffphot`).  Adds the
+    ``aphot`` product holds are measured on D (:mod:`trex.diffphot`), their fluxes
+    corrected for the local transparency the kernel misses (``[subtract] local_scale``,
+    :func:`trex.diffphot.local_transparency`).  Adds the
     ``iphot`` product; logs the kernel and ``diff_noise_ratio`` (not a
     ``calibratedframes`` column, so not in ``frame.quality``).
     """
@@ -476,6 +478,8 @@ def run(frame: Frame, context: Context) -> Frame:
     table, info = diffphot.difference_photometry(
         diff, model, sol.flux_scale, stars, config, frame_flux=frame_flux, frame_sky=frame_sky,
         gain=meta.gain, rdnoise=meta.rdnoise, exptime=float(header["EXPTIME"]), mask=mask)
+    if sub.local_scale > 0:
+        diffphot.apply_transparency(table, diffphot.local_transparency(table, sub.local_scale))
     ratio = diffphot.noise_ratio(diff, model, image, sol, transform, mask, gain=meta.gain,
                                  rdnoise=meta.rdnoise, ref_noise=float(header["NOISEFAC"]),
                                  method=sub.resample)

@@ -184,10 +184,12 @@ def test_leave_one_out_equals_the_fit_without_the_star():
 
 def test_local_term_follows_a_cloud():
     """A 50 mmag cloud 150 px across, which an order-2 polynomial cannot follow, is taken
-    out to 40 % of its depth by the local residual term (a Gaussian of sigma 60 px
+    out to 45 % of its depth by the local residual term (a Gaussian of sigma 60 px
     smooths the cloud's 50 mmag to 43; the bright stars in its core are 10-25 sigma off
     the polynomial, so the outlier weights (to zero at twice the clipping threshold)
-    leave them out of the local mean too: measured 35 %, 85 % without the term; the
+    leave them out of the local mean too; and one cloud on a clear frame is a
+    structure of z = 4 only, of which :func:`trex.magfit.significance` trusts half:
+    measured 42 %, 35 % without that discount, 85 % without the term; the
     simulator's cloud screen below, shallower and broader, to less than half)."""
     rng, x, y, catmag, color, true, err = simulated_field(6)
     x, y = np.concatenate([x, rng.uniform(0, SIZE, 3000)]), np.concatenate([y, rng.uniform(0, SIZE, 3000)])
@@ -200,7 +202,7 @@ def test_local_term_follows_a_cloud():
     mag = catmag + cloud + rng.normal(0, err)
     ok = np.ones(n, bool)
     inside = np.hypot(x - 700, y - 1300) < 100
-    for scale, limit in ((0.0, 0.5), (60.0, 0.4)):
+    for scale, limit in ((0.0, 0.5), (60.0, 0.45)):
         fit = fit_frame(mag, err, ok, ref, x, y, catmag, color, local_scale=scale)
         left = np.median(cloud[inside] - fit.correction[inside])
         assert abs(left) < limit * 0.05 if scale else abs(left) > 0.7 * 0.05
@@ -257,7 +259,8 @@ def cloudy_frame(seed, cirrus):
 def test_local_term_follows_the_simulated_cloud_screen_and_adds_no_noise_in_a_clear_sky(seed):
     """Against the simulator's cloud screen (truth), the local term (30 px) leaves less than
     half the polynomial's error of the bright stars' corrections; on a clear sky its
-    shrinkage keeps it from adding the neighbours' noise (within 10 % of the polynomial)."""
+    structure is not significant (:func:`trex.magfit.significance`), so the term adds
+    nothing (no more than 0.1 % of the polynomial's error)."""
     def error(cirrus, scale):
         x, y, catmag, color, err, cloud, ref, mag = cloudy_frame(seed, cirrus)
         fit = fit_frame(mag, err, np.ones(x.size, bool), ref, x, y, catmag, color,
@@ -268,4 +271,4 @@ def test_local_term_follows_the_simulated_cloud_screen_and_adds_no_noise_in_a_cl
     cloudy, cloudy_local = error(0.03, 0.0), error(0.03, 30.0)
     clear, clear_local = error(0.0, 0.0), error(0.0, 30.0)
     assert cloudy > 0.010 and cloudy_local < 0.5 * cloudy
-    assert clear_local < 1.1 * clear
+    assert clear_local <= 1.001 * clear

@@ -188,7 +188,7 @@ def test_local_term_follows_a_cloud():
     smooths the cloud's 50 mmag to 43; the bright stars in its core are 10-25 sigma off
     the polynomial, so the outlier weights (to zero at twice the clipping threshold)
     leave them out of the local mean too; and one cloud on a clear frame is a
-    structure of z = 4 only, of which :func:`trex.magfit.significance` trusts half:
+    structure of z = 4 only, of which :func:`trex.localterm.significance` trusts half:
     measured 42 %, 35 % without that discount, 85 % without the term; the
     simulator's cloud screen below, shallower and broader, to less than half)."""
     rng, x, y, catmag, color, true, err = simulated_field(6)
@@ -259,7 +259,7 @@ def cloudy_frame(seed, cirrus):
 def test_local_term_follows_the_simulated_cloud_screen_and_adds_no_noise_in_a_clear_sky(seed):
     """Against the simulator's cloud screen (truth), the local term (30 px) leaves less than
     half the polynomial's error of the bright stars' corrections; on a clear sky its
-    structure is not significant (:func:`trex.magfit.significance`), so the term adds
+    structure is not significant (:func:`trex.localterm.significance`), so the term adds
     nothing (no more than 0.1 % of the polynomial's error)."""
     def error(cirrus, scale):
         x, y, catmag, color, err, cloud, ref, mag = cloudy_frame(seed, cirrus)

@@ -263,7 +263,7 @@ class MagfitSection:
     order: int = _opt(2, "order of the 2-D polynomial in x, y of the magnitude fit",
                       _range(0, 6, integer=True))
     clip_sigma: float = _opt(3.0, "clipping threshold of the magnitude fit: stars beyond it are "
-                                  "weighted down smoothly, to zero at 3 times it", POSITIVE)
+                                  "weighted down smoothly, to zero at twice it", POSITIVE)
     clip_iters: int = _opt(3, "reweighting iterations of the magnitude fit", _range(0, integer=True))
     min_error: float = _opt(5e-3, "magnitude errors below this are raised to it for the weights, mag "
                                   "(a systematic floor, so that a few bright stars cannot dominate)",

@@ -37,7 +37,7 @@ each configured aperture:
   ``[subtract] local_scale`` > 0): the kernel sum is a polynomial over the frame
   and misses clouds of a few hundred px, so each star's F carries the local
   error.  Its neighbours' ``-2.5 log10(F / F_ref)`` measure it (the magnitude
-  fit's local term, :func:`trex.magfit.local_residual`, its own residual never
+  fit's local term, :func:`trex.localterm.local_residual`, its own residual never
   used), and F, ``ife``, ``dF`` and ``irm`` are corrected by it
   (:func:`apply_transparency`).
 * ``irq``: flags of D's and the reference's aperture photometry, SATURATED
@@ -166,7 +166,7 @@ def local_transparency(table: np.ndarray, scale: float, order: int = 0) -> np.nd
     are fitted with :func:`trex.magfit.fit_frame`: a 2-D polynomial of ``order``
     (0: the frame's zero point) with leave-one-out, outliers weighted down
     (:func:`trex.magfit.clip_weight`), plus the local term
-    (:func:`trex.magfit.local_residual`: neighbours from ``LOCAL_EXCLUSION`` to 3
+    (:func:`trex.localterm.local_residual`: neighbours from ``LOCAL_EXCLUSION`` to 3
     ``scale`` px, Gaussian sigma ``scale``, shrunk by S / (S + N)).  A star's own
     residual never enters its own value, so its transit stays in its light curve.
     An aperture with too few such stars gets 0 (logged).  ``table["xref"]``,
@@ -184,7 +184,7 @@ def local_transparency(table: np.ndarray, scale: float, order: int = 0) -> np.nd
             use = (table[f"irq_{i:03d}"] == 0) & (f_ref > 0) & (err <= LOCAL_MAX_ERROR)
         try:
             # structure trusted whole (significance_z=0): unlike the aperture magnitudes'
-            # (see magfit.significance), the clear sky's difference fluxes lose nothing by
+            # (see localterm.significance), the clear sky's difference fluxes lose nothing by
             # it, and a transiting kernel stamp's 1-2 mmag pull on the flux scale is
             # taken out (tests/test_signals.py)
             fit = magfit.fit_frame(residual, err, use, np.zeros(len(table)), x, y,

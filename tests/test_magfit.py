@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -272,3 +274,23 @@ def test_local_term_follows_the_simulated_cloud_screen_and_adds_no_noise_in_a_cl
     clear, clear_local = error(0.0, 0.0), error(0.0, 30.0)
     assert cloudy > 0.010 and cloudy_local < 0.5 * cloudy
     assert clear_local <= 1.001 * clear
+
+
+def test_significance_of_a_structure():
+    """The share of S trusted: none for S <= 0, whole when z is far above the threshold,
+    none at or below it, whole with threshold 0, and no warning for a single pair."""
+    from trex.localterm import significance
+
+    rng = np.random.default_rng(3)
+    g = np.ones(4000)
+    noise = rng.normal(0, 1e-3, 4000) * rng.normal(0, 1e-3, 4000)   # products of noise
+    assert significance(-1e-7, g, noise, 10.0, 3.0) == 0.0
+    s = 2e-7
+    product = s + noise
+    z = s / (np.sqrt(np.sum((product - s) ** 2)) / g.sum() * np.sqrt(10.0))
+    assert significance(s, g, product, 10.0, 3.0) == pytest.approx(max(0.0, 1 - (3 / z) ** 2))
+    assert significance(s, g, product, 10.0, 0.0) == 1.0
+    assert significance(100 * s, g, 100 * s + noise, 10.0, 3.0) > 0.99
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert significance(s, g[:1], np.array([s]), 1.0, 3.0) == 1.0

@@ -140,6 +140,10 @@ def significance(structure: float, g: np.ndarray, product: np.ndarray, per_star:
     adds its neighbours' noise): z stays below 3 there, while thin clouds give
     z of 10-20 and a 150 px cloud 4.
     """
+    if not structure > 0:
+        return 0.0
     spread = np.sqrt(np.sum(g * g * (product - structure) ** 2)) / np.sum(g)
+    if not spread > 0:  # a single pair, or all alike: nothing to judge it by
+        return 1.0
     z = structure / (spread * np.sqrt(max(per_star, 1.0)))
-    return float(max(0.0, 1.0 - (threshold / z) ** 2)) if z > 0 else 0.0
+    return float(max(0.0, 1.0 - (threshold / z) ** 2))

@@ -64,6 +64,7 @@ from trex import magfit
 from trex._stats import clipped_stats
 from trex.config import Config
 from trex.flags import PHOT
+from trex.localterm import neighbour_pairs
 from trex.photometry import MAG_ERR_FACTOR, apertures, measure, saturated_near
 from trex.register import Transform, fit_transform, resample
 
@@ -175,20 +176,26 @@ def local_transparency(table: np.ndarray, scale: float, order: int = 0) -> np.nd
     x, y = table["xref"].astype(float), table["yref"].astype(float)
     napertures = sum(1 for n in table.dtype.names if n.startswith("ifl_"))
     out = np.zeros((len(table), napertures))
+    residuals, errors, usable = [], [], []
     for i in range(napertures):
         flux = table[f"ifl_{i:03d}"].astype(float)
         f_ref = flux - table[f"dfl_{i:03d}"]
         err = table[f"ire_{i:03d}"].astype(float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            residual = -2.5 * np.log10(flux / f_ref)
-            use = (table[f"irq_{i:03d}"] == 0) & (f_ref > 0) & (err <= LOCAL_MAX_ERROR)
+            residuals.append(-2.5 * np.log10(flux / f_ref))
+            usable.append((table[f"irq_{i:03d}"] == 0) & (f_ref > 0) & (err <= LOCAL_MAX_ERROR))
+        errors.append(err)
+    # one neighbour search for every aperture
+    pairs = neighbour_pairs(x, y, np.flatnonzero(np.logical_or.reduce(usable)), 3 * scale)
+    for i, (residual, err, use) in enumerate(zip(residuals, errors, usable)):
         try:
             # structure trusted whole (significance_z=0): unlike the aperture magnitudes'
             # (see localterm.significance), the clear sky's difference fluxes lose nothing by
             # it, and a transiting kernel stamp's 1-2 mmag pull on the flux scale is
             # taken out (tests/test_signals.py)
             fit = magfit.fit_frame(residual, err, use, np.zeros(len(table)), x, y,
-                                   order=order, local_scale=scale, significance_z=0.0)
+                                   order=order, local_scale=scale, significance_z=0.0,
+                                   pairs=pairs)
         except magfit.MagfitError as reason:
             log.info("local transparency of aperture %d left out: %s", i, reason)
             continue

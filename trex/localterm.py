@@ -49,8 +49,35 @@ class Deletion(NamedTuple):
                 / (1.0 - self.leverage[star]))
 
 
+class Neighbours(NamedTuple):
+    """Pairs of stars closer than a radius but not closer than ``LOCAL_EXCLUSION``:
+    ``star`` and ``other`` index all the stars (``other`` among the candidates it was
+    built for), ``dist`` px; arrays (npairs,)."""
+
+    star: np.ndarray
+    other: np.ndarray
+    dist: np.ndarray
+
+
+def neighbour_pairs(x: np.ndarray, y: np.ndarray, candidates: np.ndarray,
+                    radius: float) -> Neighbours:
+    """Every star (``x``, ``y`` (nstars,) px) with each of the ``candidates`` (indices)
+    within ``radius`` px of it, the star itself and its blends left out: built once
+    per frame for the fits of all its apertures (their kept stars are candidates)."""
+    candidates = np.asarray(candidates, dtype=np.intp)
+    if not len(candidates) or not len(x):
+        none = np.zeros(0, dtype=np.intp)
+        return Neighbours(none, none, np.zeros(0))
+    everyone = cKDTree(np.column_stack([x, y]))
+    near = cKDTree(np.column_stack([x[candidates], y[candidates]]))
+    pairs = everyone.sparse_distance_matrix(near, radius, output_type="ndarray")
+    apart = pairs["v"] >= LOCAL_EXCLUSION             # never the star itself nor its blends
+    return Neighbours(pairs["i"][apart], candidates[pairs["j"][apart]], pairs["v"][apart])
+
+
 def local_residual(x: np.ndarray, y: np.ndarray, fitted: Deletion, scale: float,
-                   leave_one_out: bool = True, significance_z: float = 3.0) -> np.ndarray:
+                   leave_one_out: bool = True, significance_z: float = 3.0,
+                   pairs: Neighbours | None = None) -> np.ndarray:
     """Each star's estimate of the fit residual at its place from the kept stars near it,
     itself left out.
 
@@ -63,18 +90,18 @@ def local_residual(x: np.ndarray, y: np.ndarray, fitted: Deletion, scale: float,
     star with few neighbours keeps most of the polynomial's value.  With
     ``leave_one_out`` a kept star sees its neighbours' residuals from the fit
     without it, so that its own signal reaches its correction neither directly
-    nor through the polynomial.  Returns (nstars,) mag.
+    nor through the polynomial.  ``pairs``: :func:`neighbour_pairs` within 3 ``scale``
+    of candidates that include every kept star (default: built here).  Returns
+    (nstars,) mag.
     """
     kept = fitted.kept
-    everyone = cKDTree(np.column_stack([x, y]))
-    near = cKDTree(np.column_stack([x[kept], y[kept]]))
-    pairs = everyone.sparse_distance_matrix(near, 3.0 * scale, output_type="ndarray")
-    star, other, dist = pairs["i"], pairs["j"], pairs["v"]
-    apart = dist >= LOCAL_EXCLUSION             # never the star itself nor its blends
-    star, other, dist = star[apart], other[apart], dist[apart]
-    g = np.exp(-0.5 * (dist / scale) ** 2)
+    if pairs is None:
+        pairs = neighbour_pairs(x, y, kept, 3.0 * scale)
     position = np.full(x.size, -1)
     position[kept] = np.arange(kept.size)
+    mine = position[pairs.other] >= 0
+    star, other, dist = pairs.star[mine], position[pairs.other[mine]], pairs.dist[mine]
+    g = np.exp(-0.5 * (dist / scale) ** 2)
     structure, noise_scale = structure_variance(fitted, position[star], other, g, x.size,
                                                 significance_z)
     residual = fitted.residual[other]

@@ -70,7 +70,7 @@ from trex.errors import FrameError, PhaseError
 from trex.fits import atomic_write
 from trex.frame import Context, Frame
 from trex.header import FrameMeta
-from trex.localterm import Deletion, local_residual
+from trex.localterm import Deletion, Neighbours, local_residual, neighbour_pairs
 from trex.phase import Phase
 from trex.products import load_product
 from trex.project import Project, safe_name
@@ -136,7 +136,8 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
               color: np.ndarray | None = None, order: int = 2, clip_sigma: float = 3.0,
               clip_iters: int = 3, extent: tuple | None = None,
               min_error: float = MIN_ERROR, leave_one_out: bool = True,
-              local_scale: float = 0.0, significance_z: float = 3.0) -> FrameFit:
+              local_scale: float = 0.0, significance_z: float = 3.0,
+              pairs: Neighbours | None = None) -> FrameFit:
     """Fit ``mag - ref_mag`` over one frame (all arrays (nstars,), same star order).
 
     Parameters
@@ -165,7 +166,10 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
         (:func:`local_residual`): follows structure finer than the polynomial
         (thin clouds, vignetting); 0: off.
     significance_z : the structure is trusted in proportion to its significance
-        (:func:`significance`); 0: trusted whole.
+        (:func:`trex.localterm.significance`); 0: trusted whole.
+    pairs : :func:`trex.localterm.neighbour_pairs` within 3 ``local_scale`` of
+        candidates including every star of ``flag_ok`` (shared by a frame's apertures;
+        default: built here).
 
     Returns
     -------
@@ -213,7 +217,8 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
         if leave_one_out:
             model[use] -= residual * fitted.factor
         if local_scale > 0:
-            model += local_residual(x, y, fitted, local_scale, leave_one_out, significance_z)
+            model += local_residual(x, y, fitted, local_scale, leave_one_out, significance_z,
+                                    pairs)
     return FrameFit(model, params, float(np.sqrt(np.sum(w2 * residual**2) / w2.sum())),
                     int(use.sum()))
 
@@ -303,14 +308,19 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
     color = np.asarray(catalog["color"], float)[table["star"]]
     color = color if np.isfinite(color).sum() > 0.5 * len(color) else None
     mc = config.magfit
+    usable = [_usable(table, catalog, a, config) for a in range(napertures)]
+    pairs = None
+    if mc.local_scale > 0:  # one neighbour search for every aperture's fit
+        pairs = neighbour_pairs(table["xcc"], table["ycc"],
+                                np.flatnonzero(np.logical_or.reduce(usable)), 3 * mc.local_scale)
     for a in range(napertures):
         mag = corrected(table, a) if apcorr else table[f"aim_{a:03d}"].astype(float)
         try:
-            fit = fit_frame(mag, table[f"aie_{a:03d}"], _usable(table, catalog, a, config),
+            fit = fit_frame(mag, table[f"aie_{a:03d}"], usable[a],
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,
                             color, order=mc.order, clip_sigma=mc.clip_sigma,
                             clip_iters=mc.clip_iters, min_error=mc.min_error,
-                            local_scale=mc.local_scale)
+                            local_scale=mc.local_scale, pairs=pairs)
         except MagfitError as err:
             raise MagfitError(f"aperture {a}: {err}") from None
         out[:, a] = mag - fit.correction

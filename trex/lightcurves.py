@@ -323,7 +323,7 @@ class Trends(Phase):
         config, project, frames = context.config, context.project, context.frames
         napertures = len(config.photometry.apertures)
         catalog, templates = context.catalogs[field], context.templates[(projid, field)]
-        reader, trends = PartitionReader(), []
+        reader, trends, infos = PartitionReader(), [], {}
         for interval, keys, times, reread in nights:  # one night's rows in memory at a time
             streams, stars, spans = _read_stars(reader, _scratch(project, projid, field),
                                                 partition_name(TEMPLATES), napertures, keys)
@@ -332,8 +332,9 @@ class Trends(Phase):
             wanted = set(templates.stars().tolist()) if reread else set()
             night = {}
             for star in sorted(wanted | set(present)):
-                info = _star_info(catalog, star, projid, field)
-                k = present.get(star)
+                if star not in infos:  # once per star, not per night
+                    infos[star] = _star_info(catalog, star, projid, field)
+                info, k = infos[star], present.get(star)
                 products = (_products_of(streams, spans, k) if k is not None else
                             {kind: (r, rk, order[:0]) for kind, (r, rk, order) in streams.items()})
                 rows = new_rows(products, frames, napertures)

@@ -23,6 +23,7 @@ def test_serial_farm_batches_and_order():
 def test_mpi_farm_each_task_once_on_both_ranks():
     script = textwrap.dedent("""
         import time
+        import numpy as np
         from trex import parallel
         comm = parallel.world()
         comm.barrier()
@@ -30,16 +31,18 @@ def test_mpi_farm_each_task_once_on_both_ranks():
             seen = []
             def work(batch):
                 time.sleep(0.1 * len(batch))  # rank 0 busy working leaves requests waiting
-                return [(comm.rank, task) for task in batch]
+                # results of several MB (sent while the worker goes on) arrive whole
+                return [(comm.rank, task, np.full(500_000, task)) for task in batch]
             if comm.rank == 0:  # the worker's requests are waiting when rank 0 starts
                 while not comm.comm.iprobe(source=1, tag=comm.MPI.ANY_TAG):
                     time.sleep(0.01)
                 time.sleep(0.1)
             parallel.farm(comm, list(range(ntasks)), work, seen.extend, batch_size=2)
             if comm.rank == 0:
-                tasks = sorted(task for _, task in seen)
+                assert all((data == task).all() for _, task, data in seen)
+                tasks = sorted(task for _, task, _ in seen)
                 assert tasks == list(range(ntasks)), (ntasks, tasks)
-                ranks = sorted({rank for rank, _ in seen})
+                ranks = sorted({rank for rank, _, _ in seen})
                 print(ntasks, "ranks", *ranks)
     """)
     mpiexec = Path(sys.executable).parent / "mpiexec"
@@ -82,8 +85,8 @@ class _FakeWorld:
         if not self.inbox:  # rank 0 waits: the worker finishes its oldest batch
             batch = self.held.pop(0)
             self.done += batch
-            self.inbox += [(parallel._RESULT, [("worker", t) for t in batch]),
-                           (parallel._REQUEST, None)]
+            self.inbox += [(parallel._REQUEST, None),  # the next request, then the results
+                           (parallel._RESULT, [("worker", t) for t in batch])]
         status.source, (status.tag, message) = 1, self.inbox.pop(0)
         return message
 

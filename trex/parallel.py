@@ -4,7 +4,8 @@ The same code runs serially (no mpi4py, or one rank) and under
 ``mpiexec -n N`` / ``srun``.  The work split is a task farm: rank 0 holds the
 queue and hands out small batches on request; each worker keeps
 ``PREFETCH`` requests outstanding, so it has its next batch in hand while rank
-0 is busy; results go back as separate messages; rank 0 consumes results (it
+0 is busy; results go back as separate messages, kept moving by a thread while
+the worker goes on (:class:`_Sending`); rank 0 consumes results (it
 alone writes the database) and also processes tasks itself, one at a time,
 whenever no message is waiting.
 A rank that waits (for a message, a barrier) sleeps between looks rather than
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -231,10 +233,10 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     """Rank 0: answer every request (a batch, or stop when the queue is empty),
     consume every result, work while nothing is waiting.  Each worker gets
     exactly ``PREFETCH`` stops; every batch sent comes back as one result.
-    When fewer batches are left than ranks, a worker that still holds one gets
-    no second (its request waits for its result, and is answered before that
-    result is recorded), so that the last batches are shared out rather than
-    queued behind each other; near the end a worker gets part of a batch.  Rank 0 takes one
+    When fewer batches are left than ranks, a worker that still has one in hand
+    gets no second (its request waits until the worker asks again with nothing
+    in hand), so that the last batches are shared out rather than queued behind
+    each other; near the end a worker gets part of a batch.  Rank 0 takes one
     task at a time from the next batch (it answers between two tasks, so a
     worker never waits behind a whole batch of rank 0's, and rank 0 is never
     the one left holding a batch at the end), and only once every worker's
@@ -243,6 +245,7 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
     status = MPI.Status()
     stops, out = PREFETCH * (comm.size - 1), 0
     held = [0] * comm.size  # batches a worker has and has not returned
+    asked = [0] * comm.size  # requests received from a worker
     waiting: list[int] = []  # workers whose request for a second batch waits
     queue = list(reversed(queue))
 
@@ -269,15 +272,20 @@ def _serve(comm: MPIComm, queue: list[list], work, consume) -> None:
             if status.Get_tag() == _RESULT:
                 out -= 1
                 held[source] -= 1
-                if source in waiting:  # its next batch first, then the recording
-                    waiting.remove(source)
-                    answer(source)
                 if consume(message) is False:
                     queue.clear()
-            elif held[source] and len(queue) < comm.size:
-                waiting.append(source)
             else:
-                answer(source)
+                asked[source] += 1
+                # past its first requests a worker asks as it finishes a batch, whose
+                # results come next: that batch is held but not in hand
+                in_hand = held[source] - (asked[source] > PREFETCH)
+                if in_hand and len(queue) < comm.size:
+                    waiting.append(source)
+                else:
+                    if source in waiting:  # nothing left in hand: both requests now
+                        waiting.remove(source)
+                        answer(source)
+                    answer(source)
             started.add(source)
         elif consume(work([_take_one(queue)])) is False:
             queue.clear()
@@ -313,23 +321,50 @@ def _incoming(comm: MPIComm, status) -> bool:
 
 def _work(comm: MPIComm, work) -> None:
     """A worker: keep ``PREFETCH`` requests outstanding, return each batch's results.
-    Results go without blocking (a large message waits for rank 0 to receive it,
-    while this rank works on its next batch)."""
+
+    A large message moves only while its sender is inside MPI, and rank 0 takes it when
+    it is free (after a task of its own): so the results go with ``isend`` and a thread
+    keeps testing it while the next batch is worked (:class:`_Sending`), and the next
+    request goes before them (a small message queued behind a large one waits with it)."""
     MPI = comm.MPI
     status = MPI.Status()
     for _ in range(PREFETCH):
         comm.comm.send(None, dest=0, tag=_REQUEST)
-    outstanding, sending = PREFETCH, []
+    outstanding, sending = PREFETCH, None
     while outstanding:
         comm.wait_message(status, source=0)
         batch = comm.comm.recv(source=0, tag=MPI.ANY_TAG, status=status)
         outstanding -= 1
         if status.Get_tag() == _STOP:  # the queue is empty: later answers are stops too
             continue
-        sending = [r for r in sending if not r.test()[0]]
-        sending.append(comm.comm.isend(work(batch), dest=0, tag=_RESULT))
+        results = work(batch)
+        if sending is not None:
+            sending.wait()
         comm.comm.send(None, dest=0, tag=_REQUEST)  # the next batch is already here
         outstanding += 1
-    for request in sending:
-        while not request.test()[0]:
+        sending = _Sending(comm, comm.comm.isend(results, dest=0, tag=_RESULT))
+    if sending is not None:
+        sending.wait()
+
+
+class _Sending:
+    """A message on its way, tested by a thread until it is gone (when the MPI library
+    allows calls from several threads; otherwise :meth:`wait` sends it)."""
+
+    def __init__(self, comm: MPIComm, request):
+        self.request = request
+        self.thread = None
+        if comm.MPI.Query_thread() == comm.MPI.THREAD_MULTIPLE:
+            self.thread = threading.Thread(target=self._wait, daemon=True)
+            self.thread.start()
+
+    def _wait(self) -> None:
+        while not self.request.test()[0]:
             time.sleep(POLL)
+
+    def wait(self) -> None:
+        """Return when the message has gone."""
+        if self.thread is None:
+            self._wait()
+        else:
+            self.thread.join()

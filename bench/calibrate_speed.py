@@ -110,7 +110,7 @@ def master_child(kind: str, folder: str) -> None:
     """Build one master from every raw frame in ``folder``; print JSON figures."""
     import tracemalloc
 
-    from trex.masters import build_bias, build_flat
+    from trex.masters import build_master
 
     config = Config()
     paths = sorted(Path(folder).glob("m-*.fits"))
@@ -118,9 +118,9 @@ def master_child(kind: str, folder: str) -> None:
     tracemalloc.start()
     t0 = time.perf_counter()
     if kind == "bias":
-        master = build_bias(inputs, config.calibrate)
+        master = build_master("bias", inputs, config.calibrate)
     else:
-        master = build_flat(inputs, None, None, config.calibrate)
+        master = build_master("flat", inputs, config.calibrate)
     wall = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]
     rss = peak_rss_mb()

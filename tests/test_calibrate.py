@@ -29,8 +29,10 @@ from trex.flags import MASK
 from trex.frame import Context
 from trex.header import parse_header
 from trex.ledger import Ledger
-from trex.masterframes import nearest_master, recorded_masters
-from trex.masters import block_rows, build_bias
+from trex.masterframes import Masters, nearest_master, recorded_masters
+from trex.masters import block_rows, build_master
+from trex.parallel import SerialComm
+from trex.pipeline import run_phase
 from trex.project import init_project
 from trex.stages import per_frame
 
@@ -213,9 +215,9 @@ def test_masters_recorded_with_provenance_and_reproducible(calibrated):
     for i in range(NB):
         p = project.raw / "20261129" / f"bias-{i:03d}.fits"
         inputs.append((p, parse_header(read_image(p)[1], Config(), p)))
-    again = build_bias(inputs, Config().calibrate)
+    again = build_master("bias", inputs, Config().calibrate)
     assert np.array_equal(again.image, image)
-    assert np.array_equal(again.image, build_bias(inputs, Config().calibrate).image)
+    assert np.array_equal(again.image, build_master("bias", inputs, Config().calibrate).image)
 
 
 def test_rerun_writes_nothing_new(calibrated):
@@ -302,6 +304,55 @@ def test_frame_broken_after_the_scan_is_excluded_from_its_master(tmp_path):
     assert header["NINPUTS"] == 4
 
 
+def build_masters_in_bands(project, db, ranks: int, kinds=("bias", "dark", "flat")) -> dict:
+    """The masters of ``kinds`` of a project whose inventory is done, each cut into
+    ``ranks`` bands of rows (stacked one after the other here, as the ranks of an MPI
+    run would stack them side by side); returns the recorded masters."""
+    ledger = Ledger(db, Config())
+    context = Context(project, Config(), {}, ranks=ranks)
+    for kind in kinds:
+        context, done, failed = run_phase(SerialComm(), ledger, context, Masters(kind),
+                                          {"signal": False})
+        assert (done, failed) == (ranks, 0)  # a band of a frame found unreadable is done
+    return recorded_masters(project, ledger.read.masters())
+
+
+def test_masters_stacked_in_bands_equal_masters_stacked_whole(tmp_path):
+    """Bands of rows stacked apart and joined on rank 0 make the master stacked whole:
+    image, inputs kept, bad pixels, flat levels (every 4th row and column of the whole
+    frame, read strided)."""
+    made = {}
+    for ranks in (1, 3):
+        make_night(tmp_path / str(ranks), Camera(), "20261129", seed=5, objects=0)
+        project, db = open_project(tmp_path / str(ranks))
+        run_stages(project, [], db.url)  # the inventory only
+        made[ranks] = build_masters_in_bands(project, db, ranks)
+    assert made[1].keys() == made[3].keys() and len(made[1]) == 3
+    for key in made[1]:
+        whole, banded = (fitsio.FITS(str(made[r][key])) for r in (1, 3))
+        for hdu in range(len(whole)):
+            assert np.array_equal(whole[hdu].read(), banded[hdu].read()), (key, hdu)
+        for card in ("NINPUTS", "LEVELMIN", "LEVELMAX"):
+            assert whole[0].read_header().get(card) == banded[0].read_header().get(card)
+    flat = fitsio.read_header(str(made[1][("flat", "20261129", "1", "r")]))
+    # the flats hold LFLAT ADU times a flat field of median 1 over the trimmed frame
+    assert abs(flat["LEVELMIN"] / LFLAT - 1) < 0.01 and abs(flat["LEVELMAX"] / LFLAT - 1) < 0.01
+
+
+def test_a_band_meeting_an_unreadable_frame_stacks_the_master_whole_without_it(tmp_path):
+    cam = Camera()
+    make_night(tmp_path, cam, "20261129", seed=7, bias=5, dark=0, flat=0, objects=0)
+    project, db = open_project(tmp_path)
+    run_stages(project, [], db.url)  # the inventory only
+    path = project.raw / "20261129" / "bias-002.fits"
+    stat = path.stat()
+    path.write_bytes(path.read_bytes()[: stat.st_size - 2880 * 20])  # its last rows
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    masters = build_masters_in_bands(project, db, 2, kinds=("bias",))
+    assert db.query("SELECT isok FROM frameinfo WHERE rawpath LIKE '%bias-002.fits'") == [(0,)]
+    assert read_image(masters[("bias", "20261129", "1", "")])[1]["NINPUTS"] == 4
+
+
 def test_fz_frames_and_a_saturated_frame(tmp_path, db_url):
     cam = Camera()
     night = make_night(tmp_path, cam, "20261129", seed=8, bias=3, dark=3, flat=3, objects=1)
@@ -335,14 +386,14 @@ def test_stacking_reads_row_blocks_only(tmp_path, monkeypatch):
     monkeypatch.setattr(masters_module, "clipped_combine",
                         lambda s, *a: (stacks.append(s.shape), real_combine(s, *a))[1])
     monkeypatch.setattr(masters_module.RawReader, "_read",
-                        lambda self, y0, y1, x=slice(None): (reads.append(y1 - y0),
-                                                             real_read(self, y0, y1, x))[1])
+                        lambda self, y0, y1, x=slice(None), step=1: (
+                            reads.append(y1 - y0), real_read(self, y0, y1, x, step))[1])
     cal = Config().replace("calibrate", block_rows=40).calibrate
-    master = build_bias(inputs, cal)
+    master = build_master("bias", inputs, cal)
     assert max(s[1] for s in stacks) == 40 and sum(s[1] for s in stacks) == 254
     assert all(s[0] == 6 and s[2] == 254 for s in stacks)
     assert max(reads) <= 40
-    full = build_bias(inputs, Config().calibrate)
+    full = build_master("bias", inputs, Config().calibrate)
     assert np.array_equal(master.image, full.image)
     assert block_rows(100, 4096, Config().calibrate) == 256        # 512 MB allow 327 rows
     assert block_rows(100, 4096, Config().replace("calibrate", stack_mb=16.0).calibrate) == 10

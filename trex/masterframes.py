@@ -31,11 +31,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from trex.config import Config
 from trex.errors import FrameError
 from trex.frame import Context
 from trex.header import FrameMeta, meta_from_row
-from trex.masters import build_bias, build_dark, build_flat, read_master, write_master
+from trex.masters import Stack, build_master, finish_master, read_master, stack_master, write_master
 from trex.phase import Phase
 from trex.project import Project, safe_name
 
@@ -68,6 +70,15 @@ class MasterItem:
     dark: Path | None
     deps: dict
     old: str | None
+    band: tuple[int, int] = (0, 1)  # (i, n): the i-th of n bands of rows, stacked apart
+
+
+@dataclass(frozen=True)
+class BandResult:
+    """One band of a master stacked apart (``stacked`` None: a frame was unreadable)."""
+
+    item: MasterItem
+    stacked: Stack | None
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,7 @@ class Masters(Phase):
         self.kind, self.name = kind, f"master {kind}"
         self.batch = 1
         self.built: dict[MasterKey, Path | None] = {}
+        self.bands: dict[MasterKey, dict[int, Stack | None]] = {}  # rank 0: bands so far
 
     def plan(self, ledger, context: Context) -> list[MasterItem]:
         groups: dict[MasterKey, list[RawFrame]] = defaultdict(list)
@@ -158,7 +170,9 @@ class Masters(Phase):
             old = recorded.get(key)
             if old and old[1] == digest and (context.project.root / old[0]).is_file():
                 continue  # unchanged: context.masters has it already
-            items.append(MasterItem(key, tuple(frames), bias, dark, deps, old[0] if old else None))
+            item = MasterItem(key, tuple(frames), bias, dark, deps, old[0] if old else None)
+            items += [dataclasses.replace(item, band=(i, context.ranks))
+                      for i in range(context.ranks)]
         return items
 
     @staticmethod
@@ -186,13 +200,24 @@ class Masters(Phase):
         deps = {kind.upper() + "USED": path.name for kind, path in found.items() if path}
         return found.get("bias"), found.get("dark"), deps
 
-    def work(self, item: MasterItem, context: Context) -> MasterResult:
+    def work(self, item: MasterItem, context: Context) -> MasterResult | BandResult:
+        """The master (one band of it when there are several: finished on rank 0)."""
+        if item.band[1] == 1:
+            return self._whole(item, context)
+        try:
+            return BandResult(item, stack_master(*self._arguments(item, list(item.frames), context),
+                                                 band=item.band))
+        except FrameError as err:
+            log.info("masters: %s: %s (the master is made whole, without the frame)",
+                     self.label(item), err.reason)
+            return BandResult(item, None)
+
+    def _whole(self, item: MasterItem, context: Context) -> MasterResult:
+        """The master stacked whole; a frame unreadable meanwhile is left out."""
         frames, bad = list(item.frames), []
-        config, project = context.config, context.project
-        while len(frames) >= config.calibrate.min_frames:
-            digest = _inputs_hash(frames, config, item.deps)
+        while len(frames) >= context.config.calibrate.min_frames:
             try:
-                master = self._build(item, frames, config)
+                master = build_master(*self._arguments(item, frames, context), item.deps)
             except FrameError as err:
                 culprit = [f for f in frames if str(f.rawpath) == err.path]
                 if not culprit:  # a master it depends on is unreadable
@@ -201,37 +226,41 @@ class Masters(Phase):
                 bad.append((culprit[0].framekey, err.reason))
                 frames.remove(culprit[0])
                 continue
-            kind, night, ccd, filt = item.key
-            name = "-".join(p for p in (kind, night, ccd or "all", filt) if p)
-            path = project.cal / f"{safe_name(name)}-{digest[:12]}.fits"
-            master.header["NIGHT"] = night
-            master.header["INHASH"] = (digest[:32], "hash of the inputs and settings")
-            write_master(path, master)
-            if item.old and (project.root / item.old) != path:
-                (project.root / item.old).unlink(missing_ok=True)
-            return MasterResult(item.key, str(path.relative_to(project.root)), digest,
-                                len(frames), tuple(bad))
+            return self._write(item, frames, master, bad, context)
         log.warning("masters: %s night %s ccd %r filter %r: %d usable frames, fewer than %d: "
-                    "no master", *item.key, len(frames), config.calibrate.min_frames)
+                    "no master", *item.key, len(frames), context.config.calibrate.min_frames)
         if item.old:
-            (project.root / item.old).unlink(missing_ok=True)
+            (context.project.root / item.old).unlink(missing_ok=True)
         return MasterResult(item.key, None, "", len(frames), tuple(bad))
 
-    @staticmethod
-    def _build(item: MasterItem, frames: list[RawFrame], config: Config):
-        inputs = [(f.rawpath, f.meta) for f in frames]
-        cal = config.calibrate
-        log.info("masters: building %s night %s ccd %r filter %r from %d frames", *item.key,
-                 len(frames))
-        bias = read_master(item.bias)[0] if item.bias else None
-        if item.key[0] == "bias":
-            return build_bias(inputs, cal)
-        if item.key[0] == "dark":
-            return build_dark(inputs, bias, cal, item.deps)
-        dark = read_master(item.dark)[0] if item.dark else None
-        return build_flat(inputs, bias, dark, cal, item.deps)
+    def _write(self, item: MasterItem, frames: list[RawFrame], master, bad: list,
+               context: Context) -> MasterResult:
+        project = context.project
+        digest = _inputs_hash(frames, context.config, item.deps)
+        kind, night, ccd, filt = item.key
+        name = "-".join(p for p in (kind, night, ccd or "all", filt) if p)
+        path = project.cal / f"{safe_name(name)}-{digest[:12]}.fits"
+        master.header["NIGHT"] = night
+        master.header["INHASH"] = (digest[:32], "hash of the inputs and settings")
+        write_master(path, master)
+        if item.old and (project.root / item.old) != path:
+            (project.root / item.old).unlink(missing_ok=True)
+        return MasterResult(item.key, str(path.relative_to(project.root)), digest,
+                            len(frames), tuple(bad))
 
-    def record(self, ledger, result: MasterResult, context: Context) -> None:
+    def _arguments(self, item: MasterItem, frames: list[RawFrame], context: Context) -> tuple:
+        """(kind, inputs, calibrate settings, bias, dark) of :mod:`trex.masters`."""
+        log.info("masters: stacking %s from %d frames", self.label(item), len(frames))
+        bias = read_master(item.bias)[0] if item.bias else None
+        dark = read_master(item.dark)[0] if item.dark and item.key[0] == "flat" else None
+        return (item.key[0], [(f.rawpath, f.meta) for f in frames],
+                context.config.calibrate, bias, dark)
+
+    def record(self, ledger, result: MasterResult | BandResult, context: Context) -> None:
+        if isinstance(result, BandResult):
+            result = self._join(ledger, result, context)
+            if result is None:
+                return
         for framekey, reason in result.bad:
             ledger.mark_bad(framekey, reason)
         if result.path is None:
@@ -241,6 +270,29 @@ class Masters(Phase):
             ledger.record_master(result.key, result.path, result.digest, result.ninputs)
             self.built[result.key] = context.project.root / result.path
         ledger.record_phase("masters", "/".join(result.key))
+
+    def _join(self, ledger, band: BandResult, context: Context) -> MasterResult | None:
+        """Rank 0: the master once all its bands are in (None before, or when it
+        failed); stacked whole when a band met an unreadable frame."""
+        bands = self.bands.setdefault(band.item.key, {})
+        bands[band.item.band[0]] = band.stacked
+        if len(bands) < band.item.band[1]:
+            return None
+        del self.bands[band.item.key]
+        item = dataclasses.replace(band.item, band=(0, 1))
+        if any(stacked is None for stacked in bands.values()):
+            try:
+                return self._whole(item, context)
+            except FrameError as err:
+                log.warning("%s: %s: %s", self.name, self.label(item), err.reason)
+                self.fail(ledger, item, err.reason, context)
+                return None
+        parts = [bands[i] for i in range(len(bands))]
+        stacked = Stack(np.concatenate([p.image for p in parts]),
+                        np.concatenate([p.nused for p in parts]), parts[0].levels)
+        inputs = [(f.rawpath, f.meta) for f in item.frames]
+        master = finish_master(item.key[0], inputs, stacked, context.config.calibrate, item.deps)
+        return self._write(item, list(item.frames), master, [], context)
 
     def update(self, ledger, context: Context) -> Context:
         masters = dict(context.masters)
@@ -252,4 +304,5 @@ class Masters(Phase):
         return dataclasses.replace(context, masters=masters)
 
     def label(self, item: MasterItem) -> str:
-        return "/".join(item.key)
+        i, n = item.band
+        return "/".join(item.key) + (f" rows {i + 1}/{n}" if n > 1 else "")

@@ -27,8 +27,11 @@ Memory: stacking reads the inputs by row blocks (fitsio reads a row range of
 an uncompressed image, and of a Rice ``.fz`` image tile row by tile row), so
 only ``nframes x rows x nx`` float32 values sit in memory, with
 ``rows = min(block_rows, stack_mb / (nframes * nx * 4 bytes))``, plus the
-master being built and the masters it depends on (one frame each).  Flats
-are read once more, one whole frame at a time, for their normalisation.
+master being built and the masters it depends on (one frame each).  A flat's
+level is the median of every 4th row and column of the whole frame (a strided
+read).  A master can be stacked in bands of rows on several ranks
+(:func:`stack_master` with ``band``) and finished from the joined bands
+(:func:`finish_master`): the same master as stacked whole.
 """
 
 from __future__ import annotations
@@ -107,26 +110,24 @@ class RawReader:
         self.shape = (self.ys.stop - self.ys.start, self.xs.stop - self.xs.start)
         self._region: float | None = None
 
-    def _read(self, y0: int, y1: int, x: slice = slice(None)) -> np.ndarray:
+    def _read(self, y0: int, y1: int, x: slice = slice(None), step: int = 1) -> np.ndarray:
         with _open(self.path) as fits:
             hdu = fits[_image_hdu(fits, self.path)]
             with cfitsio_errors(self.path, "image data unreadable (truncated or corrupt)"):
-                data = hdu[y0:y1, x]
+                data = hdu[y0:y1:step, x]
         return np.asarray(data, dtype=np.float32)
 
-    def rows(self, t0: int, t1: int) -> np.ndarray:
-        """Trimmed rows ``t0:t1`` with the overscan subtracted, float32."""
+    def rows(self, t0: int, t1: int, step: int = 1) -> np.ndarray:
+        """Trimmed rows ``t0:t1:step`` with the overscan subtracted, float32 (a ``.fz``
+        image decompresses only the tile rows read)."""
         if self.mode == "median" and self.meta.biassec is not None and self._region is None:
             bys, bxs = self.meta.biassec
             self._region = float(np.median(self._read(bys.start, bys.stop, bxs)))
-        raw = self._read(self.ys.start + t0, self.ys.start + t1)
+        raw = self._read(self.ys.start + t0, self.ys.start + t1, step=step)
         levels = overscan_levels(raw, self.meta, self.mode, self._region)
         out = raw[:, self.xs]
         out -= levels[:, None]
         return out
-
-    def full(self) -> np.ndarray:
-        return self.rows(0, self.shape[0])
 
 
 def block_rows(nframes: int, nx: int, cal: CalibrateSection) -> int:
@@ -139,27 +140,31 @@ Correction = Callable[[int, np.ndarray, int, int], np.ndarray]
 
 
 def stack(readers: Sequence[RawReader], cal: CalibrateSection,
-          correct: Correction | None = None) -> tuple[np.ndarray, np.ndarray]:
+          correct: Correction | None = None,
+          rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Clipped-mean combine of the readers' frames, block of rows by block of rows.
 
     ``correct(k, rows, t0, t1)`` turns rows ``t0:t1`` of frame ``k`` into what is
-    combined (in place is fine).  Returns (image float32, nused int16).
+    combined (in place is fine).  ``rows`` = (start, stop): only those trimmed rows
+    (all by default).  Returns (image float32, nused int16) of those rows.
     """
     ny, nx = readers[0].shape
     for r in readers:
         if r.shape != (ny, nx):
             raise FrameError(r.path, f"trimmed shape {r.shape} differs from {(ny, nx)}")
-    out = np.empty((ny, nx), np.float32)
-    nused = np.empty((ny, nx), np.int16)
+    start, stop = rows or (0, ny)
+    out = np.empty((stop - start, nx), np.float32)
+    nused = np.empty((stop - start, nx), np.int16)
     nrows = block_rows(len(readers), nx, cal)
     buf = np.empty((len(readers), nrows, nx), np.float32)
-    for t0 in range(0, ny, nrows):
-        t1 = min(ny, t0 + nrows)
+    for t0 in range(start, stop, nrows):
+        t1 = min(stop, t0 + nrows)
         block = buf if t1 - t0 == nrows else np.empty((len(readers), t1 - t0, nx), np.float32)
         for k, reader in enumerate(readers):
-            rows = reader.rows(t0, t1)
-            block[k] = correct(k, rows, t0, t1) if correct else rows
-        clipped_combine(block, out[t0:t1], nused[t0:t1], cal.clip_sigma, cal.clip_iters, False)
+            raw = reader.rows(t0, t1)
+            block[k] = correct(k, raw, t0, t1) if correct else raw
+        clipped_combine(block, out[t0 - start:t1 - start], nused[t0 - start:t1 - start],
+                        cal.clip_sigma, cal.clip_iters, False)
     return out, nused
 
 
@@ -174,16 +179,15 @@ class Master:
     badpix: np.ndarray | None = None  # uint8 bits of MASK, for dark and flat
 
 
-def _provenance(kind: str, readers: Sequence[RawReader], cal: CalibrateSection,
-                used: dict[str, str]) -> afits.Header:
-    first = readers[0].meta
+def _provenance(kind: str, paths: Sequence[Path | str], first: FrameMeta,
+                cal: CalibrateSection, used: dict[str, str]) -> afits.Header:
     header = afits.Header()
     header["MASTER"] = (kind, "master frame type")
     header["BUNIT"] = (UNITS[kind], "unit of the pixel values")
     header["CCD"] = first.ccd
     if kind == "flat":
         header["FILTER"] = first.filter
-    header["NINPUTS"] = (len(readers), "number of input frames")
+    header["NINPUTS"] = (len(paths), "number of input frames")
     header["CLIPSIG"] = (cal.clip_sigma, "sigma clipping threshold")
     header["CLIPITER"] = (cal.clip_iters, "sigma clipping iterations")
     header["COMBINE"] = ("clipped mean", "combination")
@@ -191,15 +195,9 @@ def _provenance(kind: str, readers: Sequence[RawReader], cal: CalibrateSection,
     for name, value in used.items():
         header[name] = value
     header["TRXVERS"] = (__version__, "trex version")
-    for i, reader in enumerate(readers, 1):
-        header[f"INPUT{i:03d}"] = reader.path.name
+    for i, path in enumerate(paths, 1):
+        header[f"INPUT{i:03d}"] = Path(path).name
     return header
-
-
-def _readers(inputs: Sequence[tuple[Path, FrameMeta]], cal: CalibrateSection) -> list[RawReader]:
-    if not inputs:
-        raise ValueError("no input frames")
-    return [RawReader(path, meta, cal.overscan) for path, meta in inputs]
 
 
 def _checked(master: np.ndarray | None, shape: tuple, what: str) -> np.ndarray | None:
@@ -209,62 +207,86 @@ def _checked(master: np.ndarray | None, shape: tuple, what: str) -> np.ndarray |
     return master
 
 
-def build_bias(inputs: Sequence[tuple[Path, FrameMeta]], cal: CalibrateSection) -> Master:
-    """Master bias (ADU) from (path, meta) of bias frames."""
-    readers = _readers(inputs, cal)
-    image, nused = stack(readers, cal)
-    return Master("bias", image, nused, _provenance("bias", readers, cal, {}))
+def row_band(ny: int, band: tuple[int, int]) -> tuple[int, int]:
+    """Rows (start, stop) of band ``(i, n)``: the i-th of n equal parts of ``ny`` rows."""
+    i, n = band
+    return ny * i // n, ny * (i + 1) // n
 
 
-def build_dark(inputs: Sequence[tuple[Path, FrameMeta]], bias: np.ndarray | None,
-               cal: CalibrateSection, used: dict[str, str] | None = None) -> Master:
-    """Master dark current (ADU/s) from dark frames, after the master bias."""
-    readers = _readers(inputs, cal)
-    bias = _checked(bias, readers[0].shape, "bias")
-    for r in readers:
-        if r.meta.exptime <= 0:
-            raise FrameError(r.path, "dark frame with zero exposure time")
+@dataclass
+class Stack:
+    """A band of rows of a master before it is finished (:func:`finish_master`)."""
 
-    def correct(k, rows, t0, t1):
-        if bias is not None:
-            rows -= bias[t0:t1]
-        rows /= readers[k].meta.exptime
-        return rows
-
-    image, nused = stack(readers, cal, correct)
-    badpix = hot_pixels(image, nused, cal.hot_sigma)
-    return Master("dark", image, nused, _provenance("dark", readers, cal, used or {}), badpix)
+    image: np.ndarray              # float32, clipped mean of the corrected inputs
+    nused: np.ndarray              # int16
+    levels: tuple[float, ...] = ()  # flats: each input's median level, ADU
 
 
-def build_flat(inputs: Sequence[tuple[Path, FrameMeta]], bias: np.ndarray | None,
-               dark: np.ndarray | None, cal: CalibrateSection,
-               used: dict[str, str] | None = None) -> Master:
-    """Normalised master flat from flat frames, after the master bias and dark."""
-    readers = _readers(inputs, cal)
+def stack_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], cal: CalibrateSection,
+                 bias: np.ndarray | None = None, dark: np.ndarray | None = None,
+                 band: tuple[int, int] = (0, 1)) -> Stack:
+    """The rows of ``band`` (:func:`row_band`; all by default) of a master of ``kind``
+    from (path, meta) of its frames, corrected as the module doc says: the bias and
+    dark masters (whole frames) are subtracted where given, a flat divided by its
+    level (the median of every 4th row and column of the whole frame, whatever the
+    band, so that bands stacked apart make the same master)."""
+    if not inputs:
+        raise ValueError("no input frames")
+    readers = [RawReader(path, meta, cal.overscan) for path, meta in inputs]
     bias = _checked(bias, readers[0].shape, "bias")
     dark = _checked(dark, readers[0].shape, "dark")
+    rows = row_band(readers[0].shape[0], band)
+    if kind == "bias":
+        return Stack(*stack(readers, cal, rows=rows))
+    for r in readers:
+        if kind == "dark" and r.meta.exptime <= 0:
+            raise FrameError(r.path, "dark frame with zero exposure time")
 
-    def remove(k, rows, t0, t1):
+    def remove(k, rows, t0, t1, step=1):
         if bias is not None:
-            rows -= bias[t0:t1]
-        if dark is not None:
-            rows -= dark[t0:t1] * np.float32(readers[k].meta.exptime)
+            rows -= bias[t0:t1:step, ::step]
+        if dark is not None and kind == "flat":
+            rows -= dark[t0:t1:step, ::step] * np.float32(readers[k].meta.exptime)
         return rows
 
+    if kind == "dark":
+        return Stack(*stack(readers, cal, lambda k, rows, t0, t1:
+                            remove(k, rows, t0, t1) / np.float32(readers[k].meta.exptime), rows))
     levels = []
-    for k, reader in enumerate(readers):  # one whole frame at a time
-        sample = remove(k, reader.full(), 0, reader.shape[0])[::4, ::4]
+    for k, reader in enumerate(readers):
+        sample = remove(k, reader.rows(0, reader.shape[0], step=4)[:, ::4], 0, None, 4)
         level = float(np.nanmedian(sample))
         if not np.isfinite(level) or level <= 0:
             raise FrameError(reader.path, f"flat level {level:.4g} ADU is not positive")
         levels.append(np.float32(level))
-    image, nused = stack(readers, cal, lambda k, rows, t0, t1: remove(k, rows, t0, t1) / levels[k])
+    image, nused = stack(readers, cal, lambda k, rows, t0, t1: remove(k, rows, t0, t1) / levels[k],
+                         rows)
+    return Stack(image, nused, tuple(float(v) for v in levels))
+
+
+def finish_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], stacked: Stack,
+                  cal: CalibrateSection, used: dict[str, str] | None = None) -> Master:
+    """The master of ``kind`` from the stack of all its rows: a flat divided by its
+    median, the bad-pixel map of a dark or flat, the provenance header."""
+    image, nused = stacked.image, stacked.nused
+    header = _provenance(kind, [path for path, _ in inputs], inputs[0][1], cal, used or {})
+    if kind == "bias":
+        return Master("bias", image, nused, header)
+    if kind == "dark":
+        return Master("dark", image, nused, header, hot_pixels(image, nused, cal.hot_sigma))
     image /= np.float32(np.nanmedian(image))
-    header = _provenance("flat", readers, cal, used or {})
-    header["LEVELMIN"] = (float(min(levels)), "lowest input flat median, ADU")
-    header["LEVELMAX"] = (float(max(levels)), "highest input flat median, ADU")
-    badpix = dead_pixels(image, nused, cal.dead_fraction, cal.dead_box)
-    return Master("flat", image, nused, header, badpix)
+    header["LEVELMIN"] = (min(stacked.levels), "lowest input flat median, ADU")
+    header["LEVELMAX"] = (max(stacked.levels), "highest input flat median, ADU")
+    return Master("flat", image, nused, header,
+                  dead_pixels(image, nused, cal.dead_fraction, cal.dead_box))
+
+
+def build_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], cal: CalibrateSection,
+                 bias: np.ndarray | None = None, dark: np.ndarray | None = None,
+                 used: dict[str, str] | None = None) -> Master:
+    """A master of ``kind`` (bias ADU, dark ADU/s, flat relative) from (path, meta) of
+    its frames, after the master bias (dark, flat) and dark (flat) where given."""
+    return finish_master(kind, inputs, stack_master(kind, inputs, cal, bias, dark), cal, used)
 
 
 def hot_pixels(dark: np.ndarray, nused: np.ndarray, hot_sigma: float) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Read top to bottom (:func:`phases`), this is the pipeline:
 
-1. inventory of RAW/, calibration masters (bias, then dark, then flat), the
-   field catalogs (beside the bias);
+1. inventory of RAW/, calibration masters (bias, then dark, then flat; each
+   stacked in bands of rows, one per rank, joined on rank 0), the field
+   catalogs (beside the bias);
 2. per frame: calibrate -> extract -> astrometry -> photometry;
 3. astrometric reference per (projid, field, ccd); magnitude-fit master per
    (projid, field) (single-reference fits, then the master); photometric
@@ -63,8 +64,9 @@ SECOND_PASS = ("magfit", "subtract")
 def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
     """The phases that run ``stages``, in order (see the module doc)."""
     out: list[Phase] = [inventory.Inventory()]
-    if "calibrate" in stages:  # the catalogs beside the bias: two phases of one item each
-        out += [Together(Masters("bias"), Catalogs()), Masters("dark"), Masters("flat")]
+    if "calibrate" in stages:  # the catalogs beside the bias (first: a worker's first two
+        # items go together, rank 0 takes the next, so the two bands of a bias are split)
+        out += [Together(Catalogs(), Masters("bias")), Masters("dark"), Masters("flat")]
     else:
         out.append(Catalogs())
     if per_frame(tuple(s for s in stages if s in FIRST_PASS)):

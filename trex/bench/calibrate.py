@@ -7,7 +7,7 @@
   (no mask).  The raw frame has no overscan strip, so both compute the same
   thing.  Check: the largest |trex - numpy| in ADU and relative to the sky noise.
 * Master bias from N raw frames of 2048^2 on disk (N = 10, 5 with
-  ``--quick``): trex ``build_bias`` (row-block reads, 3-sigma clipped mean, 3
+  ``--quick``): trex ``build_master("bias", ...)`` (row-block reads, 3-sigma clipped mean, 3
   iterations) against numpy reading every frame with fitsio into one cube,
   then a 3-sigma clip around the median (one pass) and the mean.  Check: the
   median and largest |trex - numpy| relative to the noise of the mean.
@@ -28,7 +28,7 @@ from trex.config import Config
 from trex.fits import read_header
 from trex.frame import Frame
 from trex.header import parse_header
-from trex.masters import Master, build_bias, write_master
+from trex.masters import Master, build_master, write_master
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def bench_master(size: int, nframes: int, folder: Path) -> Row:
         paths.append(folder / f"bias-{i:03d}.fits")
         write_raw(paths[-1], rng.normal(BIAS, READ, (size, size)), "bias")
     inputs = [(p, parse_header(read_header(p), config, p)) for p in paths]
-    t_trex, master = median_time(lambda: build_bias(inputs, config.calibrate))
+    t_trex, master = median_time(lambda: build_master("bias", inputs, config.calibrate))
     t_np, ref = median_time(lambda: numpy_master(paths))
     diff = np.abs(master.image.astype(float) - ref) / (READ / np.sqrt(nframes))
     check = (f"|trex - numpy| / sigma_mean: median {np.median(diff):.2f}, max {diff.max():.1f}; "

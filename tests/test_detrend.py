@@ -15,7 +15,7 @@ from trex.flags import PHOT
 from trex.lccards import header_cards
 from trex.lcstats import robust_stats, wide_table
 from trex.project import init_project
-from trex.tfa import default_template_count, exclusion, select_templates, tfa
+from trex.tfa import default_template_count, exclusion, peak_power, select_templates, tfa
 
 NOISE = 0.004
 
@@ -145,6 +145,37 @@ def test_tfa_keeps_a_transit_and_handles_missing_points():
     intr = signal > 0
     depth = np.median(out[target][intr & good]) - np.median(out[target][~intr & good])
     assert depth >= 0.9 * 0.02
+
+
+def test_peak_power_equals_astropy_lombscargle_per_star():
+    """The periodogram of all candidates at once against astropy's ``LombScargle`` (its
+    default: floating mean, standard normalisation) run star by star; missing points,
+    a sinusoid and too short or constant light curves."""
+    from astropy.timeseries import LombScargle
+
+    rng = np.random.default_rng(8)
+    times = np.sort(rng.uniform(0, 0.3, 40)) + 61000.5
+    times[5] = np.nan  # a frame without a time
+    lcs = rng.normal(0, 0.01, (30, 40))
+    lcs[:10] += 0.03 * np.sin(2 * np.pi * times / 0.07)
+    lcs[rng.uniform(size=lcs.shape) < 0.2] = np.nan
+    lcs[20, 12:] = np.nan  # 11 points, 10 of them finite at finite times: too few
+    lcs[21] = 0.5  # constant
+    power = peak_power(times, lcs)
+    span = np.nanmax(times) - np.nanmin(times)
+    step = np.nanmedian(np.diff(np.sort(times)))
+    freq = np.linspace(2 / span, 0.25 / step, int(np.clip(5 * span * (0.25 / step - 2 / span),
+                                                          100, 2000)))
+    for lc, got in zip(lcs, power):
+        ok = np.isfinite(lc) & np.isfinite(times)
+        if ok.sum() <= 10 or np.ptp(lc[ok]) == 0:
+            assert np.isnan(got)
+        else:
+            # times from the first (the power does not depend on the origin; at 61000 d
+            # the phases would lose 1e-9 rad)
+            expected = LombScargle(times[ok] - np.nanmin(times), lc[ok]).power(freq).max()
+            assert got == pytest.approx(expected, rel=1e-9)
+    assert np.isnan(power[[20, 21]]).all() and (power[:10] > 2 * np.nanmedian(power[10:])).all()
 
 
 def test_exclusion_radius_and_identity():

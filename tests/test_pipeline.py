@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fitsio
 import numpy as np
 import pytest
 
@@ -100,6 +101,19 @@ def test_mpi_run_equals_serial_run(night, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank 1" in out.stderr  # the second rank took part
+    # masters stacked in bands of rows and TFA templates chosen by column family, one per
+    # rank, are those of the serial run
+    for pattern in ("BASE/CAL/*.fits", "BASE/reference-frames/tfa-*.npy"):
+        names = sorted(p.relative_to(serial) for p in serial.glob(pattern))
+        assert names and names == sorted(p.relative_to(mpi) for p in mpi.glob(pattern))
+        for name in names:
+            if name.suffix == ".npy":
+                assert np.array_equal(np.load(serial / name), np.load(mpi / name))
+                continue
+            with fitsio.FITS(str(serial / name)) as one, fitsio.FITS(str(mpi / name)) as two:
+                assert len(one) == len(two)
+                for hdu in range(len(one)):
+                    assert np.array_equal(one[hdu].read(), two[hdu].read(), equal_nan=True)
     a, b = lightcurve_tables(serial), lightcurve_tables(mpi)
     assert a.keys() == b.keys() and len(a) > 200
     for name in a:

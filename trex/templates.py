@@ -106,16 +106,21 @@ def save_templates(path: Path, templates: Templates) -> None:
 
 class ChooseTemplates(Phase):
     """TFA templates of the groups being merged that have none (all of them when the
-    references are rebuilt), from a sample of their frames' products."""
+    references are rebuilt), from a sample of their frames' products.  Under MPI the
+    ``arm`` and ``irm`` columns of a group are chosen on two ranks (``FAMILIES``) and
+    joined on rank 0: the same templates as chosen together."""
 
     name = "TFA templates"
     batch = 1
+    FAMILIES = ("arm", "irm")
 
     def __init__(self):
         self.found: dict[tuple[str, str], Templates] = {}
+        self.parts: dict[tuple[str, str], dict] = {}  # rank 0: families chosen so far
 
     def plan(self, ledger, context: Context) -> list[tuple]:
         groups = sorted({(r[3], r[4]) for r in ledger.read.frames_to_merge()})
+        families = self.FAMILIES if context.ranks > 1 else ("",)  # "": every column
         items = []
         for group in groups:
             if group[1] not in context.catalogs or (group in context.templates
@@ -124,20 +129,22 @@ class ChooseTemplates(Phase):
             frames = ledger.read.frames_done("photometry", *group)
             n = context.config.detrend.template_frames
             sample = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, n).astype(int))]
-            items.append((group, tuple((k, r) for k, r, _ in sample)))
+            items += [(group, family, tuple((k, r) for k, r, _ in sample))
+                      for family in families]
         return items
 
     def work(self, item: tuple, context: Context) -> tuple:
-        group, sample = item
+        group, family, sample = item
         catalog = context.catalogs[group[1]]
-        napertures = len(context.config.photometry.apertures)
-        columns = input_columns(napertures)
+        columns = [c for c in input_columns(len(context.config.photometry.apertures))
+                   if c.startswith(family)]
         values = {c: np.full((len(catalog), len(sample)), np.nan) for c in columns}
         xsum, ysum, count = (np.zeros(len(catalog)) for _ in range(3))
         rjd = np.full(len(sample), np.nan)
         for j, (_, redpath) in enumerate(sample):
             aphot = load_product(context.project.root / redpath, "aphot")
-            iphot = load_product(context.project.root / redpath, "iphot")
+            iphot = (load_product(context.project.root / redpath, "iphot")
+                     if any(c[0] == "i" for c in columns) else None)
             if aphot is None:
                 continue
             rjd[j] = np.nanmedian(aphot["rjd"])
@@ -157,20 +164,26 @@ class ChooseTemplates(Phase):
                 mags -= np.nanmedian(mags - np.nanmedian(mags, axis=1, keepdims=True), axis=0)
         seen = np.flatnonzero(count > 0)
         stars = _star_table(catalog, seen, xsum[seen] / count[seen], ysum[seen] / count[seen])
-        templates = choose_templates({c: v[seen] for c, v in values.items()}, rjd, stars,
-                                     context.config)
-        save_templates(templates_path(context.project, *group), templates)
-        return group, templates
+        return group, family, choose_templates({c: v[seen] for c, v in values.items()}, rjd,
+                                               stars, context.config)
 
     def record(self, ledger, result: tuple, context: Context) -> None:
-        ledger.record_phase(self.name, "/".join(result[0]))
-        self.found[result[0]] = result[1]
+        group, family, templates = result
+        parts = self.parts.setdefault(group, {})
+        parts[family] = templates
+        if family and len(parts) < len(self.FAMILIES):
+            return
+        del self.parts[group]
+        table = np.concatenate([parts[f].table for f in ("",) + self.FAMILIES if f in parts])
+        save_templates(templates_path(context.project, *group), Templates(table))
+        ledger.record_phase(self.name, "/".join(group))
+        self.found[group] = Templates(table)
 
     def update(self, ledger, context: Context) -> Context:
         return dataclasses.replace(context, templates={**context.templates, **self.found})
 
     def label(self, item: tuple) -> str:
-        return "/".join(item[0])
+        return "/".join(item[0]) + (f" {item[1]}" if item[1] else "")
 
 
 def _star_table(catalog: np.ndarray, index: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -37,7 +37,8 @@ from trex.config import Config
 from trex.errors import FrameError
 from trex.frame import Context
 from trex.header import FrameMeta, meta_from_row
-from trex.masters import Stack, build_master, finish_master, read_master, stack_master, write_master
+from trex.masters import (StackedRows, build_master, finish_master, read_master, stack_master,
+                          write_master)
 from trex.phase import Phase
 from trex.project import Project, safe_name
 
@@ -78,7 +79,7 @@ class BandResult:
     """One band of a master stacked apart (``stacked`` None: a frame was unreadable)."""
 
     item: MasterItem
-    stacked: Stack | None
+    stacked: StackedRows | None
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class Masters(Phase):
         self.kind, self.name = kind, f"master {kind}"
         self.batch = 1
         self.built: dict[MasterKey, Path | None] = {}
-        self.bands: dict[MasterKey, dict[int, Stack | None]] = {}  # rank 0: bands so far
+        self.bands: dict[MasterKey, dict[int, StackedRows | None]] = {}  # rank 0: so far
 
     def plan(self, ledger, context: Context) -> list[MasterItem]:
         groups: dict[MasterKey, list[RawFrame]] = defaultdict(list)
@@ -288,7 +289,7 @@ class Masters(Phase):
                 self.fail(ledger, item, err.reason, context)
                 return None
         parts = [bands[i] for i in range(len(bands))]
-        stacked = Stack(np.concatenate([p.image for p in parts]),
+        stacked = StackedRows(np.concatenate([p.image for p in parts]),
                         np.concatenate([p.nused for p in parts]), parts[0].levels)
         inputs = [(f.rawpath, f.meta) for f in item.frames]
         master = finish_master(item.key[0], inputs, stacked, context.config.calibrate, item.deps)

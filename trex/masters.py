@@ -214,7 +214,7 @@ def row_band(ny: int, band: tuple[int, int]) -> tuple[int, int]:
 
 
 @dataclass
-class Stack:
+class StackedRows:
     """A band of rows of a master before it is finished (:func:`finish_master`)."""
 
     image: np.ndarray              # float32, clipped mean of the corrected inputs
@@ -224,7 +224,7 @@ class Stack:
 
 def stack_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], cal: CalibrateSection,
                  bias: np.ndarray | None = None, dark: np.ndarray | None = None,
-                 band: tuple[int, int] = (0, 1)) -> Stack:
+                 band: tuple[int, int] = (0, 1)) -> StackedRows:
     """The rows of ``band`` (:func:`row_band`; all by default) of a master of ``kind``
     from (path, meta) of its frames, corrected as the module doc says: the bias and
     dark masters (whole frames) are subtracted where given, a flat divided by its
@@ -237,12 +237,12 @@ def stack_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], cal: Calib
     dark = _checked(dark, readers[0].shape, "dark")
     rows = row_band(readers[0].shape[0], band)
     if kind == "bias":
-        return Stack(*stack(readers, cal, rows=rows))
+        return StackedRows(*stack(readers, cal, rows=rows))
     for r in readers:
         if kind == "dark" and r.meta.exptime <= 0:
             raise FrameError(r.path, "dark frame with zero exposure time")
 
-    def remove(k, rows, t0, t1, step=1):
+    def remove(k, rows, t0, t1, step=1):  # rows t0:t1:step (columns ::step) of frame k
         if bias is not None:
             rows -= bias[t0:t1:step, ::step]
         if dark is not None and kind == "flat":
@@ -250,21 +250,22 @@ def stack_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], cal: Calib
         return rows
 
     if kind == "dark":
-        return Stack(*stack(readers, cal, lambda k, rows, t0, t1:
+        return StackedRows(*stack(readers, cal, lambda k, rows, t0, t1:
                             remove(k, rows, t0, t1) / np.float32(readers[k].meta.exptime), rows))
     levels = []
     for k, reader in enumerate(readers):
-        sample = remove(k, reader.rows(0, reader.shape[0], step=4)[:, ::4], 0, None, 4)
+        ny = reader.shape[0]
+        sample = remove(k, reader.rows(0, ny, step=4)[:, ::4], 0, ny, step=4)
         level = float(np.nanmedian(sample))
         if not np.isfinite(level) or level <= 0:
             raise FrameError(reader.path, f"flat level {level:.4g} ADU is not positive")
         levels.append(np.float32(level))
     image, nused = stack(readers, cal, lambda k, rows, t0, t1: remove(k, rows, t0, t1) / levels[k],
                          rows)
-    return Stack(image, nused, tuple(float(v) for v in levels))
+    return StackedRows(image, nused, tuple(float(v) for v in levels))
 
 
-def finish_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], stacked: Stack,
+def finish_master(kind: str, inputs: Sequence[tuple[Path, FrameMeta]], stacked: StackedRows,
                   cal: CalibrateSection, used: dict[str, str] | None = None) -> Master:
     """The master of ``kind`` from the stack of all its rows: a flat divided by its
     median, the bad-pixel map of a dark or flat, the provenance header."""

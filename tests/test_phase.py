@@ -7,7 +7,7 @@ from trex.config import Config
 from trex.errors import PhaseError
 from trex.frame import Context
 from trex.parallel import SerialComm
-from trex.phase import Phase, Together
+from trex.phase import Phase, Pieces, Together
 from trex.pipeline import run_phase
 
 
@@ -47,3 +47,12 @@ def test_together_dispatches_every_item_to_its_phase(tmp_path):
     assert many.failures == [(3, "bad item")] and not one.failures
     assert one.updated and many.updated
     assert together.summary(done, failed) == "reference 1; fits 4 (1 failed)"
+
+
+def test_pieces_are_given_back_once_all_of_an_item_are_in():
+    pieces = Pieces()
+    assert pieces.add("flat", 1, 3, "b") is None
+    assert pieces.add("bias", 0, 1, "whole") == {0: "whole"}  # an item of one piece
+    assert pieces.add("flat", 0, 3, "a") is None
+    assert pieces.add("flat", 2, 3, "c") == {0: "a", 1: "b", 2: "c"}
+    assert pieces.held == {}  # nothing kept once given back

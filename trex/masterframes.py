@@ -37,9 +37,8 @@ from trex.config import Config
 from trex.errors import FrameError
 from trex.frame import Context
 from trex.header import FrameMeta, meta_from_row
-from trex.masters import (StackedRows, build_master, finish_master, read_master, stack_master,
-                          write_master)
-from trex.phase import Phase
+from trex.masters import StackedRows, build_master, finish_master, read_master, stack_master, write_master
+from trex.phase import Phase, Pieces
 from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
@@ -154,7 +153,7 @@ class Masters(Phase):
         self.kind, self.name = kind, f"master {kind}"
         self.batch = 1
         self.built: dict[MasterKey, Path | None] = {}
-        self.bands: dict[MasterKey, dict[int, StackedRows | None]] = {}  # rank 0: so far
+        self.bands = Pieces()  # rank 0: the bands of each master so far
 
     def plan(self, ledger, context: Context) -> list[MasterItem]:
         groups: dict[MasterKey, list[RawFrame]] = defaultdict(list)
@@ -275,11 +274,9 @@ class Masters(Phase):
     def _join(self, ledger, band: BandResult, context: Context) -> MasterResult | None:
         """Rank 0: the master once all its bands are in (None before, or when it
         failed); stacked whole when a band met an unreadable frame."""
-        bands = self.bands.setdefault(band.item.key, {})
-        bands[band.item.band[0]] = band.stacked
-        if len(bands) < band.item.band[1]:
+        bands = self.bands.add(band.item.key, *band.item.band, band.stacked)
+        if bands is None:
             return None
-        del self.bands[band.item.key]
         item = dataclasses.replace(band.item, band=(0, 1))
         if any(stacked is None for stacked in bands.values()):
             try:

@@ -102,6 +102,22 @@ def attempt(phase: Phase, item, context: Context):
         return Fault(err.path, err.cause)
 
 
+class Pieces:
+    """Rank 0's side of an item worked in pieces on several ranks (a master's bands of
+    rows, a group's template columns): each piece's result is kept until the item's
+    last one is in."""
+
+    def __init__(self):
+        self.held: dict = {}
+
+    def add(self, key, index, count: int, piece) -> dict | None:
+        """Keep ``piece`` (number ``index`` of ``count`` of item ``key``); all the item's
+        pieces ``{index: piece}`` once they are in, else None."""
+        pieces = self.held.setdefault(key, {})
+        pieces[index] = piece
+        return self.held.pop(key) if len(pieces) == count else None
+
+
 class Together(Phase):
     """Independent phases farmed as one: their items share the ranks, so that a phase
     of one item (a reference, a master) does not leave the other ranks waiting.

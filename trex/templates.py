@@ -19,7 +19,7 @@ from trex.config import Config
 from trex.fits import atomic_write
 from trex.frame import Context
 from trex.lcstats import robust_stats
-from trex.phase import Phase
+from trex.phase import Phase, Pieces
 from trex.products import load_product
 from trex.project import Project, safe_name
 from trex.tfa import peak_power, reject_variables, select_templates
@@ -116,7 +116,7 @@ class ChooseTemplates(Phase):
 
     def __init__(self):
         self.found: dict[tuple[str, str], Templates] = {}
-        self.parts: dict[tuple[str, str], dict] = {}  # rank 0: families chosen so far
+        self.parts = Pieces()  # rank 0: the families of each group so far
 
     def plan(self, ledger, context: Context) -> list[tuple]:
         groups = sorted({(r[3], r[4]) for r in ledger.read.frames_to_merge()})
@@ -169,11 +169,9 @@ class ChooseTemplates(Phase):
 
     def record(self, ledger, result: tuple, context: Context) -> None:
         group, family, templates = result
-        parts = self.parts.setdefault(group, {})
-        parts[family] = templates
-        if family and len(parts) < len(self.FAMILIES):
+        parts = self.parts.add(group, family, len(self.FAMILIES) if family else 1, templates)
+        if parts is None:
             return
-        del self.parts[group]
         table = np.concatenate([parts[f].table for f in ("",) + self.FAMILIES if f in parts])
         save_templates(templates_path(context.project, *group), Templates(table))
         ledger.record_phase(self.name, "/".join(group))

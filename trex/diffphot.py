@@ -60,7 +60,7 @@ import logging
 
 import numpy as np
 
-from trex import magfit
+from trex import framefit
 from trex._stats import clipped_stats
 from trex.config import Config
 from trex.flags import PHOT
@@ -164,9 +164,9 @@ def local_transparency(table: np.ndarray, scale: float, order: int = 0) -> np.nd
     cannot follow the transparency (thin clouds of a few hundred px), F / F_ref
     carries the error of the local kernel sum.  Per aperture, the residuals
     ``r = -2.5 log10(F / F_ref)`` of the good stars with ``ire <= LOCAL_MAX_ERROR``
-    are fitted with :func:`trex.magfit.fit_frame`: a 2-D polynomial of ``order``
+    are fitted with :func:`trex.framefit.fit_frame`: a 2-D polynomial of ``order``
     (0: the frame's zero point) with leave-one-out, outliers weighted down
-    (:func:`trex.magfit.clip_weight`), plus the local term
+    (:func:`trex.framefit.clip_weight`), plus the local term
     (:func:`trex.localterm.local_residual`: neighbours from ``LOCAL_EXCLUSION`` to 3
     ``scale`` px, Gaussian sigma ``scale``, shrunk by S / (S + N)).  A star's own
     residual never enters its own value, so its transit stays in its light curve.
@@ -193,10 +193,10 @@ def local_transparency(table: np.ndarray, scale: float, order: int = 0) -> np.nd
             # (see localterm.significance), the clear sky's difference fluxes lose nothing by
             # it, and a transiting kernel stamp's 1-2 mmag pull on the flux scale is
             # taken out (tests/test_signals.py)
-            fit = magfit.fit_frame(residual, err, use, np.zeros(len(table)), x, y,
+            fit = framefit.fit_frame(residual, err, use, np.zeros(len(table)), x, y,
                                    order=order, local_scale=scale, significance_z=0.0,
                                    pairs=pairs)
-        except magfit.MagfitError as reason:
+        except framefit.MagfitError as reason:
             log.info("local transparency of aperture %d left out: %s", i, reason)
             continue
         out[:, i] = fit.correction

@@ -1,14 +1,12 @@
 """Magnitude fitting: put every frame on the magnitude scale of a reference.
 
-The fits are pure array code (numpy, no I/O).  The recipe, as in HATpipe:
+The recipe, as in HATpipe:
 
-1. Single-reference pass: for each frame, :func:`fit_frame` fits the
+1. Single-reference pass: for each frame, :func:`trex.framefit.fit_frame` fits the
    difference ``mag - ref_mag`` (frame minus a chosen reference frame) as a
    2-D polynomial in (x, y) plus linear terms in catalog magnitude and colour,
-   weighted by the errors, outliers weighted down smoothly (:func:`clip_weight`:
-   a hard clip let one star's transit flip another across the threshold), on
-   good-flag stars only;
-   the frame's fitted magnitudes are ``mag - correction``.  Here ``mag`` and
+   on good-flag stars only, outliers weighted down smoothly; the frame's
+   fitted magnitudes are ``mag - correction``.  Here ``mag`` and
    ``ref_mag`` are aperture-corrected, ``aim + apc`` (:mod:`trex.apcorr`:
    the light outside the aperture, which grows towards the corners where
    the PSF is broader); without this the reference's light loss, a
@@ -17,17 +15,19 @@ The fits are pure array code (numpy, no I/O).  The recipe, as in HATpipe:
    each star's clipped mean magnitude; memory is O(nstars) whatever the
    number of frames (one pass over the frames per clipping iteration).  The
    mean over the frames of the single fits' polynomials in (x, y)
-   (:func:`mean_pattern`) is added, so that the master is on the mean frame's
+   (:func:`mean_over_frames`) is added, so that the master is on the mean frame's
    system, not the reference frame's: the per-frame errors of the corrections
-   (and the reference's own cloud pattern) average out here.
-3. Master-reference pass: :func:`fit_frame` again, of ``aim`` (not
-   corrected: the polynomial carries each frame's light loss over to the
-   master's system, and no per-frame noise of the corrections enters a light
-   curve) against the master; the results are the ``arm_NNN`` magnitudes, on
-   the catalog system over the field up to a constant.
-
-Coordinates are scaled to [-1, 1] over ``extent`` (default: the range of the
-stars used) so that the polynomial coefficients are well conditioned.
+   (and the reference's own cloud pattern) average out here.  Each star's
+   mean correction over the same frames, its light loss ``L``, is kept with
+   the master.
+3. Master-reference pass: the same fit again, of ``aim + L`` against the
+   master; the results are the ``arm_NNN`` magnitudes, on the catalog system
+   over the field up to a constant.  ``L`` is one value per star, so no
+   per-frame noise of the corrections enters a light curve, and the
+   polynomial takes up only the frame's light loss relative to the mean
+   frame's (focus, seeing): fitted to ``aim`` alone it had to follow the whole
+   0.2-0.35 mag centre-to-corner loss, which a quadratic in (x, y) does not,
+   and left 5-8 mmag of it in arm (2048² nights of 40 frames).
 
 In the pipeline, per (projid, field), after photometry of the frames:
 
@@ -36,7 +36,8 @@ In the pipeline, per (projid, field), after photometry of the frames:
    magnitudes cached in ``REDTEMP/magfit/``;
 2. :class:`Masters` (a phase, groups farmed out): each star's clipped mean
    over the cached frames, streamed; saved as
-   ``BASE/reference-frames/magfit-<projid>-<field>.npy``;
+   ``BASE/reference-frames/magfit-<projid>-<field>.npy`` with each star's
+   light loss (:class:`Master`);
 3. :func:`run` / :func:`save`, the per-frame ``magfit`` stage: every frame not
    yet fitted is fitted to the master; the result is the ``arm_NNN`` column of
    its ``aphot`` product and of its ``ap_photometry`` rows.  A frame whose fit
@@ -65,169 +66,21 @@ import numpy as np
 
 from trex import photometry
 from trex.astrometry import choose_reference
-from trex.config import Config, MagfitSection
+from trex.config import Config
 from trex.errors import FrameError, PhaseError
 from trex.fits import atomic_write
 from trex.frame import Context, Frame
+from trex.framefit import MagfitError, fit_frame, spatial_pattern
 from trex.header import FrameMeta
-from trex.localterm import Deletion, Neighbours, local_residual, neighbour_pairs
+from trex.localterm import neighbour_pairs
 from trex.phase import Phase
 from trex.products import load_product
 from trex.project import Project, safe_name
 
 log = logging.getLogger(__name__)
 
-#: default floor of the magnitude errors in the weights (``[magfit] min_error``)
-MIN_ERROR = MagfitSection().min_error
-#: a star's weight in the frame fit falls from 1 at ``clip_sigma`` robust sigmas to 0 at
-#: this many times that: hard clipping let a star's transit flip a bright edge star
-#: across the threshold and move a corner star's fit by 2-4 mmag (tests/test_signals.py);
-#: a taper to 3x kept too much of the outliers (bright stars' arm RMS over the noise
-#: 1.24 on tests/test_pipeline.py's night, 1.12 with hard clipping, within 1.2 at 2x)
-CLIP_TAPER = 2.0
 #: fewest frames of a star in the master reference (fewer: NaN for that star)
 MASTER_FRAMES = 3
-
-
-class MagfitError(ValueError):
-    """Too few usable stars to fit a frame."""
-
-
-class FrameFit(NamedTuple):
-    correction: np.ndarray   # (nstars,) mag to subtract; NaN where the model has no input
-    params: dict             # coefficients, term names and the coordinate scaling
-    rms: float               # weighted rms of the fit residuals of the stars kept, mag
-    nused: int               # stars kept after clipping
-
-
-def polynomial_terms(order: int) -> list[tuple[int, int]]:
-    """Exponents (i, j) of x^i y^j with i + j <= order, constant first."""
-    return [(i, d - i) for d in range(order + 1) for i in range(d, -1, -1)]
-
-
-def design_matrix(x: np.ndarray, y: np.ndarray, catmag: np.ndarray | None,
-                  color: np.ndarray | None, params: dict) -> np.ndarray:
-    """Columns of the model for stars at (x, y) (px) with catalog magnitude and colour."""
-    u = (np.asarray(x, float) - params["x0"]) / params["xs"]
-    v = (np.asarray(y, float) - params["y0"]) / params["ys"]
-    columns = [u**i * v**j for i, j in polynomial_terms(params["order"])]
-    if catmag is not None:
-        columns.append(np.asarray(catmag, float) - params["mag0"])
-    if color is not None:
-        columns.append(np.asarray(color, float) - params["color0"])
-    return np.column_stack(columns)
-
-
-def _scaling(x, y, catmag, color, order, extent) -> dict:
-    if extent is None:
-        extent = (x.min(), x.max(), y.min(), y.max())
-    x_lo, x_hi, y_lo, y_hi = (float(e) for e in extent)
-    return {
-        "order": order,
-        "x0": 0.5 * (x_lo + x_hi), "xs": max(0.5 * (x_hi - x_lo), 1.0),
-        "y0": 0.5 * (y_lo + y_hi), "ys": max(0.5 * (y_hi - y_lo), 1.0),
-        "mag0": float(np.median(catmag)) if catmag is not None else 0.0,
-        "color0": float(np.median(color)) if color is not None else 0.0,
-    }
-
-
-def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag: np.ndarray,
-              x: np.ndarray, y: np.ndarray, catmag: np.ndarray | None = None,
-              color: np.ndarray | None = None, order: int = 2, clip_sigma: float = 3.0,
-              clip_iters: int = 3, extent: tuple | None = None,
-              min_error: float = MIN_ERROR, leave_one_out: bool = True,
-              local_scale: float = 0.0, significance_z: float = 3.0,
-              pairs: Neighbours | None = None) -> FrameFit:
-    """Fit ``mag - ref_mag`` over one frame (all arrays (nstars,), same star order).
-
-    Parameters
-    ----------
-    mag, magerr : the frame's magnitudes and errors (one aperture), mag.
-    flag_ok : bool, stars allowed in the fit (good flags, magnitude range, ...).
-    ref_mag : reference magnitudes of the same stars, mag.
-    x, y : positions on the frame, px.
-    catmag, color : catalog magnitude and colour (None: no such term).
-    order : total degree of the polynomial in (x, y).
-    clip_sigma, clip_iters : stars whose residual exceeds clip_sigma times the
-        robust scatter (1.4826 MAD) of residual/error are weighted down, to zero
-        at ``CLIP_TAPER`` times that (:func:`clip_weight`), and the fit repeated
-        clip_iters times.  The weights change smoothly with the residuals, so a
-        small change of one star (a transit) never moves the fit by a jump.
-    extent : (xmin, xmax, ymin, ymax) px for the coordinate scaling
-        (default: the stars used).
-    min_error : errors below it are raised to it in the weights, mag.
-    leave_one_out : each star kept in the fit gets the correction of the fit
-        without it (exact deletion formula, no refit), so that a star's own
-        signal (a transit, an eclipse) never drives its own correction; stars
-        left out (flags, zero weight) get the fit's value, which does not use them.
-    local_scale : > 0: add to every star's correction the Gaussian-weighted
-        (sigma ``local_scale`` px) mean residual of the kept stars around it,
-        itself excluded, shrunk by the structure's share of its variance
-        (:func:`local_residual`): follows structure finer than the polynomial
-        (thin clouds, vignetting); 0: off.
-    significance_z : the structure is trusted in proportion to its significance
-        (:func:`trex.localterm.significance`); 0: trusted whole.
-    pairs : :func:`trex.localterm.neighbour_pairs` within 3 ``local_scale`` of
-        candidates including every star of ``flag_ok`` (shared by a frame's apertures;
-        default: built here).
-
-    Returns
-    -------
-    FrameFit: ``correction`` to subtract from ``mag`` (leave-one-out for the
-    stars kept), ``params`` (the fit with every kept star), ``rms``, ``nused``.
-    Raises :class:`MagfitError` with fewer than twice as many usable stars as terms.
-    """
-    mag, magerr, ref_mag = (np.asarray(a, float) for a in (mag, magerr, ref_mag))
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    inputs = [a for a in (mag, magerr, ref_mag, x, y, catmag, color) if a is not None]
-    use = np.asarray(flag_ok, bool) & np.logical_and.reduce([np.isfinite(a) for a in inputs])
-    use &= magerr > 0
-    nterms = len(polynomial_terms(order)) + (catmag is not None) + (color is not None)
-    if use.sum() < 2 * nterms:
-        raise MagfitError(f"{use.sum()} usable stars for {nterms} magfit terms")
-    params = _scaling(x[use], y[use], None if catmag is None else np.asarray(catmag)[use],
-                      None if color is None else np.asarray(color)[use], order, extent)
-    design = design_matrix(x, y, catmag, color, params)
-    diff = mag - ref_mag
-    weight = 1.0 / np.maximum(magerr, min_error)
-    usable, down = use, np.ones(len(mag))      # down: each star's robust weight factor
-    for iteration in range(clip_iters + 1):
-        w = weight * np.sqrt(down)
-        coef = np.linalg.lstsq(design[use] * w[use, None], diff[use] * w[use], rcond=None)[0]
-        if iteration == clip_iters:
-            break
-        # judged against the polynomial only: clipping against the local term would let a
-        # star's own transit choose which of its neighbours enter its correction
-        chi = (diff - design @ coef) * weight
-        scale = 1.4826 * np.median(np.abs(chi[usable] - np.median(chi[usable])))
-        new = np.where(usable, clip_weight(np.abs(chi) / (clip_sigma * scale)), 0.0) if scale > 0 \
-            else down
-        if np.count_nonzero(usable & (new > 0)) < 2 * nterms:
-            break
-        down, use = new, usable & (new > 0)
-    model = design @ coef
-    residual = (diff - model)[use]
-    w2 = w[use] ** 2
-    params["coef"] = coef
-    params["terms"] = [f"x^{i} y^{j}" for i, j in polynomial_terms(order)] + (
-        ["catmag"] if catmag is not None else []) + (["color"] if color is not None else [])
-    if leave_one_out or local_scale > 0:
-        fitted = Deletion(np.flatnonzero(use), residual, w[use],
-                          np.linalg.qr(design[use] * w[use, None])[0])
-        if leave_one_out:
-            model[use] -= residual * fitted.factor
-        if local_scale > 0:
-            model += local_residual(x, y, fitted, local_scale, leave_one_out, significance_z,
-                                    pairs)
-    return FrameFit(model, params, float(np.sqrt(np.sum(w2 * residual**2) / w2.sum())),
-                    int(use.sum()))
-
-
-def clip_weight(t: np.ndarray) -> np.ndarray:
-    """Robust weight factor of residuals ``t`` in units of the clipping threshold: 1 up
-    to 1, falling smoothly, (1 - ((t - 1) / (CLIP_TAPER - 1))^2)^2, to 0 at CLIP_TAPER."""
-    u = np.clip((np.asarray(t, float) - 1.0) / (CLIP_TAPER - 1.0), 0.0, 1.0)
-    return (1.0 - u * u) ** 2
 
 
 def master_reference(frames: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
@@ -285,22 +138,26 @@ def _usable(table: np.ndarray, catalog, aperture: int, config: Config) -> np.nda
             & (catmag <= config.magfit.faint_mag))
 
 
-def corrected(table: np.ndarray, aperture: int) -> np.ndarray:
-    """Aperture-corrected magnitudes ``aim + apc`` (nstars,) of one aperture of an
-    ``aphot`` table (``aim`` alone for a product made before aperture corrections)."""
-    mag = table[f"aim_{aperture:03d}"].astype(float)
+def corrections(table: np.ndarray, aperture: int) -> np.ndarray:
+    """Aperture corrections ``apc`` (nstars,) of one aperture of an ``aphot`` table
+    (zero for a product made before aperture corrections)."""
     column = f"apc_{aperture:03d}"
-    return mag + table[column] if column in table.dtype.names else mag
+    return table[column].astype(float) if column in table.dtype.names else np.zeros(len(table))
+
+
+def corrected(table: np.ndarray, aperture: int) -> np.ndarray:
+    """Aperture-corrected magnitudes ``aim + apc`` (nstars,) of one aperture."""
+    return table[f"aim_{aperture:03d}"] + corrections(table, aperture)
 
 
 def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
-           apcorr: bool = True, pattern: bool = False):
+           light_loss: np.ndarray | None = None, pattern: bool = False):
     """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
-    ``ref_mag`` (ncatalog, napertures): of ``aim + apc`` with ``apcorr``, else of
-    ``aim`` (the polynomial then takes the frame's light loss onto the reference's
-    system).  With ``pattern``, also the fits' :func:`spatial_pattern` at the stars
-    (same shape).  Raises :class:`MagfitError` naming the aperture when a fit has too
-    few usable stars."""
+    ``ref_mag`` (ncatalog, napertures): of ``aim + apc`` (the frame's own corrections)
+    when ``light_loss`` is None, else of ``aim + light_loss`` (ncatalog, napertures: a
+    master's mean corrections).  With ``pattern``, also the fits' :func:`spatial_pattern`
+    at the stars (same shape).  Raises :class:`MagfitError` naming the aperture when a
+    fit has too few usable stars."""
     napertures = ref_mag.shape[1]
     out = np.full((len(table), napertures), np.nan)
     shape = np.full((len(table), napertures), np.nan)
@@ -314,7 +171,8 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
         pairs = neighbour_pairs(table["xcc"], table["ycc"],
                                 np.flatnonzero(np.logical_or.reduce(usable)), 3 * mc.local_scale)
     for a in range(napertures):
-        mag = corrected(table, a) if apcorr else table[f"aim_{a:03d}"].astype(float)
+        mag = (corrected(table, a) if light_loss is None
+               else table[f"aim_{a:03d}"] + light_loss[table["star"], a])
         try:
             fit = fit_frame(mag, table[f"aie_{a:03d}"], usable[a],
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,
@@ -328,10 +186,21 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
     return (out, shape) if pattern else out
 
 
-def spatial_pattern(params: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A fit's polynomial in (x, y) px without its constant term, at (x, y): mag (nstars,)."""
-    nxy = len(polynomial_terms(params["order"]))
-    return design_matrix(x, y, None, None, params)[:, 1:] @ params["coef"][1:nxy]
+class Master(NamedTuple):
+    """A group's magnitude-fit master: per catalog star and aperture (ncatalog,
+    napertures), the reference magnitude and the mean aperture correction."""
+
+    mag: np.ndarray
+    light_loss: np.ndarray
+
+
+def as_master(saved: np.ndarray) -> Master:
+    """The :class:`Master` of a master file's array: (2, ncatalog, napertures), or
+    (ncatalog, napertures) as written before the light loss was kept (then zero: its
+    frames stay fitted as they were)."""
+    if saved.ndim == 2:
+        return Master(saved, np.zeros_like(saved))
+    return Master(saved[0], saved[1])
 
 
 def _expand(table: np.ndarray, values: np.ndarray, ncatalog: int) -> np.ndarray:
@@ -382,15 +251,17 @@ def _reference_mags(path: str, napertures: int, ncatalog: int) -> np.ndarray:
     return _expand(ref, good, ncatalog)
 
 
-def mean_pattern(patterns: Iterable[np.ndarray]) -> np.ndarray:
-    """Each star's mean over the frames of the single fits' :func:`spatial_pattern`
-    (each (ncatalog,), NaN where the star is off the frame), streamed.  Added to the
-    clipped mean, it moves the master from the reference frame's system to the mean
-    frame's: the reference's own correction errors and cloud pattern average out."""
+def mean_over_frames(values: Iterable[np.ndarray]) -> np.ndarray:
+    """Each star's mean over the frames of per-frame ``values`` (each (ncatalog,), NaN
+    where the star is off the frame), streamed: of the single fits'
+    :func:`spatial_pattern`, added to the clipped mean, it moves the master from the
+    reference frame's system to the mean frame's (the reference's own correction
+    errors and cloud pattern average out); of the aperture corrections, the master's
+    light loss."""
     total = count = 0.0
-    for shape in patterns:
-        ok = np.isfinite(shape)
-        total = total + np.where(ok, shape, 0.0)
+    for value in values:
+        ok = np.isfinite(value)
+        total = total + np.where(ok, value, 0.0)
         count = count + ok
     with np.errstate(invalid="ignore", divide="ignore"):
         return total / count
@@ -426,9 +297,11 @@ class SingleFits(Phase):
         except MagfitError as err:  # this frame is left out of the master
             log.info("magfit: frame %d left out of the master: %s", item.framekey, err)
             return None
+        loss = np.column_stack([corrections(table, a) for a in range(fitted.shape[1])])
         scratch = _scratch(context.project, *item.group)
         with atomic_write(scratch / f"{item.framekey}.npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.stack([_expand(table, v, len(catalog)) for v in (fitted, shape)]))
+            np.save(fh, np.stack([_expand(table, v, len(catalog))
+                                  for v in (fitted, shape, loss)]))
         return None
 
     def label(self, item: SingleFit) -> str:
@@ -457,19 +330,22 @@ class Masters(Phase):
             raise PhaseError("/".join(group), f"{len(files)} frame(s) fitted to the reference "
                              f"frame: a master needs {MASTER_FRAMES}")
         napertures = len(config.photometry.apertures)
-        master = np.full((len(catalog), napertures), np.nan)
+        master = np.full((2, len(catalog), napertures), np.nan)   # Master: mag, light_loss
         for a in range(napertures):
             def passes(a=a):
                 return ((m[0, :, a], np.isfinite(m[0, :, a])) for m in
                         (np.load(f, mmap_mode="r") for f in files))
-            master[:, a] = master_reference(passes, len(catalog), config.magfit.clip_sigma,
-                                            config.magfit.clip_iters, MASTER_FRAMES)[0]
-            master[:, a] += mean_pattern(np.load(f, mmap_mode="r")[1, :, a] for f in files)
+            master[0, :, a] = master_reference(passes, len(catalog), config.magfit.clip_sigma,
+                                               config.magfit.clip_iters, MASTER_FRAMES)[0]
+            master[0, :, a] += mean_over_frames(np.load(f, mmap_mode="r")[1, :, a]
+                                                for f in files)
+            master[1, :, a] = mean_over_frames(np.load(f, mmap_mode="r")[2, :, a]
+                                               for f in files)
         with atomic_write(master_path(project, *group)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, master)
         shutil.rmtree(scratch, ignore_errors=True)
         log.info("magfit %s/%s: master reference from %d frames, %d stars", *group, len(files),
-                 int(np.isfinite(master[:, 0]).sum()))
+                 int(np.isfinite(master[0, :, 0]).sum()))
         return group, master
 
     def record(self, ledger, result: tuple, context: Context) -> None:
@@ -505,8 +381,10 @@ def run(frame: Frame, context: Context) -> Frame:
     table = frame.products.get("aphot")
     if table is None:
         raise FrameError(frame.rawpath, "magfit: no aperture photometry (photometry not done)")
+    master = as_master(master)
     try:
-        arm = fit_to(table, master, context.catalogs[meta.field], context.config, apcorr=False)
+        arm = fit_to(table, master.mag, context.catalogs[meta.field], context.config,
+                     light_loss=master.light_loss)
     except MagfitError as err:
         raise FrameError(frame.rawpath, f"magfit: {err}") from None
     for a in range(arm.shape[1]):

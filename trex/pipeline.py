@@ -40,7 +40,6 @@ from trex import astrometry, inventory, magfit, parallel, photref
 from trex.catalog import Catalogs
 from trex.config import Config
 from trex.db import Database, DatabaseError, connect
-from trex.detrend import DetrendFiles, FileTrends, Summaries
 from trex.errors import Stopped, WriteFault
 from trex.frame import Context
 from trex.ledger import Ledger
@@ -50,6 +49,7 @@ from trex.log import set_rank
 from trex.masterframes import Masters, recorded_masters
 from trex.phase import Failure, Fault, Phase, Together, attempt
 from trex.project import Project
+from trex.redetrend import DetrendFiles, FileTrends, Summaries
 from trex.runner import FramePass
 from trex.stages import per_frame
 from trex.templates import ChooseTemplates, load_templates

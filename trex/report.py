@@ -27,9 +27,9 @@ import numpy as np
 
 from trex import lcformat, plots
 from trex.config import Config
-from trex.detrend import lightcurve_files
 from trex.lcstats import aperture_radii, noise_model, wide_table
 from trex.project import Project, safe_name
+from trex.redetrend import lightcurve_files
 from trex.status import project_status, summary_markdown
 from trex.tfa import scatter_trend_ratio
 

@@ -7,14 +7,8 @@ from scipy.signal import fftconvolve
 from trex.config import Config
 from trex.diffphot import difference_photometry
 from trex.kernelspec import dense_coefficients, nterms, parse_kernel, poly_terms
-from trex.subtract import (
-    Solution,
-    grid_cells,
-    normal_equations,
-    select_stamps,
-    stamp_normals,
-    subtract,
-)
+from trex.stamps import grid_cells, select_stamps
+from trex.subtract import Solution, normal_equations, stamp_normals, subtract
 
 N = 384
 GAIN = 2.0

@@ -67,7 +67,8 @@ from trex.kernelspec import parse_kernel
 from trex.phase import Phase
 from trex.project import Project, safe_name
 from trex.register import register_frame
-from trex.subtract import StampCandidates, match, stamp_candidates
+from trex.stamps import StampCandidates, stamp_candidates
+from trex.subtract import match
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ class Stacks(Phase):
 
 def with_references(context: Context, references: dict[Group, Reference]) -> Context:
     """``context`` with these photometric references (and their ledger keys), each with
-    its stamp candidates (:func:`trex.subtract.stamp_candidates`, found once here)."""
+    its stamp candidates (:func:`trex.stamps.stamp_candidates`, found once here)."""
     sub = context.config.subtract
     references = {g: dataclasses.replace(r, candidates=stamp_candidates(
         r.image, sub.stamp_grid, sub.stamp_halfsize, parse_kernel(sub.kernel).halfsize,

@@ -21,7 +21,7 @@ photref        the ``NREF`` best frames (registered) matched to the broadest-PSF
                one with ``ficonv -o`` (as trex and pipe-trex do), ``ficombine``
                median, ``fiphot --output-raw-photometry`` of the stack
 subtract       ``ficonv -k 'b/4;i/4;d=4/4' --input-stamps``: stamps chosen on the
-               reference as trex does (:func:`trex.subtract.select_stamps` with the
+               reference as trex does (:func:`trex.stamps.select_stamps` with the
                default ``[subtract]`` stamp grid, stars per cell and size)
 diffphot       ``fiphot --input-subtracted`` with the reference's raw photometry and
                the frame's kernel
@@ -66,7 +66,7 @@ from trex.bench.subtract import (
     write_stamps,
 )
 from trex.config import SubtractSection
-from trex.subtract import select_stamps
+from trex.stamps import select_stamps
 
 log = logging.getLogger(__name__)
 

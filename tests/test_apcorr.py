@@ -261,3 +261,27 @@ def test_arm_has_no_trend_over_the_field(clear_night, aperture):
     before, after = trends_against_the_light(clear_night, "arm", aperture)
     assert before > 0.15
     assert abs(after) <= 0.01
+
+
+def test_the_master_keeps_each_star_mean_correction(clear_night):
+    """The magnitude-fit master's light loss is each star's mean ``apc`` over the frames
+    (from the frames' own ``aphot`` products), NaN for stars never measured."""
+    from trex import magfit
+    from trex.project import Project
+
+    project = Project(clear_night)
+    (path,) = project.reference_frames.glob("magfit-*.npy")
+    master = magfit.as_master(np.load(path))
+    tables = [np.load(p) for p in sorted(project.red("12").glob("*-aphot.npy"))]
+    total = np.zeros(master.light_loss.shape)
+    count = np.zeros(master.light_loss.shape)
+    for table in tables:
+        for a in range(total.shape[1]):
+            total[table["star"], a] += table[f"apc_{a:03d}"]
+            count[table["star"], a] += 1
+    with np.errstate(invalid="ignore"):
+        expected = total / count
+    assert np.isfinite(master.light_loss).sum() > 1000
+    assert np.array_equal(np.isfinite(expected), np.isfinite(master.light_loss))
+    assert master.light_loss == pytest.approx(expected, abs=1e-12, nan_ok=True)
+    assert np.nanmax(master.light_loss) < 0 < np.ptp(master.light_loss[np.isfinite(expected)])

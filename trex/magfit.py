@@ -155,9 +155,10 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
     """Fitted magnitudes (nstars, napertures) of one frame's ``aphot`` table against
     ``ref_mag`` (ncatalog, napertures): of ``aim + apc`` (the frame's own corrections)
     when ``light_loss`` is None, else of ``aim + light_loss`` (ncatalog, napertures: a
-    master's mean corrections).  With ``pattern``, also the fits' :func:`spatial_pattern`
-    at the stars (same shape).  Raises :class:`MagfitError` naming the aperture when a
-    fit has too few usable stars."""
+    master's mean corrections; ``apc`` where it is NaN, a star new to the master).
+    With ``pattern``, also the fits' :func:`spatial_pattern` at the stars (same shape).
+    Raises :class:`MagfitError` naming the aperture when a fit has too few usable
+    stars."""
     napertures = ref_mag.shape[1]
     out = np.full((len(table), napertures), np.nan)
     shape = np.full((len(table), napertures), np.nan)
@@ -171,8 +172,12 @@ def fit_to(table: np.ndarray, ref_mag: np.ndarray, catalog, config: Config,
         pairs = neighbour_pairs(table["xcc"], table["ycc"],
                                 np.flatnonzero(np.logical_or.reduce(usable)), 3 * mc.local_scale)
     for a in range(napertures):
-        mag = (corrected(table, a) if light_loss is None
-               else table[f"aim_{a:03d}"] + light_loss[table["star"], a])
+        if light_loss is None:
+            mag = corrected(table, a)
+        else:   # a star the master's frames never measured: the frame's own correction
+            loss = light_loss[table["star"], a]
+            mag = table[f"aim_{a:03d}"] + np.where(np.isfinite(loss), loss,
+                                                   corrections(table, a))
         try:
             fit = fit_frame(mag, table[f"aie_{a:03d}"], usable[a],
                             ref_mag[table["star"], a], table["xcc"], table["ycc"], catmag,

@@ -27,7 +27,7 @@ The recipe, as in HATpipe:
    polynomial takes up only the frame's light loss relative to the mean
    frame's (focus, seeing): fitted to ``aim`` alone it had to follow the whole
    0.2-0.35 mag centre-to-corner loss, which a quadratic in (x, y) does not,
-   and left 5-8 mmag of it in arm (2048² nights of 40 frames).
+   and left 2-8 mmag of it in arm (2048² nights of 40 frames).
 
 In the pipeline, per (projid, field), after photometry of the frames:
 

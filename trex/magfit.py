@@ -257,12 +257,12 @@ def _reference_mags(path: str, napertures: int, ncatalog: int) -> np.ndarray:
 
 
 def mean_over_frames(values: Iterable[np.ndarray]) -> np.ndarray:
-    """Each star's mean over the frames of per-frame ``values`` (each (ncatalog,), NaN
-    where the star is off the frame), streamed: of the single fits'
-    :func:`spatial_pattern`, added to the clipped mean, it moves the master from the
-    reference frame's system to the mean frame's (the reference's own correction
-    errors and cloud pattern average out); of the aperture corrections, the master's
-    light loss."""
+    """Each star's mean over the frames of per-frame ``values`` (each (ncatalog,), or
+    (k, ncatalog) for k quantities at once; NaN where the star is off the frame),
+    streamed: of the single fits' :func:`spatial_pattern`, added to the clipped mean,
+    it moves the master from the reference frame's system to the mean frame's (the
+    reference's own correction errors and cloud pattern average out); of the aperture
+    corrections, the master's light loss."""
     total = count = 0.0
     for value in values:
         ok = np.isfinite(value)
@@ -342,10 +342,10 @@ class Masters(Phase):
                         (np.load(f, mmap_mode="r") for f in files))
             master[0, :, a] = master_reference(passes, len(catalog), config.magfit.clip_sigma,
                                                config.magfit.clip_iters, MASTER_FRAMES)[0]
-            master[0, :, a] += mean_over_frames(np.load(f, mmap_mode="r")[1, :, a]
-                                                for f in files)
-            master[1, :, a] = mean_over_frames(np.load(f, mmap_mode="r")[2, :, a]
-                                               for f in files)
+            # one pass for the polynomials' mean (the mean frame's system) and the light loss
+            pattern, master[1, :, a] = mean_over_frames(np.load(f, mmap_mode="r")[1:, :, a]
+                                                        for f in files)
+            master[0, :, a] += pattern
         with atomic_write(master_path(project, *group)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, master)
         shutil.rmtree(scratch, ignore_errors=True)

@@ -37,6 +37,8 @@ CLEAR = dataclasses.replace(REALISTIC, cloud_structure=0.0, field_airmass=False,
 #: catalog magnitudes of the bright stars whose trend is fitted
 BRIGHT = (8.5, 11.0)
 STAGES = ("calibrate", "extract", "astrometry", "photometry", "magfit")
+#: the columns whose trends are printed
+COLUMNS = ("aim", "aim+apc", "arm")
 
 
 def simulate_night(root: Path, seed: int, size: int, frames: int, stars: int,
@@ -100,8 +102,6 @@ def field_trend(root: Path, column: str, aperture: int, against: str = "catalog"
         keep = use & (np.abs(resid) <= 3 * scale)
     return float(b)
 
-
-COLUMNS = ("aim", "aim+apc", "arm")
 
 
 def night_trends(root: Path, napertures: int = 3) -> dict[str, list[float]]:

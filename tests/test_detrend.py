@@ -602,3 +602,15 @@ def test_own_signal_finds_a_long_eclipse_and_not_noise():
     step = own[:100, 30:].mean(axis=1) - own[:100, :20].mean(axis=1)  # well inside each part
     assert np.median(step) == pytest.approx(-depth, rel=0.1)
     assert (own[:100] != 0).any(axis=1).mean() > 0.95
+
+
+def test_position_is_the_median_of_the_first_night_measured():
+    from trex.detrend import position
+    rows = lcformat.empty_rows(9, 1)
+    rows["rjd"] = [0.1, 0.2, 0.3, 2.1, 2.2, 2.3, 4.1, 4.2, 4.3]  # three nights
+    rows["xcc"][3:] = [10.0, 11.0, 30.0, 50.0, 50.0, 50.0]  # night 0 never measured
+    rows["ycc"][3:] = [5.0, 7.0, 6.0, 1.0, 1.0, 1.0]
+    rows["ycc"][4] = np.nan  # a row with one coordinate only does not count
+    assert position(rows, gap=0.5) == (20.0, 5.5)
+    rows["xcc"], rows["ycc"] = np.nan, np.nan
+    assert all(np.isnan(position(rows, gap=0.5)))

@@ -335,12 +335,13 @@ def detrend_nights(stars: list[tuple[np.ndarray, dict]], trends: list[NightTrend
 def position(rows: np.ndarray, gap: float) -> tuple[float, float]:
     """Median position of a light curve on its first night with one, px (NaN when
     never measured): a reference position that later nights do not move."""
+    measured = np.isfinite(rows["xcc"]) & np.isfinite(rows["ycc"])
+    if not measured.any():
+        return float("nan"), float("nan")
     night = night_index(rows["rjd"], gap)
-    for k in range(int(night[-1]) + 1 if len(night) else 0):
-        mine = (night == k) & np.isfinite(rows["xcc"]) & np.isfinite(rows["ycc"])
-        if mine.any():
-            return float(np.median(rows["xcc"][mine])), float(np.median(rows["ycc"][mine]))
-    return float("nan"), float("nan")
+    mine = measured & (night == night[measured].min())
+    x, y = np.median(np.stack([rows["xcc"][mine], rows["ycc"][mine]]), axis=1)
+    return float(x), float(y)
 
 
 def detrend_cards(old_header, trends: list[NightTrend], rows: np.ndarray) -> list[dict]:

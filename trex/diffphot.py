@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 
 #: stars with F_ref at least this many sigma measure the aperture fraction ratio q
 Q_MIN_SNR = 50.0
+#: at most this many of them, those of highest S/N: q is one median per frame, which a
+#: few hundred stars fix far below the photon noise of any star
+Q_STARS = 2000
 #: mag: stars whose single-frame ``ire`` is at most this (and good flags) measure the
 #: local transparency (:func:`local_transparency`); fainter ones would weigh little and
 #: multiply the neighbour pairs
@@ -137,7 +140,10 @@ def difference_photometry(diff: np.ndarray, model: np.ndarray, scale_of, refphot
     f_ref = np.stack([refphot[f"flux_{i:03d}"] for i in range(len(radii))], axis=1)
     ferr_ref = np.stack([refphot[f"fluxerr_{i:03d}"] for i in range(len(radii))], axis=1)
     bright = (flags == 0) & (f_ref > Q_MIN_SNR * ferr_ref) & (f_ref > 0)
-    sample = np.flatnonzero(bright.any(axis=1))  # M is measured where q needs it
+    snr = np.where(bright, f_ref / np.where(ferr_ref > 0, ferr_ref, np.inf), 0.0).max(axis=1)
+    sample = np.flatnonzero(snr > 0)  # M is measured where q needs it
+    if len(sample) > Q_STARS:
+        sample = np.sort(sample[np.argpartition(-snr[sample], Q_STARS)[:Q_STARS]])
     f_model = measure(model, x, y, config, gain=gain, mask=mask, only=sample)["flux"]
     sky = np.where(np.isfinite(frame_sky), frame_sky, np.nanmedian(frame_sky)
                    if np.isfinite(frame_sky).any() else 0.0)

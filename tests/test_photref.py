@@ -5,7 +5,7 @@ import pytest
 from astropy.wcs import WCS
 
 from trex import _stats, photref, refstack
-from trex.astrometry import choose_reference
+from trex.astromref import choose_reference
 from trex.config import Config
 from trex.flags import MASK
 from trex.register import register_frame

@@ -11,8 +11,8 @@ the tangent point on the frame centre as it goes.
 
 :func:`run` is the per-frame stage (``trex.frame`` protocol): it sets
 ``frame.wcs``, writes the WCS into ``frame.header`` and fills ``frame.quality``
-(wcs_nmatch, wcs_median, wcs_p90, wcs_std).  :class:`References` is the
-phase that chooses the astrometric reference frame of each group.
+(wcs_nmatch, wcs_median, wcs_p90, wcs_std).  The astrometric reference of each
+group is chosen by :mod:`trex.astromref`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,9 @@ from scipy.spatial import cKDTree
 
 from trex import asterism
 from trex.catalog import propagate
-from trex.errors import FrameError, PhaseError, one_line
-from trex.fits import copy_file
+from trex.errors import FrameError, one_line
 from trex.frame import Context, Frame
 from trex.header import FrameMeta
-from trex.phase import Phase
-from trex.project import safe_name
 from trex.wcsfit import PlaneModel, design, gnomonic, lstsq, monomials, recentre, to_wcs
 
 log = logging.getLogger(__name__)
@@ -407,75 +404,6 @@ def run(frame: Frame, context: Context) -> Frame:
     return frame
 
 
-def rank_frames(quality: dict) -> np.ndarray:
-    """Framekeys of the good frames, best first.
-
-    ``quality`` maps framekey, meds (median S, 1/px^2), medd (median D),
-    medsky (ADU), nsources and frameisok to equal-length arrays.  Good frames
-    (frameisok true, all numbers finite) are ranked by S (high is sharp),
-    |D| (low is round), sky (low) and detections (high); the lowest sum of
-    ranks comes first.  Ties go to the sharper frame, then the rounder, darker,
-    richer one, and only then to the lower framekey.
-    """
-    from scipy.stats import rankdata  # scipy.stats takes 0.4 s to import: here, not at start
-
-    keys = np.asarray(quality["framekey"])
-    meds, medd = np.asarray(quality["meds"], float), np.abs(np.asarray(quality["medd"], float))
-    sky, nsrc = np.asarray(quality["medsky"], float), np.asarray(quality["nsources"], float)
-    good = np.asarray(quality["frameisok"]).astype(bool)
-    good &= np.isfinite(meds) & np.isfinite(medd) & np.isfinite(sky) & np.isfinite(nsrc)
-    crits = [-meds[good], medd[good], sky[good], -nsrc[good]]
-    total = sum(rankdata(c) for c in crits)
-    return keys[good][np.lexsort((keys[good], *reversed(crits), total))]
-
-
-def choose_reference(quality: dict) -> int:
-    """Framekey of the best astrometric reference among the good frames
-    (the first of :func:`rank_frames`)."""
-    ranked = rank_frames(quality)
-    if not len(ranked):
-        raise ValueError("no good frame to choose an astrometric reference from")
-    return ranked[0].item()
-
-
 def inputs(meta: FrameMeta, night: str, context: Context) -> str:
     """The field catalog a frame is matched and measured against (for the ledger)."""
     return context.inputs.get(("catalog", meta.field), "none")
-
-
-class References(Phase):
-    """The astrometric reference per (projid, field, ccd): the best frame by
-    :func:`rank_frames`, copied to ``BASE/reference-frames/``; kept for later nights
-    unless the references are rebuilt."""
-
-    name = "astrometric reference"
-    batch = 1
-
-    def plan(self, ledger, context: Context) -> list[tuple]:
-        items = []
-        for group in ledger.read.groups_done("astrometry", ccd=True):
-            if ledger.read.astrometric_reference(*group) and not context.rebuild:
-                continue
-            items.append((group, ledger.read.quality_of_done_frames("astrometry", *group)))
-        return items
-
-    def work(self, item: tuple, context: Context) -> tuple:
-        (projid, field, ccd), quality = item
-        try:
-            best = choose_reference(quality)
-        except ValueError as err:
-            raise PhaseError("/".join(item[0]), str(err)) from None
-        source = context.project.root / quality["redpath"][list(quality["framekey"]).index(best)]
-        target = context.project.reference_frames / (
-            f"astromref-{safe_name(projid)}-{safe_name(field)}-{safe_name(ccd or 'ccd')}.fits")
-        copy_file(source, target)
-        log.info("astrometric reference for %s/%s/%s: frame %d", projid, field, ccd, best)
-        return item[0], best, str(target.relative_to(context.project.root))
-
-    def record(self, ledger, result: tuple, context: Context) -> None:
-        group, framekey, path = result
-        ledger.record_astrometric_reference(group, framekey, path)
-        ledger.record_phase(self.name, "/".join(group))
-
-    def label(self, item: tuple) -> str:
-        return "/".join(item[0])

@@ -65,7 +65,7 @@ from typing import NamedTuple
 import numpy as np
 
 from trex import photometry
-from trex.astrometry import choose_reference
+from trex.astromref import choose_reference
 from trex.config import Config
 from trex.errors import FrameError, PhaseError
 from trex.fits import atomic_write

@@ -4,7 +4,7 @@ Recipe (three phases after photometry, per group without an active reference,
 or every group when the references are rebuilt):
 
 1. Candidates: frames with photometry done and ``frameisok``, ranked as the
-   astrometric reference is (:func:`trex.astrometry.choose_reference`: high
+   astrometric reference is (:func:`trex.astromref.choose_reference`: high
    S, low |D|, low sky, many detections; sum of ranks); the
    ``subtract.nref`` best are taken (all of them on a shorter night).
 2. Each is registered onto the astrometric reference grid (the active
@@ -56,7 +56,7 @@ from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
 from trex import photometry, refstack
-from trex.astrometry import rank_frames
+from trex.astromref import rank_frames
 from trex.config import Config
 from trex.errors import PhaseError
 from trex.fits import FrameError, atomic_write, read_image, write_image

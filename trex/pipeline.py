@@ -36,7 +36,7 @@ import signal
 import socket
 import time
 
-from trex import astrometry, inventory, magfit, parallel, photref
+from trex import astromref, inventory, magfit, parallel, photref
 from trex.catalog import Catalogs
 from trex.config import Config
 from trex.db import Database, DatabaseError, connect
@@ -73,7 +73,7 @@ def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
         out.append(FramePass(per_frame(tuple(s for s in stages if s in FIRST_PASS)), retry_failed))
     out.append(KnownReferences())
     # references: each group's phases need nothing from each other, only from the one before
-    first = ([astrometry.References()] if "astrometry" in stages else []) + \
+    first = ([astromref.References()] if "astrometry" in stages else []) + \
         ([magfit.SingleFits()] if "magfit" in stages else [])
     second = ([magfit.Masters()] if "magfit" in stages else []) + \
         ([photref.Registrations()] if "subtract" in stages else [])

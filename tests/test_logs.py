@@ -72,7 +72,7 @@ def test_third_party_warnings_become_one_log_line_each(restore_logging):
 
 
 def test_a_singular_kernel_fit_is_solved_without_a_warning(caplog):
-    from trex.subtract import _solve
+    from trex.kernelfit import _solve
 
     matrix = np.array([[4.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 9.0]])  # rank 2
     rhs = np.array([2.0, 1.0, 3.0])

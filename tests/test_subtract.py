@@ -6,9 +6,10 @@ from scipy.signal import fftconvolve
 
 from trex.config import Config
 from trex.diffphot import difference_photometry
+from trex.kernelfit import Solution, normal_equations, stamp_normals
 from trex.kernelspec import dense_coefficients, nterms, parse_kernel, poly_terms
 from trex.stamps import grid_cells, select_stamps
-from trex.subtract import Solution, normal_equations, stamp_normals, subtract
+from trex.subtract import subtract
 
 N = 384
 GAIN = 2.0

@@ -13,7 +13,7 @@ each configured aperture:
   polynomial misses (moon gradients, halos), as fiphot on subtracted frames did.
 * Kernel weighting (the fitsh ``--input-kernel`` idea): a star of reference
   flux F_ref appears in the image as ``s F_ref`` with the local kernel sum
-  ``s = sum K(x, y)`` (:meth:`trex.subtract.Solution.flux_scale`), and with
+  ``s = sum K(x, y)`` (:meth:`trex.kernelfit.Solution.flux_scale`), and with
   the image's PSF, whose aperture fraction differs from the reference's.  The
   aperture fraction ratio ``q`` is measured per aperture as the clipped median,
   over bright stars with good flags, of ``F_M / (s F_ref)`` with ``F_M`` the

@@ -112,9 +112,9 @@ def test_every_default_passes_its_check_and_bounds_are_inclusive_as_stated():
 
 def test_the_choices_are_those_the_stages_accept():
     """The allowed values in trex/config.py are the ones the modules implement."""
+    from trex.aperture import SKY_METHODS
     from trex.config import _choice
     from trex.epd import PARAMETERS
-    from trex.photometry import SKY_METHODS
     from trex.register import METHODS
 
     def allowed(section, key):

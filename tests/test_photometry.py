@@ -7,8 +7,9 @@ import pytest
 from photutils.aperture import CircularAperture
 from photutils.aperture import aperture_photometry as photutils_photometry
 
+from trex.aperture import neighbour_lists
 from trex.flags import PHOT
-from trex.photometry import aperture_photometry, neighbour_lists
+from trex.photometry import aperture_photometry
 
 OFF, MASKED, SAT = PHOT["OFF_FRAME"].bit, PHOT["MASKED"].bit, PHOT["SATURATED"].bit
 FEW, NONPOS, CROWDED = PHOT["FEW_SKY"].bit, PHOT["NONPOSITIVE"].bit, PHOT["CROWDED"].bit

@@ -7,9 +7,10 @@ import pytest
 from photutils.aperture import CircularAperture
 from photutils.aperture import aperture_photometry as photutils_photometry
 
+from trex.aperture import SkyMap
 from trex.config import Config
 from trex.flags import PHOT
-from trex.photometry import SkyMap, aperture_photometry, measure
+from trex.photometry import aperture_photometry, measure
 from trex.simulate.psf import draw_stars
 
 SKY, GAIN = 700.0, 2.0

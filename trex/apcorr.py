@@ -49,7 +49,7 @@ from trex.config import Config
 
 log = logging.getLogger(__name__)
 
-#: ``trex.photometry.aperture_photometry`` (passed in: photometry calls this module)
+#: ``trex.aperture.aperture_photometry`` (passed in: photometry calls this module)
 Photometer = Callable[..., dict]
 MAG_ERR_FACTOR = 2.5 / np.log(10.0)
 
@@ -129,7 +129,7 @@ def growth_fluxes(photometer: Photometer, image: np.ndarray, x: np.ndarray, y: n
     """Fluxes of stars at (x, y) px in the radii ``GROWTH_STEPS`` x ``radius``, with the
     sky of the annulus ``GROWTH_SKY`` x ``radius`` (clipped as the photometry's; the
     star's own light there is negligible), measured by ``photometer``
-    (:func:`trex.photometry.aperture_photometry`).
+    (:func:`trex.aperture.aperture_photometry`).
 
     Returns (radii (nradii,) px, flux (nstars, nradii) ADU, snr (nstars,): flux / error
     at R, 0 where any radius is flagged).
@@ -262,7 +262,7 @@ def frame_corrections(photometer: Photometer, image: np.ndarray, x: np.ndarray,
 
     Parameters
     ----------
-    photometer : :func:`trex.photometry.aperture_photometry`.
+    photometer : :func:`trex.aperture.aperture_photometry`.
     image : (ny, nx) calibrated frame, ADU; ``mask`` its bad pixels (non-zero).
     x, y : (nstars,) star positions, px.
     flux : (nstars, napertures) the stars' aperture fluxes, ADU (as measured

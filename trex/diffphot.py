@@ -5,7 +5,7 @@ Pure array code.  For each star of the photometric reference (at its
 each configured aperture:
 
 * ``dF_img``: aperture sum of D minus a local sky of D in the star's annulus
-  (:func:`trex.photometry.aperture_photometry` with ``subtract.diff_sky_method``,
+  (:func:`trex.aperture.aperture_photometry` with ``subtract.diff_sky_method``,
   the clipped mean by default: the mode estimator of the frames, 3 median - 2
   mean, is noisier and on a 2048^2, 16-frame night left 7 % more scatter on
   faint stars' irm).
@@ -62,10 +62,11 @@ import numpy as np
 
 from trex import framefit
 from trex._stats import clipped_stats
+from trex.aperture import MAG_ERR_FACTOR
 from trex.config import Config
 from trex.flags import PHOT
 from trex.localterm import neighbour_pairs
-from trex.photometry import MAG_ERR_FACTOR, apertures, measure, saturated_near
+from trex.photometry import apertures, measure, saturated_near
 from trex.register import Transform, fit_transform, resample
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from trex.photometry import MAG_ERR_FACTOR
+from trex.aperture import MAG_ERR_FACTOR
 
 #: magnitude bins of the per-bin table (true magnitude, lower edges and the last upper edge)
 BINS = tuple(float(m) for m in range(7, 15))

@@ -38,9 +38,9 @@ from pathlib import Path
 import fitsio
 import numpy as np
 
+from trex.aperture import MAG_ERR_FACTOR
 from trex.bench import floor
 from trex.bench.endtoend import lightcurve_files
-from trex.photometry import MAG_ERR_FACTOR
 from trex.simulate.truth import load_truth
 
 log = logging.getLogger(__name__)

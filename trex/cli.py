@@ -242,26 +242,20 @@ def log_level(parser: argparse.ArgumentParser, default: str) -> None:
                              "INFO)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from trex.bench import MODULES as BENCHMARKS
+class _Commands:
+    """The subcommands of a parser: plain, on a project, or writing to one."""
 
-    parser = argparse.ArgumentParser(
-        prog="trex", formatter_class=_Help, epilog=EXIT_STATUSES,
-        description="Time-series photometry pipeline for wide-field survey cameras: raw FITS "
-                    "frames in RAW/<night>/, calibrated frames, photometry and per-star light "
-                    "curves out. 'trex COMMAND --help' describes each command.")
-    parser.add_argument("--version", action="version", version=f"trex {__version__}")
-    log_level(parser, "INFO")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, help, func, description=None, epilog=None):
-        p = sub.add_parser(name, help=help, description=description or help + ".",
-                           epilog=epilog, formatter_class=_Help)
+    def command(self, name, help, func, description=None, epilog=None):
+        p = self.sub.add_parser(name, help=help, description=description or help + ".",
+                                epilog=epilog, formatter_class=_Help)
         p.set_defaults(func=func)
         return p
 
-    def project_command(name, help, func, description=None, epilog=None):
-        p = command(name, help, func, description, epilog)
+    def project_command(self, name, help, func, description=None, epilog=None):
+        p = self.command(name, help, func, description, epilog)
         p.add_argument("root", nargs="?", help="project root (default: $TREX_ROOT, else the "
                                                "nearest parent folder holding trex.toml)")
         p.add_argument("--db", help="database URL, sqlite:///path or "
@@ -275,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         log_level(p, argparse.SUPPRESS)
         return p
 
-    def writing_command(name, help, func, description=None, epilog=None):
-        p = project_command(name, help, func, description, epilog)
+    def writing_command(self, name, help, func, description=None, epilog=None):
+        p = self.project_command(name, help, func, description, epilog)
         p.add_argument("--wait", action="store_true",
                        help="when another run holds the project, wait for it to end "
                             "(else exit at once with status 2)")
@@ -285,13 +279,29 @@ def build_parser() -> argparse.ArgumentParser:
                             "RAW/) (default: every night)")
         return p
 
-    p = command("init", "create a project folder and its trex.toml", cmd_init,
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trex", formatter_class=_Help, epilog=EXIT_STATUSES,
+        description="Time-series photometry pipeline for wide-field survey cameras: raw FITS "
+                    "frames in RAW/<night>/, calibrated frames, photometry and per-star light "
+                    "curves out. 'trex COMMAND --help' describes each command.")
+    parser.add_argument("--version", action="version", version=f"trex {__version__}")
+    log_level(parser, "INFO")
+    commands = _Commands(parser)
+    for add in (_init_and_simulate, _run_and_stages, _status_and_report, _bench):
+        add(commands)
+    return parser
+
+
+def _init_and_simulate(c: _Commands) -> None:
+    p = c.command("init", "create a project folder and its trex.toml", cmd_init,
                 "Create ROOT with the project layout (BASE/CAL, BASE/CAT, BASE/reference-frames, "
                 "RAW, RED, LC, PROJ, REDTEMP) and a trex.toml holding every setting with its "
                 "default and a comment. An existing trex.toml is kept.")
     p.add_argument("root", help="project folder (created if missing)")
 
-    p = command("simulate", "simulate HATPI-like nights with ground truth", cmd_simulate,
+    p = c.command("simulate", "simulate HATPI-like nights with ground truth", cmd_simulate,
                 "Write simulated raw nights (bias, dark, flat and object frames) into "
                 "ROOT/RAW/<night>/, the field catalog into ROOT/BASE/CAT/ and the truth into "
                 "ROOT/PROJ/truth/; ROOT is initialised if needed. Then 'trex run ROOT'.")
@@ -310,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add NIGHTS nights to an existing simulation (same field, stars and "
                         "world; the other options are ignored)")
 
-    p = writing_command("run", "process the whole project (serial, or under mpiexec)",
+
+def _run_and_stages(c: _Commands) -> None:
+    p = c.writing_command("run", "process the whole project (serial, or under mpiexec)",
                         cmd_stages, "Run every stage over the project: new raw files are read, "
                         "frames not done are processed, new rows are merged into the light "
                         "curves. Finished work is skipped, so running again resumes.",
@@ -326,28 +338,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="try the frames that failed again, even if nothing they depend on changed")
     for stage in STAGE_LIST:
         if not (stage.per_frame or stage.needs):  # detrend: per star, not per frame
-            writing_command(stage.name, f"{stage.help} (every light curve)", cmd_stages,
+            c.writing_command(stage.name, f"{stage.help} (every light curve)", cmd_stages,
                             "Detrend every light curve again from its file (EPD, then TFA) "
                             "and recompute the per-star statistics.", EXIT_STATUSES)
             continue
-        writing_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages,
+        c.writing_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages,
                         f"Only the {stage.name} stage, on the frames where it is pending: "
                         f"{stage.help}. Frames whose earlier stages are not done are left for "
                         "a later run.", EXIT_STATUSES)
-    p = project_command("status", "what is done, waiting and failed, and why", cmd_status,
+
+
+def _status_and_report(c: _Commands) -> None:
+    p = c.project_command("status", "what is done, waiting and failed, and why", cmd_status,
                         "Per night: frames by type, bad frames, raw files not read yet, and per "
                         "stage (in pipeline order) the frames done, failed and waiting; frame "
                         "failures grouped by stage and reason; failed project phases; light "
                         "curves per project id. Reads the database, never creates one.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = project_command("report", "diagnostic plots (PNG) and a summary (Markdown)", cmd_report,
+    p = c.project_command("report", "diagnostic plots (PNG) and a summary (Markdown)", cmd_report,
                         "Write ROOT/PROJ/report/index.md (a run summary, then RMS vs magnitude "
                         "with the noise floor, a frame preview with the apertures, astrometric "
                         "residuals, difference-image stamps, light curves, per-frame "
                         "diagnostics) and its PNGs. Needs the database of a run.")
     p.add_argument("--out", help="output folder (default: ROOT/PROJ/report)")
 
-    p = command("bench", "kernel and end-to-end throughput, with ratios to peers", cmd_bench,
+
+def _bench(c: _Commands) -> None:
+    from trex.bench import MODULES as BENCHMARKS
+
+    p = c.command("bench", "kernel and end-to-end throughput, with ratios to peers", cmd_bench,
                 "Time trex beside its peers (sep, photutils, scipy, numpy, psycopg2, and "
                 "fitsh when installed) on identical synthetic inputs, single-threaded, and "
                 "print a table (ratio = peer time / trex time, > 1: trex faster) with a "
@@ -358,7 +377,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"run only these benchmarks, of: {', '.join(BENCHMARKS)} (default: all)")
     p.add_argument("--json", metavar="FILE",
                    help="also write the results as JSON to FILE (default: none)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,22 +130,8 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
                       None if color is None else np.asarray(color)[use], order, extent)
     design = design_matrix(x, y, catmag, color, params)
     diff = mag - ref_mag
-    weight = 1.0 / np.maximum(magerr, min_error)
-    usable, down = use, np.ones(len(mag))      # down: each star's robust weight factor
-    for iteration in range(clip_iters + 1):
-        w = weight * np.sqrt(down)
-        coef = np.linalg.lstsq(design[use] * w[use, None], diff[use] * w[use], rcond=None)[0]
-        if iteration == clip_iters:
-            break
-        # judged against the polynomial only: clipping against the local term would let a
-        # star's own transit choose which of its neighbours enter its correction
-        chi = (diff - design @ coef) * weight
-        scale = 1.4826 * np.median(np.abs(chi[usable] - np.median(chi[usable])))
-        new = np.where(usable, clip_weight(np.abs(chi) / (clip_sigma * scale)), 0.0) if scale > 0 \
-            else down
-        if np.count_nonzero(usable & (new > 0)) < 2 * nterms:
-            break
-        down, use = new, usable & (new > 0)
+    coef, w, use = _robust_fit(design, diff, 1.0 / np.maximum(magerr, min_error), use,
+                               2 * nterms, clip_sigma, clip_iters)
     model = design @ coef
     residual = (diff - model)[use]
     w2 = w[use] ** 2
@@ -162,6 +148,30 @@ def fit_frame(mag: np.ndarray, magerr: np.ndarray, flag_ok: np.ndarray, ref_mag:
                                     pairs)
     return FrameFit(model, params, float(np.sqrt(np.sum(w2 * residual**2) / w2.sum())),
                     int(use.sum()))
+
+
+def _robust_fit(design: np.ndarray, diff: np.ndarray, weight: np.ndarray, usable: np.ndarray,
+                min_stars: int, clip_sigma: float, clip_iters: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares of ``diff`` on ``design`` over the ``usable`` stars,
+    reweighted ``clip_iters`` times by :func:`clip_weight` (while at least ``min_stars``
+    keep a weight): (coefficients, each star's final weight, the stars kept)."""
+    use, down = usable, np.ones(len(diff))  # down: each star's robust weight factor
+    for iteration in range(clip_iters + 1):
+        w = weight * np.sqrt(down)
+        coef = np.linalg.lstsq(design[use] * w[use, None], diff[use] * w[use], rcond=None)[0]
+        if iteration == clip_iters:
+            break
+        # judged against the polynomial only: clipping against the local term would let a
+        # star's own transit choose which of its neighbours enter its correction
+        chi = (diff - design @ coef) * weight
+        scale = 1.4826 * np.median(np.abs(chi[usable] - np.median(chi[usable])))
+        new = np.where(usable, clip_weight(np.abs(chi) / (clip_sigma * scale)), 0.0) if scale > 0 \
+            else down
+        if np.count_nonzero(usable & (new > 0)) < min_stars:
+            break
+        down, use = new, usable & (new > 0)
+    return coef, w, use
 
 
 def clip_weight(t: np.ndarray) -> np.ndarray:

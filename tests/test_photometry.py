@@ -8,8 +8,8 @@ from photutils.aperture import CircularAperture
 from photutils.aperture import aperture_photometry as photutils_photometry
 
 from trex.aperture import neighbour_lists
-from trex.flags import PHOT
-from trex.photometry import aperture_photometry
+from trex.flags import MASK, PHOT, pixels_with
+from trex.photometry import aperture_photometry, saturated_near
 
 OFF, MASKED, SAT = PHOT["OFF_FRAME"].bit, PHOT["MASKED"].bit, PHOT["SATURATED"].bit
 FEW, NONPOS, CROWDED = PHOT["FEW_SKY"].bit, PHOT["NONPOSITIVE"].bit, PHOT["CROWDED"].bit
@@ -220,3 +220,21 @@ def test_bad_arguments_are_refused():
         aperture_photometry(image, [10.0], [10.0], sky_method="biweight")
     with pytest.raises(ValueError, match="mask shape"):
         aperture_photometry(image, [10.0], [10.0], mask=np.zeros((5, 5)))
+
+
+def test_saturated_near_finds_every_star_within_reach_of_a_saturated_pixel():
+    """Against the distance of every star to every saturated pixel (brute force)."""
+    rng = np.random.default_rng(11)
+    mask = np.zeros((300, 400), np.uint8)
+    mask[rng.integers(0, 300, 60), rng.integers(0, 400, 60)] |= MASK["SATURATED"].bit
+    mask[rng.integers(0, 300, 60), rng.integers(0, 400, 60)] |= MASK["BADPIX"].bit  # not these
+    x, y = rng.uniform(-5, 405, 3000), rng.uniform(-5, 305, 3000)
+    x[7], y[8] = np.nan, np.nan
+    sy, sx = np.nonzero(mask & MASK["SATURATED"].bit)
+    for radius in (1.95, 2.95, 6.0):
+        with np.errstate(invalid="ignore"):
+            dist = np.hypot(x[:, None] - sx[None, :], y[:, None] - sy[None, :]).min(axis=1)
+        np.testing.assert_array_equal(saturated_near(mask, x, y, radius), dist <= radius + 0.71)
+    assert not saturated_near(mask & ~np.uint8(MASK["SATURATED"].bit), x, y, 2.95).any()
+    py, px = pixels_with(mask, 0xFF)
+    assert sorted(zip(py.tolist(), px.tolist())) == sorted(zip(*(a.tolist() for a in np.nonzero(mask))))

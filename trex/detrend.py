@@ -50,7 +50,6 @@ from trex import lcformat
 from trex.config import Config
 from trex.epd import epd, epd_many, external_parameters, local_sidereal_time, parameter_names, sky_geometry
 from trex.flags import PHOT
-from trex.lcstats import night_index
 from trex.protect import night_signal
 from trex.templates import Templates, input_columns
 from trex.tfa import default_template_count, exclusion, grid_pick, tfa
@@ -336,11 +335,15 @@ def position(rows: np.ndarray, gap: float) -> tuple[float, float]:
     """Median position of a light curve on its first night with one, px (NaN when
     never measured): a reference position that later nights do not move."""
     measured = np.isfinite(rows["xcc"]) & np.isfinite(rows["ycc"])
-    if not measured.any():
+    first = int(np.argmax(measured))
+    if not measured[first]:
         return float("nan"), float("nan")
-    night = night_index(rows["rjd"], gap)
-    mine = measured & (night == night[measured].min())
-    x, y = np.median(np.stack([rows["xcc"][mine], rows["ycc"][mine]]), axis=1)
+    ends = np.flatnonzero(np.diff(rows["rjd"]) > gap)  # a night's last row
+    end = ends[np.searchsorted(ends, first)] + 1 if len(ends) and ends[-1] >= first else len(rows)
+    mine = np.flatnonzero(measured[first:end]) + first
+    xy = np.sort(np.stack([rows["xcc"][mine], rows["ycc"][mine]]), axis=1)  # a few rows:
+    half = len(mine) // 2  # sorting beats np.median's overhead
+    x, y = xy[:, half] if len(mine) % 2 else 0.5 * (xy[:, half - 1] + xy[:, half])
     return float(x), float(y)
 
 

@@ -36,7 +36,7 @@ from trex.catalog import propagate
 from trex.config import Config
 from trex.errors import FrameError
 from trex.extract import ShapeMapError, shape_map
-from trex.flags import MASK, PHOT
+from trex.flags import MASK, PHOT, pixels_with
 from trex.frame import Context, Frame
 from trex.products import save_product
 from trex.times import bjd_tdb, site
@@ -140,13 +140,24 @@ def _separation(ra, dec, ra0, dec0) -> np.ndarray:
 
 
 def saturated_near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
-    """True for stars with a saturated pixel within ``radius`` px."""
-    sy, sx = np.nonzero(mask & MASK["SATURATED"].bit)
+    """True for stars with a saturated pixel within ``radius`` + 0.71 px (touching the
+    aperture); only the stars within that reach of a row holding one are looked at."""
+    sy, sx = pixels_with(mask, MASK["SATURATED"].bit)
+    near = np.zeros(len(x), dtype=bool)
     if not len(sx):
-        return np.zeros(len(x), dtype=bool)
-    counts = cKDTree(np.column_stack([sx, sy])).query_ball_point(
-        np.column_stack([x, y]), radius + 0.71, return_length=True)
-    return counts > 0
+        return near
+    reach = radius + 0.71
+    rows = np.zeros(mask.shape[0] + 1, dtype=np.int64)  # saturated rows up to each row
+    np.cumsum(np.bincount(sy, minlength=mask.shape[0]) > 0, out=rows[1:])
+    finite = np.isfinite(x) & np.isfinite(y)
+    at = np.where(finite, y, 0.0)
+    lo = np.clip(np.floor(at - reach), 0, mask.shape[0]).astype(np.int64)
+    hi = np.clip(np.ceil(at + reach) + 1, 0, mask.shape[0]).astype(np.int64)
+    maybe = np.flatnonzero(finite & (rows[hi] > rows[lo]))
+    if len(maybe):
+        near[maybe] = cKDTree(np.column_stack([sx, sy])).query_ball_point(
+            np.column_stack([x[maybe], y[maybe]]), reach, return_length=True) > 0
+    return near
 
 
 def _psf_shapes(frame: Frame, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trex import _resample
-from trex.flags import MASK
+from trex.flags import MASK, pixels_with
 from trex.kernelspec import dense_coefficients, nterms, poly_terms
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def register_frame(image: np.ndarray, mask: np.ndarray | None, frame_wcs, ref_wc
     bad = np.zeros(shape, dtype=np.uint8)
     bad[~np.isfinite(out)] |= MASK["BADPIX"].bit
     if mask is not None and np.any(mask):
-        fy, fx = np.nonzero(mask)
+        fy, fx = pixels_with(mask, 0xFF)
         x, y = transform_from_wcs(frame_wcs, ref_wcs, np.shape(mask), order=order)(fx, fy)
         ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
         for dy in (-1, 0, 1):

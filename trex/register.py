@@ -59,8 +59,15 @@ class Transform:
 
 
 def _evaluate(dense: np.ndarray, xn: np.ndarray, yn: np.ndarray) -> np.ndarray:
+    """sum of dense[i, j] xn^i yn^j over i + j < n, by Horner's rule in x, then in y."""
     n = dense.shape[0]
-    return sum(dense[i, j] * xn**i * yn**j for i in range(n) for j in range(n - i))
+    out = 0.0
+    for j in range(n - 1, -1, -1):
+        inner = dense[n - 1 - j, j]
+        for i in range(n - 2 - j, -1, -1):
+            inner = inner * xn + dense[i, j]
+        out = out * yn + inner
+    return out + np.zeros(np.broadcast(xn, yn).shape)
 
 
 def _lstsq(xn: np.ndarray, yn: np.ndarray, target: np.ndarray, order: int) -> np.ndarray:

@@ -62,7 +62,6 @@ def describe(registry: dict[str, Flag], value: int) -> list[str]:
     return [f.name for f in registry.values() if value & f.bit]
 
 
-
 def pixels_with(mask: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(y, x) of the pixels of a 2-D ``mask`` with any of ``bits`` set, row by row.  The
     rows holding one are found first: a frame's few flagged pixels are found in a

@@ -296,15 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _init_and_simulate(c: _Commands) -> None:
     p = c.command("init", "create a project folder and its trex.toml", cmd_init,
-                "Create ROOT with the project layout (BASE/CAL, BASE/CAT, BASE/reference-frames, "
-                "RAW, RED, LC, PROJ, REDTEMP) and a trex.toml holding every setting with its "
-                "default and a comment. An existing trex.toml is kept.")
+                  "Create ROOT with the project layout (BASE/CAL, BASE/CAT, BASE/reference-frames, "
+                  "RAW, RED, LC, PROJ, REDTEMP) and a trex.toml holding every setting with its "
+                  "default and a comment. An existing trex.toml is kept.")
     p.add_argument("root", help="project folder (created if missing)")
 
     p = c.command("simulate", "simulate HATPI-like nights with ground truth", cmd_simulate,
-                "Write simulated raw nights (bias, dark, flat and object frames) into "
-                "ROOT/RAW/<night>/, the field catalog into ROOT/BASE/CAT/ and the truth into "
-                "ROOT/PROJ/truth/; ROOT is initialised if needed. Then 'trex run ROOT'.")
+                  "Write simulated raw nights (bias, dark, flat and object frames) into "
+                  "ROOT/RAW/<night>/, the field catalog into ROOT/BASE/CAT/ and the truth into "
+                  "ROOT/PROJ/truth/; ROOT is initialised if needed. Then 'trex run ROOT'.")
     p.add_argument("root", help="project folder")
     p.add_argument("--nights", type=int, default=1, help="nights to simulate")
     p.add_argument("--frames", type=int, default=20, help="object frames per night")
@@ -323,10 +323,10 @@ def _init_and_simulate(c: _Commands) -> None:
 
 def _run_and_stages(c: _Commands) -> None:
     p = c.writing_command("run", "process the whole project (serial, or under mpiexec)",
-                        cmd_stages, "Run every stage over the project: new raw files are read, "
-                        "frames not done are processed, new rows are merged into the light "
-                        "curves. Finished work is skipped, so running again resumes.",
-                        EXIT_STATUSES)
+                          cmd_stages, "Run every stage over the project: new raw files are read, "
+                          "frames not done are processed, new rows are merged into the light "
+                          "curves. Finished work is skipped, so running again resumes.",
+                          EXIT_STATUSES)
     p.add_argument("--stages", help=f"comma-separated subset of: {', '.join(NAMES)} "
                                     "(default: all)")
     p.add_argument("--jobs", type=int, default=1,
@@ -339,27 +339,27 @@ def _run_and_stages(c: _Commands) -> None:
     for stage in STAGE_LIST:
         if not (stage.per_frame or stage.needs):  # detrend: per star, not per frame
             c.writing_command(stage.name, f"{stage.help} (every light curve)", cmd_stages,
-                            "Detrend every light curve again from its file (EPD, then TFA) "
-                            "and recompute the per-star statistics.", EXIT_STATUSES)
+                              "Detrend every light curve again from its file (EPD, then TFA) "
+                              "and recompute the per-star statistics.", EXIT_STATUSES)
             continue
         c.writing_command(stage.name, f"{stage.help} (pending frames only)", cmd_stages,
-                        f"Only the {stage.name} stage, on the frames where it is pending: "
-                        f"{stage.help}. Frames whose earlier stages are not done are left for "
-                        "a later run.", EXIT_STATUSES)
+                          f"Only the {stage.name} stage, on the frames where it is pending: "
+                          f"{stage.help}. Frames whose earlier stages are not done are left for "
+                          "a later run.", EXIT_STATUSES)
 
 
 def _status_and_report(c: _Commands) -> None:
     p = c.project_command("status", "what is done, waiting and failed, and why", cmd_status,
-                        "Per night: frames by type, bad frames, raw files not read yet, and per "
-                        "stage (in pipeline order) the frames done, failed and waiting; frame "
-                        "failures grouped by stage and reason; failed project phases; light "
-                        "curves per project id. Reads the database, never creates one.")
+                          "Per night: frames by type, bad frames, raw files not read yet, and per "
+                          "stage (in pipeline order) the frames done, failed and waiting; frame "
+                          "failures grouped by stage and reason; failed project phases; light "
+                          "curves per project id. Reads the database, never creates one.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = c.project_command("report", "diagnostic plots (PNG) and a summary (Markdown)", cmd_report,
-                        "Write ROOT/PROJ/report/index.md (a run summary, then RMS vs magnitude "
-                        "with the noise floor, a frame preview with the apertures, astrometric "
-                        "residuals, difference-image stamps, light curves, per-frame "
-                        "diagnostics) and its PNGs. Needs the database of a run.")
+                          "Write ROOT/PROJ/report/index.md (a run summary, then RMS vs magnitude "
+                          "with the noise floor, a frame preview with the apertures, astrometric "
+                          "residuals, difference-image stamps, light curves, per-frame "
+                          "diagnostics) and its PNGs. Needs the database of a run.")
     p.add_argument("--out", help="output folder (default: ROOT/PROJ/report)")
 
 
@@ -367,10 +367,10 @@ def _bench(c: _Commands) -> None:
     from trex.bench import MODULES as BENCHMARKS
 
     p = c.command("bench", "kernel and end-to-end throughput, with ratios to peers", cmd_bench,
-                "Time trex beside its peers (sep, photutils, scipy, numpy, psycopg2, and "
-                "fitsh when installed) on identical synthetic inputs, single-threaded, and "
-                "print a table (ratio = peer time / trex time, > 1: trex faster) with a "
-                "check that both gave the same answer.")
+                  "Time trex beside its peers (sep, photutils, scipy, numpy, psycopg2, and "
+                  "fitsh when installed) on identical synthetic inputs, single-threaded, and "
+                  "print a table (ratio = peer time / trex time, > 1: trex faster) with a "
+                  "check that both gave the same answer.")
     p.add_argument("--quick", action="store_true",
                    help="small sizes only: a few minutes (the full set takes ~10 min or more)")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=BENCHMARKS,

@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard cext/*.pyx cext/*.pxd cext/*.pxi)
 
 # rebuild the Cython kernels in place after editing cext/ (pip did it once at install)
 build: install
+	$(BIN)/python -m pip install -q 'Cython>=3.0'
 	$(BIN)/python setup.py -q build_ext --inplace
 
 demo: install
@@ -33,4 +34,4 @@ lint: install
 	$(BIN)/ruff check trex tests bench
 
 clean:
-	rm -rf build dist *.egg-info trex/*.so trex/*.c cext/*.c .pytest_cache $(DEMO)
+	rm -rf build dist *.egg-info trex/*.so trex/_avx2 trex/*.c cext/*.c .pytest_cache $(DEMO)

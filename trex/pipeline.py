@@ -39,6 +39,7 @@ import time
 from trex import astromref, inventory, magfit, parallel, photref
 from trex.catalog import Catalogs
 from trex.config import Config
+from trex.cpu import kernels_build
 from trex.db import Database, DatabaseError, connect
 from trex.errors import Stopped, WriteFault
 from trex.frame import Context
@@ -135,7 +136,8 @@ def run_stages(project: Project, config: Config, stages: tuple[str, ...],
     comm = parallel.world()
     set_rank(comm.rank)
     if comm.rank == 0:
-        log.info("trex run on %d rank(s): %s", comm.size, ", ".join(stages))
+        log.info("trex run on %d rank(s), %s kernels: %s", comm.size, kernels_build(),
+                 ", ".join(stages))
     if comm.size > 1:
         log.info("rank %d of %d on %s, pid %d", comm.rank, comm.size, socket.gethostname(),
                  os.getpid())

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trex._cpu import has_avx2
 
 from trex import cpu
-from trex._cpu import has_avx2
 
 KERNELS = sorted(p.name.split(".")[0] for p in Path(cpu.PACKAGE).glob("_*.so")
                  if not p.name.startswith("_cpu."))

@@ -57,6 +57,6 @@ def install() -> None:
 
 
 def kernels_build() -> str:
-    """"avx2" or "portable": the build the kernels of this process come from."""
+    """The build the kernels of this process come from: ``"avx2"`` or ``"portable"``."""
     from trex import _stats
     return "avx2" if Path(_stats.__file__).parent == AVX2 else "portable"

@@ -13,6 +13,7 @@ from trex.cli import main
 from trex.db import connect
 from trex.flags import PHOT
 from trex.lcformat import read_lightcurve
+from trex.products import load_product
 from trex.simulate import load_truth, simulate_project
 
 STAGES = "calibrate,extract,astrometry,photometry,magfit,subtract,lightcurves,detrend"
@@ -83,6 +84,26 @@ def test_rerun_does_nothing_new(night):
         assert db.query("SELECT count(*) FROM ap_photometry")[0][0] == before
         assert db.query("SELECT count(*) FROM framestatus WHERE stage = 'photometry'")[0][0] == 8
     assert {p: p.stat().st_mtime_ns for p in (root / "LC").rglob("*.fits")} == files
+
+
+def test_database_rows_are_the_photometry_with_the_magnitude_fit(night):
+    """Each frame's ap_photometry rows, written once in a run of both passes (by the
+    magfit stage), are its aphot product's, arm included."""
+    root, _ = night
+    with connect(f"sqlite:///{root / 'trex.sqlite'}") as db:
+        frames = db.query("SELECT framekey, redpath FROM calibratedframes WHERE frameisok")
+        assert len(frames) == 8
+        for framekey, redpath in frames:
+            table = load_product(root / redpath, "aphot")
+            aperture, mag, arm = np.array(db.query(  # NULL (NaN stored) -> NaN
+                "SELECT aperture, mag, arm FROM ap_photometry WHERE framekey = ? "
+                "ORDER BY aperture, rowid", (framekey,)), dtype=float).T
+            assert len(mag) == 3 * len(table)
+            for a in range(3):
+                ours = aperture == a
+                assert np.array_equal(mag[ours], table[f"aim_{a:03d}"], equal_nan=True)
+                assert np.array_equal(arm[ours], table[f"arm_{a:03d}"], equal_nan=True)
+            assert np.isfinite(arm).mean() > 0.9
 
 
 def test_mpi_run_equals_serial_run(night, tmp_path):

@@ -21,7 +21,7 @@ from trex.frame import Context
 from trex.ledger import Ledger
 from trex.parallel import SerialComm
 from trex.pipeline import run_phase
-from trex.project import init_project
+from trex.project import Project, init_project
 from trex.runner import FramePass
 from trex.stages import Stage
 
@@ -77,12 +77,32 @@ CHAIN = (Stage("calibrate", "fake", (), run=fake_calibrate),
          Stage("photometry", "fake", (), ("calibrate",), run=fake_photometry, save=save_photometry))
 
 
+def fake_magfit(frame, context):
+    if frame.rawpath.name == "f003.fits":
+        raise FrameError(frame.rawpath, "no fit")
+    frame.products["flux"] = 2 * frame.image.sum() * np.arange(1, 6)  # the "fitted" values
+    return frame
+
+
+def photometry_rows(frame, context):  # the rows as photometry left them
+    return save_photometry(fake_photometry(frame, context), context)
+
+
+def unchanged(frame, context):
+    return frame
+
+
+#: the first pass with every stage the real magfit stage needs done before it
+FIRST_PASS = (CHAIN[0], Stage("extract", "fake", (), ("calibrate",), run=unchanged),
+              Stage("astrometry", "fake", (), ("extract",), run=unchanged), CHAIN[1])
+MAGFIT = Stage("magfit", "fake", (), ("photometry",), run=fake_magfit, save=save_photometry,
+               rewrites=("ap_photometry",), failed_rows=photometry_rows, pixels=True)
+
+
 def run(root: Path, comm=None) -> int:
     """The chain over the project's pending frames (on rank 0 of ``comm`` with the
     database; the other ranks pass None); returns the frames that failed."""
     config = Config().replace("run", batch_frames=1)
-    from trex.project import Project
-
     project = Project(root)
     comm = comm or SerialComm()
     context, stop = Context(project, config), {"signal": False}
@@ -134,6 +154,27 @@ def test_resume_after_kill(tmp_path):
     run(tmp_path)  # resume
     rows = table(tmp_path)
     assert len(rows) == 5 * (NFRAMES - 1) == len(set((r[0], r[1]) for r in rows))
+
+
+def test_rows_a_later_pass_rewrites_are_written_by_it_once(tmp_path):
+    """In a run of both passes the first leaves ap_photometry to the magfit stage, which
+    writes it, and on the frame where it fails writes the rows photometry made."""
+    make_project(tmp_path)
+    config = Config().replace("run", batch_frames=1)
+    context, stop = Context(Project(tmp_path), config), {"signal": False}
+    with connect(f"sqlite:///{tmp_path / 'trex.sqlite'}") as db:
+        ledger = Ledger(db, config)
+        run_phase(SerialComm(), ledger, context, FramePass(FIRST_PASS, later=(MAGFIT,)), stop)
+        assert db.query("SELECT count(*) FROM ap_photometry")[0][0] == 0
+        run_phase(SerialComm(), ledger, context, FramePass((MAGFIT,)), stop)
+        failed = db.query("SELECT stage, reason FROM framestatus WHERE status = 'failed'")
+        rows = db.query("SELECT rawpath, objectid, flux FROM ap_photometry "
+                        "JOIN frameinfo USING (framekey)")
+    assert sorted(failed) == [("calibrate", "non-finite pixels"), ("magfit", "no fit")]
+    assert len(rows) == 5 * (NFRAMES - 1) == len({(r[0], r[1]) for r in rows})
+    for rawpath, objectid, flux in rows:
+        i, star = int(rawpath[-8:-5]), int(objectid[1:])
+        assert flux == 64 * i * (star + 1) * (1 if i == 3 else 2)
 
 
 @pytest.mark.parametrize("nranks", [2])

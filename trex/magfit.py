@@ -42,7 +42,11 @@ In the pipeline, per (projid, field), after photometry of the frames:
    yet fitted is fitted to the master; the result is the ``arm_NNN`` column of
    its ``aphot`` product and of its ``ap_photometry`` rows.  A frame whose fit
    fails is recorded failed at ``magfit`` with the reason (its light-curve
-   rows keep ``arm`` NaN).
+   rows keep ``arm`` NaN) and its ``ap_photometry`` rows as photometry left
+   them.  In a run of both stages the photometry stage leaves the frame's
+   ``ap_photometry`` rows to this one, so that they are written once (a third
+   of rank 0's rows), not twice; a run stopped between the two passes has them
+   written by the next run's magfit stage.
 
 The master is built once and then kept (new nights are fitted to it) unless
 the references are rebuilt; a new master redoes the fits (the ledger sees

@@ -227,8 +227,16 @@ def ap_photometry_rows(framekey: int, key: str, table: np.ndarray, objectids: np
 
 def save(frame: Frame, context: Context) -> dict:
     """Write the frame's aphot product; returns its ``ap_photometry`` rows."""
-    table = frame.products["aphot"]
-    save_product(frame.redpath, "aphot", table)
+    save_product(frame.redpath, "aphot", frame.products["aphot"])
+    return rows(frame, context)
+
+
+def rows(frame: Frame, context: Context) -> dict:
+    """The ``ap_photometry`` rows of the frame's aphot product as it stands (none
+    without one)."""
+    table = frame.products.get("aphot")
+    if table is None:
+        return {}
     objectids = np.asarray(context.catalogs[frame.meta.field]["objectid"])[table["star"]]
     return {"ap_photometry": ap_photometry_rows(frame.framekey, photkey(context.config),
                                                 table, objectids)}

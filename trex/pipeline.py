@@ -70,8 +70,10 @@ def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
         out += [Together(Catalogs(), Masters("bias")), Masters("dark"), Masters("flat")]
     else:
         out.append(Catalogs())
-    if per_frame(tuple(s for s in stages if s in FIRST_PASS)):
-        out.append(FramePass(per_frame(tuple(s for s in stages if s in FIRST_PASS)), retry_failed))
+    first_pass, second_pass = (per_frame(tuple(s for s in stages if s in names))
+                               for names in (FIRST_PASS, SECOND_PASS))
+    if first_pass:
+        out.append(FramePass(first_pass, retry_failed, later=second_pass))
     out.append(KnownReferences())
     # references: each group's phases need nothing from each other, only from the one before
     first = ([astromref.References()] if "astrometry" in stages else []) + \
@@ -81,8 +83,8 @@ def phases(stages: tuple[str, ...], retry_failed: bool = False) -> list[Phase]:
     out += [_together(group) for group in (first, second) if group]
     if "subtract" in stages:
         out += [photref.Matches(), photref.Bands(), photref.Stacks()]
-    if per_frame(tuple(s for s in stages if s in SECOND_PASS)):
-        out.append(FramePass(per_frame(tuple(s for s in stages if s in SECOND_PASS)), retry_failed))
+    if second_pass:
+        out.append(FramePass(second_pass, retry_failed))
     if "lightcurves" in stages:
         detrend = "detrend" in stages
         out += ([ChooseTemplates()] if detrend else []) + [Scatter()] + \

@@ -28,7 +28,7 @@ from trex.header import FrameMeta
 from trex.ledger import Task
 from trex.phase import Phase
 from trex.products import load_product
-from trex.stages import Stage
+from trex.stages import Stage, rewritten
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,13 @@ def load_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> Frame:
     return frame
 
 
-def process_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> FrameResult:
-    """Run the stages still to do on one frame; never raises for a bad frame."""
+def process_frame(task: Task, chain: tuple[Stage, ...], context: Context,
+                  deferred: frozenset[str] = frozenset()) -> FrameResult:
+    """Run the stages still to do on one frame; never raises for a bad frame.
+
+    The rows of the tables in ``deferred`` are not returned: a later stage of the
+    run writes them again in full (``Stage.rewrites``), or gives them if it fails.
+    """
     start = time.perf_counter()
     result = FrameResult(task.framekey, task.meta.projid, task.night, task.meta, task.redpath)
     stages = [s for s in chain if s.name in task.stages]
@@ -91,9 +96,12 @@ def process_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> Fra
         try:
             frame = stage.run(frame, context)
             if stage.save is not None:
-                result.rows.update(stage.save(frame, context))
+                rows = stage.save(frame, context)
+                result.rows.update({k: v for k, v in rows.items() if k not in deferred})
         except FrameError as err:
             result.failed.append((stage.name, err.reason))
+            if stage.failed_rows is not None:
+                result.rows.update(stage.failed_rows(frame, context))
             blocked.add(stage.name)
             log.warning("frame %s: %s failed: %s", task.rawpath, stage.name, err.reason)
             continue
@@ -111,10 +119,14 @@ def process_frame(task: Task, chain: tuple[Stage, ...], context: Context) -> Fra
 
 
 class FramePass(Phase):
-    """Per-frame stages over every frame with work left in them (one phase)."""
+    """Per-frame stages over every frame with work left in them (one phase);
+    ``later``: the per-frame stages a later pass of the same run will run (the
+    tables they rewrite are written by them only)."""
 
-    def __init__(self, chain: tuple[Stage, ...], retry_failed: bool = False):
+    def __init__(self, chain: tuple[Stage, ...], retry_failed: bool = False,
+                 later: tuple[Stage, ...] = ()):
         self.chain, self.retry_failed = chain, retry_failed
+        self.deferred = rewritten(later)
         self.name = "+".join(s.name for s in chain)
         self.failures: Counter = Counter()  # rank 0: stage -> frames that failed at it
 
@@ -125,7 +137,7 @@ class FramePass(Phase):
         return tasks
 
     def work(self, task: Task, context: Context) -> FrameResult:
-        return process_frame(task, self.chain, context)
+        return process_frame(task, self.chain, context, self.deferred)
 
     def record(self, ledger, result: FrameResult, context: Context) -> None:
         ledger.record_frame(result, context)

@@ -53,6 +53,11 @@ class Stage:
     uses: tuple[str, ...] = ()         # results taken when present; redoing them redoes this
     run: Callable[[Frame, Context], Frame] | None = None  # None: a project-wide stage
     save: Callable[[Frame, Context], dict] | None = None
+    #: tables whose rows of a frame this stage writes again in full: an earlier stage of
+    #: the same run leaves them to it (written once), and ``failed_rows`` gives them when
+    #: the stage fails on the frame
+    rewrites: tuple[str, ...] = ()
+    failed_rows: Callable[[Frame, Context], dict] | None = None
     inputs: Inputs | None = None
     redo_on_new_inputs: bool = False  # done frames are redone when their inputs change
     pixels: bool = False               # needs the calibrated image
@@ -77,7 +82,7 @@ STAGES = (
           inputs=astrometry.inputs, pixels=True),
     Stage("magfit", "magnitude fit of each frame to the master reference (arm_NNN)",
           ("magfit",), ("photometry",), run=magfit.run, save=magfit.save, inputs=magfit.inputs,
-          redo_on_new_inputs=True),
+          redo_on_new_inputs=True, rewrites=("ap_photometry",), failed_rows=photometry.rows),
     Stage("subtract", "image subtraction against the photometric reference, difference photometry",
           ("subtract",), ("photometry",), run=subtract.run, save=subtract.save,
           inputs=subtract.inputs, redo_on_new_inputs=True, pixels=True),
@@ -106,6 +111,11 @@ def downstream(name: str) -> tuple[str, ...]:
         if found & set(later.needs + later.uses):
             found.add(later.name)
     return tuple(s.name for s in STAGES if s.name in found and s.name != name)
+
+
+def rewritten(stages: tuple[Stage, ...]) -> frozenset[str]:
+    """The tables whose rows ``stages`` write again in full (see ``Stage.rewrites``)."""
+    return frozenset(table for s in stages for table in s.rewrites)
 
 
 def per_frame(names: tuple[str, ...]) -> tuple[Stage, ...]:

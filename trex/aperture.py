@@ -39,6 +39,7 @@ Flags are the bits of :data:`trex.flags.PHOT`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -78,6 +79,8 @@ def _native_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.shape != shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {shape}")
+    if mask.dtype == np.uint8:  # the kernel tests mask != 0 itself
+        return np.ascontiguousarray(mask)
     return np.ascontiguousarray(mask != 0, dtype=np.uint8)
 
 
@@ -98,6 +101,29 @@ def neighbour_lists(x: np.ndarray, y: np.ndarray, radius: float) -> tuple[np.nda
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(first, minlength=n), out=indptr[1:])
     return indptr, np.ascontiguousarray(second[order], dtype=np.int64)
+
+
+def _geometry(x: np.ndarray, y: np.ndarray, radius: float | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(measuring order, indptr, indices) of the stars at (x, y): bands of
+    ``ORDER_BAND`` rows, then x; :func:`neighbour_lists` within ``radius`` (None:
+    none).  The last few position sets are kept: difference photometry measures the
+    reference's positions on every frame, twice."""
+    return _cached_geometry(np.stack([x, y]).tobytes(), radius)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_geometry(positions: bytes, radius: float | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y = np.frombuffer(positions).reshape(2, -1)
+    order = np.lexsort((x, np.floor(y / ORDER_BAND))).astype(np.int64)
+    if radius is None:
+        indptr, indices = np.zeros(len(x) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    else:
+        indptr, indices = neighbour_lists(x, y, radius)
+    for array in (order, indptr, indices):
+        array.flags.writeable = False  # shared by the calls that hit the cache
+    return order, indptr, indices
 
 
 def _check_geometry(radii: np.ndarray, annulus: Sequence[float]) -> tuple[float, float]:
@@ -186,12 +212,9 @@ def aperture_photometry(
     radii = np.ascontiguousarray(radii, dtype=np.float64).ravel()
     r_in, r_out = _check_geometry(radii, annulus)
     nstars, nradii = x.size, radii.size
-    if disjoint_radius is None:
-        indptr, indices = np.zeros(nstars + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        exclusion = 0.0
-    else:
-        exclusion = radii[-1] + float(disjoint_radius)
-        indptr, indices = neighbour_lists(x, y, r_out + exclusion)
+    exclusion = 0.0 if disjoint_radius is None else radii[-1] + float(disjoint_radius)
+    order, indptr, indices = _geometry(x, y, None if disjoint_radius is None
+                                       else r_out + exclusion)
 
     out = {
         "flux": np.empty((nstars, nradii)),
@@ -212,12 +235,11 @@ def aperture_photometry(
             out["bgsigma"], out["nsky"], int(min_sky_pixels))
 
     none = np.full(nstars, np.nan)
-    order = np.lexsort((x, np.floor(y / ORDER_BAND)))
     if only is not None:
         for name in out:
             out[name].fill(0 if name in ("flag", "nsky") else np.nan)
         order = order[np.isin(order, only)]
-    run(order.astype(np.int64), none, none, 0)
+    run(order, none, none, 0)
     few = np.flatnonzero(out["flag"][:, 0] & PHOT["FEW_SKY"].bit)
     if sky_map is not None and few.size:
         map_sky, map_sigma = none.copy(), none.copy()

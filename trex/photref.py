@@ -44,7 +44,9 @@ the phase that made it, never read back after writing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +146,23 @@ def group_plans(ledger, context: Context) -> list[GroupPlan]:
 
 
 def _grid(plan: GroupPlan) -> tuple[WCS, tuple[int, int], afits.Header]:
-    image, header = read_image(plan.astromref)
+    """WCS, shape and header of the astrometric reference: read once per process and
+    version of the file (every registration of the group needs them; not to be changed)."""
+    try:
+        stat = os.stat(plan.astromref)
+    except OSError:  # read_image says what is wrong
+        return _read_grid(plan.astromref)
+    return _cached_grid(plan.astromref, stat.st_mtime_ns, stat.st_size)
+
+
+def _read_grid(path: str) -> tuple[WCS, tuple[int, int], afits.Header]:
+    image, header = read_image(path)
     return WCS(header, fix=False), image.shape, header
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_grid(path: str, mtime_ns: int, size: int) -> tuple[WCS, tuple[int, int], afits.Header]:
+    return _read_grid(path)
 
 
 class Registrations(Phase):

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 from astropy.wcs import WCS
+from scipy.ndimage import maximum_filter
 
 from trex import _stats, photref, refstack
 from trex.astromref import choose_reference
 from trex.config import Config
-from trex.flags import MASK
+from trex.flags import MASK, grown
 from trex.register import register_frame
 
 
@@ -117,3 +118,12 @@ def test_crowded_stars_get_the_catalog_prediction():
     photref.replace_crowded(table, catmag, 6.0)
     assert table["flux_000"][1] == pytest.approx(truth, rel=1e-6)
     assert table["flux_000"][0] == pytest.approx(10 ** (-0.4 * (catmag[0] - 20)))
+
+
+@pytest.mark.parametrize("shape, half", [((300, 200), 4), ((7, 5), 4), ((1, 9), 2), ((30, 40), 0)])
+def test_grown_masks_are_scipys_maximum_filter(shape, half):
+    """The bad pixels grown by the kernel half-size, as scipy grows them."""
+    rng = np.random.default_rng(half)
+    mask = np.where(rng.random(shape) < 0.01, rng.integers(1, 256, shape), 0).astype(np.uint8)
+    mask[0, -1] = MASK["BADPIX"].bit  # a corner
+    assert np.array_equal(grown(mask, half), maximum_filter(mask != 0, size=2 * half + 1))

@@ -54,7 +54,6 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits as afits
 from astropy.wcs import WCS
-from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
 from trex import photometry, refstack
@@ -62,7 +61,7 @@ from trex.astromref import rank_frames
 from trex.config import Config
 from trex.errors import PhaseError
 from trex.fits import FrameError, atomic_write, read_image, write_image
-from trex.flags import MASK
+from trex.flags import MASK, grown
 from trex.frame import Context
 from trex.header import FrameMeta
 from trex.kernelspec import parse_kernel
@@ -229,7 +228,7 @@ class Matches(Phase):
         except ValueError as err:  # no usable stamp: this candidate is left out
             raise PhaseError(self.label(item), f"not matched to the target: {err}") from None
         # the convolution spreads the zeroed bad pixels over the kernel footprint
-        bad[maximum_filter(bad, size=2 * sol.spec.halfsize + 1) != 0] |= MASK["BADPIX"].bit
+        bad[grown(bad, sol.spec.halfsize)] |= MASK["BADPIX"].bit
         matched[bad != 0] = np.nan
         log.info("photref: frame %d matched to frame %d (flux scale %.3f, %d stamps)",
                  plan.framekeys[i], plan.framekeys[plan.target],

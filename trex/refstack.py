@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits as afits
 from astropy.wcs import WCS
-from scipy.ndimage import maximum_filter, median_filter
+from scipy.ndimage import median_filter
 
 from trex import _stats
 from trex.config import Config
-from trex.flags import MASK
+from trex.flags import MASK, grown
 from trex.header import FrameMeta
 from trex.kernelspec import parse_kernel
 
@@ -61,8 +61,7 @@ def assemble(parts: list[dict[str, np.ndarray]], config: Config) -> tuple[np.nda
     nused = np.concatenate([p["nused"] for p in parts])
     mask = np.zeros(image.shape, dtype=np.uint8)
     empty = (nused == 0) | ~np.isfinite(image)
-    grow = 2 * parse_kernel(config.subtract.kernel).halfsize + 1
-    mask[maximum_filter(empty, size=grow)] |= MASK["BADPIX"].bit
+    mask[grown(empty, parse_kernel(config.subtract.kernel).halfsize)] |= MASK["BADPIX"].bit
     mask[np.concatenate([p["saturated"] for p in parts])] |= MASK["SATURATED"].bit
     return np.where(np.isfinite(image), image, 0.0).astype(np.float32), mask
 

@@ -9,13 +9,14 @@ or every group when the references are rebuilt):
    ``subtract.nref`` best are taken (all of them on a shorter night).
 2. Each is registered onto the astrometric reference grid (the active
    ``astromrefs`` frame) with :func:`trex.register.transform_from_wcs` and
-   :func:`trex.register.resample` (``subtract.resample``; phase
-   :class:`Registrations`), then matched to the broadest-PSF candidate
-   (lowest S) with the kernel fit of :func:`trex.subtract.subtract` (phase
+   :func:`trex.register.resample` (``subtract.resample``): first the
+   broadest-PSF candidate (lowest S), the target (phase
+   :class:`Registrations`), then each of the others, which is matched to it
+   with the kernel fit of :func:`trex.subtract.subtract` (phase
    :class:`Matches`): the matched frame is ``R_i conv K + B``, i.e. it takes
    the PSF, the sky and the transparency of that target frame.  Each item is
    one candidate, on any rank, through ``REDTEMP/photref/``; a candidate that
-   cannot be matched (no usable stamp) is left out with the reason.
+   cannot be read or matched (no usable stamp) is left out with the reason.
 3. :class:`Bands` (one item per band of rows, :mod:`trex.refstack`) combines them
    with a clipped median (``trex._stats.clipped_combine``); :class:`Stacks` (one
    item per group) joins the bands, writes
@@ -164,8 +165,22 @@ def _cached_grid(path: str, mtime_ns: int, size: int) -> tuple[WCS, tuple[int, i
     return _read_grid(path)
 
 
+def _register(plan: GroupPlan, i: int, context: Context) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate ``i`` on the astrometric reference grid: (float32 image, NaN where
+    bad; uint8 MASK bits)."""
+    ref_wcs, shape, _ = _grid(plan)
+    image, header = read_image(plan.paths[i])
+    mask, _ = read_image(plan.paths[i], hdu="MASK")
+    sub = context.config.subtract
+    reg, bad, _ = register_frame(image, mask.astype(np.uint8), WCS(header, fix=False), ref_wcs,
+                                 shape, order=sub.transform_order, method=sub.resample,
+                                 saturation=plan.metas[i].saturate)
+    reg[bad != 0] = np.nan
+    return reg, bad
+
+
 class Registrations(Phase):
-    """Step 2a: every candidate on the astrometric reference grid (one item each)."""
+    """Step 2a: the target on the astrometric reference grid (one item per group)."""
 
     name = "photometric reference: registration"
     batch = 1
@@ -175,19 +190,12 @@ class Registrations(Phase):
         for plan in group_plans(ledger, context):
             scratch = _scratch(context.project, plan.group)
             shutil.rmtree(scratch, ignore_errors=True)  # leftovers of a killed run
-            items += [(plan, i) for i in range(len(plan.paths))]
+            items.append((plan, plan.target))
         return items
 
     def work(self, item: tuple[GroupPlan, int], context: Context) -> None:
         plan, i = item
-        ref_wcs, shape, _ = _grid(plan)
-        image, header = read_image(plan.paths[i])
-        mask, _ = read_image(plan.paths[i], hdu="MASK")
-        sub = context.config.subtract
-        reg, bad, _ = register_frame(image, mask.astype(np.uint8), WCS(header, fix=False), ref_wcs,
-                                     shape, order=sub.transform_order, method=sub.resample,
-                                     saturation=plan.metas[i].saturate)
-        reg[bad != 0] = np.nan
+        reg, bad = _register(plan, i, context)
         scratch = _scratch(context.project, plan.group)
         _save(scratch / f"reg-{i}.npy", reg)
         _save(scratch / f"reg-{i}-mask.npy", bad)
@@ -200,23 +208,23 @@ class Registrations(Phase):
 
 
 class Matches(Phase):
-    """Step 2b: every candidate but the target matched to the target (one item each)."""
+    """Step 2b: every other candidate registered (in memory) and matched to the target
+    (one item each)."""
 
     name = "photometric reference: matching"
     batch = 1
 
     def plan(self, ledger, context: Context) -> list[tuple[GroupPlan, int]]:
         return [(plan, i) for plan in group_plans(ledger, context)
-                for i in range(len(plan.paths))
-                if i != plan.target and (_scratch(context.project, plan.group) / f"reg-{i}.npy").is_file()
-                and (_scratch(context.project, plan.group) / f"reg-{plan.target}.npy").is_file()]
+                if (_scratch(context.project, plan.group) / f"reg-{plan.target}.npy").is_file()
+                for i in range(len(plan.paths)) if i != plan.target]
 
     def work(self, item: tuple[GroupPlan, int], context: Context) -> None:
         plan, i = item
         scratch = _scratch(context.project, plan.group)
         target, t_bad = np.load(scratch / f"reg-{plan.target}.npy"), np.load(
             scratch / f"reg-{plan.target}-mask.npy")
-        reg, bad = np.load(scratch / f"reg-{i}.npy"), np.load(scratch / f"reg-{i}-mask.npy")
+        reg, bad = _register(plan, i, context)
         sub, t_meta = context.config.subtract, plan.metas[plan.target]
         reg0 = np.where(bad != 0, 0.0, reg).astype(np.float32)
         try:

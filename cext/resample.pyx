@@ -37,22 +37,35 @@ cdef inline double _horner(const double* a, Py_ssize_t n, double xn) noexcept no
     return s
 
 
-cdef inline double _cum_interp(const double* s, Py_ssize_t stride, Py_ssize_t n, double e) noexcept nogil:
+cdef inline void _horner_all(const double* a, Py_ssize_t n, const double* xn, double* out,
+                             Py_ssize_t m) noexcept nogil:
+    """out[i] = sum_k a[k] xn[i]**k for i < m, by Horner's rule coefficient by
+    coefficient (each value rounds as one Horner evaluation; the loops vectorise)."""
+    cdef Py_ssize_t i, k
+    for i in range(m):
+        out[i] = 0.0
+    for k in range(n - 1, -1, -1):
+        for i in range(m):
+            out[i] = out[i] * xn[i] + a[k]
+
+
+cdef inline double _cum_interp(const double* s, Py_ssize_t stride, int n, double e) noexcept nogil:
     """Cubic interpolation of a cumulative sum at source coordinate ``e``.
 
     ``s[k * stride]`` for k = 0 .. n + 2 holds the cumulative flux up to the
     pixel edge at coordinate ``k - 1.5`` (one ghost node at each end).  The
     cubic through four edges is the integral of the parabola that keeps the
     fluxes of three neighbouring pixels, so pixel fluxes are reproduced
-    exactly and the total is conserved.  Outside the image the flux is 0.
+    exactly and the total is conserved.  Outside the image the flux is 0:
+    ``e`` is clamped to the image, where the weights select the end node
+    exactly (no branch, so that loops of it vectorise).
     """
     cdef double t = e + 0.5, f, w0, w1, w2, w3
-    cdef Py_ssize_t k
-    if t <= 0.0:
-        return s[stride]
-    if t >= n:
-        return s[(n + 1) * stride]
-    k = <Py_ssize_t>t
+    cdef int k
+    t = 0.0 if t < 0.0 else t
+    t = <double>n if t > n else t
+    k = <int>t
+    k = n - 1 if k > n - 1 else k
     f = t - k
     w0 = -f * (f - 1.0) * (f - 2.0) / 6.0
     w1 = (f + 1.0) * (f - 1.0) * (f - 2.0) * 0.5
@@ -60,6 +73,14 @@ cdef inline double _cum_interp(const double* s, Py_ssize_t stride, Py_ssize_t n,
     w3 = (f + 1.0) * f * (f - 1.0) / 6.0
     return (w0 * s[k * stride] + w1 * s[(k + 1) * stride]
             + w2 * s[(k + 2) * stride] + w3 * s[(k + 3) * stride])
+
+
+cdef inline void _cum_interp_all(const double* s, Py_ssize_t step, Py_ssize_t stride, int n,
+                                 const double* e, double* out, Py_ssize_t m) noexcept nogil:
+    """out[i] = _cum_interp(s + i * step, stride, n, e[i]) for i < m."""
+    cdef Py_ssize_t i
+    for i in range(m):
+        out[i] = _cum_interp(s + i * step, stride, n, e[i])
 
 
 def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
@@ -91,21 +112,34 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
     cdef Py_ssize_t i, j, k, r
     cdef double x0 = norm[0], isx = 1.0 / norm[1], y0 = norm[2], isy = 1.0 / norm[3]
     cdef double v0 = norm[4], isv = 1.0 / norm[5]
-    cdef double acc, e0, e1, val, vc, uc
+    cdef double acc, val, vc, uc
     if norm.shape[0] != 6:
         check(BAD_ARGUMENT, "resample_flux: norm must hold x0, sx, y0, sy, v0, sv")
+    if nys >= 2 ** 30 or nxs >= 2 ** 30:
+        check(BAD_ARGUMENT, "resample_flux: the source image is too large")
     cdef double* cs = <double*>malloc((nys + 3) * nx * sizeof(double))
     cdef double* row = <double*>malloc((nxs + 3) * sizeof(double))
-    cdef double* edge = <double*>malloc(2 * (nx + 2) * sizeof(double))
+    # per target column (nx + 1 column edges): normalised x of the edges and of the
+    # centres, the mapped coordinates of the last and the current edge, interpolated sums
+    cdef double* work = <double*>malloc(6 * (nx + 1) * sizeof(double))
     cdef double* a = <double*>malloc((nv + nu) * sizeof(double))
     cdef Py_ssize_t* xlo = <Py_ssize_t*>malloc(2 * nys * sizeof(Py_ssize_t))
-    if cs == NULL or row == NULL or edge == NULL or a == NULL or xlo == NULL:
-        free(cs); free(row); free(edge); free(a); free(xlo)
+    if cs == NULL or row == NULL or work == NULL or a == NULL or xlo == NULL:
+        free(cs); free(row); free(work); free(a); free(xlo)
         check(NO_MEMORY, "resample_flux: no memory for the work buffers")
     cdef Py_ssize_t* xhi = xlo + nys
-    cdef double* prev = edge + (nx + 2)
+    cdef double* xedge = work
+    cdef double* xmid = work + (nx + 1)
+    cdef double* prev = work + 2 * (nx + 1)
+    cdef double* cur = work + 3 * (nx + 1)
+    cdef double* edge = work + 4 * (nx + 1)
+    cdef double* val_row = work + 5 * (nx + 1)
+    cdef double* swap
     try:
         with nogil:
+            for i in range(nx + 1):
+                xedge[i] = (i - 0.5 - x0) * isx
+                xmid[i] = (i - x0) * isx
             # pass 1: cs[j + 1, i] = flux of source rows < j in target column i
             # (row 0 and row nys + 2 are ghost nodes for the interpolation)
             for i in range(nx):
@@ -121,9 +155,8 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
                 row[0] = -(row[2] - row[1])
                 row[nxs + 2] = row[nxs + 1] + (row[nxs + 1] - row[nxs])
                 _row_coef(umix, (j - v0) * isv, a)
-                for i in range(nx + 1):
-                    prev[i] = _horner(a, nu, (i - 0.5 - x0) * isx)
-                    edge[i] = _cum_interp(row, 1, nxs, prev[i])
+                _horner_all(a, nu, xedge, prev, nx + 1)
+                _cum_interp_all(row, 0, 1, <int>nxs, prev, edge, nx + 1)
                 xlo[j] = nx
                 xhi[j] = -1
                 for i in range(nx):
@@ -139,26 +172,27 @@ def resample_flux(const float[:, ::1] image, const double[:, ::1] vcoef,
             # pass 2: integrate each target column between the mapped row edges;
             # the upper edge of one row is the lower edge of the next
             _row_coef(vcoef, (-0.5 - y0) * isy, a)
-            for i in range(nx):
-                prev[i] = _horner(a, nv, (i - x0) * isx)
-                edge[i] = _cum_interp(cs + i, nx, nys, prev[i])
+            _horner_all(a, nv, xmid, prev, nx)
+            _cum_interp_all(cs, 1, nx, <int>nys, prev, edge, nx)
             for r in range(ny):
                 _row_coef(vcoef, (r + 0.5 - y0) * isy, a)
+                _horner_all(a, nv, xmid, cur, nx)
+                _cum_interp_all(cs, 1, nx, <int>nys, cur, val_row, nx)
                 for i in range(nx):
-                    e1 = _horner(a, nv, (i - x0) * isx)
-                    e0 = prev[i]
-                    prev[i] = e1
-                    val = _cum_interp(cs + i, nx, nys, e1)
-                    acc = edge[i]
-                    edge[i] = val
-                    vc = 0.5 * (e0 + e1)
+                    vc = 0.5 * (prev[i] + cur[i])
                     k = <Py_ssize_t>floor(vc + 0.5)
                     if vc < -0.5 or vc > nys - 0.5 or k < 0 or k >= nys or i < xlo[k] or i > xhi[k]:
                         out[r, i] = fill
                     else:
-                        out[r, i] = <float>(val - acc)
+                        out[r, i] = <float>(val_row[i] - edge[i])
+                swap = prev
+                prev = cur
+                cur = swap
+                swap = edge
+                edge = val_row
+                val_row = swap
     finally:
-        free(cs); free(row); free(edge); free(a); free(xlo)
+        free(cs); free(row); free(work); free(a); free(xlo)
 
 
 cdef inline double _keys(double t) noexcept nogil:

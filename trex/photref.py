@@ -200,9 +200,6 @@ class Registrations(Phase):
         _save(scratch / f"reg-{i}.npy", reg)
         _save(scratch / f"reg-{i}-mask.npy", bad)
 
-    def fail(self, ledger, item, reason: str, context: Context) -> None:
-        ledger.record_phase(self.name, self.label(item), reason)
-
     def label(self, item: tuple[GroupPlan, int]) -> str:
         return f"{'/'.join(item[0].group)} frame {item[0].framekeys[item[1]]}"
 

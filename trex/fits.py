@@ -2,8 +2,9 @@
 
 Reading returns native-byte-order float arrays (BZERO/BSCALE applied) and an
 ``astropy.io.fits.Header``; ``.fits.fz`` tile-compressed frames are read
-transparently.  Every way a file can be unreadable raises :class:`FrameError`
-with the file and a human reason.  Writes go to a temporary file in the same
+transparently (Rice-compressed integers by :mod:`trex.rice`, the rest by
+cfitsio).  Every way a file can be unreadable raises :class:`FrameError` with
+the file and a human reason.  Writes go to a temporary file in the same
 folder and are moved into place with ``os.replace``, so a reader never sees a
 half-written frame.
 """
@@ -23,6 +24,7 @@ from astropy.io import fits as afits
 
 from trex.errors import FrameError, writing
 from trex.fitscards import BLOCK, CardError, parse_cards
+from trex.rice import RiceImage
 
 __all__ = ["FrameError", "read_header", "read_image", "write_image", "atomic_write", "atomic_path",
            "copy_file"]
@@ -108,18 +110,35 @@ def _to_header(cards: list[tuple[str, object, str]], notes: list[str] = (),
     return header
 
 
-def _read_header(hdu, path: Path) -> afits.Header:
-    """Header of a fitsio HDU parsed from the file's bytes (:mod:`trex.fitscards`)."""
+def _cards(hdu, path: Path) -> tuple[list[tuple[str, object, str]], list[str]]:
+    """(cards, notes) of a fitsio HDU's header parsed from the file's bytes
+    (:func:`trex.fitscards.parse_cards`)."""
     offsets = hdu.get_offsets()
     with open(path, "rb") as fh:
         fh.seek(offsets["header_start"])
         raw = fh.read(offsets["data_start"] - offsets["header_start"])
     try:
-        cards, notes = parse_cards(raw)
+        return parse_cards(raw)
     except CardError as err:
         raise FrameError(path, f"corrupt FITS header: {err}") from None
-    compressed = getattr(hdu, "is_compressed", lambda: False)()
-    return _to_header(cards, notes, compressed)
+
+
+def _compressed(hdu) -> bool:
+    return getattr(hdu, "is_compressed", lambda: False)()
+
+
+def rice_of(hdu, path: Path, cards: list | None = None) -> RiceImage | None:
+    """The :class:`trex.rice.RiceImage` of a fitsio image HDU (its header ``cards``, read
+    when not given), None when the kernel does not decode its layout."""
+    if not _compressed(hdu):
+        return None
+    cards = _cards(hdu, path)[0] if cards is None else cards
+    return RiceImage.of(path, hdu.get_offsets()["data_start"], cards)
+
+
+def _read_header(hdu, path: Path) -> afits.Header:
+    """Header of a fitsio HDU parsed from the file's bytes (:mod:`trex.fitscards`)."""
+    return _to_header(*_cards(hdu, path), _compressed(hdu))
 
 
 def read_header(path: Path | str) -> afits.Header:
@@ -151,9 +170,13 @@ def read_image(path: Path | str, hdu: int | str | None = None,
             ext = fits[index]
         except (OSError, ValueError, KeyError, IndexError):
             raise FrameError(path, f"no HDU {index!r}") from None
-        with cfitsio_errors(path, "image data unreadable (truncated or corrupt)"):
-            data = ext.read()
-        header = _read_header(ext, path)
+        cards, notes = _cards(ext, path)
+        rice = rice_of(ext, path, cards)
+        data = None if rice is None else rice.rows(0, rice.shape[0], dtype)
+        if data is None:
+            with cfitsio_errors(path, "image data unreadable (truncated or corrupt)"):
+                data = ext.read()
+        header = _to_header(cards, notes, _compressed(ext))
     if data is None or data.ndim != 2:
         raise FrameError(path, f"HDU {index!r} holds no 2-D image")
     out_dtype = np.float64 if data.dtype == np.float64 else np.dtype(dtype)

@@ -47,7 +47,7 @@ from astropy.io import fits as afits
 from trex import __version__
 from trex._stats import clipped_combine, clipped_stats
 from trex.config import CalibrateSection
-from trex.fits import FrameError, _image_hdu, _open, cfitsio_errors, read_image, write_image
+from trex.fits import FrameError, _image_hdu, _open, cfitsio_errors, read_image, rice_of, write_image
 from trex.flags import MASK
 from trex.header import FrameMeta
 
@@ -104,13 +104,17 @@ class RawReader:
     def __init__(self, path: Path | str, meta: FrameMeta, mode: str):
         self.path, self.meta, self.mode = Path(path), meta, mode
         with _open(self.path) as fits:
-            dims = fits[_image_hdu(fits, self.path)].get_dims()
+            hdu = fits[_image_hdu(fits, self.path)]
+            dims = hdu.get_dims()
+            self.rice = rice_of(hdu, self.path)  # Rice-compressed rows: trex's kernel reads them
         self.raw_shape = (int(dims[0]), int(dims[1]))
         self.ys, self.xs = trim_slices(meta, self.raw_shape, self.path)
         self.shape = (self.ys.stop - self.ys.start, self.xs.stop - self.xs.start)
         self._region: float | None = None
 
     def _read(self, y0: int, y1: int, x: slice = slice(None), step: int = 1) -> np.ndarray:
+        if self.rice is not None:
+            return self.rice.rows(y0, y1)[::step, x]
         with _open(self.path) as fits:
             hdu = fits[_image_hdu(fits, self.path)]
             with cfitsio_errors(self.path, "image data unreadable (truncated or corrupt)"):

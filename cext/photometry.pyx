@@ -58,18 +58,26 @@ cdef void corner_table(double* table, double* work, Py_ssize_t cw, Py_ssize_t ch
         |C| = (X' sqrt(r^2 - X'^2) + Y' sqrt(r^2 - Y'^2)
                + r^2 (asin(X'/r) + asin(Y'/r) - pi/2)) / 2,
 
-    a sum of a column term and a row term: one asin per grid line, not per corner.
+    a sum of a column term and a row term: one asin per grid line, not per corner,
+    and none for a line beyond r (X' = r: the terms r^2 pi/2 and 0, as asin(1) is
+    pi/2 in double precision).
     """
     cdef Py_ssize_t i, j
     cdef double X, Y, xa, ya, rowterm
     cdef double* colterm = work
     for i in range(cw):
-        xa = min(fabs(x0 + i), r)
-        colterm[i] = xa * sqrt(r * r - xa * xa) + r * r * asin(xa / r)
+        xa = fabs(x0 + i)
+        if xa >= r:
+            colterm[i] = r * r * (0.5 * M_PI)
+        else:
+            colterm[i] = xa * sqrt(r * r - xa * xa) + r * r * asin(xa / r)
     for j in range(ch):
         Y = y0 + j
-        ya = min(fabs(Y), r)
-        rowterm = ya * sqrt(r * r - ya * ya) + r * r * (asin(ya / r) - 0.5 * M_PI)
+        ya = fabs(Y)
+        if ya >= r:
+            rowterm = 0.0
+        else:
+            rowterm = ya * sqrt(r * r - ya * ya) + r * r * (asin(ya / r) - 0.5 * M_PI)
         for i in range(cw):
             X = x0 + i
             if X * X + Y * Y <= r * r:

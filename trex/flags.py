@@ -66,7 +66,12 @@ def pixels_with(mask: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(y, x) of the pixels of a 2-D ``mask`` with any of ``bits`` set, row by row.  The
     rows holding one are found first: a frame's few flagged pixels are found in a
     tenth of the time ``np.nonzero`` of the whole frame takes."""
-    rows = np.flatnonzero((mask & bits).any(axis=1))
+    mask = np.asarray(mask)
+    if (mask.dtype == np.uint8 and bits & 0xFF == 0xFF and mask.flags.c_contiguous
+            and mask.shape[1] % 8 == 0):  # every bit asked for: eight pixels a word
+        rows = np.flatnonzero(mask.view(np.uint64).any(axis=1))
+    else:
+        rows = np.flatnonzero((mask & bits).any(axis=1))
     y, x = np.nonzero(mask[rows] & bits)
     return rows[y], x
 

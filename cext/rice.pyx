@@ -162,7 +162,8 @@ def decode_image(const uint8_t[::1] heap, const int64_t[::1] offsets,
     for t in range(ntiles):
         if offsets[t] < 0 or sizes[t] < 0 or offsets[t] + sizes[t] > heap.shape[0]:
             check(BAD_INPUT, f"Rice tile {t + 1} lies beyond the heap (truncated or corrupt)")
-    values = <uint32_t*>malloc(max(tile_x * tile_y, 1) * sizeof(uint32_t))
+    # a tile holds at most min(tile, image) values a side (ZTILE may exceed the image)
+    values = <uint32_t*>malloc(max(min(tile_x, nx) * min(tile_y, ny), 1) * sizeof(uint32_t))
     if values == NULL:
         check(NO_MEMORY, "decode_image: no memory for a tile")
     try:

@@ -114,3 +114,18 @@ def test_damaged_bytes_never_read_beyond_the_tile(tmp_path):
             assert "truncated or corrupt" in err.reason
         else:
             assert out.shape == data.shape
+
+
+@pytest.mark.parametrize("key, value", [("BZERO", float("inf")), ("BZERO", 0.5),
+                                        ("ZTILE1", "80"), ("THEAP", -8), ("BSCALE", 2.0),
+                                        ("ZCMPTYPE", "HCOMPRESS_1")])
+def test_odd_headers_are_left_to_cfitsio(tmp_path, key, value):
+    """A header the kernel does not decode exactly (odd values included) gives None."""
+    path = _compressed(tmp_path / "h.fits.fz", np.arange(4000, dtype=np.int16).reshape(50, 80))
+    with fitsio.FITS(str(path)) as f:
+        start = f[1].get_offsets()["data_start"]
+        header = f[1].read_header()
+    cards = [(r["name"], r["value"], "") for r in header.records()]
+    assert rice.RiceImage.of(path, start, cards) is not None
+    odd = [c for c in cards if c[0] != key] + [(key, value, "")]
+    assert rice.RiceImage.of(path, start, odd) is None

@@ -38,8 +38,8 @@ def _layout(keys: dict) -> tuple[int, int, np.dtype] | None:
             or keys.get("ZNAXIS") != 2 or keys.get("TFIELDS") != 1
             or str(keys.get("TTYPE1", "")).strip().upper() != "COMPRESSED_DATA"
             or options.get("BYTEPIX", bytepix) != bytepix or "ZBLANK" in keys
-            or "ZMASKCMP" in keys or not isinstance(zero, (int, float)) or zero != int(zero)
-            or scale != 1):
+            or "ZMASKCMP" in keys or not isinstance(zero, (int, float))
+            or not float(zero).is_integer() or scale != 1):
         return None
     descriptor = np.dtype(">i4" if form[1] == "P" else ">i8")
     blocksize = options.get("BLOCKSIZE", 32)
@@ -73,8 +73,9 @@ class RiceImage:
         layout = _layout(keys)
         nx, ny, ntiles = keys.get("ZNAXIS1"), keys.get("ZNAXIS2"), keys.get("NAXIS2")
         tile = keys.get("ZTILE1", nx), keys.get("ZTILE2", 1)
+        heap = keys.get("THEAP", keys.get("NAXIS1", 0) * (ntiles if isinstance(ntiles, int) else 0))
         if layout is None or not all(isinstance(v, int) and v > 0
-                                     for v in (nx, ny, ntiles, *tile)):
+                                     for v in (nx, ny, ntiles, *tile, heap)):
             return None
         bytepix, blocksize, descriptor = layout
         with open(path, "rb") as fh:
@@ -82,9 +83,8 @@ class RiceImage:
             table = np.frombuffer(fh.read(2 * descriptor.itemsize * ntiles), descriptor)
         if len(table) < 2 * ntiles:
             raise FrameError(path, _CORRUPT + "the tile table ends early")
-        heap_start = data_start + keys.get("THEAP", keys["NAXIS1"] * ntiles)
         return cls(Path(path), (ny, nx), tile, bytepix, blocksize, float(keys.get("BZERO", 0)),
-                   heap_start, table[1::2].astype(np.int64), table[0::2].astype(np.int64))
+                   data_start + heap, table[1::2].astype(np.int64), table[0::2].astype(np.int64))
 
     def rows(self, y0: int, y1: int, dtype: np.dtype = np.float32) -> np.ndarray:
         """Rows ``y0:y1`` (as a slice of the image) as ``dtype`` (float32 or float64,

@@ -151,12 +151,13 @@ def decode_image(const uint8_t[::1] heap, const int64_t[::1] offsets,
     Raises ValueError for arguments outside this contract and FrameError when a
     tile's bytes end before its values (a corrupt or truncated file).
     """
-    cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1], ntiles, t, x0, y0, w, h, i, j
+    cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1], ntiles, across, t, x0, y0, w, h, i, j
     cdef uint32_t* values
     cdef int status = OK
     if tile_x < 1 or tile_y < 1 or bytepix not in (1, 2, 4) or blocksize < 1:
         check(BAD_ARGUMENT, "decode_image: tiles, bytepix or blocksize out of range")
-    ntiles = ((nx + tile_x - 1) // tile_x) * ((ny + tile_y - 1) // tile_y)
+    across = (nx + tile_x - 1) // tile_x
+    ntiles = across * ((ny + tile_y - 1) // tile_y)
     if offsets.shape[0] != ntiles or sizes.shape[0] != ntiles:
         check(BAD_ARGUMENT, f"decode_image: {ntiles} tiles need as many offsets and sizes")
     for t in range(ntiles):
@@ -169,8 +170,8 @@ def decode_image(const uint8_t[::1] heap, const int64_t[::1] offsets,
     try:
         with nogil:
             for t in range(ntiles):
-                x0 = (t % ((nx + tile_x - 1) // tile_x)) * tile_x
-                y0 = (t // ((nx + tile_x - 1) // tile_x)) * tile_y
+                x0 = (t % across) * tile_x
+                y0 = (t // across) * tile_y
                 w = min(tile_x, nx - x0)
                 h = min(tile_y, ny - y0)
                 status = decode_tile(&heap[offsets[t]] if sizes[t] else NULL, sizes[t], values,

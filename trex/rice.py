@@ -73,9 +73,10 @@ class RiceImage:
         layout = _layout(keys)
         nx, ny, ntiles = keys.get("ZNAXIS1"), keys.get("ZNAXIS2"), keys.get("NAXIS2")
         tile = keys.get("ZTILE1", nx), keys.get("ZTILE2", 1)
-        heap = keys.get("THEAP", keys.get("NAXIS1", 0) * (ntiles if isinstance(ntiles, int) else 0))
-        if layout is None or not all(isinstance(v, int) and v > 0
-                                     for v in (nx, ny, ntiles, *tile, heap)):
+        if layout is None or not all(isinstance(v, int) and v > 0 for v in (nx, ny, ntiles, *tile)):
+            return None
+        heap = keys.get("THEAP", keys["NAXIS1"] * ntiles)  # NAXIS1 is checked by _layout
+        if not isinstance(heap, int) or heap <= 0:
             return None
         bytepix, blocksize, descriptor = layout
         with open(path, "rb") as fh:
